@@ -1,0 +1,316 @@
+//! Event kinds and the validation of what publishers send (PROTOCOL §2).
+//!
+//! A publish body is parsed and checked here, before any state is touched:
+//! an unknown event, a missing or mistyped required field, `user_message` from
+//! a publisher or an empty list is a `400` and nothing is appended.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::EventError;
+
+/// Longest `event_id` accepted.
+pub const EVENT_ID_MAX: usize = 128;
+
+/// What happened in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    AgentStarted,
+    AgentThinking,
+    ToolExecuting,
+    ToolCompleted,
+    AgentMessage,
+    AgentCompleted,
+    AgentError,
+    UserMessage,
+}
+
+/// The codes an `agent_error` may carry.
+pub const AGENT_ERROR_CODES: [&str; 4] = ["failed", "cancelled", "timeout", "worker_lost"];
+
+impl EventKind {
+    /// Every kind, in the order of PROTOCOL §2.
+    pub const ALL: [EventKind; 8] = [
+        Self::AgentStarted,
+        Self::AgentThinking,
+        Self::ToolExecuting,
+        Self::ToolCompleted,
+        Self::AgentMessage,
+        Self::AgentCompleted,
+        Self::AgentError,
+        Self::UserMessage,
+    ];
+
+    /// The wire name, e.g. `tool_executing`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AgentStarted => "agent_started",
+            Self::AgentThinking => "agent_thinking",
+            Self::ToolExecuting => "tool_executing",
+            Self::ToolCompleted => "tool_completed",
+            Self::AgentMessage => "agent_message",
+            Self::AgentCompleted => "agent_completed",
+            Self::AgentError => "agent_error",
+            Self::UserMessage => "user_message",
+        }
+    }
+
+    /// Looks a wire name up.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// `agent_completed` and `agent_error` end a run.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::AgentCompleted | Self::AgentError)
+    }
+
+    /// Required `data` fields; in every kind they are strings.
+    fn required(self) -> &'static [&'static str] {
+        match self {
+            Self::AgentStarted => &["agent_name"],
+            Self::AgentThinking => &["thought"],
+            Self::ToolExecuting => &["tool_call_id", "tool_name"],
+            Self::ToolCompleted => &["tool_call_id"],
+            Self::AgentMessage => &["message_id", "delta"],
+            Self::AgentCompleted => &[],
+            Self::AgentError => &["code", "message"],
+            Self::UserMessage => &["text"],
+        }
+    }
+
+    /// Checks the required fields of `data` for this kind.
+    pub fn check_data(self, data: &Map<String, Value>) -> Result<(), EventError> {
+        for &field in self.required() {
+            if !data.get(field).is_some_and(Value::is_string) {
+                return Err(EventError::Field { event: self.as_str(), field, expected: "a string" });
+            }
+        }
+        if self == Self::AgentError && !data.get("code").and_then(Value::as_str).is_some_and(|c| AGENT_ERROR_CODES.contains(&c)) {
+            return Err(EventError::ErrorCode { event: self.as_str() });
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated event that is not yet numbered: what gets appended to a thread's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub kind: EventKind,
+    pub data: Map<String, Value>,
+    pub event_id: Option<String>,
+}
+
+impl NewEvent {
+    /// An event built by the server or the in-process SDK. The caller vouches for
+    /// the shape; [`NewEvent::validate`] is still what guards the append path.
+    pub fn new(kind: EventKind, data: Map<String, Value>) -> Self {
+        Self { kind, data, event_id: None }
+    }
+
+    /// Sets the publisher's de-duplication id.
+    pub fn with_event_id(mut self, event_id: impl Into<String>) -> Self {
+        self.event_id = Some(event_id.into());
+        self
+    }
+
+    /// Checks kind-specific required fields and the `event_id`; redacts secret-looking
+    /// tool arguments when `redact` is on (PROTOCOL §8).
+    pub fn validate(mut self, redact: bool) -> Result<Self, EventError> {
+        if let Some(id) = &self.event_id
+            && !(1..=EVENT_ID_MAX).contains(&id.len())
+        {
+            return Err(EventError::EventId);
+        }
+        self.kind.check_data(&self.data)?;
+        if redact && self.kind == EventKind::ToolExecuting {
+            if let Some(args) = self.data.get_mut("args") {
+                redact_secrets(args);
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// How one event looks in a publish body.
+#[derive(Debug, Deserialize)]
+struct RawEvent {
+    event: String,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    event_id: Option<String>,
+}
+
+/// A publish body: one event, or `{"events":[…]}`.
+#[derive(Debug, Deserialize)]
+struct RawBody {
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    events: Option<Vec<RawEvent>>,
+}
+
+/// Options for [`parse_publish_body`].
+#[derive(Debug, Clone, Copy)]
+pub struct PublishLimits {
+    /// Most events one body may carry.
+    pub max_events: usize,
+    /// Redact secret-looking tool arguments.
+    pub redact: bool,
+}
+
+impl RawEvent {
+    fn into_new_event(self, redact: bool) -> Result<NewEvent, EventError> {
+        let kind = EventKind::from_name(&self.event).ok_or_else(|| EventError::UnknownEvent(self.event.clone()))?;
+        if kind == EventKind::UserMessage {
+            return Err(EventError::ServerOnly(kind.as_str()));
+        }
+        let data = match self.data {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => map,
+            Some(_) => return Err(EventError::DataNotObject),
+        };
+        NewEvent { kind, data, event_id: self.event_id }.validate(redact)
+    }
+}
+
+/// Parses and validates a publisher's body (PROTOCOL §3, `POST /v1/runs/{id}/events`).
+pub fn parse_publish_body(body: &[u8], limits: PublishLimits) -> Result<Vec<NewEvent>, EventError> {
+    let raw: RawBody = serde_json::from_slice(body).map_err(|e| EventError::Json(e.to_string()))?;
+    let raws = match (raw.event, raw.events) {
+        (Some(event), None) => vec![RawEvent { event, data: raw.data, event_id: raw.event_id }],
+        (None, Some(events)) if raw.data.is_none() && raw.event_id.is_none() => events,
+        _ => return Err(EventError::Shape),
+    };
+    if raws.is_empty() {
+        return Err(EventError::Empty);
+    }
+    if raws.len() > limits.max_events {
+        return Err(EventError::TooMany { got: raws.len(), max: limits.max_events });
+    }
+    let single = raws.len() == 1;
+    raws.into_iter()
+        .enumerate()
+        .map(|(index, raw)| {
+            raw.into_new_event(limits.redact).map_err(|e| if single { e } else { EventError::At { index, source: Box::new(e) } })
+        })
+        .collect()
+}
+
+/// The words that make an argument key look secret (PROTOCOL §8).
+const SECRET_KEY_PARTS: [&str; 6] = ["password", "secret", "token", "auth", "credential", "key"];
+
+/// The value that replaces a secret-looking argument.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// True when `key` contains one of the secret words, case-insensitively.
+pub fn is_secret_key(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    SECRET_KEY_PARTS.iter().any(|part| lower.contains(part))
+}
+
+/// Replaces, at any depth, the value of every object key that looks secret.
+pub fn redact_secrets(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if is_secret_key(key) {
+                    *v = Value::String(REDACTED.to_owned());
+                } else {
+                    redact_secrets(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_secrets),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMITS: PublishLimits = PublishLimits { max_events: 10, redact: true };
+
+    fn parse(v: Value) -> Result<Vec<NewEvent>, EventError> {
+        parse_publish_body(v.to_string().as_bytes(), LIMITS)
+    }
+
+    #[test]
+    fn single_and_batch_bodies() {
+        let one = parse(json!({"event":"agent_started","data":{"agent_name":"a"},"event_id":"e1"})).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].event_id.as_deref(), Some("e1"));
+        let many = parse(json!({"events":[
+            {"event":"agent_thinking","data":{"thought":"hm"}},
+            {"event":"agent_completed"}
+        ]}))
+        .unwrap();
+        assert_eq!(many.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::AgentThinking, EventKind::AgentCompleted]);
+        assert!(many[1].data.is_empty());
+    }
+
+    #[test]
+    fn rejects_what_protocol_section_2_rejects() {
+        let bad = [
+            json!({"event":"agent_exploded","data":{}}),
+            json!({"event":"user_message","data":{"text":"hi"}}),
+            json!({"events":[]}),
+            json!({"event":"agent_started","data":{}}),
+            json!({"event":"agent_started","data":{"agent_name":7}}),
+            json!({"event":"tool_executing","data":{"tool_name":"x"}}),
+            json!({"event":"agent_message","data":{"message_id":"m","delta":1}}),
+            json!({"event":"agent_error","data":{"code":"boom","message":"m"}}),
+            json!({"event":"agent_thinking","data":"not an object"}),
+            json!({"event":"agent_thinking","data":{"thought":"t"},"events":[]}),
+            json!({"data":{}}),
+            json!({"event":"agent_completed","event_id":""}),
+            json!([1, 2]),
+        ];
+        for body in bad {
+            let err = parse(body.clone()).expect_err(&body.to_string());
+            assert_eq!(err.code(), crate::ErrorCode::BadRequest, "{body}: {err}");
+        }
+        let too_many = json!({"events": vec![json!({"event":"agent_completed"}); 11]});
+        assert_eq!(parse(too_many).unwrap_err().code(), crate::ErrorCode::TooLarge);
+        assert!(parse_publish_body(b"{not json", LIMITS).is_err());
+    }
+
+    #[test]
+    fn batch_errors_name_the_index() {
+        let err = parse(json!({"events":[{"event":"agent_completed"},{"event":"nope"}]})).unwrap_err();
+        assert!(err.to_string().starts_with("event 1:"), "{err}");
+    }
+
+    #[test]
+    fn secret_arguments_are_redacted_at_any_depth() {
+        let evs = parse(json!({"event":"tool_executing","data":{"tool_call_id":"c","tool_name":"login",
+            "args":{"user":"bob","Password":"hunter2","nested":{"api_key":"k","list":[{"authToken":"t","q":1}]}}}}))
+        .unwrap();
+        assert_eq!(
+            evs[0].data["args"],
+            json!({"user":"bob","Password":REDACTED,"nested":{"api_key":REDACTED,"list":[{"authToken":REDACTED,"q":1}]}})
+        );
+        let kept = parse_publish_body(
+            json!({"event":"tool_executing","data":{"tool_call_id":"c","tool_name":"t","args":{"token":"x"}}})
+                .to_string()
+                .as_bytes(),
+            PublishLimits { redact: false, ..LIMITS },
+        )
+        .unwrap();
+        assert_eq!(kept[0].data["args"]["token"], "x");
+    }
+}

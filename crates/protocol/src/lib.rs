@@ -1,0 +1,22 @@
+//! # agentwire-protocol
+//!
+//! The contract of PROTOCOL.md as types and pure functions: ids and the thread
+//! extraction fallback ([`ids`]), event kinds and publish-body validation
+//! ([`event`]), the envelope every transport carries ([`envelope`]), WebSocket
+//! frames ([`frame`]) and the run lifecycle rules ([`lifecycle`]).
+//!
+//! Nothing here does I/O; every other crate builds on it.
+
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod frame;
+pub mod ids;
+pub mod lifecycle;
+
+pub use envelope::{Envelope, EnvelopeType, Timestamp};
+pub use error::{ErrorCode, EventError, IdError, LifecycleError};
+pub use event::{EventKind, NewEvent, PublishLimits, parse_publish_body};
+pub use frame::{ClientFrame, ServerFrame, encode_events};
+pub use ids::{RunId, ThreadId, UserId, extract_thread_id};
+pub use lifecycle::{RunLifecycle, RunStatus};
