@@ -1,1 +1,168 @@
-//! stub
+//! # agentwire-log
+//!
+//! The seam that lets agentwire scale: one [`Log`] trait that every store
+//! implements. A log keeps the **run registry** (run → thread → owner), each
+//! thread's **numbered events** (gap-free `seq` from 1), de-duplicates by
+//! `event_id`, enforces the run lifecycle rules, and hands every appended event
+//! to the node's [`FeedSink`] (the hub) in `seq` order.
+//!
+//! This crate ships the in-memory implementation ([`MemoryLog`]) and the idle-run
+//! [`watchdog`]; durable and distributed logs implement the same trait.
+
+mod append;
+mod error;
+mod memory;
+pub mod watchdog;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentwire_protocol::{Envelope, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
+use async_trait::async_trait;
+
+pub use append::{AppendPlan, PlannedEvent, plan_append};
+pub use error::LogError;
+pub use memory::MemoryLog;
+
+/// An event as stored: the envelope, its JSON encoded once for every
+/// subscriber, and when this node appended or received it (for delivery lag).
+#[derive(Debug)]
+pub struct StoredEvent {
+    pub envelope: Envelope,
+    pub json: Box<str>,
+    pub received_at: Instant,
+}
+
+impl StoredEvent {
+    /// Encodes `envelope` once.
+    pub fn new(envelope: Envelope) -> Self {
+        let json = envelope.to_json().into_boxed_str();
+        Self { envelope, json, received_at: Instant::now() }
+    }
+
+    /// The event's position in its thread.
+    pub fn seq(&self) -> u64 {
+        self.envelope.seq
+    }
+
+    /// The event's thread.
+    pub fn thread_id(&self) -> &ThreadId {
+        &self.envelope.thread_id
+    }
+}
+
+/// Where a log hands what it appended: the node's hub. Called with the events
+/// of one thread in `seq` order; it must not block.
+pub trait FeedSink: Send + Sync + 'static {
+    fn deliver(&self, events: &[Arc<StoredEvent>]);
+}
+
+/// A sink that delivers nowhere (a log without subscribers, e.g. in tools).
+pub struct NoFeed;
+
+impl FeedSink for NoFeed {
+    fn deliver(&self, _: &[Arc<StoredEvent>]) {}
+}
+
+/// What the registry knows about a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunInfo {
+    pub run_id: RunId,
+    pub thread_id: ThreadId,
+    pub owner: UserId,
+    pub agent_name: Option<String>,
+    pub status: RunStatus,
+    pub cancel_requested: bool,
+}
+
+/// A run to register.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub thread_id: ThreadId,
+    /// The thread's owner; the thread is created for them if it is new.
+    pub owner: UserId,
+    pub agent_name: Option<String>,
+    /// A run id chosen by the caller (AG-UI's `runId`); minted when `None`.
+    pub run_id: Option<RunId>,
+}
+
+/// One page of a thread's history.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub events: Vec<Arc<StoredEvent>>,
+    /// The thread's last assigned `seq` when the page was read (0: no events).
+    pub head_seq: u64,
+    /// The oldest `seq` still retained (1 until retention removes events).
+    pub oldest_seq: u64,
+}
+
+/// The answer to an append: the thread it went to and each event's `seq`
+/// (a repeated `event_id` answers its first `seq`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub thread_id: ThreadId,
+    pub seqs: Vec<u64>,
+}
+
+/// Figures for readiness and the dashboard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub threads: u64,
+    pub runs_in_flight: u64,
+}
+
+/// Settings every log shares.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A run that sends nothing for this long is ended with `agent_error {code:"timeout"}`.
+    pub run_idle_timeout: Duration,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { run_idle_timeout: Duration::from_secs(300) }
+    }
+}
+
+/// The log: registry, numbered events, lifecycle, feed (see the crate docs).
+#[async_trait]
+pub trait Log: Send + Sync + 'static {
+    /// Creates a thread owned by `owner`; a fresh id when `thread_id` is `None`.
+    /// [`LogError::ThreadExists`] if the id is taken.
+    async fn create_thread(&self, thread_id: Option<ThreadId>, owner: &UserId) -> Result<ThreadId, LogError>;
+
+    /// Creates the thread for `owner` if it is new; [`LogError::Forbidden`] if it
+    /// belongs to someone else.
+    async fn ensure_thread(&self, thread_id: &ThreadId, owner: &UserId) -> Result<(), LogError>;
+
+    /// The thread's owner, `None` when the thread does not exist.
+    async fn thread_owner(&self, thread_id: &ThreadId) -> Result<Option<UserId>, LogError>;
+
+    /// Registers a run (creating its thread for `owner` if new). Its idle clock starts now.
+    async fn create_run(&self, run: NewRun) -> Result<RunInfo, LogError>;
+
+    /// Looks a run up in the registry (no extraction fallback: a run that never
+    /// published is unknown).
+    async fn run(&self, run_id: &str) -> Result<Option<RunInfo>, LogError>;
+
+    /// Appends a run's events, all or nothing: resolves the run (registry, then
+    /// the thread extraction fallback), de-duplicates by `event_id`, checks the
+    /// lifecycle, numbers the events and hands them to the feed.
+    async fn append(&self, run_id: &str, events: Vec<NewEvent>) -> Result<Appended, LogError>;
+
+    /// Marks the run cancelled and appends `agent_error {code:"cancelled"}`.
+    async fn cancel(&self, run_id: &str) -> Result<Appended, LogError>;
+
+    /// Events of a thread with `seq > after_seq`, at most `limit` of them.
+    async fn read(&self, thread_id: &ThreadId, after_seq: u64, limit: usize) -> Result<Page, LogError>;
+
+    /// Ends every running run idle since before `now - run_idle_timeout` with
+    /// `agent_error {code:"timeout"}`; answers the runs it ended.
+    async fn expire_idle_runs(&self, now: Timestamp) -> Result<Vec<RunId>, LogError>;
+
+    /// `Ok` when the log can take appends (its backbone is reachable).
+    async fn ready(&self) -> Result<(), LogError>;
+
+    /// Figures for the dashboard.
+    fn stats(&self) -> LogStats;
+}

@@ -115,6 +115,14 @@ impl NewEvent {
         Self { kind, data, event_id: None }
     }
 
+    /// `agent_error {code, message}`; `code` is one of [`AGENT_ERROR_CODES`].
+    pub fn agent_error(code: &'static str, message: impl Into<String>) -> Self {
+        let mut data = Map::new();
+        data.insert("code".into(), Value::from(code));
+        data.insert("message".into(), Value::from(message.into()));
+        Self::new(EventKind::AgentError, data)
+    }
+
     /// Sets the publisher's de-duplication id.
     pub fn with_event_id(mut self, event_id: impl Into<String>) -> Self {
         self.event_id = Some(event_id.into());

@@ -1,0 +1,37 @@
+//! What a log answers when it cannot do what was asked.
+
+use agentwire_protocol::{ErrorCode, LifecycleError, ThreadId};
+
+/// A log operation's failure; [`LogError::code`] is what the client sees.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LogError {
+    #[error("thread {0} does not exist")]
+    ThreadNotFound(ThreadId),
+    /// The run is neither registered nor extractable to an existing thread.
+    #[error("run {0:?} is unknown and names no existing thread")]
+    RunNotFound(String),
+    #[error("the thread belongs to another user")]
+    Forbidden,
+    #[error("thread {0} already exists")]
+    ThreadExists(ThreadId),
+    #[error("run id {0} is already taken")]
+    RunExists(String),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    /// The store could not be reached or did not confirm: nothing was stored.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl LogError {
+    /// The client-facing error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::ThreadNotFound(_) | Self::RunNotFound(_) => ErrorCode::NotFound,
+            Self::Forbidden => ErrorCode::Forbidden,
+            Self::ThreadExists(_) | Self::RunExists(_) => ErrorCode::Conflict,
+            Self::Lifecycle(_) => ErrorCode::LifecycleViolation,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+        }
+    }
+}

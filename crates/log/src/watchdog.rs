@@ -1,0 +1,38 @@
+//! The idle-run watchdog: ends runs that went quiet.
+//!
+//! A worker that dies without a terminal event would leave its run `running`
+//! forever and its watchers with a spinner. The watchdog asks the log, a few
+//! times per timeout, to end every run idle for longer than the timeout with
+//! `agent_error {code:"timeout"}`; the log does the check and the append in one
+//! atomic step, so a run that publishes at the last moment is not ended.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentwire_protocol::Timestamp;
+use tokio_util::sync::CancellationToken;
+
+use crate::Log;
+
+/// How often to look for idle runs, for a given timeout: a tenth of it, between 10 ms and 1 s.
+pub fn check_interval(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(log: Arc<dyn Log>, idle_timeout: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(check_interval(idle_timeout));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match log.expire_idle_runs(Timestamp::now()).await {
+            Ok(expired) if !expired.is_empty() => tracing::info!(count = expired.len(), "ended idle runs with agent_error timeout"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "idle-run watchdog could not check runs"),
+        }
+    }
+    tracing::debug!("idle-run watchdog stopped");
+}
