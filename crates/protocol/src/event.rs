@@ -138,10 +138,11 @@ impl NewEvent {
             return Err(EventError::EventId);
         }
         self.kind.check_data(&self.data)?;
-        if redact && self.kind == EventKind::ToolExecuting {
-            if let Some(args) = self.data.get_mut("args") {
-                redact_secrets(args);
-            }
+        if redact
+            && self.kind == EventKind::ToolExecuting
+            && let Some(args) = self.data.get_mut("args")
+        {
+            redact_secrets(args);
         }
         Ok(self)
     }

@@ -1,0 +1,218 @@
+//! The hub: which connection watches which thread, and the fan-out to them.
+//!
+//! The log hands every appended event to [`Hub::deliver`] (the hub is the log's
+//! [`FeedSink`]). The hub looks up the thread's connections and pushes the shared
+//! event into each connection's **bounded** queue without waiting. A full queue
+//! means the connection cannot keep up: instead of growing memory or blocking the
+//! publisher, the hub trips the connection's overflow token and its transport
+//! closes it with `4008`; the client resumes with `after_seq` and loses nothing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use agentwire_log::{FeedSink, StoredEvent};
+use agentwire_protocol::ThreadId;
+use dashmap::DashMap;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::metrics::HubMetrics;
+
+/// Hub settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Events a connection may have queued before it counts as a slow consumer.
+    pub send_queue: usize,
+    /// Most events sent in one `batch` frame.
+    pub max_batch: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self { send_queue: 4096, max_batch: 256 }
+    }
+}
+
+struct Subscriber {
+    conn: u64,
+    tx: mpsc::Sender<Arc<StoredEvent>>,
+    overflow: CancellationToken,
+}
+
+/// Subscriptions of this node and the fan-out to them.
+pub struct Hub {
+    config: HubConfig,
+    threads: DashMap<ThreadId, Vec<Subscriber>>,
+    next_conn: AtomicU64,
+    metrics: HubMetrics,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(config: HubConfig, metrics: HubMetrics) -> Arc<Self> {
+        Arc::new(Self { config, threads: DashMap::new(), next_conn: AtomicU64::new(1), metrics })
+    }
+
+    /// The hub's settings.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// The hub's metrics.
+    pub fn metrics(&self) -> &HubMetrics {
+        &self.metrics
+    }
+
+    /// Threads with at least one subscriber on this node.
+    pub fn watched_threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Opens a connection: a handle to subscribe with and the queue to send from.
+    pub fn connect(self: &Arc<Self>) -> (Connection, Outbox) {
+        let (tx, rx) = mpsc::channel(self.config.send_queue.max(1));
+        let conn = Connection {
+            hub: self.clone(),
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            tx,
+            overflow: CancellationToken::new(),
+            threads: HashSet::new(),
+        };
+        (conn, Outbox { rx, max_batch: self.config.max_batch.max(1) })
+    }
+
+    fn remove(&self, thread: &ThreadId, conn: u64) {
+        if let dashmap::Entry::Occupied(mut entry) = self.threads.entry(thread.clone()) {
+            entry.get_mut().retain(|s| s.conn != conn);
+            if entry.get().is_empty() {
+                entry.remove();
+            }
+        }
+    }
+}
+
+impl FeedSink for Hub {
+    fn deliver(&self, events: &[Arc<StoredEvent>]) {
+        for group in events.chunk_by(|a, b| a.thread_id() == b.thread_id()) {
+            let Some(subs) = self.threads.get(group[0].thread_id()) else { continue };
+            for sub in subs.iter() {
+                for event in group {
+                    match sub.tx.try_send(event.clone()) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => {
+                            if !sub.overflow.is_cancelled() {
+                                sub.overflow.cancel();
+                                self.metrics.slow_consumer_disconnects.inc();
+                            }
+                            break;
+                        }
+                        Err(TrySendError::Closed(_)) => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One client connection's registration with the hub. Dropping it removes
+/// every subscription it holds.
+pub struct Connection {
+    hub: Arc<Hub>,
+    id: u64,
+    tx: mpsc::Sender<Arc<StoredEvent>>,
+    overflow: CancellationToken,
+    threads: HashSet<ThreadId>,
+}
+
+impl Connection {
+    /// This connection's id on this node.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Starts receiving `thread`'s live events. Idempotent.
+    pub fn watch(&mut self, thread: &ThreadId) {
+        if !self.threads.insert(thread.clone()) {
+            return;
+        }
+        self.hub.threads.entry(thread.clone()).or_default().push(Subscriber {
+            conn: self.id,
+            tx: self.tx.clone(),
+            overflow: self.overflow.clone(),
+        });
+        self.hub.metrics.subscriptions.inc();
+    }
+
+    /// Stops receiving `thread`'s live events; `false` if it was not watched.
+    pub fn unwatch(&mut self, thread: &ThreadId) -> bool {
+        if !self.threads.remove(thread) {
+            return false;
+        }
+        self.hub.remove(thread, self.id);
+        self.hub.metrics.subscriptions.dec();
+        true
+    }
+
+    /// Whether this connection watches `thread`.
+    pub fn watches(&self, thread: &ThreadId) -> bool {
+        self.threads.contains(thread)
+    }
+
+    /// How many threads this connection watches.
+    pub fn watch_count(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Resolves when the connection's queue overflowed (a slow consumer).
+    pub fn overflowed(&self) -> WaitForCancellationFuture<'_> {
+        self.overflow.cancelled()
+    }
+
+    /// Whether the connection's queue has overflowed.
+    pub fn is_overflowed(&self) -> bool {
+        self.overflow.is_cancelled()
+    }
+
+    /// The hub this connection belongs to.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for thread in self.threads.drain() {
+            self.hub.remove(&thread, self.id);
+            self.hub.metrics.subscriptions.dec();
+        }
+    }
+}
+
+/// The receiving end of a connection's queue.
+pub struct Outbox {
+    rx: mpsc::Receiver<Arc<StoredEvent>>,
+    max_batch: usize,
+}
+
+impl Outbox {
+    /// Waits for at least one event, then takes every event already queued, up
+    /// to the batch limit: events that are ready together go out together.
+    pub async fn next_batch(&mut self) -> Vec<Arc<StoredEvent>> {
+        let mut batch = Vec::new();
+        // The hub holds no sender of its own, so `recv_many` only returns 0 after
+        // every connection handle is gone; the caller has stopped by then.
+        self.rx.recv_many(&mut batch, self.max_batch).await;
+        batch
+    }
+
+    /// Events waiting in the queue.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether the queue is empty.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
