@@ -1,0 +1,137 @@
+//! The built-in demo agent: deterministic, no network, and it exercises every event.
+//!
+//! It thinks out loud, calls a calculator when the message holds arithmetic and
+//! a clock every time, then streams its answer word by word. A message that
+//! starts with `/fail` makes it fail after thinking, and `/panic` makes it
+//! panic inside a tool, so the error paths can be watched too.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use crate::context::RunContext;
+use crate::engine::{Agent, AgentError, RunInput};
+
+/// The demo agent.
+#[derive(Debug, Clone)]
+pub struct DemoAgent {
+    /// Pause between steps, so a person can watch the run unfold (0 in tests).
+    pub step_delay: Duration,
+}
+
+impl Default for DemoAgent {
+    fn default() -> Self {
+        Self { step_delay: Duration::from_millis(60) }
+    }
+}
+
+/// The longest stretch of `text` that looks like arithmetic: digits, operators,
+/// parentheses and spaces, with at least one digit and one operator.
+pub fn find_expression(text: &str) -> Option<String> {
+    let is_expr_char = |c: char| c.is_ascii_digit() || " .+-*/()%^".contains(c);
+    text.split(|c: char| !is_expr_char(c))
+        .map(str::trim)
+        .filter(|s| s.chars().any(|c| c.is_ascii_digit()) && s.chars().any(|c| "+-*/%^".contains(c)))
+        .max_by_key(|s| s.len())
+        .map(str::to_owned)
+}
+
+/// Evaluates arithmetic with floating-point numbers (so `7 / 2` is `3.5`).
+pub fn calculate(expression: &str) -> Result<f64, String> {
+    let value = evalexpr::eval(&float_literals(expression)).map_err(|e| format!("cannot evaluate {expression:?}: {e}"))?;
+    value.as_number().map_err(|e| format!("{expression:?} is not a number: {e}"))
+}
+
+/// `7/2` → `7.0/2.0`: evalexpr divides integers as integers.
+fn float_literals(expression: &str) -> String {
+    let mut out = String::with_capacity(expression.len() + 8);
+    let mut chars = expression.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c.is_ascii_digit() {
+            let mut has_dot = false;
+            while let Some(&n) = chars.peek() {
+                if !(n.is_ascii_digit() || n == '.') {
+                    break;
+                }
+                has_dot |= n == '.';
+                out.push(n);
+                chars.next();
+            }
+            if !has_dot {
+                out.push_str(".0");
+            }
+        }
+    }
+    out
+}
+
+impl DemoAgent {
+    async fn pause(&self) {
+        if !self.step_delay.is_zero() {
+            tokio::time::sleep(self.step_delay).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Agent for DemoAgent {
+    fn name(&self) -> &str {
+        "demo"
+    }
+
+    async fn run(&self, ctx: &RunContext, input: RunInput) -> Result<Value, AgentError> {
+        let text = input.user_message.unwrap_or_default();
+        ctx.thinking_step(format!("Reading the message: {text:?}"), 1).await?;
+        self.pause().await;
+        if text.trim_start().starts_with("/fail") {
+            return Err(AgentError::failed("you asked me to fail (/fail)"));
+        }
+
+        let mut facts = Vec::new();
+        if let Some(expression) = find_expression(&text) {
+            ctx.thinking_step(format!("There is arithmetic in it; I will compute {expression}."), 2).await?;
+            self.pause().await;
+            match ctx.call_tool("calculator", json!({ "expression": expression }), async { calculate(&expression) }).await? {
+                Ok(value) => facts.push(format!("{expression} = {value}")),
+                Err(e) => facts.push(format!("I could not compute {expression}: {e}")),
+            }
+        }
+
+        ctx.thinking_step("Checking the clock so I can say when I answered.", 3).await?;
+        let clock = ctx.tool("clock", json!({ "timezone": "UTC" })).await?;
+        self.pause().await;
+        if text.trim_start().starts_with("/panic") {
+            panic!("you asked me to panic (/panic)");
+        }
+        let now = chrono::Utc::now().format("%H:%M:%S UTC").to_string();
+        clock.complete(json!({ "time": now })).await?;
+        facts.push(format!("it is {now}"));
+
+        let answer = format!("Here is what I found: {}.", facts.join("; "));
+        let message = ctx.message();
+        for (i, word) in answer.split_inclusive(' ').enumerate() {
+            message.delta(word).await?;
+            if i % 3 == 2 {
+                self.pause().await;
+            }
+        }
+        Ok(json!({ "answer": answer }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_and_computes_arithmetic() {
+        assert_eq!(find_expression("what is 12 * (3 + 4)?").as_deref(), Some("12 * (3 + 4)"));
+        assert_eq!(find_expression("hello 2026"), None);
+        assert_eq!(find_expression("no numbers + here"), None);
+        assert_eq!(calculate("12 * (3 + 4)"), Ok(84.0));
+        assert_eq!(calculate("7/2"), Ok(3.5));
+        assert!(calculate("1 +").is_err());
+    }
+}

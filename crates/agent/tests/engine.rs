@@ -1,0 +1,155 @@
+//! The engine's lifecycle guarantees, checked against the in-memory log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentwire_agent::{Agent, AgentError, DemoAgent, Engine, RunContext, RunInput};
+use agentwire_log::{Log, LogConfig, MemoryLog, NewRun, NoFeed, RunInfo};
+use agentwire_protocol::{EventKind, NewEvent, RunStatus, ThreadId, UserId};
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+type Script = fn(&RunContext) -> std::pin::Pin<Box<dyn Future<Output = Result<Value, AgentError>> + Send + '_>>;
+
+/// An agent whose behaviour each test picks.
+struct Scripted(Script);
+
+#[async_trait]
+impl Agent for Scripted {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+    async fn run(&self, ctx: &RunContext, _input: RunInput) -> Result<Value, AgentError> {
+        (self.0)(ctx).await
+    }
+}
+
+async fn run_to_end(agent: Arc<dyn Agent>, text: &str) -> (Vec<(EventKind, Value)>, RunInfo) {
+    let log: Arc<dyn Log> = Arc::new(MemoryLog::new(LogConfig::default(), Arc::new(NoFeed)));
+    let thread = ThreadId::parse("thread_engine").unwrap();
+    let new = NewRun { thread_id: thread.clone(), owner: UserId::parse("u").unwrap(), agent_name: None, run_id: None };
+    let run = log.create_run(new).await.unwrap();
+    let engine = Engine::new(log.clone(), agent);
+    assert!(engine.start(run.clone(), RunInput { user_message: Some(text.into()), extra: Value::Null }));
+    for _ in 0..500 {
+        if engine.running() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Let any spawned flush land.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let page = log.read(&thread, 0, 1000).await.unwrap();
+    let events = page.events.iter().map(|e| (e.envelope.event, Value::Object(e.envelope.data.clone()))).collect();
+    let info = log.run(run.run_id.as_str()).await.unwrap().unwrap();
+    (events, info)
+}
+
+fn kinds(events: &[(EventKind, Value)]) -> Vec<EventKind> {
+    events.iter().map(|(k, _)| *k).collect()
+}
+
+fn terminal_count(events: &[(EventKind, Value)]) -> usize {
+    events.iter().filter(|(k, _)| k.is_terminal()).count()
+}
+
+#[tokio::test]
+async fn the_demo_agent_produces_every_critical_event_in_order() {
+    let (events, info) = run_to_end(Arc::new(DemoAgent { step_delay: Duration::ZERO }), "what is 6 * 7?").await;
+    let ks = kinds(&events);
+    assert_eq!(&ks[..3], &[EventKind::UserMessage, EventKind::AgentStarted, EventKind::AgentThinking]);
+    for k in [EventKind::ToolExecuting, EventKind::ToolCompleted, EventKind::AgentMessage] {
+        assert!(ks.contains(&k), "{k} missing from {ks:?}");
+    }
+    assert_eq!(ks.last(), Some(&EventKind::AgentCompleted));
+    let calc = events.iter().find(|(k, d)| *k == EventKind::ToolCompleted && d["result"] == json!(42.0));
+    assert!(calc.is_some(), "calculator result 42 in {events:?}");
+    let answer: String = events.iter().filter(|(k, _)| *k == EventKind::AgentMessage).map(|(_, d)| d["delta"].as_str().unwrap()).collect();
+    assert!(answer.contains("6 * 7 = 42"), "{answer}");
+    assert_eq!(info.status, RunStatus::Completed);
+}
+
+#[tokio::test]
+async fn an_agent_error_ends_the_run_once_with_agent_error() {
+    let (events, info) = run_to_end(Arc::new(DemoAgent { step_delay: Duration::ZERO }), "/fail please").await;
+    assert_eq!(terminal_count(&events), 1);
+    let (kind, data) = events.last().unwrap();
+    assert_eq!((*kind, data["code"].as_str()), (EventKind::AgentError, Some("failed")));
+    assert_eq!(info.status, RunStatus::Error);
+}
+
+#[tokio::test]
+async fn a_panic_inside_a_tool_still_closes_the_tool_and_ends_the_run() {
+    let (events, _) = run_to_end(Arc::new(DemoAgent { step_delay: Duration::ZERO }), "/panic").await;
+    let ks = kinds(&events);
+    let n = ks.len();
+    assert_eq!(&ks[n - 2..], &[EventKind::ToolCompleted, EventKind::AgentError], "{ks:?}");
+    assert_eq!(events[n - 2].1["error"], "the tool panicked");
+    assert!(events[n - 1].1["message"].as_str().unwrap().contains("panicked"));
+    assert_eq!(terminal_count(&events), 1);
+}
+
+#[tokio::test]
+async fn a_tool_guard_dropped_by_an_early_return_reports_an_error() {
+    let agent = Scripted(|ctx| {
+        Box::pin(async move {
+            let _guard = ctx.tool("search", json!({"q": "x"})).await?;
+            Err(AgentError::failed("gave up mid-tool"))
+        })
+    });
+    let (events, _) = run_to_end(Arc::new(agent), "hi").await;
+    let ks = kinds(&events);
+    assert_eq!(ks, [EventKind::UserMessage, EventKind::AgentStarted, EventKind::ToolExecuting, EventKind::ToolCompleted, EventKind::AgentError]);
+    assert!(events[3].1["error"].as_str().unwrap().contains("without a result"));
+}
+
+#[tokio::test]
+async fn an_agent_cannot_complete_with_a_tool_call_leaked_open() {
+    let agent = Scripted(|ctx| {
+        Box::pin(async move {
+            let guard = ctx.tool("leak", json!({})).await?;
+            std::mem::forget(guard);
+            Ok(json!("done"))
+        })
+    });
+    let (events, info) = run_to_end(Arc::new(agent), "hi").await;
+    assert_eq!(kinds(&events).last(), Some(&EventKind::AgentError));
+    assert_eq!(terminal_count(&events), 1);
+    assert_eq!(info.status, RunStatus::Error);
+}
+
+#[tokio::test]
+async fn cancelling_stops_the_agent_without_a_second_terminal_event() {
+    let log: Arc<dyn Log> = Arc::new(MemoryLog::new(LogConfig::default(), Arc::new(NoFeed)));
+    let thread = ThreadId::parse("thread_cancel").unwrap();
+    let new = NewRun { thread_id: thread.clone(), owner: UserId::parse("u").unwrap(), agent_name: None, run_id: None };
+    let run = log.create_run(new).await.unwrap();
+    let engine = Engine::new(log.clone(), Arc::new(DemoAgent { step_delay: Duration::from_millis(200) }));
+    engine.start(run.clone(), RunInput { user_message: Some("1+1".into()), extra: Value::Null });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    log.cancel(run.run_id.as_str()).await.unwrap();
+    assert!(engine.stop(run.run_id.as_str()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(engine.running(), 0);
+    let events = log.read(&thread, 0, 100).await.unwrap().events;
+    assert_eq!(events.iter().filter(|e| e.envelope.event.is_terminal()).count(), 1);
+    assert_eq!(events.last().unwrap().envelope.data["code"], "cancelled");
+    // A late append from the stopped agent would be refused by the lifecycle.
+    let late = NewEvent::new(EventKind::AgentThinking, json!({"thought":"late"}).as_object().cloned().unwrap());
+    assert!(log.append(run.run_id.as_str(), vec![late]).await.is_err());
+}
+
+#[tokio::test]
+async fn shutdown_ends_running_runs_with_worker_lost() {
+    let log: Arc<dyn Log> = Arc::new(MemoryLog::new(LogConfig::default(), Arc::new(NoFeed)));
+    let thread = ThreadId::parse("thread_shutdown").unwrap();
+    let new = NewRun { thread_id: thread.clone(), owner: UserId::parse("u").unwrap(), agent_name: None, run_id: None };
+    let run = log.create_run(new).await.unwrap();
+    let engine = Engine::new(log.clone(), Arc::new(DemoAgent { step_delay: Duration::from_secs(60) }));
+    engine.start(run.clone(), RunInput::default());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    engine.shutdown(Duration::from_secs(5)).await;
+    let events = log.read(&thread, 0, 100).await.unwrap().events;
+    assert_eq!(events.last().unwrap().envelope.data["code"], "worker_lost");
+    assert!(!engine.start(run, RunInput::default()), "no new runs after shutdown");
+}
