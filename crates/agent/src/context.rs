@@ -203,7 +203,8 @@ impl ToolGuard {
 
     fn completion(&self, result: Value, error: Value) -> NewEvent {
         let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let data = json!({ "tool_call_id": self.tool_call_id, "result": result, "error": error, "duration_ms": duration_ms });
+        let data =
+            json!({ "tool_call_id": self.tool_call_id, "result": result, "error": error, "duration_ms": duration_ms });
         NewEvent::new(EventKind::ToolCompleted, object(data))
     }
 

@@ -39,7 +39,8 @@ pub fn find_expression(text: &str) -> Option<String> {
 
 /// Evaluates arithmetic with floating-point numbers (so `7 / 2` is `3.5`).
 pub fn calculate(expression: &str) -> Result<f64, String> {
-    let value = evalexpr::eval(&float_literals(expression)).map_err(|e| format!("cannot evaluate {expression:?}: {e}"))?;
+    let value =
+        evalexpr::eval(&float_literals(expression)).map_err(|e| format!("cannot evaluate {expression:?}: {e}"))?;
     value.as_number().map_err(|e| format!("{expression:?} is not a number: {e}"))
 }
 
@@ -93,7 +94,10 @@ impl Agent for DemoAgent {
         if let Some(expression) = find_expression(&text) {
             ctx.thinking_step(format!("There is arithmetic in it; I will compute {expression}."), 2).await?;
             self.pause().await;
-            match ctx.call_tool("calculator", json!({ "expression": expression }), async { calculate(&expression) }).await? {
+            match ctx
+                .call_tool("calculator", json!({ "expression": expression }), async { calculate(&expression) })
+                .await?
+            {
                 Ok(value) => facts.push(format!("{expression} = {value}")),
                 Err(e) => facts.push(format!("I could not compute {expression}: {e}")),
             }

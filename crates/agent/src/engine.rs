@@ -109,7 +109,8 @@ impl Engine {
         }
         let stop = CancellationToken::new();
         self.running.lock().insert(run.run_id.clone(), stop.clone());
-        let (log, agent, running, shutdown) = (self.log.clone(), self.agent.clone(), self.running.clone(), self.shutdown.clone());
+        let (log, agent, running, shutdown) =
+            (self.log.clone(), self.agent.clone(), self.running.clone(), self.shutdown.clone());
         self.tasks.spawn(async move {
             let run_id = run.run_id.clone();
             drive(log, agent, run, input, stop, shutdown).await;
@@ -144,7 +145,10 @@ impl Engine {
 fn started_events(agent_name: &str, input: &RunInput) -> Vec<NewEvent> {
     let mut events = Vec::with_capacity(2);
     if let Some(text) = &input.user_message {
-        events.push(NewEvent::new(EventKind::UserMessage, json!({ "text": text }).as_object().cloned().unwrap_or_default()));
+        events.push(NewEvent::new(
+            EventKind::UserMessage,
+            json!({ "text": text }).as_object().cloned().unwrap_or_default(),
+        ));
     }
     let started = json!({ "agent_name": agent_name, "input": input.user_message });
     events.push(NewEvent::new(EventKind::AgentStarted, started.as_object().cloned().unwrap_or_default()));

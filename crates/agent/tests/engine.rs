@@ -64,7 +64,11 @@ async fn the_demo_agent_produces_every_critical_event_in_order() {
     assert_eq!(ks.last(), Some(&EventKind::AgentCompleted));
     let calc = events.iter().find(|(k, d)| *k == EventKind::ToolCompleted && d["result"] == json!(42.0));
     assert!(calc.is_some(), "calculator result 42 in {events:?}");
-    let answer: String = events.iter().filter(|(k, _)| *k == EventKind::AgentMessage).map(|(_, d)| d["delta"].as_str().unwrap()).collect();
+    let answer: String = events
+        .iter()
+        .filter(|(k, _)| *k == EventKind::AgentMessage)
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
     assert!(answer.contains("6 * 7 = 42"), "{answer}");
     assert_eq!(info.status, RunStatus::Completed);
 }
@@ -99,7 +103,16 @@ async fn a_tool_guard_dropped_by_an_early_return_reports_an_error() {
     });
     let (events, _) = run_to_end(Arc::new(agent), "hi").await;
     let ks = kinds(&events);
-    assert_eq!(ks, [EventKind::UserMessage, EventKind::AgentStarted, EventKind::ToolExecuting, EventKind::ToolCompleted, EventKind::AgentError]);
+    assert_eq!(
+        ks,
+        [
+            EventKind::UserMessage,
+            EventKind::AgentStarted,
+            EventKind::ToolExecuting,
+            EventKind::ToolCompleted,
+            EventKind::AgentError
+        ]
+    );
     assert!(events[3].1["error"].as_str().unwrap().contains("without a result"));
 }
 

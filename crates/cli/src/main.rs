@@ -1,1 +1,124 @@
-fn main() {}
+//! `agentwire`: the binary. A thin shell: it reads settings, starts the server
+//! crate with the demo agent, prints how to use it, and stops on Ctrl-C or SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agentwire_agent::DemoAgent;
+use agentwire_server::{DEV_PUBLISH_KEY, Server, ServerConfig};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// agentwire: the real-time bridge between AI agents and the people watching them.
+///
+/// Publishers (agent workers) send run events over HTTP; agentwire numbers them
+/// per thread, keeps them, and delivers them in order to every browser watching
+/// the thread over WebSocket or Server-Sent Events.
+#[derive(Parser)]
+#[command(name = "agentwire", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server. Every setting is a flag and an AGENTWIRE_* environment variable.
+    Serve {
+        #[command(flatten)]
+        config: ServerConfig,
+    },
+}
+
+fn banner(config: &ServerConfig, addr: std::net::SocketAddr) -> String {
+    let base = format!("http://{addr}");
+    let mut out = format!("\nagentwire is listening on {base}\n");
+    if !config.dev_mode() {
+        out.push_str("Subscribers need a JWT signed with AGENTWIRE_JWT_SECRET; publishers a publish key.\n");
+        return out;
+    }
+    let key = config.publish_keys.first().map(String::as_str).unwrap_or(DEV_PUBLISH_KEY);
+    out.push_str(&format!(
+        r#"DEV MODE (no JWT secret, loopback only). Paste these into a shell:
+
+  # a token for user "alice"
+  TOKEN=$(curl -s '{base}/dev/token?user=alice' | sed -E 's/.*"token":"([^"]+)".*/\1/')
+
+  # ask the built-in demo agent something (this creates thread_demo for alice)
+  curl -s -X POST {base}/v1/threads/thread_demo/messages -H "Authorization: Bearer $TOKEN" \
+       -H 'content-type: application/json' -d '{{"text":"what is 6 * 7?"}}'
+
+  # watch the thread live (Server-Sent Events; WebSocket: ws://{addr}/v1/ws?token=$TOKEN)
+  curl -N "{base}/v1/threads/thread_demo/stream?after_seq=0&token=$TOKEN"
+
+  # publish as an external agent (publish key: {key})
+  RUN=$(curl -s -X POST {base}/v1/runs -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \
+        -d '{{"thread_id":"thread_demo","user_id":"alice","agent_name":"my-agent"}}' | sed -E 's/.*"run_id":"([^"]+)".*/\1/')
+  curl -s -X POST {base}/v1/runs/$RUN/events -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \
+       -d '{{"events":[{{"event":"agent_started","data":{{"agent_name":"my-agent"}}}},{{"event":"agent_completed","data":{{"result":"hi"}}}}]}}'
+
+  metrics: {base}/metrics   health: {base}/healthz   live figures: {base}/v1/admin/stats
+"#
+    ));
+    out
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+async fn serve(config: ServerConfig) -> Result<(), agentwire_server::ServerError> {
+    let agent = Arc::new(DemoAgent { step_delay: config.demo_step_delay });
+    let server = Server::new(config.clone(), agent)?;
+    let listener = server.bind().await?;
+    let addr = listener.local_addr()?;
+    println!("{}", banner(&config, addr));
+    tracing::info!(%addr, dev_mode = config.dev_mode(), "listening");
+    server.serve(listener, shutdown_signal()).await
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("AGENTWIRE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agentwire: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { config } => runtime.block_on(serve(config)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agentwire: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

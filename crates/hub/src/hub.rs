@@ -94,6 +94,9 @@ impl Hub {
 
 impl FeedSink for Hub {
     fn deliver(&self, events: &[Arc<StoredEvent>]) {
+        for e in events {
+            self.metrics.appended.get(e.envelope.event).inc();
+        }
         for group in events.chunk_by(|a, b| a.thread_id() == b.thread_id()) {
             let Some(subs) = self.threads.get(group[0].thread_id()) else { continue };
             for sub in subs.iter() {

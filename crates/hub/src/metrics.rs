@@ -47,6 +47,7 @@ impl PerKind {
 /// The hub's metrics; cheap to clone (every field is a shared handle).
 #[derive(Clone)]
 pub struct HubMetrics {
+    pub appended: PerKind,
     pub delivered: PerKind,
     pub delivery_lag: Histogram,
     pub slow_consumer_disconnects: Counter,
@@ -60,6 +61,12 @@ pub struct HubMetrics {
 impl HubMetrics {
     /// Creates the metrics and registers them under `agentwire_` in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
+        let appended = Family::<EventLabel, Counter>::default();
+        registry.register(
+            "agentwire_events_appended",
+            "Events appended to thread logs (from publishers, in-process agents and the server), by event kind",
+            appended.clone(),
+        );
         let delivered = Family::<EventLabel, Counter>::default();
         registry.register("agentwire_events_delivered", "Events sent to subscribers, by event kind", delivered.clone());
         // 50 µs … ~1.6 s: loopback delivery sits at the low end, a stalled node at the top.
@@ -70,6 +77,7 @@ impl HubMetrics {
             delivery_lag.clone(),
         );
         let metrics = Self {
+            appended: PerKind::new(&appended),
             delivered: PerKind::new(&delivered),
             delivery_lag,
             slow_consumer_disconnects: Counter::default(),
@@ -84,9 +92,21 @@ impl HubMetrics {
             "Connections closed because their send queue overflowed",
             metrics.slow_consumer_disconnects.clone(),
         );
-        registry.register("agentwire_subscriptions", "Thread subscriptions open on this node", metrics.subscriptions.clone());
-        registry.register("agentwire_connections", "Open subscriber connections, by transport", metrics.connections.clone());
-        registry.register("agentwire_resumes", "Subscriptions that resumed with after_seq > 0", metrics.resumes.clone());
+        registry.register(
+            "agentwire_subscriptions",
+            "Thread subscriptions open on this node",
+            metrics.subscriptions.clone(),
+        );
+        registry.register(
+            "agentwire_connections",
+            "Open subscriber connections, by transport",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "agentwire_resumes",
+            "Subscriptions that resumed with after_seq > 0",
+            metrics.resumes.clone(),
+        );
         registry.register("agentwire_resets", "Subscriptions answered with reset", metrics.resets.clone());
         registry.register(
             "agentwire_gap_fills",
@@ -101,11 +121,15 @@ impl HubMetrics {
         Self::register(&mut Registry::default())
     }
 
-    /// Counts events just written to a subscriber and records their lag.
-    pub fn record_sent(&self, events: &[Arc<StoredEvent>], now: Instant) {
+    /// Counts events just written to a subscriber; live ones also record their
+    /// lag (a replay of old history would only blur the publish→send picture).
+    pub fn record_sent(&self, events: &[Arc<StoredEvent>], live: bool) {
+        let now = Instant::now();
         for e in events {
             self.delivered.get(e.envelope.event).inc();
-            self.delivery_lag.observe(now.saturating_duration_since(e.received_at).as_secs_f64());
+            if live {
+                self.delivery_lag.observe(now.saturating_duration_since(e.received_at).as_secs_f64());
+            }
         }
     }
 }

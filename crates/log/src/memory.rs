@@ -16,9 +16,7 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 
-use crate::{
-    Appended, FeedSink, Log, LogConfig, LogError, LogStats, NewRun, Page, RunInfo, StoredEvent, plan_append,
-};
+use crate::{Appended, FeedSink, Log, LogConfig, LogError, LogStats, NewRun, Page, RunInfo, StoredEvent, plan_append};
 
 /// The state of one run, kept with its thread.
 struct RunState {
@@ -118,7 +116,13 @@ impl MemoryLog {
 
     /// Registers `run` in `state` if it is not there yet (a run first seen through
     /// extraction). The registry's write lock makes the id check and the insert one step.
-    fn register_in(&self, state: &mut ThreadState, run: &RunId, agent_name: Option<String>, now: Timestamp) -> Result<(), LogError> {
+    fn register_in(
+        &self,
+        state: &mut ThreadState,
+        run: &RunId,
+        agent_name: Option<String>,
+        now: Timestamp,
+    ) -> Result<(), LogError> {
         if state.runs.contains_key(run) {
             return Ok(());
         }
@@ -230,7 +234,8 @@ impl Log for MemoryLog {
     async fn cancel(&self, run_id: &str) -> Result<Appended, LogError> {
         let (run, thread) = self.resolve(run_id, false)?;
         let mut state = thread.lock();
-        let appended = self.append_locked(&mut state, &run, vec![NewEvent::agent_error("cancelled", "the run was cancelled")])?;
+        let appended =
+            self.append_locked(&mut state, &run, vec![NewEvent::agent_error("cancelled", "the run was cancelled")])?;
         if let Some(r) = state.runs.get_mut(&run) {
             r.cancel_requested = true;
         }
@@ -255,7 +260,9 @@ impl Log for MemoryLog {
             let idle: Vec<RunId> = state
                 .runs
                 .iter()
-                .filter(|(_, r)| !r.lifecycle.ended() && r.last_activity.millis().saturating_add(idle_ms) <= now.millis())
+                .filter(|(_, r)| {
+                    !r.lifecycle.ended() && r.last_activity.millis().saturating_add(idle_ms) <= now.millis()
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             for run in idle {
@@ -312,7 +319,8 @@ mod tests {
     }
 
     async fn new_run(log: &MemoryLog, user: &UserId, thread: &ThreadId) -> RunId {
-        let new = NewRun { thread_id: thread.clone(), owner: user.clone(), agent_name: Some("demo".into()), run_id: None };
+        let new =
+            NewRun { thread_id: thread.clone(), owner: user.clone(), agent_name: Some("demo".into()), run_id: None };
         log.create_run(new).await.unwrap().run_id
     }
 
@@ -327,7 +335,10 @@ mod tests {
         let thinking = ev(EventKind::AgentThinking, json!({"thought":"t"}));
         assert_eq!(log.append(r1.as_str(), vec![thinking.clone(), thinking]).await.unwrap().seqs, vec![2, 3]);
         let fed = rec.0.lock().clone();
-        assert_eq!(fed, [("thread_a1", 1), ("thread_b2", 1), ("thread_a1", 2), ("thread_a1", 3)].map(|(t, s)| (t.to_owned(), s)));
+        assert_eq!(
+            fed,
+            [("thread_a1", 1), ("thread_b2", 1), ("thread_a1", 2), ("thread_a1", 3)].map(|(t, s)| (t.to_owned(), s))
+        );
         let page = log.read(&thread, 1, 10).await.unwrap();
         assert_eq!(page.events.iter().map(|e| e.seq()).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(page.head_seq, 3);
@@ -367,7 +378,10 @@ mod tests {
         let info = log.run("legacy_thread_a1_42").await.unwrap().expect("registered on first publish");
         assert_eq!(info.agent_name.as_deref(), Some("demo"));
         for unroutable in ["run_thread_zz_1", "4f1c0f3e-uuid", "run with spaces thread_a1"] {
-            assert!(matches!(log.append(unroutable, vec![started()]).await, Err(LogError::RunNotFound(_))), "{unroutable}");
+            assert!(
+                matches!(log.append(unroutable, vec![started()]).await, Err(LogError::RunNotFound(_))),
+                "{unroutable}"
+            );
         }
     }
 

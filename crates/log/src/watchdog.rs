@@ -29,7 +29,9 @@ pub async fn run(log: Arc<dyn Log>, idle_timeout: Duration, shutdown: Cancellati
             _ = tick.tick() => {}
         }
         match log.expire_idle_runs(Timestamp::now()).await {
-            Ok(expired) if !expired.is_empty() => tracing::info!(count = expired.len(), "ended idle runs with agent_error timeout"),
+            Ok(expired) if !expired.is_empty() => {
+                tracing::info!(count = expired.len(), "ended idle runs with agent_error timeout")
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "idle-run watchdog could not check runs"),
         }

@@ -87,7 +87,9 @@ impl EventKind {
                 return Err(EventError::Field { event: self.as_str(), field, expected: "a string" });
             }
         }
-        if self == Self::AgentError && !data.get("code").and_then(Value::as_str).is_some_and(|c| AGENT_ERROR_CODES.contains(&c)) {
+        if self == Self::AgentError
+            && !data.get("code").and_then(Value::as_str).is_some_and(|c| AGENT_ERROR_CODES.contains(&c))
+        {
             return Err(EventError::ErrorCode { event: self.as_str() });
         }
         Ok(())
@@ -213,7 +215,8 @@ pub fn parse_publish_body(body: &[u8], limits: PublishLimits) -> Result<Vec<NewE
     raws.into_iter()
         .enumerate()
         .map(|(index, raw)| {
-            raw.into_new_event(limits.redact).map_err(|e| if single { e } else { EventError::At { index, source: Box::new(e) } })
+            raw.into_new_event(limits.redact)
+                .map_err(|e| if single { e } else { EventError::At { index, source: Box::new(e) } })
         })
         .collect()
 }
@@ -268,7 +271,10 @@ mod tests {
             {"event":"agent_completed"}
         ]}))
         .unwrap();
-        assert_eq!(many.iter().map(|e| e.kind).collect::<Vec<_>>(), [EventKind::AgentThinking, EventKind::AgentCompleted]);
+        assert_eq!(
+            many.iter().map(|e| e.kind).collect::<Vec<_>>(),
+            [EventKind::AgentThinking, EventKind::AgentCompleted]
+        );
         assert!(many[1].data.is_empty());
     }
 

@@ -72,28 +72,25 @@ impl ServerFrame {
     }
 }
 
+/// Joins already-encoded JSON values into a JSON array, `[a,b,…]`.
+pub fn json_array<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::from("[");
+    for (i, json) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(json);
+    }
+    out.push(']');
+    out
+}
+
 /// Joins encoded envelopes into one frame: the envelope itself when there is
 /// one, `{"type":"batch","events":[…]}` when there are several.
-pub fn encode_events<'a, I>(encoded: I) -> String
-where
-    I: IntoIterator<Item = &'a str>,
-    I::IntoIter: ExactSizeIterator,
-{
-    let mut iter = encoded.into_iter();
-    match iter.len() {
-        0 => r#"{"type":"batch","events":[]}"#.to_owned(),
-        1 => iter.next().unwrap_or_default().to_owned(),
-        _ => {
-            let mut out = String::from(r#"{"type":"batch","events":["#);
-            for (i, json) in iter.enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(json);
-            }
-            out.push_str("]}");
-            out
-        }
+pub fn encode_events(encoded: &[&str]) -> String {
+    match encoded {
+        [one] => (*one).to_owned(),
+        many => format!(r#"{{"type":"batch","events":{}}}"#, json_array(many.iter().copied())),
     }
 }
 
@@ -113,24 +110,35 @@ mod tests {
             ClientFrame::Subscribe { thread_id: "thread_a".into(), after_seq: 0 }
         );
         assert_eq!(ClientFrame::parse(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping);
-        for bad in ["", "null", "{}", r#"{"type":"dance"}"#, r#"{"type":"subscribe"}"#, r#"{"type":"subscribe","thread_id":"t","after_seq":-1}"#] {
+        for bad in [
+            "",
+            "null",
+            "{}",
+            r#"{"type":"dance"}"#,
+            r#"{"type":"subscribe"}"#,
+            r#"{"type":"subscribe","thread_id":"t","after_seq":-1}"#,
+        ] {
             assert!(ClientFrame::parse(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn server_frames_have_the_documented_shape() {
-        let v: Value = serde_json::from_str(&ServerFrame::error(ErrorCode::Forbidden, "no", Some("thread_a")).to_json()).unwrap();
+        let v: Value =
+            serde_json::from_str(&ServerFrame::error(ErrorCode::Forbidden, "no", Some("thread_a")).to_json()).unwrap();
         assert_eq!(v, json!({"type":"error","code":"forbidden","message":"no","thread_id":"thread_a"}));
-        let v: Value = serde_json::from_str(&ServerFrame::Reset { thread_id: "thread_a".into(), oldest_seq: 5 }.to_json()).unwrap();
+        let v: Value =
+            serde_json::from_str(&ServerFrame::Reset { thread_id: "thread_a".into(), oldest_seq: 5 }.to_json())
+                .unwrap();
         assert_eq!(v, json!({"type":"reset","thread_id":"thread_a","oldest_seq":5}));
         assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
     }
 
     #[test]
     fn batches_join_encoded_envelopes() {
-        assert_eq!(encode_events([r#"{"seq":1}"#]), r#"{"seq":1}"#);
-        let v: Value = serde_json::from_str(&encode_events([r#"{"seq":1}"#, r#"{"seq":2}"#])).unwrap();
+        assert_eq!(encode_events(&[r#"{"seq":1}"#]), r#"{"seq":1}"#);
+        assert_eq!(json_array([]), "[]");
+        let v: Value = serde_json::from_str(&encode_events(&[r#"{"seq":1}"#, r#"{"seq":2}"#])).unwrap();
         assert_eq!(v, json!({"type":"batch","events":[{"seq":1},{"seq":2}]}));
     }
 }

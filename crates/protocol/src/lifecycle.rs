@@ -151,13 +151,19 @@ mod tests {
     fn violations() {
         let fresh = RunLifecycle::default();
         assert_eq!(fresh.check_batch(&[ev(EventKind::AgentThinking, json!({}))]), Err(LifecycleError::NotStarted));
-        assert_eq!(started().check_batch(&[ev(EventKind::AgentStarted, json!({}))]), Err(LifecycleError::AlreadyStarted));
+        assert_eq!(
+            started().check_batch(&[ev(EventKind::AgentStarted, json!({}))]),
+            Err(LifecycleError::AlreadyStarted)
+        );
         assert_eq!(
             started().check_batch(&[ev(EventKind::ToolCompleted, json!({"tool_call_id":"nope"}))]),
             Err(LifecycleError::UnknownToolCall("nope".into()))
         );
         let open = started().check_batch(&[ev(EventKind::ToolExecuting, json!({"tool_call_id":"c"}))]).unwrap();
-        assert!(matches!(open.check_batch(&[ev(EventKind::AgentCompleted, json!({}))]), Err(LifecycleError::ToolCallsOpen(_))));
+        assert!(matches!(
+            open.check_batch(&[ev(EventKind::AgentCompleted, json!({}))]),
+            Err(LifecycleError::ToolCallsOpen(_))
+        ));
         assert!(matches!(
             open.check_batch(&[ev(EventKind::ToolExecuting, json!({"tool_call_id":"c"}))]),
             Err(LifecycleError::ToolCallAlreadyOpen(_))

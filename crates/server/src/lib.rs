@@ -1,1 +1,157 @@
-//! stub
+//! # agentwire-server
+//!
+//! The HTTP, WebSocket and SSE face of agentwire. Handlers are thin: they
+//! authenticate ([`auth`]), parse, and call the log, the hub or the engine,
+//! which hold the logic. [`Server`] wires the pieces together and owns their
+//! shutdown:
+//!
+//! 1. in-process agent runs end with `agent_error {code:"worker_lost"}` while
+//!    their watchers are still connected;
+//! 2. WebSockets close with `1001`, SSE streams end, no new connections are accepted;
+//! 3. in-flight requests (publishes) finish;
+//! 4. background tasks (the idle-run watchdog) stop.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod routes;
+pub mod state;
+
+use std::sync::Arc;
+
+use agentwire_agent::{Agent, Engine};
+use agentwire_hub::{Hub, HubConfig, HubMetrics};
+use agentwire_log::{Log, LogConfig, MemoryLog, watchdog};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::{Auth, Principal};
+pub use config::{DEV_PUBLISH_KEY, ServerConfig};
+pub use state::AppState;
+
+/// Why the server could not start or keep serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("refusing to start: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A configured server, ready to serve.
+pub struct Server {
+    state: AppState,
+}
+
+impl Server {
+    /// Builds the log, hub, engine and credentials from `config`; runs `agent`
+    /// for messages posted to threads.
+    pub fn new(config: ServerConfig, agent: Arc<dyn Agent>) -> Result<Self, ServerError> {
+        if config.jwt_secret.is_none() && !config.listen.ip().is_loopback() {
+            return Err(ServerError::Config(format!(
+                "{} is not a loopback address and no JWT secret is set (AGENTWIRE_JWT_SECRET)",
+                config.listen
+            )));
+        }
+        if config.backbone != "memory" {
+            return Err(ServerError::Config(format!(
+                "backbone {:?} is not available in this build; use \"memory\"",
+                config.backbone
+            )));
+        }
+        let mut registry = Registry::default();
+        let hub_metrics = HubMetrics::register(&mut registry);
+        let metrics = metrics::ServerMetrics::register(&mut registry);
+        let hub = Hub::new(HubConfig { send_queue: config.send_queue, max_batch: config.max_batch }, hub_metrics);
+        let log: Arc<dyn Log> =
+            Arc::new(MemoryLog::new(LogConfig { run_idle_timeout: config.run_idle_timeout }, hub.clone()));
+        let engine = Arc::new(Engine::new(log.clone(), agent));
+        let auth = Arc::new(Auth::from_config(&config).map_err(|e| ServerError::Config(e.to_string()))?);
+        if auth.dev_mode() {
+            tracing::warn!(
+                "DEV MODE: no JWT secret on a loopback address; /dev/token hands out tokens to anyone and operator routes are open"
+            );
+        }
+        if !auth.has_publish_keys() {
+            tracing::warn!("no publish key is set (AGENTWIRE_PUBLISH_KEY): external publishers will be refused");
+        }
+        let state = AppState {
+            config: Arc::new(config),
+            log,
+            hub,
+            engine,
+            auth,
+            metrics,
+            registry: Arc::new(registry),
+            closing: CancellationToken::new(),
+            connections: TaskTracker::new(),
+        };
+        Ok(Self { state })
+    }
+
+    /// The shared state (tests use it to reach the log or sign tokens).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Binds the configured listen address.
+    pub async fn bind(&self) -> Result<TcpListener, ServerError> {
+        Ok(TcpListener::bind(self.state.config.listen).await?)
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then shuts down in order
+    /// (see the crate docs).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        let state = self.state;
+        let grace = state.config.shutdown_grace;
+        let background = TaskTracker::new();
+        let stop_background = CancellationToken::new();
+        background.spawn(watchdog::run(state.log.clone(), state.config.run_idle_timeout, stop_background.clone()));
+
+        let app = routes::router(state.clone());
+        let http = axum::serve(listener, app).with_graceful_shutdown(state.closing.clone().cancelled_owned());
+        let mut http = tokio::spawn(http.into_future());
+
+        let early = tokio::select! {
+            _ = shutdown => None,
+            served = &mut http => Some(served),
+        };
+        if let Some(served) = early {
+            // The listener failed on its own: still stop what was started.
+            state.closing.cancel();
+            state.engine.shutdown(grace).await;
+            stop_background.cancel();
+            return match served {
+                Ok(result) => result.map_err(ServerError::from),
+                Err(join) => Err(ServerError::Io(std::io::Error::other(join))),
+            };
+        }
+
+        tracing::info!("shutting down: ending in-process runs");
+        state.engine.shutdown(grace).await;
+        tracing::info!("closing connections");
+        state.closing.cancel();
+        state.connections.close();
+        if tokio::time::timeout(grace, state.connections.wait()).await.is_err() {
+            tracing::warn!("some WebSockets did not close within the grace period");
+        }
+        match tokio::time::timeout(grace, http).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(join)) => tracing::error!(error = %join, "the HTTP server task failed"),
+            Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
+        }
+        stop_background.cancel();
+        background.close();
+        background.wait().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! Request extractors: credentials and bodies, with errors in the protocol's shape.
+
+use agentwire_protocol::{ErrorCode, UserId};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The bearer token of a request: `Authorization: Bearer …`, else `?token=…`
+/// (browsers cannot set headers on WebSocket and EventSource requests).
+#[derive(Debug, Clone, Default)]
+pub struct Token(pub Option<String>);
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    axum::extract::Query::<TokenQuery>::try_from_uri(uri).ok().and_then(|q| q.0.token)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Token {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let from_header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(|v| v.trim().to_owned());
+        Ok(Self(from_header.or_else(|| query_token(&parts.uri))))
+    }
+}
+
+/// An authenticated caller; a request without valid credentials is answered `401`.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl Caller {
+    /// The user, or `403` for a publish or admin key where a user token belongs.
+    pub fn user(&self) -> Result<&UserId, ApiError> {
+        match &self.0 {
+            Principal::User { id, .. } => Ok(id),
+            _ => Err(ApiError::forbidden()),
+        }
+    }
+
+    /// `Ok` for a publisher, `403` for anyone else.
+    pub fn publisher(&self) -> Result<(), ApiError> {
+        match self.0 {
+            Principal::Publisher => Ok(()),
+            _ => Err(ApiError::forbidden()),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Ok(Token(token)) = Token::from_request_parts(parts, state).await;
+        Ok(Self(state.auth.authenticate(token.as_deref())?))
+    }
+}
+
+/// A request body within the size limit (`413 too_large` beyond it).
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Self(bytes)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(ErrorCode::TooLarge, "the request body is larger than the limit"))
+            }
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+impl Body {
+    /// Parses the body as JSON; an empty body reads as `{}`.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let bytes: &[u8] = if self.0.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &self.0 };
+        serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_from_the_query_when_there_is_no_header() {
+        let uri = |s: &str| s.parse::<axum::http::Uri>().unwrap();
+        assert_eq!(query_token(&uri("/v1/ws?after_seq=1&token=abc.def")).as_deref(), Some("abc.def"));
+        assert_eq!(query_token(&uri("/v1/ws?token=a%2Eb")).as_deref(), Some("a.b"));
+        assert_eq!(query_token(&uri("/v1/ws?format=legacy")), None);
+    }
+}

@@ -1,0 +1,57 @@
+//! Publish-side telemetry: refused publishes and figures of the log.
+
+use agentwire_protocol::ErrorCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The `reason` label of a rejected publish.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// What the server counts about publishers and the log.
+#[derive(Clone)]
+pub struct ServerMetrics {
+    rejected: Family<ReasonLabel, Counter>,
+    pub threads: Gauge,
+    pub runs_in_flight: Gauge,
+    pub agent_runs: Gauge,
+}
+
+impl ServerMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            rejected: Family::default(),
+            threads: Gauge::default(),
+            runs_in_flight: Gauge::default(),
+            agent_runs: Gauge::default(),
+        };
+        registry.register(
+            "agentwire_events_rejected",
+            "Publishes refused, by reason (unroutable: the run names no known thread)",
+            metrics.rejected.clone(),
+        );
+        registry.register("agentwire_threads", "Threads in the log", metrics.threads.clone());
+        registry.register("agentwire_runs_in_flight", "Runs started and not yet ended", metrics.runs_in_flight.clone());
+        registry.register(
+            "agentwire_agent_runs",
+            "Runs executing in this node's in-process engine",
+            metrics.agent_runs.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a refused publish of `events` events.
+    pub fn record_rejected(&self, code: ErrorCode, events: u64) {
+        let reason = match code {
+            ErrorCode::NotFound => "unroutable",
+            other => other.as_str(),
+        };
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc_by(events.max(1));
+    }
+}

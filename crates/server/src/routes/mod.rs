@@ -1,0 +1,55 @@
+//! The router: every route of PROTOCOL §3 and the transports of §4 and §5.
+
+pub mod ops;
+pub mod runs;
+pub mod sse;
+pub mod threads;
+pub mod ws;
+
+use agentwire_hub::{HubMetrics, TransportLabel};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::state::AppState;
+
+/// All routes, with the body limit applied.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/threads", post(threads::create))
+        .route("/v1/threads/{thread_id}/messages", post(threads::post_message))
+        .route("/v1/threads/{thread_id}/events", get(threads::events))
+        .route("/v1/threads/{thread_id}/stream", get(sse::stream))
+        .route("/v1/runs", post(runs::create))
+        .route("/v1/runs/{run_id}", get(runs::get))
+        .route("/v1/runs/{run_id}/events", post(runs::publish))
+        .route("/v1/runs/{run_id}/cancel", post(runs::cancel))
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/admin/stats", get(ops::stats))
+        .route("/dev/token", get(ops::dev_token))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::fallback)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Counts an open connection for as long as it lives.
+pub(crate) struct ConnectionGauge(Gauge);
+
+impl ConnectionGauge {
+    pub(crate) fn open(metrics: &HubMetrics, transport: &'static str) -> Self {
+        let gauge = metrics.connections.get_or_create(&TransportLabel { transport }).clone();
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

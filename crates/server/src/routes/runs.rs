@@ -1,0 +1,111 @@
+//! Publisher routes: register runs, append their events, look them up, cancel them.
+
+use agentwire_log::{NewRun, RunInfo};
+use agentwire_protocol::{PublishLimits, RunId, ThreadId, UserId, parse_publish_body};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::extract::{Body, Caller};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+struct CreateRun {
+    thread_id: String,
+    user_id: String,
+    #[serde(default)]
+    agent_name: Option<String>,
+    /// An extension: a run id chosen by the publisher (it must not be taken).
+    #[serde(default)]
+    run_id: Option<String>,
+}
+
+/// `POST /v1/runs`: registers a run, creating its thread for `user_id` if new.
+pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -> Result<impl IntoResponse, ApiError> {
+    caller.publisher()?;
+    let req: CreateRun = body.json()?;
+    let new = NewRun {
+        thread_id: ThreadId::parse(&req.thread_id)?,
+        owner: UserId::parse(&req.user_id)?,
+        agent_name: req.agent_name,
+        run_id: req.run_id.as_deref().map(RunId::parse).transpose()?,
+    };
+    let run = state.log.create_run(new).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "run_id": run.run_id, "thread_id": run.thread_id }))))
+}
+
+/// `POST /v1/runs/{run_id}/events`: one event or a batch, all or nothing.
+pub async fn publish(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(run_id): Path<String>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.publisher()?;
+    let limits = PublishLimits { max_events: state.config.max_events_per_publish, redact: state.config.redact_secrets };
+    let events = parse_publish_body(&body.0, limits).inspect_err(|e| state.metrics.record_rejected(e.code(), 1))?;
+    let count = events.len() as u64;
+    match state.log.append(&run_id, events).await {
+        Ok(appended) => Ok(Json(json!({ "seqs": appended.seqs }))),
+        Err(e) => {
+            state.metrics.record_rejected(e.code(), count);
+            if e.code() == agentwire_protocol::ErrorCode::NotFound {
+                tracing::warn!(%run_id, "rejected events of an unroutable run");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// The run, if `caller` may see it: any publisher, or the owner of its thread.
+async fn visible_run(state: &AppState, caller: &Caller, run_id: &str) -> Result<RunInfo, ApiError> {
+    if let Principal::User { .. } = caller.0 {
+    } else {
+        caller.publisher()?;
+    }
+    let run = state.log.run(run_id).await?.ok_or_else(|| ApiError::not_found(format!("run {run_id}")))?;
+    if let Principal::User { id, .. } = &caller.0
+        && id != &run.owner
+    {
+        return Err(ApiError::forbidden());
+    }
+    Ok(run)
+}
+
+fn run_json(run: &RunInfo) -> serde_json::Value {
+    json!({
+        "run_id": run.run_id,
+        "thread_id": run.thread_id,
+        "status": run.status.as_str(),
+        "cancel_requested": run.cancel_requested,
+        "agent_name": run.agent_name,
+    })
+}
+
+/// `GET /v1/runs/{run_id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(run_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let run = visible_run(&state, &caller, &run_id).await?;
+    Ok(Json(run_json(&run)))
+}
+
+/// `POST /v1/runs/{run_id}/cancel`: ends the run with `agent_error {code:"cancelled"}`
+/// and stops it if it runs in this node's engine.
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(run_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let run = visible_run(&state, &caller, &run_id).await?;
+    let appended = state.log.cancel(run.run_id.as_str()).await?;
+    state.engine.stop(run.run_id.as_str());
+    Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": run.run_id, "seq": appended.seqs.first() }))))
+}

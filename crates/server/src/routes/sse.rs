@@ -1,0 +1,104 @@
+//! The Server-Sent Events transport (PROTOCOL §5): one thread per stream.
+//!
+//! Ownership is checked and the subscription started before the response
+//! begins, so refusals are ordinary HTTP errors. Resumes from `Last-Event-ID`
+//! (which wins) or `?after_seq=`.
+
+use std::convert::Infallible;
+
+use agentwire_hub::Session;
+use agentwire_log::StoredEvent;
+use agentwire_protocol::{ServerFrame, ThreadId};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::extract::Caller;
+use crate::routes::ConnectionGauge;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub struct StreamQuery {
+    #[serde(default)]
+    after_seq: u64,
+}
+
+fn sse_event(e: &StoredEvent) -> Event {
+    Event::default().id(e.seq().to_string()).event(e.envelope.event.as_str()).data(&*e.json)
+}
+
+/// `GET /v1/threads/{thread_id}/stream`.
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(thread_id): Path<String>,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let user = caller.user()?;
+    let thread = ThreadId::parse(&thread_id)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let after_seq = match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a seq"))?,
+        None => q.after_seq,
+    };
+    state.check_owner(user, &thread).await?;
+    let (conn, mut outbox) = state.hub.connect();
+    let mut session = Session::new(conn, state.log.clone(), state.config.replay_page);
+    let started = session.subscribe(&thread, after_seq).await?;
+    let keep_alive = KeepAlive::new().interval(state.config.sse_keepalive).text("ping");
+
+    let events = async_stream::stream! {
+        let _gauge = ConnectionGauge::open(state.hub.metrics(), "sse");
+        let metrics = state.hub.metrics().clone();
+        if let Some(oldest_seq) = started.reset {
+            let frame = ServerFrame::Reset { thread_id: thread.to_string(), oldest_seq };
+            yield Ok(Event::default().event("reset").data(frame.to_json()));
+        }
+        loop {
+            match session.replay(&thread).await {
+                Ok(page) if page.is_empty() => break,
+                Ok(page) => {
+                    for e in &page {
+                        yield Ok(sse_event(e));
+                    }
+                    metrics.record_sent(&page, false);
+                }
+                Err(e) => {
+                    tracing::warn!(%thread, error = %e, "SSE replay failed; the client will resume");
+                    return;
+                }
+            }
+        }
+        loop {
+            let batch = tokio::select! {
+                _ = state.closing.cancelled() => break,
+                _ = session.connection().overflowed() => break,
+                batch = outbox.next_batch() => batch,
+            };
+            if batch.is_empty() {
+                break;
+            }
+            match session.live(batch).await {
+                Ok(live) => {
+                    for e in &live {
+                        yield Ok(sse_event(e));
+                    }
+                    metrics.record_sent(&live, true);
+                }
+                Err(e) => {
+                    tracing::warn!(%thread, error = %e, "SSE gap fill failed; the client will resume");
+                    break;
+                }
+            }
+        }
+    };
+    Ok(Sse::new(events).keep_alive(keep_alive))
+}

@@ -1,0 +1,97 @@
+//! User routes on threads: create one, post a message to the agent, read history.
+
+use agentwire_agent::RunInput;
+use agentwire_log::NewRun;
+use agentwire_protocol::{ThreadId, json_array};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::extract::{Body, Caller};
+use crate::state::AppState;
+
+/// Most events one history page may hold.
+pub const MAX_PAGE: usize = 10_000;
+/// Events per history page when no `limit` is given.
+pub const DEFAULT_PAGE: usize = 1_000;
+
+#[derive(Deserialize)]
+struct CreateThread {
+    #[serde(default)]
+    thread_id: Option<String>,
+}
+
+/// `POST /v1/threads`: a new thread owned by the caller.
+pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -> Result<impl IntoResponse, ApiError> {
+    let user = caller.user()?;
+    let req: CreateThread = body.json()?;
+    let wanted = req.thread_id.as_deref().map(ThreadId::parse).transpose()?;
+    let thread = state.log.create_thread(wanted, user).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "thread_id": thread }))))
+}
+
+#[derive(Deserialize)]
+struct PostMessage {
+    text: Value,
+}
+
+/// `POST /v1/threads/{thread_id}/messages`: appends `user_message` and starts the agent.
+pub async fn post_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(thread_id): Path<String>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let user = caller.user()?;
+    let thread = ThreadId::parse(&thread_id)?;
+    let req: PostMessage = body.json()?;
+    let text = req
+        .text
+        .as_str()
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("text must be a non-empty string"))?;
+    state.log.ensure_thread(&thread, user).await?;
+    let new = NewRun {
+        thread_id: thread,
+        owner: user.clone(),
+        agent_name: Some(state.engine.agent_name().to_owned()),
+        run_id: None,
+    };
+    let run = state.log.create_run(new).await?;
+    let run_id = run.run_id.clone();
+    if !state.engine.start(run, RunInput { user_message: Some(text.to_owned()), extra: Value::Null }) {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": run_id }))))
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    #[serde(default)]
+    after_seq: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /v1/threads/{thread_id}/events`: a page of history, events as stored.
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(thread_id): Path<String>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let user = caller.user()?;
+    let thread = ThreadId::parse(&thread_id)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    state.check_owner(user, &thread).await?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
+    let page = state.log.read(&thread, q.after_seq, limit).await?;
+    // The events are already encoded: splice them in rather than parse and re-encode.
+    let events = json_array(page.events.iter().map(|e| &*e.json));
+    let body = format!(r#"{{"events":{events},"head_seq":{}}}"#, page.head_seq);
+    Ok(([(header::CONTENT_TYPE, "application/json")], body))
+}

@@ -1,0 +1,210 @@
+//! The WebSocket transport (PROTOCOL §4): a thin loop around a hub [`Session`].
+//!
+//! One task per connection waits on whichever comes first: a client frame, a
+//! batch from the connection's hub queue, the ping timer, the token's expiry,
+//! the queue overflowing (close `4008`) or shutdown (close `1001`). Events that
+//! are ready together leave as one `batch` frame.
+
+use std::time::{Duration, Instant};
+
+use agentwire_hub::Session;
+use agentwire_log::StoredEvent;
+use agentwire_protocol::{ClientFrame, ErrorCode, ServerFrame, ThreadId, UserId, encode_events};
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+use crate::auth::{Principal, remaining};
+use crate::error::ApiError;
+use crate::extract::Token;
+use crate::routes::ConnectionGauge;
+use crate::state::AppState;
+
+/// Close codes of PROTOCOL §4.
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const INTERNAL: u16 = 1011;
+    pub const UNAUTHORIZED: u16 = 4001;
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+/// `GET /v1/ws`: checks the token at the handshake (`401` when bad), then upgrades.
+pub async fn upgrade(State(state): State<AppState>, Token(token): Token, ws: WebSocketUpgrade) -> Response {
+    let (user, exp) = match state.auth.authenticate(token.as_deref()) {
+        Ok(Principal::User { id, exp }) => (id, exp),
+        Ok(_) => return ApiError::forbidden().into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let tracker = state.connections.clone();
+    ws.max_message_size(state.config.max_frame_bytes)
+        .on_upgrade(move |socket| tracker.track_future(serve(socket, state, user, exp)))
+}
+
+/// Why the loop ended: with a close frame to send, or because the peer is gone.
+type End = Option<(u16, &'static str)>;
+
+struct Client {
+    socket: WebSocket,
+    state: AppState,
+    user: UserId,
+}
+
+impl Client {
+    async fn send(&mut self, text: String) -> Result<(), End> {
+        self.socket.send(Message::Text(text.into())).await.map_err(|_| None)
+    }
+
+    async fn send_frame(&mut self, frame: ServerFrame) -> Result<(), End> {
+        self.send(frame.to_json()).await
+    }
+
+    async fn send_error(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        thread: Option<&str>,
+    ) -> Result<(), End> {
+        self.send_frame(ServerFrame::error(code, message, thread)).await
+    }
+
+    /// Sends events in frames of at most `max_batch`, and counts them.
+    async fn send_events(&mut self, events: &[Arc<StoredEvent>], live: bool) -> Result<(), End> {
+        for chunk in events.chunks(self.state.hub.config().max_batch.max(1)) {
+            let encoded: Vec<&str> = chunk.iter().map(|e| &*e.json).collect();
+            self.send(encode_events(&encoded)).await?;
+            self.state.hub.metrics().record_sent(chunk, live);
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, session: &mut Session, thread_id: String, after_seq: u64) -> Result<(), End> {
+        let thread = match ThreadId::parse(&thread_id) {
+            Ok(t) => t,
+            Err(e) => return self.send_error(ErrorCode::BadRequest, e.to_string(), Some(&thread_id)).await,
+        };
+        let limit = self.state.config.max_subscriptions_per_connection;
+        if !session.is_subscribed(&thread) && session.subscription_count() >= limit {
+            let message = format!("at most {limit} subscriptions per connection");
+            return self.send_error(ErrorCode::TooLarge, message, Some(&thread_id)).await;
+        }
+        if let Err(e) = self.state.check_owner(&self.user, &thread).await {
+            return self.send_error(e.code, e.message, Some(&thread_id)).await;
+        }
+        let started = match session.subscribe(&thread, after_seq).await {
+            Ok(s) => s,
+            Err(e) => return self.send_error(e.code(), e.to_string(), Some(&thread_id)).await,
+        };
+        self.send_frame(ServerFrame::Subscribed { thread_id: thread_id.clone(), head_seq: started.head_seq }).await?;
+        if let Some(oldest_seq) = started.reset {
+            self.send_frame(ServerFrame::Reset { thread_id: thread_id.clone(), oldest_seq }).await?;
+        }
+        loop {
+            match session.replay(&thread).await {
+                Ok(page) if page.is_empty() => return Ok(()),
+                Ok(page) => self.send_events(&page, false).await?,
+                Err(e) => {
+                    tracing::warn!(%thread, error = %e, "replay failed");
+                    return Err(Some((close::INTERNAL, "could not read the thread's history; resume with after_seq")));
+                }
+            }
+        }
+    }
+
+    /// Handles one client frame; returns the token's new expiry when it was refreshed.
+    async fn handle(&mut self, session: &mut Session, text: &str) -> Result<Option<u64>, End> {
+        let frame = match ClientFrame::parse(text) {
+            Ok(f) => f,
+            Err(message) => return self.send_error(ErrorCode::BadRequest, message, None).await.map(|()| None),
+        };
+        match frame {
+            ClientFrame::Subscribe { thread_id, after_seq } => self.subscribe(session, thread_id, after_seq).await?,
+            ClientFrame::Unsubscribe { thread_id } => {
+                if let Ok(thread) = ThreadId::parse(&thread_id) {
+                    session.unsubscribe(&thread);
+                }
+                self.send_frame(ServerFrame::Unsubscribed { thread_id }).await?;
+            }
+            ClientFrame::Ping => self.send_frame(ServerFrame::Pong).await?,
+            ClientFrame::Auth { token } => match self.state.auth.authenticate(Some(&token)) {
+                Ok(Principal::User { id, exp }) if id == self.user => {
+                    self.send_frame(ServerFrame::Authed { exp }).await?;
+                    return Ok(Some(exp));
+                }
+                Ok(_) => self.send_error(ErrorCode::Forbidden, "the new token must be for the same user", None).await?,
+                Err(e) => self.send_error(ErrorCode::Unauthorized, e.to_string(), None).await?,
+            },
+        }
+        Ok(None)
+    }
+}
+
+async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64) {
+    let _gauge = ConnectionGauge::open(state.hub.metrics(), "ws");
+    let (conn, mut outbox) = state.hub.connect();
+    let mut session = Session::new(conn, state.log.clone(), state.config.replay_page);
+    let ping_every = state.config.ws_ping_interval.max(Duration::from_millis(10));
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let expiry = tokio::time::sleep(remaining(exp));
+    tokio::pin!(expiry);
+    let closing = state.closing.clone();
+    let mut client = Client { socket, state, user };
+    let mut last_heard = Instant::now();
+
+    let end: End = loop {
+        tokio::select! {
+            biased;
+            _ = closing.cancelled() => break Some((close::GOING_AWAY, "server shutting down")),
+            _ = session.connection().overflowed() => {
+                break Some((close::SLOW_CONSUMER, "slow consumer: reconnect and resume with after_seq"))
+            }
+            _ = &mut expiry => break Some((close::UNAUTHORIZED, "token expired")),
+            msg = client.socket.recv() => {
+                let Some(Ok(msg)) = msg else { break None };
+                last_heard = Instant::now();
+                let handled = match msg {
+                    Message::Text(text) => client.handle(&mut session, text.as_str()).await,
+                    Message::Binary(_) => {
+                        client.send_error(ErrorCode::BadRequest, "frames are JSON text", None).await.map(|()| None)
+                    }
+                    Message::Close(_) => break None,
+                    Message::Ping(_) | Message::Pong(_) => Ok(None),
+                };
+                match handled {
+                    Ok(Some(new_exp)) => expiry.as_mut().reset(tokio::time::Instant::now() + remaining(new_exp)),
+                    Ok(None) => {}
+                    Err(end) => break end,
+                }
+            }
+            batch = outbox.next_batch() => {
+                if batch.is_empty() {
+                    break None;
+                }
+                match session.live(batch).await {
+                    Ok(events) => {
+                        if let Err(end) = client.send_events(&events, true).await {
+                            break end;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not fill a gap in a live stream");
+                        break Some((close::INTERNAL, "could not read the log; resume with after_seq"));
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > ping_every * 2 {
+                    tracing::debug!(user = %client.user, "dropping a WebSocket that stopped answering pings");
+                    break None;
+                }
+                if client.socket.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    if let Some((code, reason)) = end {
+        let frame = CloseFrame { code, reason: reason.into() };
+        let _ = client.socket.send(Message::Close(Some(frame))).await;
+    }
+}

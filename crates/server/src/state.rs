@@ -1,0 +1,43 @@
+//! The state every handler receives, passed explicitly through axum's `State`.
+
+use std::sync::Arc;
+
+use agentwire_agent::Engine;
+use agentwire_hub::Hub;
+use agentwire_log::Log;
+use agentwire_protocol::{ThreadId, UserId};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::metrics::ServerMetrics;
+
+/// Shared handles of one server; cloning is cheap.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<ServerConfig>,
+    pub log: Arc<dyn Log>,
+    pub hub: Arc<Hub>,
+    pub engine: Arc<Engine>,
+    pub auth: Arc<Auth>,
+    pub metrics: ServerMetrics,
+    pub registry: Arc<Registry>,
+    /// Cancelled when long-lived connections must close (shutdown).
+    pub closing: CancellationToken,
+    /// Tracks WebSocket tasks, so shutdown can wait for their close frames.
+    pub connections: TaskTracker,
+}
+
+impl AppState {
+    /// `Ok` when `user` owns `thread`: `404` if it does not exist, `403` if it is someone else's.
+    pub async fn check_owner(&self, user: &UserId, thread: &ThreadId) -> Result<(), ApiError> {
+        match self.log.thread_owner(thread).await? {
+            None => Err(ApiError::not_found(format!("thread {thread}"))),
+            Some(owner) if &owner == user => Ok(()),
+            Some(_) => Err(ApiError::forbidden()),
+        }
+    }
+}
