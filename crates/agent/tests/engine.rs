@@ -24,11 +24,17 @@ impl Agent for Scripted {
     }
 }
 
-async fn run_to_end(agent: Arc<dyn Agent>, text: &str) -> (Vec<(EventKind, Value)>, RunInfo) {
+/// A fresh in-memory log with one registered run.
+async fn new_run(thread: &str) -> (Arc<dyn Log>, ThreadId, RunInfo) {
     let log: Arc<dyn Log> = Arc::new(MemoryLog::new(LogConfig::default(), Arc::new(NoFeed)));
-    let thread = ThreadId::parse("thread_engine").unwrap();
+    let thread = ThreadId::parse(thread).unwrap();
     let new = NewRun { thread_id: thread.clone(), owner: UserId::parse("u").unwrap(), agent_name: None, run_id: None };
     let run = log.create_run(new).await.unwrap();
+    (log, thread, run)
+}
+
+async fn run_to_end(agent: Arc<dyn Agent>, text: &str) -> (Vec<(EventKind, Value)>, RunInfo) {
+    let (log, thread, run) = new_run("thread_engine").await;
     let engine = Engine::new(log.clone(), agent);
     assert!(engine.start(run.clone(), RunInput { user_message: Some(text.into()), extra: Value::Null }));
     for _ in 0..500 {
@@ -133,10 +139,7 @@ async fn an_agent_cannot_complete_with_a_tool_call_leaked_open() {
 
 #[tokio::test]
 async fn cancelling_stops_the_agent_without_a_second_terminal_event() {
-    let log: Arc<dyn Log> = Arc::new(MemoryLog::new(LogConfig::default(), Arc::new(NoFeed)));
-    let thread = ThreadId::parse("thread_cancel").unwrap();
-    let new = NewRun { thread_id: thread.clone(), owner: UserId::parse("u").unwrap(), agent_name: None, run_id: None };
-    let run = log.create_run(new).await.unwrap();
+    let (log, thread, run) = new_run("thread_cancel").await;
     let engine = Engine::new(log.clone(), Arc::new(DemoAgent { step_delay: Duration::from_millis(200) }));
     engine.start(run.clone(), RunInput { user_message: Some("1+1".into()), extra: Value::Null });
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -154,10 +157,7 @@ async fn cancelling_stops_the_agent_without_a_second_terminal_event() {
 
 #[tokio::test]
 async fn shutdown_ends_running_runs_with_worker_lost() {
-    let log: Arc<dyn Log> = Arc::new(MemoryLog::new(LogConfig::default(), Arc::new(NoFeed)));
-    let thread = ThreadId::parse("thread_shutdown").unwrap();
-    let new = NewRun { thread_id: thread.clone(), owner: UserId::parse("u").unwrap(), agent_name: None, run_id: None };
-    let run = log.create_run(new).await.unwrap();
+    let (log, thread, run) = new_run("thread_shutdown").await;
     let engine = Engine::new(log.clone(), Arc::new(DemoAgent { step_delay: Duration::from_secs(60) }));
     engine.start(run.clone(), RunInput::default());
     tokio::time::sleep(Duration::from_millis(30)).await;
