@@ -76,6 +76,11 @@ async fn fifty_concurrent_runs_on_ten_threads_arrive_complete_and_in_order() {
     for i in 0..50 {
         runs.push((threads[i % 10].clone(), server.create_run(&threads[i % 10], "carol").await, i));
     }
+    // One connection watches all ten threads, as a dashboard tab would.
+    let mut watch_all = server.ws(&token).await;
+    for thread in &threads {
+        watch_all.subscribe(thread, 0).await;
+    }
     let mut subscribers = Vec::new();
     for thread in &threads {
         for _ in 0..3 {
@@ -99,6 +104,14 @@ async fn fifty_concurrent_runs_on_ten_threads_arrive_complete_and_in_order() {
         p.await.unwrap();
     }
     let per_thread = 5 * 6;
+    let mut everything = Vec::new();
+    while everything.len() < 10 * per_thread as usize {
+        everything.extend(watch_all.next_events().await);
+    }
+    for thread in &threads {
+        let of_thread: Vec<Value> = everything.iter().filter(|e| e["thread_id"] == thread.as_str()).cloned().collect();
+        assert_eq!(seqs(&of_thread), (1..=per_thread).collect::<Vec<_>>(), "{thread} on the shared connection");
+    }
     for (thread, ws) in &mut subscribers {
         let events = ws.events_until(thread, per_thread).await;
         assert_eq!(seqs(&events), (1..=per_thread).collect::<Vec<_>>(), "{thread}");
@@ -424,4 +437,23 @@ async fn dev_mode_hands_out_tokens_only_on_loopback_without_a_secret() {
     open.listen = "0.0.0.0:0".parse().unwrap();
     let refused = agentwire_server::Server::new(open, std::sync::Arc::new(agentwire_agent::DemoAgent::default()));
     assert!(refused.is_err(), "no secret outside loopback must refuse to start");
+}
+
+#[tokio::test]
+async fn an_expiring_token_closes_the_socket_with_4001_unless_refreshed() {
+    let server = TestServer::start().await;
+    let user = agentwire_protocol::UserId::parse("olga").unwrap();
+    let short = server.state.auth.issue(&user, Duration::from_secs(2)).unwrap().0;
+    server.create_run("thread_exp", "olga").await;
+    let mut lapsing = server.ws(&short).await;
+    let mut refreshed = server.ws(&short).await;
+    refreshed.subscribe("thread_exp", 0).await;
+    refreshed.send(json!({"type":"auth","token": server.token("olga")})).await;
+    let authed = refreshed.next_frame().await;
+    assert_eq!(authed["type"], "authed", "{authed}");
+    // Another user's token cannot take over the connection.
+    refreshed.send(json!({"type":"auth","token": server.token("someone_else")})).await;
+    assert_eq!(refreshed.next_frame().await["code"], "forbidden");
+    assert_eq!(close_code(lapsing.next().await), Some(4001));
+    assert!(refreshed.frames_before_pong().await.is_empty(), "the refreshed connection stays open");
 }

@@ -192,16 +192,21 @@ impl Ws {
         frame["head_seq"].as_u64().unwrap()
     }
 
+    /// The envelopes of the next frame, which must be an `event` or a `batch`.
+    pub async fn next_events(&mut self) -> Vec<Value> {
+        let frame = self.next_frame().await;
+        match frame["type"].as_str() {
+            Some("event") => vec![frame],
+            Some("batch") => frame["events"].as_array().unwrap().clone(),
+            _ => panic!("unexpected frame while waiting for events: {frame}"),
+        }
+    }
+
     /// Collects event envelopes (unpacking batches) until `thread` reaches `last_seq`.
     pub async fn events_until(&mut self, thread: &str, last_seq: u64) -> Vec<Value> {
         let mut out: Vec<Value> = Vec::new();
         while !out.iter().any(|e| e["thread_id"] == thread && e["seq"].as_u64() >= Some(last_seq)) {
-            let frame = self.next_frame().await;
-            match frame["type"].as_str() {
-                Some("event") => out.push(frame),
-                Some("batch") => out.extend(frame["events"].as_array().unwrap().iter().cloned()),
-                _ => panic!("unexpected frame while waiting for events: {frame}"),
-            }
+            out.extend(self.next_events().await);
         }
         out
     }
