@@ -26,7 +26,7 @@ impl Agent for Scripted {
 
 /// A fresh in-memory log with one registered run.
 async fn new_run(thread: &str) -> (Arc<dyn Log>, ThreadId, RunInfo) {
-    let log: Arc<dyn Log> = Arc::new(MemoryLog::new(LogConfig::default(), Arc::new(NoFeed)));
+    let log: Arc<dyn Log> = Arc::new(MemoryLog::new(LogConfig::default(), Arc::new(NoFeed)).unwrap());
     let thread = ThreadId::parse(thread).unwrap();
     let new = NewRun { thread_id: thread.clone(), owner: UserId::parse("u").unwrap(), agent_name: None, run_id: None };
     let run = log.create_run(new).await.unwrap();

@@ -209,6 +209,19 @@ impl Outbox {
         batch
     }
 
+    /// Takes what is already queued, up to the batch limit, without waiting
+    /// (to flush before a close).
+    pub fn ready_batch(&mut self) -> Vec<Arc<StoredEvent>> {
+        let mut batch = Vec::new();
+        while batch.len() < self.max_batch {
+            match self.rx.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
     /// Events waiting in the queue.
     pub fn len(&self) -> usize {
         self.rx.len()

@@ -14,7 +14,7 @@ fn thinking(i: usize) -> NewEvent {
 
 fn setup(config: HubConfig) -> (Arc<Hub>, Arc<dyn Log>) {
     let hub = Hub::new(config, HubMetrics::unregistered());
-    let log: Arc<dyn Log> = Arc::new(MemoryLog::new(LogConfig::default(), hub.clone()));
+    let log: Arc<dyn Log> = Arc::new(MemoryLog::new(LogConfig::default(), hub.clone()).unwrap());
     (hub, log)
 }
 

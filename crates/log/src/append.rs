@@ -46,7 +46,7 @@ impl AppendPlan {
 /// rules, so a repeat answers its first `seq` even after the run has ended.
 pub fn plan_append(
     lifecycle: &RunLifecycle,
-    known: impl Fn(&str) -> Option<u64>,
+    mut known: impl FnMut(&str) -> Option<u64>,
     events: Vec<NewEvent>,
 ) -> Result<AppendPlan, LifecycleError> {
     let mut planned = Vec::with_capacity(events.len());

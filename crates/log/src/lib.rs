@@ -10,8 +10,10 @@
 //! [`watchdog`]; durable and distributed logs implement the same trait.
 
 mod append;
+mod core;
 mod error;
 mod memory;
+pub mod store;
 pub mod watchdog;
 
 use std::sync::Arc;
@@ -21,8 +23,10 @@ use agentwire_protocol::{Envelope, NewEvent, RunId, RunStatus, ThreadId, Timesta
 use async_trait::async_trait;
 
 pub use append::{AppendPlan, PlannedEvent, plan_append};
+pub use core::StoredLog;
 pub use error::LogError;
-pub use memory::MemoryLog;
+pub use memory::{MemoryLog, MemoryStore};
+pub use store::{Store, StoreError};
 
 /// An event as stored: the envelope, its JSON encoded once for every
 /// subscriber, and when this node appended or received it (for delivery lag).
@@ -165,4 +169,7 @@ pub trait Log: Send + Sync + 'static {
 
     /// Figures for the dashboard.
     fn stats(&self) -> LogStats;
+
+    /// Writes what is queued and stops background work; later writes are refused.
+    async fn close(&self) {}
 }

@@ -1,296 +1,101 @@
-//! The in-memory log: everything in process memory, lost on restart.
+//! The in-memory store: events kept in process memory, lost on restart.
 //!
-//! For tests and throwaway use. Each thread sits behind its own mutex, so
-//! appends to different threads do not wait for each other, while appends to one
-//! thread are numbered and handed to the feed in one critical section: that is
-//! what makes `seq` gap-free and the feed ordered.
+//! For tests and throwaway use. The working state (threads, runs, event ids) is
+//! already in memory in [`StoredLog`], so this store only keeps the events
+//! themselves; "durable" here means "in this process".
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use agentwire_protocol::{
-    Envelope, EnvelopeType, EventKind, NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id,
-};
-use async_trait::async_trait;
-use parking_lot::{Mutex, RwLock};
-use serde_json::Value;
+use agentwire_protocol::{RunId, ThreadId};
+use parking_lot::RwLock;
 
-use crate::{Appended, FeedSink, Log, LogConfig, LogError, LogStats, NewRun, Page, RunInfo, StoredEvent, plan_append};
+use crate::store::{Batch, RunRecord, Snapshot, Store, StoreError, ThreadExtent};
+use crate::{FeedSink, LogConfig, StoredEvent, StoredLog};
 
-/// The state of one run, kept with its thread.
-struct RunState {
-    agent_name: Option<String>,
-    lifecycle: RunLifecycle,
-    event_ids: HashMap<String, u64>,
-    cancel_requested: bool,
-    /// The idle clock: creation or last event.
-    last_activity: Timestamp,
+/// Events per thread; `events[t][i]` has `seq == oldest[t] + i`.
+#[derive(Default)]
+pub struct MemoryStore {
+    threads: RwLock<HashMap<ThreadId, VecDeque<Arc<StoredEvent>>>>,
 }
 
-impl RunState {
-    fn new(agent_name: Option<String>, now: Timestamp) -> Self {
-        Self {
-            agent_name,
-            lifecycle: RunLifecycle::default(),
-            event_ids: HashMap::new(),
-            cancel_requested: false,
-            last_activity: now,
-        }
+/// The log over memory.
+pub type MemoryLog = StoredLog<MemoryStore>;
+
+impl StoredLog<MemoryStore> {
+    /// An empty in-memory log that hands committed events to `sink`.
+    pub fn new(config: LogConfig, sink: Arc<dyn FeedSink>) -> Result<Self, StoreError> {
+        Self::open(MemoryStore::default(), config, sink)
     }
 }
 
-struct ThreadState {
-    id: ThreadId,
-    owner: UserId,
-    /// `events[i]` has `seq == i + 1`.
-    events: Vec<Arc<StoredEvent>>,
-    runs: HashMap<RunId, RunState>,
-}
-
-type SharedThread = Arc<Mutex<ThreadState>>;
-
-/// The in-memory [`Log`].
-pub struct MemoryLog {
-    config: LogConfig,
-    sink: Arc<dyn FeedSink>,
-    threads: RwLock<HashMap<ThreadId, SharedThread>>,
-    /// The run registry's index: run → thread. The run's state lives with its thread.
-    registry: RwLock<HashMap<RunId, ThreadId>>,
-    runs_in_flight: AtomicU64,
-}
-
-impl MemoryLog {
-    /// An empty log that hands appended events to `sink`.
-    pub fn new(config: LogConfig, sink: Arc<dyn FeedSink>) -> Self {
-        Self {
-            config,
-            sink,
-            threads: RwLock::new(HashMap::new()),
-            registry: RwLock::new(HashMap::new()),
-            runs_in_flight: AtomicU64::new(0),
-        }
-    }
-
-    fn thread(&self, id: &ThreadId) -> Option<SharedThread> {
-        self.threads.read().get(id).cloned()
-    }
-
-    fn insert_thread(&self, id: ThreadId, owner: &UserId) -> Result<SharedThread, SharedThread> {
+impl Store for MemoryStore {
+    fn write(&self, batches: &[&Batch]) -> Result<(), StoreError> {
         let mut threads = self.threads.write();
-        if let Some(existing) = threads.get(&id) {
-            return Err(existing.clone());
+        for batch in batches {
+            for event in &batch.events {
+                threads.entry(event.thread_id().clone()).or_default().push_back(event.clone());
+            }
+            for (thread, below) in &batch.trims {
+                if let Some(events) = threads.get_mut(thread) {
+                    while events.front().is_some_and(|e| e.seq() < *below) {
+                        events.pop_front();
+                    }
+                }
+            }
         }
-        let state = Arc::new(Mutex::new(ThreadState {
-            id: id.clone(),
-            owner: owner.clone(),
-            events: Vec::new(),
-            runs: HashMap::new(),
-        }));
-        threads.insert(id, state.clone());
-        Ok(state)
-    }
-
-    fn owned_thread(&self, id: &ThreadId, owner: &UserId) -> Result<SharedThread, LogError> {
-        let thread = self.insert_thread(id.clone(), owner).unwrap_or_else(|existing| existing);
-        if &thread.lock().owner != owner {
-            return Err(LogError::Forbidden);
-        }
-        Ok(thread)
-    }
-
-    /// The run's thread: from the registry, else by extraction (PROTOCOL §1).
-    fn resolve(&self, run_id: &str, allow_fallback: bool) -> Result<(RunId, SharedThread), LogError> {
-        let not_found = || LogError::RunNotFound(run_id.to_owned());
-        if let Some((run, thread_id)) = self.registry.read().get_key_value(run_id) {
-            let thread = self.thread(thread_id).ok_or_else(not_found)?;
-            return Ok((run.clone(), thread));
-        }
-        if !allow_fallback {
-            return Err(not_found());
-        }
-        let run = RunId::parse(run_id).map_err(|_| not_found())?;
-        let thread = extract_thread_id(run_id).and_then(|t| self.thread(&t)).ok_or_else(not_found)?;
-        Ok((run, thread))
-    }
-
-    /// Registers `run` in `state` if it is not there yet (a run first seen through
-    /// extraction). The registry's write lock makes the id check and the insert one step.
-    fn register_in(
-        &self,
-        state: &mut ThreadState,
-        run: &RunId,
-        agent_name: Option<String>,
-        now: Timestamp,
-    ) -> Result<(), LogError> {
-        if state.runs.contains_key(run) {
-            return Ok(());
-        }
-        let mut registry = self.registry.write();
-        if registry.contains_key(run) {
-            return Err(LogError::RunExists(run.to_string()));
-        }
-        registry.insert(run.clone(), state.id.clone());
-        state.runs.insert(run.clone(), RunState::new(agent_name, now));
-        self.runs_in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Appends under the thread's lock: plan, number, store, feed.
-    fn append_locked(&self, state: &mut ThreadState, run: &RunId, events: Vec<NewEvent>) -> Result<Appended, LogError> {
-        let now = Timestamp::now();
-        self.register_in(state, run, None, now)?;
-        let head = state.events.len() as u64;
-        let run_state = state.runs.get_mut(run).ok_or_else(|| LogError::RunNotFound(run.to_string()))?;
-        let plan = plan_append(&run_state.lifecycle, |id| run_state.event_ids.get(id).copied(), events)?;
-        let seqs = plan.seqs(head);
-        if plan.new_events.is_empty() {
-            return Ok(Appended { thread_id: state.id.clone(), seqs });
-        }
-        let was_running = !run_state.lifecycle.ended();
-        let mut fresh = Vec::with_capacity(plan.new_events.len());
-        for (i, event) in plan.new_events.into_iter().enumerate() {
-            let seq = head + 1 + i as u64;
-            if let Some(id) = &event.event_id {
-                run_state.event_ids.insert(id.clone(), seq);
-            }
-            if event.kind == EventKind::AgentStarted && run_state.agent_name.is_none() {
-                run_state.agent_name = event.data.get("agent_name").and_then(Value::as_str).map(str::to_owned);
-            }
-            fresh.push(Arc::new(StoredEvent::new(Envelope {
-                frame_type: EnvelopeType::Event,
-                thread_id: state.id.clone(),
-                run_id: run.clone(),
-                seq,
-                event: event.kind,
-                event_id: event.event_id,
-                ts: now,
-                data: event.data,
-            })));
-        }
-        run_state.lifecycle = plan.lifecycle;
-        run_state.last_activity = now;
-        if was_running && run_state.lifecycle.ended() {
-            self.runs_in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
-        state.events.extend(fresh.iter().cloned());
-        self.sink.deliver(&fresh);
-        Ok(Appended { thread_id: state.id.clone(), seqs })
+    fn read(&self, thread: &ThreadId, after_seq: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        let threads = self.threads.read();
+        let Some(events) = threads.get(thread) else { return Ok(Vec::new()) };
+        let first = events.front().map_or(1, |e| e.seq());
+        let skip = usize::try_from(after_seq.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
+        Ok(events.iter().skip(skip).take(limit).cloned().collect())
     }
 
-    fn info(state: &ThreadState, run: &RunId) -> Option<RunInfo> {
-        state.runs.get(run).map(|r| RunInfo {
-            run_id: run.clone(),
-            thread_id: state.id.clone(),
-            owner: state.owner.clone(),
-            agent_name: r.agent_name.clone(),
-            status: r.lifecycle.status(),
-            cancel_requested: r.cancel_requested,
-        })
-    }
-}
-
-#[async_trait]
-impl Log for MemoryLog {
-    async fn create_thread(&self, thread_id: Option<ThreadId>, owner: &UserId) -> Result<ThreadId, LogError> {
-        let id = thread_id.unwrap_or_else(ThreadId::generate);
-        self.insert_thread(id.clone(), owner).map_err(|_| LogError::ThreadExists(id.clone()))?;
-        Ok(id)
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot::default())
     }
 
-    async fn ensure_thread(&self, thread_id: &ThreadId, owner: &UserId) -> Result<(), LogError> {
-        self.owned_thread(thread_id, owner).map(drop)
+    fn run(&self, _run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        // Every run of a memory log stays in the log's working state.
+        Ok(None)
     }
 
-    async fn thread_owner(&self, thread_id: &ThreadId) -> Result<Option<UserId>, LogError> {
-        Ok(self.thread(thread_id).map(|t| t.lock().owner.clone()))
+    fn event_seq(&self, _run: &RunId, _event_id: &str) -> Result<Option<u64>, StoreError> {
+        Ok(None)
     }
 
-    async fn create_run(&self, new: NewRun) -> Result<RunInfo, LogError> {
-        let thread = self.owned_thread(&new.thread_id, &new.owner)?;
-        let mut state = thread.lock();
-        let run = new.run_id.unwrap_or_else(|| RunId::mint(&new.thread_id));
-        if state.runs.contains_key(&run) {
-            return Err(LogError::RunExists(run.to_string()));
-        }
-        self.register_in(&mut state, &run, new.agent_name, Timestamp::now())?;
-        Self::info(&state, &run).ok_or_else(|| LogError::RunNotFound(run.to_string()))
+    fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError> {
+        let threads = self.threads.read();
+        Ok(threads
+            .iter()
+            .map(|(thread, events)| ThreadExtent {
+                thread: thread.clone(),
+                oldest_seq: events.front().map_or(1, |e| e.seq()),
+                head_seq: events.back().map_or(0, |e| e.seq()),
+                oldest_ts_ms: events.front().map(|e| e.envelope.ts.millis()),
+            })
+            .collect())
     }
 
-    async fn run(&self, run_id: &str) -> Result<Option<RunInfo>, LogError> {
-        match self.resolve(run_id, false) {
-            Ok((run, thread)) => Ok(Self::info(&thread.lock(), &run)),
-            Err(LogError::RunNotFound(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn append(&self, run_id: &str, events: Vec<NewEvent>) -> Result<Appended, LogError> {
-        let (run, thread) = self.resolve(run_id, true)?;
-        let mut state = thread.lock();
-        self.append_locked(&mut state, &run, events)
-    }
-
-    async fn cancel(&self, run_id: &str) -> Result<Appended, LogError> {
-        let (run, thread) = self.resolve(run_id, false)?;
-        let mut state = thread.lock();
-        let appended =
-            self.append_locked(&mut state, &run, vec![NewEvent::agent_error("cancelled", "the run was cancelled")])?;
-        if let Some(r) = state.runs.get_mut(&run) {
-            r.cancel_requested = true;
-        }
-        Ok(appended)
-    }
-
-    async fn read(&self, thread_id: &ThreadId, after_seq: u64, limit: usize) -> Result<Page, LogError> {
-        let thread = self.thread(thread_id).ok_or_else(|| LogError::ThreadNotFound(thread_id.clone()))?;
-        let state = thread.lock();
-        let head = state.events.len();
-        let from = usize::try_from(after_seq).unwrap_or(usize::MAX).min(head);
-        let to = from.saturating_add(limit).min(head);
-        Ok(Page { events: state.events[from..to].to_vec(), head_seq: head as u64, oldest_seq: 1 })
-    }
-
-    async fn expire_idle_runs(&self, now: Timestamp) -> Result<Vec<crate::RunId>, LogError> {
-        let idle_ms = i64::try_from(self.config.run_idle_timeout.as_millis()).unwrap_or(i64::MAX);
-        let threads: Vec<SharedThread> = self.threads.read().values().cloned().collect();
-        let mut expired = Vec::new();
-        for thread in threads {
-            let mut state = thread.lock();
-            let idle: Vec<RunId> = state
-                .runs
-                .iter()
-                .filter(|(_, r)| {
-                    !r.lifecycle.ended() && r.last_activity.millis().saturating_add(idle_ms) <= now.millis()
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
-            for run in idle {
-                let message = format!("no event for {} s", self.config.run_idle_timeout.as_secs_f64());
-                self.append_locked(&mut state, &run, vec![NewEvent::agent_error("timeout", message)])?;
-                expired.push(run);
-            }
-        }
-        Ok(expired)
-    }
-
-    async fn ready(&self) -> Result<(), LogError> {
-        Ok(())
-    }
-
-    fn stats(&self) -> LogStats {
-        LogStats {
-            threads: self.threads.read().len() as u64,
-            runs_in_flight: self.runs_in_flight.load(Ordering::Relaxed),
-        }
+    fn last_seq_at_or_before(&self, thread: &ThreadId, ts_ms: i64) -> Result<Option<u64>, StoreError> {
+        let threads = self.threads.read();
+        Ok(threads
+            .get(thread)
+            .and_then(|events| events.iter().take_while(|e| e.envelope.ts.millis() <= ts_ms).last().map(|e| e.seq())))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentwire_protocol::{LifecycleError, RunStatus};
-    use serde_json::json;
+    use crate::{Log, LogError, NewRun};
+    use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunStatus, Timestamp, UserId};
+    use parking_lot::Mutex;
+    use serde_json::{Value, json};
     use std::time::Duration;
 
     /// A sink that records what it is handed.
@@ -314,7 +119,7 @@ mod tests {
 
     fn setup() -> (Arc<Recorder>, MemoryLog, UserId, ThreadId) {
         let rec = Arc::new(Recorder::default());
-        let log = MemoryLog::new(LogConfig { run_idle_timeout: Duration::from_millis(50) }, rec.clone());
+        let log = MemoryLog::new(LogConfig { run_idle_timeout: Duration::from_millis(50) }, rec.clone()).unwrap();
         (rec, log, UserId::parse("alice").unwrap(), ThreadId::parse("thread_a1").unwrap())
     }
 

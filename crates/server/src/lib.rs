@@ -9,7 +9,7 @@
 //!    their watchers are still connected;
 //! 2. WebSockets close with `1001`, SSE streams end, no new connections are accepted;
 //! 3. in-flight requests (publishes) finish;
-//! 4. background tasks (the idle-run watchdog) stop.
+//! 4. background tasks (the idle-run watchdog) stop and the log writes what it has queued.
 
 pub mod auth;
 pub mod config;
@@ -67,8 +67,10 @@ impl Server {
         let hub_metrics = HubMetrics::register(&mut registry);
         let metrics = metrics::ServerMetrics::register(&mut registry);
         let hub = Hub::new(HubConfig { send_queue: config.send_queue, max_batch: config.max_batch }, hub_metrics);
-        let log: Arc<dyn Log> =
-            Arc::new(MemoryLog::new(LogConfig { run_idle_timeout: config.run_idle_timeout }, hub.clone()));
+        let log: Arc<dyn Log> = Arc::new(
+            MemoryLog::new(LogConfig { run_idle_timeout: config.run_idle_timeout }, hub.clone())
+                .map_err(|e| ServerError::Config(e.to_string()))?,
+        );
         let engine = Arc::new(Engine::new(log.clone(), agent));
         let auth = Arc::new(Auth::from_config(&config).map_err(|e| ServerError::Config(e.to_string()))?);
         if auth.dev_mode() {
@@ -151,6 +153,7 @@ impl Server {
         stop_background.cancel();
         background.close();
         background.wait().await;
+        state.log.close().await;
         tracing::info!("stopped");
         Ok(())
     }

@@ -79,7 +79,15 @@ pub async fn stream(
         }
         loop {
             let batch = tokio::select! {
-                _ = state.closing.cancelled() => break,
+                // What was appended before shutdown still goes out before the stream ends.
+                _ = state.closing.cancelled() => {
+                    if let Ok(live) = session.live(outbox.ready_batch()).await {
+                        for e in &live {
+                            yield Ok(sse_event(e));
+                        }
+                    }
+                    break;
+                }
                 _ = session.connection().overflowed() => break,
                 batch = outbox.next_batch() => batch,
             };

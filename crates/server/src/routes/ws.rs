@@ -154,7 +154,14 @@ async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64) {
     let end: End = loop {
         tokio::select! {
             biased;
-            _ = closing.cancelled() => break Some((close::GOING_AWAY, "server shutting down")),
+            _ = closing.cancelled() => {
+                // What was appended before shutdown still goes out before the close.
+                let ready = outbox.ready_batch();
+                if let Ok(events) = session.live(ready).await {
+                    let _ = client.send_events(&events, true).await;
+                }
+                break Some((close::GOING_AWAY, "server shutting down"))
+            }
             _ = session.connection().overflowed() => {
                 break Some((close::SLOW_CONSUMER, "slow consumer: reconnect and resume with after_seq"))
             }

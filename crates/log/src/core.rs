@@ -1,0 +1,580 @@
+//! [`StoredLog`]: the log's rules over any [`Store`].
+//!
+//! Working state (threads, their owners and heads, running runs with their
+//! lifecycles and `event_id`s) lives in memory, each thread behind its own
+//! mutex. An append is decided under that mutex (resolve, de-duplicate, check,
+//! number) and handed, still under it, to the **committer**: one thread that
+//! takes every decision waiting, writes them in one durable transaction (group
+//! commit), and only then hands the events to the feed and answers the
+//! appenders. So:
+//!
+//! - `seq` is gap-free: numbers are given out under the thread's mutex;
+//! - the feed is in `seq` order: decisions reach the committer in that order;
+//! - nothing is seen before it is durable: the feed and reads only ever show
+//!   committed events, and a publisher's `200` waits for its commit.
+//!
+//! If a commit fails the log stops taking writes (`503`) and reports unready:
+//! its working state ran ahead of the disk, and a restart reloads the truth.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+
+use agentwire_protocol::{
+    Envelope, EnvelopeType, EventKind, NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id,
+};
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::store::{Batch, RunRecord, Snapshot, Store, StoreError, ThreadRecord};
+use crate::{Appended, FeedSink, Log, LogConfig, LogError, LogStats, NewRun, Page, RunInfo, StoredEvent, plan_append};
+
+/// Decisions that may wait for the committer before appends are refused with `503`.
+const COMMIT_QUEUE: usize = 16 * 1024;
+/// Most decisions written in one transaction.
+const MAX_GROUP: usize = 4096;
+
+/// A run in the working state.
+struct RunState {
+    record: RunRecord,
+    /// `event_id → seq`; `None` for an ended run loaded from the store, whose ids are looked up there.
+    event_ids: Option<HashMap<String, u64>>,
+}
+
+struct ThreadState {
+    id: ThreadId,
+    owner: UserId,
+    /// The last `seq` given out (committed or on its way).
+    head: u64,
+    runs: HashMap<RunId, RunState>,
+}
+
+/// A thread of the working state and how far the disk has caught up with it.
+struct ThreadEntry {
+    state: Mutex<ThreadState>,
+    /// The last committed `seq`: what reads and the feed may show.
+    committed: AtomicU64,
+    oldest: AtomicU64,
+}
+
+impl ThreadEntry {
+    fn new(id: ThreadId, owner: UserId, head: u64, oldest: u64) -> Self {
+        Self {
+            state: Mutex::new(ThreadState { id, owner, head, runs: HashMap::new() }),
+            committed: AtomicU64::new(head),
+            oldest: AtomicU64::new(oldest),
+        }
+    }
+}
+
+/// What the committer does for one decision once it is durable.
+struct Pending {
+    batch: Batch,
+    /// Heads to publish as committed.
+    heads: Vec<(Arc<ThreadEntry>, u64)>,
+    done: oneshot::Sender<Result<(), LogError>>,
+}
+
+enum Work {
+    Commit(Pending),
+    Stop,
+}
+
+struct Core<S: Store> {
+    config: LogConfig,
+    store: Arc<S>,
+    threads: RwLock<HashMap<ThreadId, Arc<ThreadEntry>>>,
+    /// run → thread for every run in the working state.
+    registry: RwLock<HashMap<RunId, ThreadId>>,
+    runs_in_flight: AtomicU64,
+    commits: SyncSender<Work>,
+    failed: Arc<AtomicBool>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The log over a store. See the module docs.
+pub struct StoredLog<S: Store> {
+    core: Arc<Core<S>>,
+}
+
+fn storage(e: StoreError) -> LogError {
+    LogError::Unavailable(e.to_string())
+}
+
+impl RunState {
+    fn new(thread_id: ThreadId, agent_name: Option<String>, now: Timestamp) -> Self {
+        let record = RunRecord {
+            thread_id,
+            agent_name,
+            lifecycle: RunLifecycle::default(),
+            cancel_requested: false,
+            last_activity_ms: now.millis(),
+        };
+        Self { record, event_ids: Some(HashMap::new()) }
+    }
+}
+
+impl<S: Store> StoredLog<S> {
+    /// Opens a log over `store`: loads its working state and starts the committer.
+    pub fn open(store: S, config: LogConfig, sink: Arc<dyn FeedSink>) -> Result<Self, StoreError> {
+        let store = Arc::new(store);
+        let Snapshot { threads, running } = store.load()?;
+        let mut entries: HashMap<ThreadId, Arc<ThreadEntry>> = threads
+            .into_iter()
+            .map(|t| (t.id.clone(), Arc::new(ThreadEntry::new(t.id, t.record.owner, t.head_seq, t.record.oldest_seq))))
+            .collect();
+        let mut registry = HashMap::new();
+        let runs_in_flight = running.len() as u64;
+        for run in running {
+            let Some(entry) = entries.get_mut(&run.record.thread_id) else {
+                return Err(StoreError::Corrupt {
+                    path: "runs".into(),
+                    detail: format!("run {} names a thread that is not stored", run.id),
+                });
+            };
+            registry.insert(run.id.clone(), run.record.thread_id.clone());
+            entry.state.lock().runs.insert(run.id, RunState { record: run.record, event_ids: Some(run.event_ids) });
+        }
+        let (commits, work) = sync_channel(COMMIT_QUEUE);
+        let failed = Arc::new(AtomicBool::new(false));
+        let committer = {
+            let (store, failed) = (store.clone(), failed.clone());
+            std::thread::Builder::new()
+                .name("agentwire-committer".into())
+                .spawn(move || commit_loop(&*store, &work, &*sink, &failed))
+                .map_err(|e| StoreError::Io(format!("cannot start the committer: {e}")))?
+        };
+        let core = Core {
+            config,
+            store,
+            threads: RwLock::new(entries),
+            registry: RwLock::new(registry),
+            runs_in_flight: AtomicU64::new(runs_in_flight),
+            commits,
+            failed,
+            committer: Mutex::new(Some(committer)),
+        };
+        Ok(Self { core: Arc::new(core) })
+    }
+
+    /// The store under this log.
+    pub fn store(&self) -> &Arc<S> {
+        &self.core.store
+    }
+}
+
+/// The committer: groups waiting decisions, writes them in one transaction,
+/// then publishes heads, feeds events and answers, in order.
+fn commit_loop<S: Store>(store: &S, work: &Receiver<Work>, sink: &dyn FeedSink, failed: &AtomicBool) {
+    let mut group = Vec::new();
+    let mut stop = false;
+    while !stop {
+        match work.recv() {
+            Ok(Work::Commit(p)) => group.push(p),
+            Ok(Work::Stop) | Err(_) => break,
+        }
+        while group.len() < MAX_GROUP {
+            match work.try_recv() {
+                Ok(Work::Commit(p)) => group.push(p),
+                Ok(Work::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let batches: Vec<&Batch> = group.iter().map(|p| &p.batch).filter(|b| !b.is_empty()).collect();
+        let written = if failed.load(Ordering::Acquire) {
+            Err(StoreError::Io("an earlier commit failed; restart to reload from disk".into()))
+        } else if batches.is_empty() {
+            Ok(())
+        } else {
+            store.write(&batches)
+        };
+        match written {
+            Ok(()) => {
+                for p in group.drain(..) {
+                    for (entry, head) in &p.heads {
+                        entry.committed.fetch_max(*head, Ordering::AcqRel);
+                    }
+                    if !p.batch.events.is_empty() {
+                        for thread_events in p.batch.events.chunk_by(|a, b| a.thread_id() == b.thread_id()) {
+                            sink.deliver(thread_events);
+                        }
+                    }
+                    let _ = p.done.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                if !failed.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "commit failed: the log stops taking writes until restarted");
+                }
+                for p in group.drain(..) {
+                    let _ = p.done.send(Err(storage(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// A decision taken under a thread's lock, waiting to be durable.
+type Ticket = oneshot::Receiver<Result<(), LogError>>;
+
+async fn durable(ticket: Ticket) -> Result<(), LogError> {
+    ticket.await.unwrap_or_else(|_| Err(LogError::Unavailable("the log is shutting down".into())))
+}
+
+impl<S: Store> Core<S> {
+    fn check_writable(&self) -> Result<(), LogError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(LogError::Unavailable("the log failed to commit; it takes no writes until restarted".into()));
+        }
+        Ok(())
+    }
+
+    fn submit(&self, batch: Batch, heads: Vec<(Arc<ThreadEntry>, u64)>) -> Result<Ticket, LogError> {
+        let (done, ticket) = oneshot::channel();
+        match self.commits.try_send(Work::Commit(Pending { batch, heads, done })) {
+            Ok(()) => Ok(ticket),
+            Err(TrySendError::Full(_)) => Err(LogError::Unavailable("the log is saturated; retry shortly".into())),
+            Err(TrySendError::Disconnected(_)) => Err(LogError::Unavailable("the log is closed".into())),
+        }
+    }
+
+    fn thread(&self, id: &ThreadId) -> Option<Arc<ThreadEntry>> {
+        self.threads.read().get(id).cloned()
+    }
+
+    /// The thread `id` owned by `owner`, created (and its record queued) if new.
+    fn owned_thread(&self, id: &ThreadId, owner: &UserId, batch: &mut Batch) -> Result<Arc<ThreadEntry>, LogError> {
+        if let Some(entry) = self.thread(id) {
+            if &entry.state.lock().owner != owner {
+                return Err(LogError::Forbidden);
+            }
+            return Ok(entry);
+        }
+        let mut threads = self.threads.write();
+        if let Some(entry) = threads.get(id) {
+            let entry = entry.clone();
+            drop(threads);
+            return if &entry.state.lock().owner == owner { Ok(entry) } else { Err(LogError::Forbidden) };
+        }
+        let entry = Arc::new(ThreadEntry::new(id.clone(), owner.clone(), 0, 1));
+        threads.insert(id.clone(), entry.clone());
+        batch.threads.push((id.clone(), ThreadRecord { owner: owner.clone(), oldest_seq: 1 }));
+        Ok(entry)
+    }
+
+    /// The run's thread: working state, then the store, then extraction (PROTOCOL §1).
+    fn resolve(&self, run_id: &str, allow_fallback: bool) -> Result<(RunId, Arc<ThreadEntry>), LogError> {
+        let not_found = || LogError::RunNotFound(run_id.to_owned());
+        let known = self.registry.read().get_key_value(run_id).map(|(r, t)| (r.clone(), t.clone()));
+        if let Some((run, thread)) = known {
+            return Ok((run, self.thread(&thread).ok_or_else(not_found)?));
+        }
+        let run = RunId::parse(run_id).map_err(|_| not_found())?;
+        if let Some(record) = self.store.run(run_id).map_err(storage)? {
+            return Ok((run, self.thread(&record.thread_id).ok_or_else(not_found)?));
+        }
+        if !allow_fallback {
+            return Err(not_found());
+        }
+        let thread = extract_thread_id(run_id).and_then(|t| self.thread(&t)).ok_or_else(not_found)?;
+        Ok((run, thread))
+    }
+
+    /// The run's state in `state`, loading an ended run from the store. `None` if unknown.
+    fn load_run<'s>(&self, state: &'s mut ThreadState, run: &RunId) -> Result<Option<&'s mut RunState>, LogError> {
+        if !state.runs.contains_key(run) {
+            let Some(record) = self.store.run(run.as_str()).map_err(storage)? else { return Ok(None) };
+            state.runs.insert(run.clone(), RunState { record, event_ids: None });
+        }
+        Ok(state.runs.get_mut(run))
+    }
+
+    fn register(&self, state: &mut ThreadState, run: &RunId, agent_name: Option<String>) -> Result<(), LogError> {
+        let mut registry = self.registry.write();
+        if registry.contains_key(run) {
+            return Err(LogError::RunExists(run.to_string()));
+        }
+        registry.insert(run.clone(), state.id.clone());
+        state.runs.insert(run.clone(), RunState::new(state.id.clone(), agent_name, Timestamp::now()));
+        self.runs_in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Decides an append under the thread's lock and queues it for commit.
+    fn append_locked(
+        &self,
+        entry: &Arc<ThreadEntry>,
+        state: &mut ThreadState,
+        run: &RunId,
+        events: Vec<NewEvent>,
+        cancel: bool,
+    ) -> Result<(Appended, Ticket), LogError> {
+        let now = Timestamp::now();
+        let mut batch = Batch::default();
+        if self.load_run(state, run)?.is_none() {
+            self.register(state, run, None)?;
+            if let Some(rs) = state.runs.get(run) {
+                batch.runs.push((run.clone(), rs.record.clone()));
+            }
+        }
+        let head = state.head;
+        let thread_id = state.id.clone();
+        let run_state = state.runs.get_mut(run).ok_or_else(|| LogError::RunNotFound(run.to_string()))?;
+        let plan = {
+            let (ids, store) = (&run_state.event_ids, &self.store);
+            let mut lookup_error = None;
+            let known = |id: &str| match ids {
+                Some(map) => map.get(id).copied(),
+                None => store.event_seq(run, id).unwrap_or_else(|e| {
+                    lookup_error.get_or_insert(e);
+                    None
+                }),
+            };
+            let plan = plan_append(&run_state.record.lifecycle, known, events)?;
+            if let Some(e) = lookup_error {
+                return Err(storage(e));
+            }
+            plan
+        };
+        let seqs = plan.seqs(head);
+        let appended = Appended { thread_id: thread_id.clone(), seqs };
+        if plan.new_events.is_empty() {
+            // Every event is a repeat: answer once everything queued before is durable.
+            return Ok((appended, self.submit(batch, Vec::new())?));
+        }
+        let mut record = run_state.record.clone();
+        let was_running = !record.lifecycle.ended();
+        record.lifecycle = plan.lifecycle;
+        record.last_activity_ms = now.millis();
+        record.cancel_requested |= cancel;
+        let mut event_ids = Vec::new();
+        for (i, event) in plan.new_events.into_iter().enumerate() {
+            let seq = head + 1 + i as u64;
+            if let Some(id) = &event.event_id {
+                event_ids.push((run.clone(), id.clone(), seq));
+            }
+            if event.kind == EventKind::AgentStarted && record.agent_name.is_none() {
+                record.agent_name = event.data.get("agent_name").and_then(Value::as_str).map(str::to_owned);
+            }
+            batch.events.push(Arc::new(StoredEvent::new(Envelope {
+                frame_type: EnvelopeType::Event,
+                thread_id: thread_id.clone(),
+                run_id: run.clone(),
+                seq,
+                event: event.kind,
+                event_id: event.event_id,
+                ts: now,
+                data: event.data,
+            })));
+        }
+        let new_head = head + batch.events.len() as u64;
+        let remembered: Vec<(String, u64)> = event_ids.iter().map(|(_, id, seq)| (id.clone(), *seq)).collect();
+        batch.runs.retain(|(r, _)| r != run);
+        batch.runs.push((run.clone(), record.clone()));
+        batch.event_ids = event_ids;
+        let ticket = self.submit(batch, vec![(entry.clone(), new_head)])?;
+        // Queued: now the working state may move on.
+        if let Some(map) = run_state.event_ids.as_mut() {
+            map.extend(remembered);
+        }
+        if was_running && record.lifecycle.ended() {
+            self.runs_in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        run_state.record = record;
+        state.head = new_head;
+        Ok((appended, ticket))
+    }
+}
+
+impl<S: Store> StoredLog<S> {
+    fn info(state: &ThreadState, run: &RunId) -> Option<RunInfo> {
+        state.runs.get(run).map(|r| RunInfo {
+            run_id: run.clone(),
+            thread_id: state.id.clone(),
+            owner: state.owner.clone(),
+            agent_name: r.record.agent_name.clone(),
+            status: r.record.lifecycle.status(),
+            cancel_requested: r.record.cancel_requested,
+        })
+    }
+
+    /// Appends under the resolved thread's lock, then waits for durability.
+    async fn append_to(&self, run_id: &str, events: Vec<NewEvent>, cancel: bool) -> Result<Appended, LogError> {
+        let core = &self.core;
+        core.check_writable()?;
+        let (run, entry) = core.resolve(run_id, !cancel)?;
+        let (appended, ticket) = {
+            let mut state = entry.state.lock();
+            core.append_locked(&entry, &mut state, &run, events, cancel)?
+        };
+        durable(ticket).await?;
+        Ok(appended)
+    }
+
+    /// Ends every running run idle since before `now - timeout`; answers them.
+    async fn expire(&self, now: Timestamp) -> Result<Vec<RunId>, LogError> {
+        let core = &self.core;
+        core.check_writable()?;
+        let idle_ms = i64::try_from(core.config.run_idle_timeout.as_millis()).unwrap_or(i64::MAX);
+        let entries: Vec<Arc<ThreadEntry>> = core.threads.read().values().cloned().collect();
+        let mut expired = Vec::new();
+        let mut tickets = Vec::new();
+        for entry in entries {
+            let mut state = entry.state.lock();
+            let idle: Vec<RunId> = state
+                .runs
+                .iter()
+                .filter(|(_, r)| {
+                    !r.record.lifecycle.ended() && r.record.last_activity_ms.saturating_add(idle_ms) <= now.millis()
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for run in idle {
+                let message = format!("no event for {} s", core.config.run_idle_timeout.as_secs_f64());
+                let (_, ticket) = core.append_locked(
+                    &entry,
+                    &mut state,
+                    &run,
+                    vec![NewEvent::agent_error("timeout", message)],
+                    false,
+                )?;
+                tickets.push(ticket);
+                expired.push(run);
+            }
+        }
+        for ticket in tickets {
+            durable(ticket).await?;
+        }
+        Ok(expired)
+    }
+}
+
+impl<S: Store> Drop for StoredLog<S> {
+    fn drop(&mut self) {
+        // Stops the committer once it has written what is queued.
+        let _ = self.core.commits.send(Work::Stop);
+    }
+}
+
+#[async_trait]
+impl<S: Store> Log for StoredLog<S> {
+    async fn create_thread(&self, thread_id: Option<ThreadId>, owner: &UserId) -> Result<ThreadId, LogError> {
+        let core = &self.core;
+        core.check_writable()?;
+        let id = thread_id.unwrap_or_else(ThreadId::generate);
+        let mut batch = Batch::default();
+        {
+            let mut threads = core.threads.write();
+            if threads.contains_key(&id) {
+                return Err(LogError::ThreadExists(id));
+            }
+            threads.insert(id.clone(), Arc::new(ThreadEntry::new(id.clone(), owner.clone(), 0, 1)));
+            batch.threads.push((id.clone(), ThreadRecord { owner: owner.clone(), oldest_seq: 1 }));
+        }
+        durable(core.submit(batch, Vec::new())?).await?;
+        Ok(id)
+    }
+
+    async fn ensure_thread(&self, thread_id: &ThreadId, owner: &UserId) -> Result<(), LogError> {
+        let core = &self.core;
+        core.check_writable()?;
+        let mut batch = Batch::default();
+        core.owned_thread(thread_id, owner, &mut batch)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        durable(core.submit(batch, Vec::new())?).await
+    }
+
+    async fn thread_owner(&self, thread_id: &ThreadId) -> Result<Option<UserId>, LogError> {
+        Ok(self.core.thread(thread_id).map(|t| t.state.lock().owner.clone()))
+    }
+
+    async fn create_run(&self, new: NewRun) -> Result<RunInfo, LogError> {
+        let core = &self.core;
+        core.check_writable()?;
+        let mut batch = Batch::default();
+        let entry = core.owned_thread(&new.thread_id, &new.owner, &mut batch)?;
+        let (info, ticket) = {
+            let mut state = entry.state.lock();
+            let run = new.run_id.unwrap_or_else(|| RunId::mint(&new.thread_id));
+            if core.load_run(&mut state, &run)?.is_some() {
+                return Err(LogError::RunExists(run.to_string()));
+            }
+            core.register(&mut state, &run, new.agent_name)?;
+            let record = state.runs.get(&run).map(|r| r.record.clone());
+            batch.runs.extend(record.map(|r| (run.clone(), r)));
+            let info = Self::info(&state, &run).ok_or_else(|| LogError::RunNotFound(run.to_string()))?;
+            (info, core.submit(batch, Vec::new())?)
+        };
+        durable(ticket).await?;
+        Ok(info)
+    }
+
+    async fn run(&self, run_id: &str) -> Result<Option<RunInfo>, LogError> {
+        match self.core.resolve(run_id, false) {
+            Ok((run, entry)) => {
+                let mut state = entry.state.lock();
+                self.core.load_run(&mut state, &run)?;
+                Ok(Self::info(&state, &run))
+            }
+            Err(LogError::RunNotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn append(&self, run_id: &str, events: Vec<NewEvent>) -> Result<Appended, LogError> {
+        self.append_to(run_id, events, false).await
+    }
+
+    async fn cancel(&self, run_id: &str) -> Result<Appended, LogError> {
+        self.append_to(run_id, vec![NewEvent::agent_error("cancelled", "the run was cancelled")], true).await
+    }
+
+    async fn read(&self, thread_id: &ThreadId, after_seq: u64, limit: usize) -> Result<Page, LogError> {
+        let entry = self.core.thread(thread_id).ok_or_else(|| LogError::ThreadNotFound(thread_id.clone()))?;
+        let head_seq = entry.committed.load(Ordering::Acquire);
+        let oldest_seq = entry.oldest.load(Ordering::Acquire);
+        // Only committed events: the page ends at the committed head read above.
+        let wanted = usize::try_from(head_seq.saturating_sub(after_seq)).unwrap_or(usize::MAX).min(limit);
+        if wanted == 0 {
+            return Ok(Page { events: Vec::new(), head_seq, oldest_seq });
+        }
+        let (store, thread) = (self.core.store.clone(), thread_id.clone());
+        let events = tokio::task::spawn_blocking(move || store.read(&thread, after_seq, wanted))
+            .await
+            .map_err(|e| LogError::Unavailable(format!("read task failed: {e}")))?
+            .map_err(storage)?;
+        Ok(Page { events, head_seq, oldest_seq })
+    }
+
+    async fn expire_idle_runs(&self, now: Timestamp) -> Result<Vec<RunId>, LogError> {
+        self.expire(now).await
+    }
+
+    async fn ready(&self) -> Result<(), LogError> {
+        self.core.check_writable()
+    }
+
+    fn stats(&self) -> LogStats {
+        LogStats {
+            threads: self.core.threads.read().len() as u64,
+            runs_in_flight: self.core.runs_in_flight.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn close(&self) {
+        let _ = self.core.commits.send(Work::Stop);
+        let handle = self.core.committer.lock().take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}

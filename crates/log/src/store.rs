@@ -1,0 +1,134 @@
+//! What a log keeps, and the [`Store`] trait that keeps it.
+//!
+//! The log's rules (registry, numbering, de-duplication, lifecycle, feed order)
+//! live once, in [`crate::StoredLog`]; a store only makes records durable and
+//! reads them back. Everything a store is asked to write arrives as a [`Batch`],
+//! in the order the log decided things, and a store writes a group of batches
+//! in one transaction: that is the group commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use agentwire_protocol::{RunId, RunLifecycle, ThreadId, UserId};
+use serde::{Deserialize, Serialize};
+
+use crate::StoredEvent;
+
+/// A store that could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the data directory.
+    #[error("the data directory {0} is in use by another agentwire process")]
+    Locked(String),
+    /// The data on disk cannot be read back as agentwire data.
+    #[error("the data in {path} is unreadable or corrupt: {detail}")]
+    Corrupt { path: String, detail: String },
+    /// The disk or the engine failed.
+    #[error("storage failed: {0}")]
+    Io(String),
+}
+
+/// A thread as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadRecord {
+    pub owner: UserId,
+    /// The oldest `seq` still retained (1 until retention removes events).
+    pub oldest_seq: u64,
+}
+
+/// A run as stored: enough to go on after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub thread_id: ThreadId,
+    pub agent_name: Option<String>,
+    pub lifecycle: RunLifecycle,
+    pub cancel_requested: bool,
+    /// Milliseconds since the epoch of the run's creation or last event: the idle clock.
+    pub last_activity_ms: i64,
+}
+
+/// One decision of the log, to be made durable.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Threads created or changed.
+    pub threads: Vec<(ThreadId, ThreadRecord)>,
+    /// Runs created or changed.
+    pub runs: Vec<(RunId, RunRecord)>,
+    /// Events appended, in `seq` order per thread.
+    pub events: Vec<Arc<StoredEvent>>,
+    /// `(run, event_id) → seq` for de-duplication.
+    pub event_ids: Vec<(RunId, String, u64)>,
+    /// Remove the events of a thread with `seq` below this (retention).
+    pub trims: Vec<(ThreadId, u64)>,
+}
+
+impl Batch {
+    /// Whether there is nothing to write (a barrier that only orders).
+    pub fn is_empty(&self) -> bool {
+        self.threads.is_empty()
+            && self.runs.is_empty()
+            && self.events.is_empty()
+            && self.event_ids.is_empty()
+            && self.trims.is_empty()
+    }
+}
+
+/// A thread as loaded at start-up.
+#[derive(Debug, Clone)]
+pub struct LoadedThread {
+    pub id: ThreadId,
+    pub record: ThreadRecord,
+    /// The last stored `seq` (0: none).
+    pub head_seq: u64,
+}
+
+/// A run that was still running when the store was last written.
+#[derive(Debug, Clone)]
+pub struct LoadedRun {
+    pub id: RunId,
+    pub record: RunRecord,
+    pub event_ids: HashMap<String, u64>,
+}
+
+/// What a log needs to rebuild its working state at start-up. Ended runs stay
+/// in the store and are read on demand.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub threads: Vec<LoadedThread>,
+    pub running: Vec<LoadedRun>,
+}
+
+/// Durable keeping of a log's records. Methods block; the log calls `write`
+/// from its committer thread and the lookups from short critical sections.
+pub trait Store: Send + Sync + 'static {
+    /// Makes `batches` durable, all or nothing, in one transaction.
+    fn write(&self, batches: &[&Batch]) -> Result<(), StoreError>;
+
+    /// Stored events of `thread` with `seq > after_seq`, at most `limit`.
+    fn read(&self, thread: &ThreadId, after_seq: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, StoreError>;
+
+    /// The working state to start from.
+    fn load(&self) -> Result<Snapshot, StoreError>;
+
+    /// A run's record, for runs not in the log's working state.
+    fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
+
+    /// The `seq` stored for `event_id` in `run`.
+    fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Every thread with its oldest stored event's time (for retention).
+    fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError>;
+
+    /// The `seq` of the last event of `thread` appended at or before `ts_ms` (for retention by age).
+    fn last_seq_at_or_before(&self, thread: &ThreadId, ts_ms: i64) -> Result<Option<u64>, StoreError>;
+}
+
+/// Where a thread's retained events start and end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadExtent {
+    pub thread: ThreadId,
+    pub oldest_seq: u64,
+    pub head_seq: u64,
+    /// Append time of the oldest retained event, if any.
+    pub oldest_ts_ms: Option<i64>,
+}
