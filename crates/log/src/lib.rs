@@ -6,11 +6,14 @@
 //! `event_id`, enforces the run lifecycle rules, and hands every appended event
 //! to the node's [`FeedSink`] (the hub) in `seq` order.
 //!
-//! This crate ships the in-memory implementation ([`MemoryLog`]) and the idle-run
-//! [`watchdog`]; durable and distributed logs implement the same trait.
+//! The rules live once, in [`StoredLog`], over a [`Store`] that only keeps
+//! records: [`MemoryLog`] keeps them in process memory, [`EmbeddedLog`] in a
+//! redb file with group commit (the default). The idle-run [`watchdog`] runs
+//! over any [`Log`]; distributed logs implement the same trait.
 
 mod append;
 mod core;
+pub mod embedded;
 mod error;
 mod memory;
 pub mod store;
@@ -24,6 +27,7 @@ use async_trait::async_trait;
 
 pub use append::{AppendPlan, PlannedEvent, plan_append};
 pub use core::StoredLog;
+pub use embedded::{EmbeddedLog, EmbeddedStore};
 pub use error::LogError;
 pub use memory::{MemoryLog, MemoryStore};
 pub use store::{Store, StoreError};
@@ -42,6 +46,12 @@ impl StoredEvent {
     pub fn new(envelope: Envelope) -> Self {
         let json = envelope.to_json().into_boxed_str();
         Self { envelope, json, received_at: Instant::now() }
+    }
+
+    /// An event read back from storage: `json` is the envelope as it was sent.
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        let envelope = serde_json::from_str(json)?;
+        Ok(Self { envelope, json: json.into(), received_at: Instant::now() })
     }
 
     /// The event's position in its thread.

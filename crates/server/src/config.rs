@@ -33,9 +33,14 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
 
-    /// Where the thread log lives: `memory` (kept in this process, lost on restart).
-    #[arg(long, env = "AGENTWIRE_BACKBONE", default_value = "memory")]
+    /// Where the thread log lives: `embedded` (a durable file in the data directory)
+    /// or `memory` (this process only, lost on restart; for tests and throwaway use).
+    #[arg(long, visible_alias = "store", env = "AGENTWIRE_BACKBONE", default_value = "embedded")]
     pub backbone: String,
+
+    /// Directory of the embedded store. Locked while a server uses it.
+    #[arg(long, env = "AGENTWIRE_DATA_DIR", default_value = "./agentwire-data")]
+    pub data_dir: std::path::PathBuf,
 
     /// A run that sends nothing for this long is ended with `agent_error {code:"timeout"}`.
     #[arg(long, env = "AGENTWIRE_RUN_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use agentwire_agent::{Agent, Engine};
 use agentwire_hub::{Hub, HubConfig, HubMetrics};
-use agentwire_log::{Log, LogConfig, MemoryLog, watchdog};
+use agentwire_log::{EmbeddedLog, Log, LogConfig, MemoryLog, watchdog};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,30 @@ pub enum ServerError {
     Config(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("cannot open the log: {0}")]
+    Store(#[from] agentwire_log::StoreError),
+}
+
+/// Opens the log the settings name.
+fn open_log(config: &ServerConfig, hub: Arc<Hub>) -> Result<Arc<dyn Log>, ServerError> {
+    let log_config = LogConfig { run_idle_timeout: config.run_idle_timeout };
+    let log: Arc<dyn Log> = match config.backbone.as_str() {
+        "embedded" => {
+            let log = EmbeddedLog::open_dir(&config.data_dir, log_config, hub)?;
+            tracing::info!(data_dir = %config.data_dir.display(), "embedded log opened");
+            Arc::new(log)
+        }
+        "memory" => {
+            tracing::warn!("memory log: nothing survives a restart");
+            Arc::new(MemoryLog::new(log_config, hub)?)
+        }
+        other => {
+            return Err(ServerError::Config(format!(
+                "backbone {other:?} is not available in this build; use \"embedded\" or \"memory\""
+            )));
+        }
+    };
+    Ok(log)
 }
 
 /// A configured server, ready to serve.
@@ -57,20 +81,11 @@ impl Server {
                 config.listen
             )));
         }
-        if config.backbone != "memory" {
-            return Err(ServerError::Config(format!(
-                "backbone {:?} is not available in this build; use \"memory\"",
-                config.backbone
-            )));
-        }
         let mut registry = Registry::default();
         let hub_metrics = HubMetrics::register(&mut registry);
         let metrics = metrics::ServerMetrics::register(&mut registry);
         let hub = Hub::new(HubConfig { send_queue: config.send_queue, max_batch: config.max_batch }, hub_metrics);
-        let log: Arc<dyn Log> = Arc::new(
-            MemoryLog::new(LogConfig { run_idle_timeout: config.run_idle_timeout }, hub.clone())
-                .map_err(|e| ServerError::Config(e.to_string()))?,
-        );
+        let log = open_log(&config, hub.clone())?;
         let engine = Arc::new(Engine::new(log.clone(), agent));
         let auth = Arc::new(Auth::from_config(&config).map_err(|e| ServerError::Config(e.to_string()))?);
         if auth.dev_mode() {

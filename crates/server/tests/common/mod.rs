@@ -20,6 +20,8 @@ pub const PUBLISH_KEY: &str = "test-publish-key";
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
+    /// The embedded store's directory, removed when the server is dropped.
+    pub data_dir: Option<tempfile::TempDir>,
     pub base: String,
     pub ws_base: String,
     pub state: AppState,
@@ -28,9 +30,11 @@ pub struct TestServer {
     task: Option<JoinHandle<()>>,
 }
 
-/// Settings for tests: loopback on a free port, a known secret and publish key, no demo delay.
+/// Settings for tests: loopback on a free port, a known secret and publish key, no demo
+/// delay, and the default (embedded) store in a directory `start_with` makes.
 pub fn test_config() -> ServerConfig {
     let mut config = ServerConfig::from_env().expect("default settings");
+    config.backbone = "embedded".into();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.jwt_secret = Some("test-secret".into());
     config.publish_keys = vec![PUBLISH_KEY.into()];
@@ -45,7 +49,11 @@ impl TestServer {
         Self::start_with(test_config()).await
     }
 
-    pub async fn start_with(config: ServerConfig) -> Self {
+    pub async fn start_with(mut config: ServerConfig) -> Self {
+        let data_dir = (config.backbone == "embedded").then(|| tempfile::tempdir().expect("temp dir"));
+        if let Some(dir) = &data_dir {
+            config.data_dir = dir.path().to_path_buf();
+        }
         let agent = Arc::new(DemoAgent { step_delay: config.demo_step_delay });
         let server = Server::new(config, agent).expect("server");
         let listener = server.bind().await.expect("bind");
@@ -57,6 +65,7 @@ impl TestServer {
             server.serve(listener, signal.cancelled_owned()).await.expect("serve");
         });
         Self {
+            data_dir,
             base: format!("http://{addr}"),
             ws_base: format!("ws://{addr}"),
             state,

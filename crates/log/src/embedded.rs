@@ -1,0 +1,277 @@
+//! The embedded store: one redb file in the data directory, the default.
+//!
+//! redb is a pure-Rust B-tree with ACID transactions and copy-on-write pages:
+//! a commit is durable (fsynced) when it returns, and a crash leaves the last
+//! committed state. `BENCHMARKS.md` records why it was chosen. Tables:
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `threads` | thread id | `ThreadRecord` (JSON) |
+//! | `runs` | run id | `RunRecord` (JSON) |
+//! | `running` | run id | `()`: the runs to load at start-up |
+//! | `events` | (thread id, seq) | the envelope's JSON, as sent to clients |
+//! | `event_ids` | (run id, event id) | seq |
+//! | `meta` | name | number (`format`) |
+//!
+//! The file is locked by redb while open, so a second server on the same data
+//! directory is refused.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agentwire_protocol::{RunId, ThreadId};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::store::{
+    Batch, LoadedRun, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadExtent, ThreadRecord,
+};
+use crate::{FeedSink, LogConfig, StoredEvent, StoredLog};
+
+const THREADS: TableDefinition<&str, &[u8]> = TableDefinition::new("threads");
+const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
+const RUNNING: TableDefinition<&str, ()> = TableDefinition::new("running");
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+const EVENT_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("event_ids");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The on-disk layout version this build reads and writes.
+const FORMAT: u64 = 1;
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "agentwire.redb";
+
+/// The redb-backed [`Store`].
+pub struct EmbeddedStore {
+    db: Database,
+    path: PathBuf,
+}
+
+/// The log over the embedded store.
+pub type EmbeddedLog = StoredLog<EmbeddedStore>;
+
+impl StoredLog<EmbeddedStore> {
+    /// Opens (or creates) the log in `data_dir`.
+    pub fn open_dir(data_dir: &Path, config: LogConfig, sink: Arc<dyn FeedSink>) -> Result<Self, StoreError> {
+        Self::open(EmbeddedStore::open(data_dir)?, config, sink)
+    }
+}
+
+fn io(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Io(e.into().to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens the store in `data_dir`, creating the directory and the file if
+    /// they do not exist. A directory that holds other things but no agentwire
+    /// file, a file that is not agentwire's, or one in use, is an error: the
+    /// server never starts empty by mistake.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let shown = || path.display().to_string();
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Io(format!("cannot create data directory {}: {e}", data_dir.display())))?;
+        if !path.exists() {
+            let foreign = std::fs::read_dir(data_dir)
+                .map_err(|e| StoreError::Io(format!("cannot read data directory {}: {e}", data_dir.display())))?
+                .filter_map(Result::ok)
+                .any(|entry| !entry.file_name().to_string_lossy().starts_with('.'));
+            if foreign {
+                return Err(StoreError::Corrupt {
+                    path: data_dir.display().to_string(),
+                    detail: format!(
+                        "the directory is not empty but holds no {DB_FILE}; refusing to start an empty log there"
+                    ),
+                });
+            }
+        }
+        let db = Database::create(&path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+                StoreError::Locked(data_dir.display().to_string())
+            }
+            other => StoreError::Corrupt { path: shown(), detail: other.to_string() },
+        })?;
+        let store = Self { db, path };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// Creates the tables on first use and refuses a file of another layout.
+    fn check_format(&self) -> Result<(), StoreError> {
+        let corrupt = |detail: String| StoreError::Corrupt { path: self.path.display().to_string(), detail };
+        let txn = self.db.begin_write().map_err(io)?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| corrupt(e.to_string()))?;
+            let found = meta.get("format").map_err(|e| corrupt(e.to_string()))?.map(|v| v.value());
+            match found {
+                Some(FORMAT) => {}
+                Some(other) => return Err(corrupt(format!("layout version {other}, this build reads {FORMAT}"))),
+                None => {
+                    meta.insert("format", FORMAT).map_err(io)?;
+                }
+            }
+            for table in [THREADS, RUNS] {
+                txn.open_table(table).map_err(|e| corrupt(e.to_string()))?;
+            }
+            txn.open_table(RUNNING).map_err(|e| corrupt(e.to_string()))?;
+            txn.open_table(EVENTS).map_err(|e| corrupt(e.to_string()))?;
+            txn.open_table(EVENT_IDS).map_err(|e| corrupt(e.to_string()))?;
+        }
+        txn.commit().map_err(io)
+    }
+
+    fn corrupt(&self, detail: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt { path: self.path.display().to_string(), detail: detail.to_string() }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| self.corrupt(format!("{what}: {e}")))
+    }
+
+    fn event(&self, bytes: &[u8]) -> Result<Arc<StoredEvent>, StoreError> {
+        let json = std::str::from_utf8(bytes).map_err(|e| self.corrupt(format!("event: {e}")))?;
+        StoredEvent::from_json(json).map(Arc::new).map_err(|e| self.corrupt(format!("event: {e}")))
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))
+}
+
+impl Store for EmbeddedStore {
+    fn write(&self, batches: &[&Batch]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(io)?;
+        {
+            let mut threads = txn.open_table(THREADS).map_err(io)?;
+            let mut runs = txn.open_table(RUNS).map_err(io)?;
+            let mut running = txn.open_table(RUNNING).map_err(io)?;
+            let mut events = txn.open_table(EVENTS).map_err(io)?;
+            let mut event_ids = txn.open_table(EVENT_IDS).map_err(io)?;
+            for batch in batches {
+                for (id, record) in &batch.threads {
+                    threads.insert(id.as_str(), json(record)?.as_slice()).map_err(io)?;
+                }
+                for (id, record) in &batch.runs {
+                    runs.insert(id.as_str(), json(record)?.as_slice()).map_err(io)?;
+                    if record.lifecycle.ended() {
+                        running.remove(id.as_str()).map_err(io)?;
+                    } else {
+                        running.insert(id.as_str(), ()).map_err(io)?;
+                    }
+                }
+                for event in &batch.events {
+                    events.insert((event.thread_id().as_str(), event.seq()), event.json.as_bytes()).map_err(io)?;
+                }
+                for (run, event_id, seq) in &batch.event_ids {
+                    event_ids.insert((run.as_str(), event_id.as_str()), seq).map_err(io)?;
+                }
+                for (thread, below) in &batch.trims {
+                    events.retain_in((thread.as_str(), 0)..(thread.as_str(), *below), |_, _| false).map_err(io)?;
+                }
+            }
+        }
+        txn.commit().map_err(io)
+    }
+
+    fn read(&self, thread: &ThreadId, after_seq: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let events = txn.open_table(EVENTS).map_err(io)?;
+        let from = after_seq.saturating_add(1);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in events.range((thread.as_str(), from)..=(thread.as_str(), u64::MAX)).map_err(io)?.take(limit) {
+            let (_, value) = item.map_err(io)?;
+            out.push(self.event(value.value())?);
+        }
+        Ok(out)
+    }
+
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let threads_table = txn.open_table(THREADS).map_err(io)?;
+        let events = txn.open_table(EVENTS).map_err(io)?;
+        let mut threads = Vec::new();
+        for item in threads_table.iter().map_err(io)? {
+            let (key, value) = item.map_err(io)?;
+            let id = ThreadId::parse(key.value()).map_err(|e| self.corrupt(format!("thread key: {e}")))?;
+            let record: ThreadRecord = self.decode("thread", value.value())?;
+            let last = events.range((id.as_str(), 0)..=(id.as_str(), u64::MAX)).map_err(io)?.next_back();
+            let head_seq = match last {
+                Some(item) => item.map_err(io)?.0.value().1,
+                None => record.oldest_seq.saturating_sub(1),
+            };
+            threads.push(LoadedThread { id, record, head_seq });
+        }
+        let runs = txn.open_table(RUNS).map_err(io)?;
+        let running_table = txn.open_table(RUNNING).map_err(io)?;
+        let event_ids = txn.open_table(EVENT_IDS).map_err(io)?;
+        let mut running = Vec::new();
+        for item in running_table.iter().map_err(io)? {
+            let (key, _) = item.map_err(io)?;
+            let id = RunId::parse(key.value()).map_err(|e| self.corrupt(format!("run key: {e}")))?;
+            let bytes = runs
+                .get(id.as_str())
+                .map_err(io)?
+                .ok_or_else(|| self.corrupt(format!("running run {id} has no record")))?;
+            let record: RunRecord = self.decode("run", bytes.value())?;
+            let mut ids = HashMap::new();
+            for item in event_ids.range((id.as_str(), "")..).map_err(io)? {
+                let (key, seq) = item.map_err(io)?;
+                let (run, event_id) = key.value();
+                if run != id.as_str() {
+                    break;
+                }
+                ids.insert(event_id.to_owned(), seq.value());
+            }
+            running.push(LoadedRun { id, record, event_ids: ids });
+        }
+        Ok(Snapshot { threads, running })
+    }
+
+    fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let runs = txn.open_table(RUNS).map_err(io)?;
+        let found = runs.get(run_id).map_err(io)?;
+        found.map(|bytes| self.decode("run", bytes.value())).transpose()
+    }
+
+    fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let ids = txn.open_table(EVENT_IDS).map_err(io)?;
+        Ok(ids.get((run.as_str(), event_id)).map_err(io)?.map(|v| v.value()))
+    }
+
+    fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let threads = txn.open_table(THREADS).map_err(io)?;
+        let events = txn.open_table(EVENTS).map_err(io)?;
+        let mut out = Vec::new();
+        for item in threads.iter().map_err(io)? {
+            let (key, _) = item.map_err(io)?;
+            let thread = ThreadId::parse(key.value()).map_err(|e| self.corrupt(format!("thread key: {e}")))?;
+            let mut range = events.range((thread.as_str(), 0)..=(thread.as_str(), u64::MAX)).map_err(io)?;
+            let first = range.next().transpose().map_err(io)?;
+            let last = range.next_back().transpose().map_err(io)?;
+            let (oldest_seq, oldest_ts_ms) = match &first {
+                Some((k, v)) => (k.value().1, Some(self.event(v.value())?.envelope.ts.millis())),
+                None => (1, None),
+            };
+            let head_seq = last.map(|(k, _)| k.value().1).or(first.map(|(k, _)| k.value().1)).unwrap_or(0);
+            out.push(ThreadExtent { thread, oldest_seq, head_seq, oldest_ts_ms });
+        }
+        Ok(out)
+    }
+
+    fn last_seq_at_or_before(&self, thread: &ThreadId, ts_ms: i64) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let events = txn.open_table(EVENTS).map_err(io)?;
+        let mut last = None;
+        // Events are in append order, so times only rise along a thread: stop at the first younger one.
+        for item in events.range((thread.as_str(), 0)..=(thread.as_str(), u64::MAX)).map_err(io)? {
+            let (key, value) = item.map_err(io)?;
+            if self.event(value.value())?.envelope.ts.millis() > ts_ms {
+                break;
+            }
+            last = Some(key.value().1);
+        }
+        Ok(last)
+    }
+}
