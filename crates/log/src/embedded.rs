@@ -152,9 +152,11 @@ impl Store for EmbeddedStore {
                 }
                 for (id, record) in &batch.runs {
                     runs.insert(id.as_str(), json(record)?.as_slice()).map_err(io)?;
-                    if record.lifecycle.ended() {
+                    // Touch the index only when it changes: a write copies pages, a read does not.
+                    let indexed = running.get(id.as_str()).map_err(io)?.is_some();
+                    if record.lifecycle.ended() && indexed {
                         running.remove(id.as_str()).map_err(io)?;
-                    } else {
+                    } else if !record.lifecycle.ended() && !indexed {
                         running.insert(id.as_str(), ()).map_err(io)?;
                     }
                 }

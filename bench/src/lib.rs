@@ -1,0 +1,9 @@
+//! # agentwire-bench
+//!
+//! Benchmarks that measure agentwire and a peer on the same workload in the
+//! same run and print ratios. Each binary under `src/bin` is one benchmark;
+//! `BENCHMARKS.md` says how to run them and what they measured.
+
+pub mod fjall_store;
+pub mod stats;
+pub mod timed;
