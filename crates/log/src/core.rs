@@ -30,6 +30,7 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::retention::{self, RetentionPolicy, Trim};
 use crate::store::{Batch, RunRecord, Snapshot, Store, StoreError, ThreadRecord};
 use crate::{Appended, FeedSink, Log, LogConfig, LogError, LogStats, NewRun, Page, RunInfo, StoredEvent, plan_append};
 
@@ -37,6 +38,8 @@ use crate::{Appended, FeedSink, Log, LogConfig, LogError, LogStats, NewRun, Page
 const COMMIT_QUEUE: usize = 16 * 1024;
 /// Most decisions written in one transaction.
 const MAX_GROUP: usize = 4096;
+/// Threads trimmed per retention commit, so a sweep never holds the committer long.
+const RETENTION_GROUP: usize = 64;
 
 /// A run in the working state.
 struct RunState {
@@ -76,6 +79,8 @@ struct Pending {
     batch: Batch,
     /// Heads to publish as committed.
     heads: Vec<(Arc<ThreadEntry>, u64)>,
+    /// New oldest retained seqs, after retention removed events.
+    oldest: Vec<(Arc<ThreadEntry>, u64)>,
     done: oneshot::Sender<Result<(), LogError>>,
 }
 
@@ -201,6 +206,9 @@ fn commit_loop<S: Store>(store: &S, work: &Receiver<Work>, sink: &dyn FeedSink, 
                     for (entry, head) in &p.heads {
                         entry.committed.fetch_max(*head, Ordering::AcqRel);
                     }
+                    for (entry, oldest) in &p.oldest {
+                        entry.oldest.fetch_max(*oldest, Ordering::AcqRel);
+                    }
                     if !p.batch.events.is_empty() {
                         for thread_events in p.batch.events.chunk_by(|a, b| a.thread_id() == b.thread_id()) {
                             sink.deliver(thread_events);
@@ -237,8 +245,17 @@ impl<S: Store> Core<S> {
     }
 
     fn submit(&self, batch: Batch, heads: Vec<(Arc<ThreadEntry>, u64)>) -> Result<Ticket, LogError> {
+        self.submit_with(batch, heads, Vec::new())
+    }
+
+    fn submit_with(
+        &self,
+        batch: Batch,
+        heads: Vec<(Arc<ThreadEntry>, u64)>,
+        oldest: Vec<(Arc<ThreadEntry>, u64)>,
+    ) -> Result<Ticket, LogError> {
         let (done, ticket) = oneshot::channel();
-        match self.commits.try_send(Work::Commit(Pending { batch, heads, done })) {
+        match self.commits.try_send(Work::Commit(Pending { batch, heads, oldest, done })) {
             Ok(()) => Ok(ticket),
             Err(TrySendError::Full(_)) => Err(LogError::Unavailable("the log is saturated; retry shortly".into())),
             Err(TrySendError::Disconnected(_)) => Err(LogError::Unavailable("the log is closed".into())),
@@ -568,6 +585,42 @@ impl<S: Store> Log for StoredLog<S> {
             threads: self.core.threads.read().len() as u64,
             runs_in_flight: self.core.runs_in_flight.load(Ordering::Relaxed),
         }
+    }
+
+    async fn enforce_retention(&self, policy: &RetentionPolicy, now: Timestamp) -> Result<u64, LogError> {
+        let core = &self.core;
+        core.check_writable()?;
+        let (store, policy_copy) = (core.store.clone(), *policy);
+        let cutoff = now.millis().saturating_sub(i64::try_from(policy.max_age.as_millis()).unwrap_or(i64::MAX));
+        let trims = tokio::task::spawn_blocking(move || -> Result<Vec<Trim>, StoreError> {
+            let extents = store.thread_extents()?;
+            let mut failure = None;
+            let trims = retention::plan(&policy_copy, &extents, |thread| {
+                store.last_seq_at_or_before(thread, cutoff).unwrap_or_else(|e| {
+                    failure.get_or_insert(e);
+                    None
+                })
+            });
+            failure.map_or(Ok(trims), Err)
+        })
+        .await
+        .map_err(|e| LogError::Unavailable(format!("retention task failed: {e}")))?
+        .map_err(storage)?;
+        let mut removed = 0;
+        for chunk in trims.chunks(RETENTION_GROUP) {
+            let mut batch = Batch::default();
+            let mut oldest = Vec::new();
+            for trim in chunk {
+                let Some(entry) = core.thread(&trim.thread) else { continue };
+                let (owner, was) = (entry.state.lock().owner.clone(), entry.oldest.load(Ordering::Acquire));
+                removed += trim.keep_from.saturating_sub(was);
+                batch.trims.push((trim.thread.clone(), trim.keep_from));
+                batch.threads.push((trim.thread.clone(), ThreadRecord { owner, oldest_seq: trim.keep_from }));
+                oldest.push((entry, trim.keep_from));
+            }
+            durable(core.submit_with(batch, Vec::new(), oldest)?).await?;
+        }
+        Ok(removed)
     }
 
     async fn close(&self) {

@@ -16,6 +16,7 @@ mod core;
 pub mod embedded;
 mod error;
 mod memory;
+pub mod retention;
 pub mod store;
 pub mod watchdog;
 
@@ -30,6 +31,7 @@ pub use core::StoredLog;
 pub use embedded::{EmbeddedLog, EmbeddedStore};
 pub use error::LogError;
 pub use memory::{MemoryLog, MemoryStore};
+pub use retention::RetentionPolicy;
 pub use store::{Store, StoreError};
 
 /// An event as stored: the envelope, its JSON encoded once for every
@@ -179,6 +181,11 @@ pub trait Log: Send + Sync + 'static {
 
     /// Figures for the dashboard.
     fn stats(&self) -> LogStats;
+
+    /// Removes events past `policy` (measured at `now`); answers how many went.
+    async fn enforce_retention(&self, _policy: &RetentionPolicy, _now: Timestamp) -> Result<u64, LogError> {
+        Ok(0)
+    }
 
     /// Writes what is queued and stops background work; later writes are refused.
     async fn close(&self) {}

@@ -118,3 +118,42 @@ fn unreadable_data_is_an_error_never_an_empty_start() {
     let foreign = EmbeddedLog::open_dir(other.path(), LogConfig::default(), Arc::new(NoFeed));
     assert!(matches!(foreign, Err(StoreError::Corrupt { .. })), "{:?}", foreign.err());
 }
+
+#[tokio::test]
+async fn retention_removes_old_events_and_what_is_left_survives_a_restart() {
+    use agentwire_log::RetentionPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let hour = Duration::from_secs(3600);
+    let log = open(dir.path(), hour);
+    let (user, thread) = (UserId::parse("r").unwrap(), ThreadId::parse("thread_keepfew").unwrap());
+    let run = log.create_run(NewRun { thread_id: thread.clone(), owner: user, agent_name: None, run_id: None });
+    let run = run.await.unwrap().run_id;
+    log.append(run.as_str(), vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"}))]).await.unwrap();
+    for i in 0..9 {
+        log.append(run.as_str(), vec![ev(EventKind::AgentThinking, json!({"thought": format!("t{i}")}))])
+            .await
+            .unwrap();
+    }
+    let policy = RetentionPolicy { max_events_per_thread: 4, ..Default::default() };
+    assert_eq!(log.enforce_retention(&policy, Timestamp::now()).await.unwrap(), 6);
+    assert_eq!(log.enforce_retention(&policy, Timestamp::now()).await.unwrap(), 0, "nothing twice");
+    let page = log.read(&thread, 0, 100).await.unwrap();
+    assert_eq!((page.oldest_seq, page.head_seq), (7, 10));
+    assert_eq!(page.events.iter().map(|e| e.seq()).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+
+    let log = reopen(log, dir.path(), hour).await;
+    let page = log.read(&thread, 0, 100).await.unwrap();
+    assert_eq!((page.oldest_seq, page.head_seq, page.events.len()), (7, 10, 4));
+    // Numbering goes on after the retained head, never reusing a removed seq.
+    let next = log.append(run.as_str(), vec![ev(EventKind::AgentThinking, json!({"thought":"next"}))]).await.unwrap();
+    assert_eq!(next.seqs, vec![11]);
+    // Age: everything older than a minute, seen from two minutes on, goes.
+    let aged = RetentionPolicy { max_age: Duration::from_secs(60), ..Default::default() };
+    let later = Timestamp(Timestamp::now().millis() + 120_000);
+    assert_eq!(log.enforce_retention(&aged, later).await.unwrap(), 5);
+    let page = log.read(&thread, 0, 100).await.unwrap();
+    assert_eq!((page.oldest_seq, page.head_seq, page.events.len()), (12, 11, 0));
+    let log = reopen(log, dir.path(), hour).await;
+    let after = log.append(run.as_str(), vec![ev(EventKind::AgentThinking, json!({"thought":"after"}))]).await.unwrap();
+    assert_eq!(after.seqs, vec![12], "an emptied thread keeps its numbering across a restart");
+}

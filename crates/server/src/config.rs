@@ -46,6 +46,22 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_RUN_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub run_idle_timeout: Duration,
 
+    /// Retention: most events kept per thread (0: no limit).
+    #[arg(long, env = "AGENTWIRE_RETENTION_THREAD_EVENTS", default_value_t = 0)]
+    pub retention_thread_events: u64,
+
+    /// Retention: most events kept in the whole log, oldest threads first (0: no limit).
+    #[arg(long, env = "AGENTWIRE_RETENTION_EVENTS", default_value_t = 0)]
+    pub retention_events: u64,
+
+    /// Retention: events older than this are removed (0s: kept forever).
+    #[arg(long, env = "AGENTWIRE_RETENTION_MAX_AGE", default_value = "0s", value_parser = parse_duration)]
+    pub retention_max_age: Duration,
+
+    /// How often the retention sweep runs.
+    #[arg(long, env = "AGENTWIRE_RETENTION_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+
     /// Events a connection may have queued before it is closed as a slow consumer (4008).
     #[arg(long, env = "AGENTWIRE_SEND_QUEUE", default_value_t = 4096)]
     pub send_queue: usize,
@@ -103,6 +119,15 @@ pub struct ServerConfig {
 pub const DEV_PUBLISH_KEY: &str = "dev-publish-key";
 
 impl ServerConfig {
+    /// The retention limits these settings name.
+    pub fn retention(&self) -> agentwire_log::RetentionPolicy {
+        agentwire_log::RetentionPolicy {
+            max_events_per_thread: self.retention_thread_events,
+            max_events: self.retention_events,
+            max_age: self.retention_max_age,
+        }
+    }
+
     /// Dev mode: no JWT secret and a loopback listen address (PROTOCOL §7).
     pub fn dev_mode(&self) -> bool {
         self.jwt_secret.is_none() && self.listen.ip().is_loopback()

@@ -9,7 +9,7 @@
 //!    their watchers are still connected;
 //! 2. WebSockets close with `1001`, SSE streams end, no new connections are accepted;
 //! 3. in-flight requests (publishes) finish;
-//! 4. background tasks (the idle-run watchdog) stop and the log writes what it has queued.
+//! 4. background tasks (the idle-run watchdog, the retention sweep) stop and the log writes what it has queued.
 
 pub mod auth;
 pub mod config;
@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use agentwire_agent::{Agent, Engine};
 use agentwire_hub::{Hub, HubConfig, HubMetrics};
-use agentwire_log::{EmbeddedLog, Log, LogConfig, MemoryLog, watchdog};
+use agentwire_log::{EmbeddedLog, Log, LogConfig, MemoryLog, retention, watchdog};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -132,6 +132,12 @@ impl Server {
         let background = TaskTracker::new();
         let stop_background = CancellationToken::new();
         background.spawn(watchdog::run(state.log.clone(), state.config.run_idle_timeout, stop_background.clone()));
+        background.spawn(retention::run(
+            state.log.clone(),
+            state.config.retention(),
+            state.config.retention_interval,
+            stop_background.clone(),
+        ));
 
         let app = routes::router(state.clone());
         let http = axum::serve(listener, app).with_graceful_shutdown(state.closing.clone().cancelled_owned());

@@ -457,3 +457,28 @@ async fn an_expiring_token_closes_the_socket_with_4001_unless_refreshed() {
     assert_eq!(close_code(lapsing.next().await), Some(4001));
     assert!(refreshed.frames_before_pong().await.is_empty(), "the refreshed connection stays open");
 }
+
+#[tokio::test]
+async fn a_subscriber_asking_for_removed_history_gets_reset_then_what_is_retained() {
+    let mut config = test_config();
+    config.retention_thread_events = 3;
+    config.retention_interval = Duration::from_millis(50);
+    let server = TestServer::start_with(config).await;
+    let token = server.token("pia");
+    let run = server.create_run("thread_short", "pia").await;
+    assert_eq!(server.publish(&run, json!({"events": full_run("r")})).await.0, 200);
+    // Wait for the sweep to leave the newest three of six.
+    let thread = agentwire_protocol::ThreadId::parse("thread_short").unwrap();
+    tokio::time::timeout(WAIT, async {
+        while server.state.log.read(&thread, 0, 10).await.unwrap().oldest_seq < 4 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("retention ran");
+    let mut ws = server.ws(&token).await;
+    assert_eq!(ws.subscribe("thread_short", 1).await, 6);
+    let reset = ws.next_frame().await;
+    assert_eq!(reset, json!({"type":"reset","thread_id":"thread_short","oldest_seq":4}));
+    assert_eq!(seqs(&ws.events_until("thread_short", 6).await), vec![4, 5, 6]);
+}
