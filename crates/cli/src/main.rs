@@ -1,10 +1,13 @@
 //! `agentwire`: the binary. A thin shell: it reads settings, starts the server
 //! crate with the demo agent, prints how to use it, and stops on Ctrl-C or SIGTERM.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use agentwire_agent::DemoAgent;
+use agentwire_log::EmbeddedStore;
+use agentwire_protocol::ThreadId;
 use agentwire_server::{DEV_PUBLISH_KEY, Server, ServerConfig};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -26,8 +29,71 @@ enum Command {
     /// Run the server. Every setting is a flag and an AGENTWIRE_* environment variable.
     Serve {
         #[command(flatten)]
-        config: ServerConfig,
+        config: Box<ServerConfig>,
     },
+    /// Write threads of a stopped server's data directory to stdout as JSON lines.
+    Export {
+        /// A thread to export; repeat for several.
+        #[arg(long = "thread", required = true)]
+        threads: Vec<String>,
+        /// The embedded store's directory.
+        #[arg(long, env = "AGENTWIRE_DATA_DIR", default_value = "./agentwire-data")]
+        data_dir: PathBuf,
+    },
+    /// Read threads written by `export` (from FILE, or stdin) into a data directory.
+    /// A thread that already exists there is refused.
+    Import {
+        /// The export to read; stdin when absent.
+        file: Option<PathBuf>,
+        /// The embedded store's directory.
+        #[arg(long, env = "AGENTWIRE_DATA_DIR", default_value = "./agentwire-data")]
+        data_dir: PathBuf,
+    },
+}
+
+/// Why an offline command failed.
+#[derive(Debug)]
+enum CommandError {
+    Server(agentwire_server::ServerError),
+    Store(agentwire_log::StoreError),
+    Usage(String),
+}
+
+impl std::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Server(e) => e.fmt(f),
+            Self::Store(e) => e.fmt(f),
+            Self::Usage(e) => f.write_str(e),
+        }
+    }
+}
+
+fn export(threads: &[String], data_dir: &std::path::Path) -> Result<(), CommandError> {
+    let store = EmbeddedStore::open(data_dir).map_err(CommandError::Store)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for name in threads {
+        let thread = ThreadId::parse(name).map_err(|e| CommandError::Usage(format!("{name}: {e}")))?;
+        if !store.export_thread(&thread, &mut out).map_err(CommandError::Store)? {
+            return Err(CommandError::Usage(format!("thread {thread} is not in {}", data_dir.display())));
+        }
+    }
+    std::io::Write::flush(&mut out).map_err(|e| CommandError::Usage(format!("cannot write stdout: {e}")))
+}
+
+fn import(file: Option<&std::path::Path>, data_dir: &std::path::Path) -> Result<(), CommandError> {
+    let store = EmbeddedStore::open(data_dir).map_err(CommandError::Store)?;
+    let imported = match file {
+        Some(path) => {
+            let f = std::fs::File::open(path).map_err(|e| CommandError::Usage(format!("{}: {e}", path.display())))?;
+            store.import(std::io::BufReader::new(f))
+        }
+        None => store.import(std::io::stdin().lock()),
+    }
+    .map_err(CommandError::Store)?;
+    eprintln!("imported {} thread(s) into {}", imported.len(), data_dir.display());
+    Ok(())
 }
 
 fn banner(config: &ServerConfig, addr: std::net::SocketAddr) -> String {
@@ -112,7 +178,9 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve { config } => runtime.block_on(serve(config)),
+        Command::Serve { config } => runtime.block_on(serve(*config)).map_err(CommandError::Server),
+        Command::Export { threads, data_dir } => export(&threads, &data_dir),
+        Command::Import { file, data_dir } => import(file.as_deref(), &data_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

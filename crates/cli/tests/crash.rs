@@ -3,84 +3,21 @@
 //! that was answered `200` is there exactly once, `seq` has no gap, runs go on
 //! publishing, and a subscriber resuming from its last `seq` gets the rest.
 
+mod common;
+
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::*;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 
-const KEY: &str = "crash-publish-key";
-const SECRET: &str = "crash-secret";
 const THREADS: [&str; 3] = ["thread_crash0", "thread_crash1", "thread_crash2"];
 const PUBLISHERS_PER_THREAD: usize = 4;
 const CYCLES: usize = 3;
-const WAIT: Duration = Duration::from_secs(20);
-
-struct Node {
-    child: Child,
-    base: String,
-}
-
-async fn start(data_dir: &std::path::Path) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentwire"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--publish-key", KEY])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("AGENTWIRE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn agentwire");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let base = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(url) = line.strip_prefix("agentwire is listening on ") {
-                return url.trim().to_owned();
-            }
-        }
-        panic!("agentwire exited before listening");
-    })
-    .await
-    .expect("agentwire starts in time");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Node { child, base }
-}
-
-fn token(user: &str) -> String {
-    use jsonwebtoken::{EncodingKey, Header, encode};
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
-    encode(&Header::default(), &json!({"sub": user, "exp": exp}), &EncodingKey::from_secret(SECRET.as_bytes()).unwrap())
-        .unwrap()
-}
-
-async fn post(http: &reqwest::Client, url: String, body: Value) -> Result<(u16, Value), reqwest::Error> {
-    let resp = http.post(url).bearer_auth(KEY).json(&body).send().await?;
-    let status = resp.status().as_u16();
-    Ok((status, resp.json().await.unwrap_or(Value::Null)))
-}
-
-/// The whole history of a thread, paged.
-async fn history(http: &reqwest::Client, base: &str, thread: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    loop {
-        let url = format!("{base}/v1/threads/{thread}/events?after_seq={}&limit=10000", out.len());
-        let page: Value = http.get(url).bearer_auth(token("crash")).send().await.unwrap().json().await.unwrap();
-        let events = page["events"].as_array().unwrap().clone();
-        if events.is_empty() {
-            return out;
-        }
-        out.extend(events);
-    }
-}
 
 /// Publishes thinking events until the server goes away; records what was acknowledged.
 async fn publish_until_gone(base: String, run: String, tag: String, acked: Arc<Mutex<HashMap<String, (String, u64)>>>) {

@@ -277,3 +277,106 @@ impl Store for EmbeddedStore {
         Ok(last)
     }
 }
+
+/// What `agentwire export` writes, one JSON object per line: the thread, its
+/// runs, then its retained events as clients receive them.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BackupLine {
+    Thread { thread_id: ThreadId, record: ThreadRecord },
+    Run { run_id: RunId, record: RunRecord },
+    Event(serde_json::Value),
+}
+
+impl EmbeddedStore {
+    /// Writes `thread` as JSON lines to `out`; `false` if there is no such thread.
+    pub fn export_thread(&self, thread: &ThreadId, mut out: impl std::io::Write) -> Result<bool, StoreError> {
+        let mut write =
+            |line: &str| writeln!(out, "{line}").map_err(|e| StoreError::Io(format!("cannot write the export: {e}")));
+        let record = {
+            let txn = self.db.begin_read().map_err(io)?;
+            let threads = txn.open_table(THREADS).map_err(io)?;
+            let Some(bytes) = threads.get(thread.as_str()).map_err(io)? else { return Ok(false) };
+            self.decode::<ThreadRecord>("thread", bytes.value())?
+        };
+        let header = BackupLine::Thread { thread_id: thread.clone(), record };
+        write(&serde_json::to_string(&header).map_err(|e| StoreError::Io(e.to_string()))?)?;
+        {
+            let txn = self.db.begin_read().map_err(io)?;
+            let runs = txn.open_table(RUNS).map_err(io)?;
+            for item in runs.iter().map_err(io)? {
+                let (key, value) = item.map_err(io)?;
+                let record: RunRecord = self.decode("run", value.value())?;
+                if &record.thread_id == thread {
+                    let run_id = RunId::parse(key.value()).map_err(|e| self.corrupt(format!("run key: {e}")))?;
+                    let line = BackupLine::Run { run_id, record };
+                    write(&serde_json::to_string(&line).map_err(|e| StoreError::Io(e.to_string()))?)?;
+                }
+            }
+        }
+        let mut after = 0;
+        loop {
+            let page = self.read(thread, after, 1000)?;
+            let Some(last) = page.last() else { return Ok(true) };
+            after = last.seq();
+            for event in &page {
+                write(&event.json)?;
+            }
+        }
+    }
+
+    /// Reads what [`EmbeddedStore::export_thread`] wrote and stores it, one
+    /// thread per transaction. A thread that already exists here is refused.
+    /// Answers the threads imported.
+    pub fn import(&self, input: impl std::io::BufRead) -> Result<Vec<ThreadId>, StoreError> {
+        let bad = |n: usize, e: &dyn std::fmt::Display| StoreError::Io(format!("import line {n}: {e}"));
+        let mut imported = Vec::new();
+        let mut batch: Option<(ThreadId, Batch)> = None;
+        for (n, line) in input.lines().enumerate().map(|(i, l)| (i + 1, l)) {
+            let line = line.map_err(|e| bad(n, &e))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<BackupLine>(&line).map_err(|e| bad(n, &e))? {
+                BackupLine::Thread { thread_id, record } => {
+                    if let Some((id, b)) = batch.take() {
+                        self.write(&[&b])?;
+                        imported.push(id);
+                    }
+                    if self.thread_exists(&thread_id)? {
+                        return Err(bad(n, &format!("thread {thread_id} already exists here")));
+                    }
+                    let mut b = Batch::default();
+                    b.threads.push((thread_id.clone(), record));
+                    batch = Some((thread_id, b));
+                }
+                BackupLine::Run { run_id, record } => {
+                    let (_, b) = batch.as_mut().ok_or_else(|| bad(n, &"a run before its thread"))?;
+                    b.runs.push((run_id, record));
+                }
+                BackupLine::Event(_) => {
+                    let (thread, b) = batch.as_mut().ok_or_else(|| bad(n, &"an event before its thread"))?;
+                    let event = StoredEvent::from_json(&line).map_err(|e| bad(n, &e))?;
+                    if event.thread_id() != thread {
+                        return Err(bad(n, &format!("an event of {} inside {thread}", event.thread_id())));
+                    }
+                    if let Some(id) = &event.envelope.event_id {
+                        b.event_ids.push((event.envelope.run_id.clone(), id.clone(), event.seq()));
+                    }
+                    b.events.push(Arc::new(event));
+                }
+            }
+        }
+        if let Some((id, b)) = batch.take() {
+            self.write(&[&b])?;
+            imported.push(id);
+        }
+        Ok(imported)
+    }
+
+    fn thread_exists(&self, thread: &ThreadId) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let threads = txn.open_table(THREADS).map_err(io)?;
+        Ok(threads.get(thread.as_str()).map_err(io)?.is_some())
+    }
+}

@@ -157,3 +157,57 @@ async fn retention_removes_old_events_and_what_is_left_survives_a_restart() {
     let after = log.append(run.as_str(), vec![ev(EventKind::AgentThinking, json!({"thought":"after"}))]).await.unwrap();
     assert_eq!(after.seqs, vec![12], "an emptied thread keeps its numbering across a restart");
 }
+
+#[tokio::test]
+async fn a_thread_exported_and_imported_elsewhere_reads_and_goes_on_the_same() {
+    use agentwire_log::EmbeddedStore;
+    let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let hour = Duration::from_secs(3600);
+    let log = open(from.path(), hour);
+    let thread = ThreadId::parse("thread_moved").unwrap();
+    let run = log.create_run(NewRun {
+        thread_id: thread.clone(),
+        owner: UserId::parse("m").unwrap(),
+        agent_name: None,
+        run_id: None,
+    });
+    let run = run.await.unwrap().run_id;
+    let events = vec![
+        ev(EventKind::AgentStarted, json!({"agent_name":"a"})).with_event_id("s"),
+        ev(EventKind::ToolExecuting, json!({"tool_call_id":"c","tool_name":"t"})),
+    ];
+    log.append(run.as_str(), events).await.unwrap();
+    let before: Vec<String> =
+        log.read(&thread, 0, 100).await.unwrap().events.iter().map(|e| e.json.to_string()).collect();
+    log.close().await;
+    drop(log);
+
+    let mut dump = Vec::new();
+    assert!(EmbeddedStore::open(from.path()).unwrap().export_thread(&thread, &mut dump).unwrap());
+    assert!(
+        !EmbeddedStore::open(from.path())
+            .unwrap()
+            .export_thread(&ThreadId::parse("thread_none").unwrap(), &mut Vec::new())
+            .unwrap()
+    );
+    let target = EmbeddedStore::open(to.path()).unwrap();
+    assert_eq!(target.import(dump.as_slice()).unwrap(), vec![thread.clone()]);
+    assert!(target.import(dump.as_slice()).is_err(), "importing a thread twice is refused");
+    drop(target);
+
+    let moved = open(to.path(), hour);
+    let after: Vec<String> =
+        moved.read(&thread, 0, 100).await.unwrap().events.iter().map(|e| e.json.to_string()).collect();
+    assert_eq!(after, before);
+    assert_eq!(
+        moved
+            .append(run.as_str(), vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"})).with_event_id("s")])
+            .await
+            .unwrap()
+            .seqs,
+        vec![1]
+    );
+    let done =
+        vec![ev(EventKind::ToolCompleted, json!({"tool_call_id":"c"})), ev(EventKind::AgentCompleted, json!({}))];
+    assert_eq!(moved.append(run.as_str(), done).await.unwrap().seqs, vec![3, 4]);
+}

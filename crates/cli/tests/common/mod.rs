@@ -1,0 +1,76 @@
+//! A real `agentwire` process on a loopback port, and small clients for it.
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const KEY: &str = "crash-publish-key";
+pub const SECRET: &str = "crash-secret";
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Node {
+    pub child: Child,
+    pub base: String,
+}
+
+/// Starts `agentwire serve` on a free loopback port over `data_dir`.
+pub async fn start(data_dir: &std::path::Path) -> Node {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentwire"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--publish-key", KEY])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("AGENTWIRE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn agentwire");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let base = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(url) = line.strip_prefix("agentwire is listening on ") {
+                return url.trim().to_owned();
+            }
+        }
+        panic!("agentwire exited before listening");
+    })
+    .await
+    .expect("agentwire starts in time");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Node { child, base }
+}
+
+/// A JWT for `user`, signed with [`SECRET`].
+pub fn token(user: &str) -> String {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    encode(&Header::default(), &json!({"sub": user, "exp": exp}), &EncodingKey::from_secret(SECRET.as_bytes()).unwrap())
+        .unwrap()
+}
+
+/// POSTs `body` with the publish key.
+pub async fn post(http: &reqwest::Client, url: String, body: Value) -> Result<(u16, Value), reqwest::Error> {
+    let resp = http.post(url).bearer_auth(KEY).json(&body).send().await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await.unwrap_or(Value::Null)))
+}
+
+/// The whole history of a thread, paged.
+pub async fn history(http: &reqwest::Client, base: &str, thread: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let url = format!("{base}/v1/threads/{thread}/events?after_seq={}&limit=10000", out.len());
+        let page: Value = http.get(url).bearer_auth(token("crash")).send().await.unwrap().json().await.unwrap();
+        let events = page["events"].as_array().unwrap().clone();
+        if events.is_empty() {
+            return out;
+        }
+        out.extend(events);
+    }
+}
