@@ -38,7 +38,13 @@ async fn setup(log: &Arc<dyn Log>) -> Vec<String> {
     for t in 0..THREADS {
         let thread = ThreadId::parse(&format!("thread_bench{t}")).expect("thread id");
         for _ in 0..RUNS_PER_THREAD {
-            let new = NewRun { thread_id: thread.clone(), owner: owner.clone(), agent_name: None, run_id: None };
+            let new = NewRun {
+                thread_id: thread.clone(),
+                owner: owner.clone(),
+                agent_name: None,
+                in_process: false,
+                run_id: None,
+            };
             let run = log.create_run(new).await.expect("create run").run_id.to_string();
             let started = NewEvent::new(
                 EventKind::AgentStarted,

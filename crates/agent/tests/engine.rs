@@ -28,7 +28,13 @@ impl Agent for Scripted {
 async fn new_run(thread: &str) -> (Arc<dyn Log>, ThreadId, RunInfo) {
     let log: Arc<dyn Log> = Arc::new(MemoryLog::new(LogConfig::default(), Arc::new(NoFeed)).unwrap());
     let thread = ThreadId::parse(thread).unwrap();
-    let new = NewRun { thread_id: thread.clone(), owner: UserId::parse("u").unwrap(), agent_name: None, run_id: None };
+    let new = NewRun {
+        thread_id: thread.clone(),
+        owner: UserId::parse("u").unwrap(),
+        agent_name: None,
+        in_process: false,
+        run_id: None,
+    };
     let run = log.create_run(new).await.unwrap();
     (log, thread, run)
 }

@@ -79,6 +79,17 @@ async fn acknowledged_events_survive_sigkill_exactly_once_and_without_gaps() {
         runs.push(run);
     }
 
+    // A run of the in-process demo agent is in flight when the first kill comes.
+    let asked = http
+        .post(format!("{}/v1/threads/thread_crash0/messages", node.base))
+        .bearer_auth(token("crash"))
+        .json(&json!({"text":"what is 1 + 1?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 202);
+    let demo_run = asked.json::<Value>().await.unwrap()["run_id"].as_str().unwrap().to_owned();
+
     for cycle in 0..CYCLES {
         let mut tasks = Vec::new();
         for (t, thread) in THREADS.iter().enumerate() {
@@ -105,6 +116,15 @@ async fn acknowledged_events_survive_sigkill_exactly_once_and_without_gaps() {
         }
 
         node = start(dir.path()).await;
+        if cycle == 0 {
+            let events = history(&http, &node.base, "thread_crash0").await;
+            let end = events.iter().rev().find(|e| e["run_id"] == demo_run.as_str()).expect("the demo run's events");
+            assert_eq!(
+                (end["event"].as_str(), end["data"]["code"].as_str()),
+                (Some("agent_error"), Some("worker_lost")),
+                "the demo run cut by the kill is ended at restart, not left hanging"
+            );
+        }
         let acked_now = acked.lock().clone();
         eprintln!("cycle {cycle}: {} acknowledged in all", acked_now.len());
         assert!(acked_now.len() > before, "cycle {cycle} acknowledged nothing");

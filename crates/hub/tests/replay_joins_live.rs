@@ -21,7 +21,13 @@ fn setup(config: HubConfig) -> (Arc<Hub>, Arc<dyn Log>) {
 async fn start_run(log: &Arc<dyn Log>, thread: &ThreadId) -> String {
     let user = UserId::parse("alice").unwrap();
     let run = log
-        .create_run(NewRun { thread_id: thread.clone(), owner: user, agent_name: None, run_id: None })
+        .create_run(NewRun {
+            thread_id: thread.clone(),
+            owner: user,
+            agent_name: None,
+            in_process: false,
+            run_id: None,
+        })
         .await
         .unwrap()
         .run_id;

@@ -111,13 +111,14 @@ fn storage(e: StoreError) -> LogError {
 }
 
 impl RunState {
-    fn new(thread_id: ThreadId, agent_name: Option<String>, now: Timestamp) -> Self {
+    fn new(thread_id: ThreadId, agent_name: Option<String>, in_process: bool, now: Timestamp) -> Self {
         let record = RunRecord {
             thread_id,
             agent_name,
             lifecycle: RunLifecycle::default(),
             cancel_requested: false,
             last_activity_ms: now.millis(),
+            in_process,
         };
         Self { record, event_ids: Some(HashMap::new()) }
     }
@@ -313,13 +314,19 @@ impl<S: Store> Core<S> {
         Ok(state.runs.get_mut(run))
     }
 
-    fn register(&self, state: &mut ThreadState, run: &RunId, agent_name: Option<String>) -> Result<(), LogError> {
+    fn register(
+        &self,
+        state: &mut ThreadState,
+        run: &RunId,
+        agent_name: Option<String>,
+        in_process: bool,
+    ) -> Result<(), LogError> {
         let mut registry = self.registry.write();
         if registry.contains_key(run) {
             return Err(LogError::RunExists(run.to_string()));
         }
         registry.insert(run.clone(), state.id.clone());
-        state.runs.insert(run.clone(), RunState::new(state.id.clone(), agent_name, Timestamp::now()));
+        state.runs.insert(run.clone(), RunState::new(state.id.clone(), agent_name, in_process, Timestamp::now()));
         self.runs_in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -336,7 +343,7 @@ impl<S: Store> Core<S> {
         let now = Timestamp::now();
         let mut batch = Batch::default();
         if self.load_run(state, run)?.is_none() {
-            self.register(state, run, None)?;
+            self.register(state, run, None, false)?;
             if let Some(rs) = state.runs.get(run) {
                 batch.runs.push((run.clone(), rs.record.clone()));
             }
@@ -435,41 +442,37 @@ impl<S: Store> StoredLog<S> {
         Ok(appended)
     }
 
-    /// Ends every running run idle since before `now - timeout`; answers them.
-    async fn expire(&self, now: Timestamp) -> Result<Vec<RunId>, LogError> {
+    /// Ends every running run that `pick` chooses with `agent_error {code, message}`; answers them.
+    async fn end_runs_where(
+        &self,
+        pick: impl Fn(&RunRecord) -> bool,
+        code: &'static str,
+        message: &str,
+    ) -> Result<Vec<RunId>, LogError> {
         let core = &self.core;
         core.check_writable()?;
-        let idle_ms = i64::try_from(core.config.run_idle_timeout.as_millis()).unwrap_or(i64::MAX);
         let entries: Vec<Arc<ThreadEntry>> = core.threads.read().values().cloned().collect();
-        let mut expired = Vec::new();
+        let mut ended = Vec::new();
         let mut tickets = Vec::new();
         for entry in entries {
             let mut state = entry.state.lock();
-            let idle: Vec<RunId> = state
+            let chosen: Vec<RunId> = state
                 .runs
                 .iter()
-                .filter(|(_, r)| {
-                    !r.record.lifecycle.ended() && r.record.last_activity_ms.saturating_add(idle_ms) <= now.millis()
-                })
+                .filter(|(_, r)| !r.record.lifecycle.ended() && pick(&r.record))
                 .map(|(id, _)| id.clone())
                 .collect();
-            for run in idle {
-                let message = format!("no event for {} s", core.config.run_idle_timeout.as_secs_f64());
-                let (_, ticket) = core.append_locked(
-                    &entry,
-                    &mut state,
-                    &run,
-                    vec![NewEvent::agent_error("timeout", message)],
-                    false,
-                )?;
+            for run in chosen {
+                let error = NewEvent::agent_error(code, message);
+                let (_, ticket) = core.append_locked(&entry, &mut state, &run, vec![error], false)?;
                 tickets.push(ticket);
-                expired.push(run);
+                ended.push(run);
             }
         }
         for ticket in tickets {
             durable(ticket).await?;
         }
-        Ok(expired)
+        Ok(ended)
     }
 }
 
@@ -525,7 +528,7 @@ impl<S: Store> Log for StoredLog<S> {
             if core.load_run(&mut state, &run)?.is_some() {
                 return Err(LogError::RunExists(run.to_string()));
             }
-            core.register(&mut state, &run, new.agent_name)?;
+            core.register(&mut state, &run, new.agent_name, new.in_process)?;
             let record = state.runs.get(&run).map(|r| r.record.clone());
             batch.runs.extend(record.map(|r| (run.clone(), r)));
             let info = Self::info(&state, &run).ok_or_else(|| LogError::RunNotFound(run.to_string()))?;
@@ -573,7 +576,15 @@ impl<S: Store> Log for StoredLog<S> {
     }
 
     async fn expire_idle_runs(&self, now: Timestamp) -> Result<Vec<RunId>, LogError> {
-        self.expire(now).await
+        let timeout = self.core.config.run_idle_timeout;
+        let idle_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let idle = |r: &RunRecord| r.last_activity_ms.saturating_add(idle_ms) <= now.millis();
+        self.end_runs_where(idle, "timeout", &format!("no event for {} s", timeout.as_secs_f64())).await
+    }
+
+    async fn end_orphaned_runs(&self) -> Result<Vec<RunId>, LogError> {
+        let orphaned = |r: &RunRecord| r.in_process;
+        self.end_runs_where(orphaned, "worker_lost", "the server stopped while the agent was running").await
     }
 
     async fn ready(&self) -> Result<(), LogError> {

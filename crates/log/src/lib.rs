@@ -98,6 +98,9 @@ pub struct NewRun {
     /// The thread's owner; the thread is created for them if it is new.
     pub owner: UserId,
     pub agent_name: Option<String>,
+    /// Whether this node's in-process engine runs it: if the node dies, the run
+    /// is ended with `worker_lost` when the node's log opens again.
+    pub in_process: bool,
     /// A run id chosen by the caller (AG-UI's `runId`); minted when `None`.
     pub run_id: Option<RunId>,
 }
@@ -181,6 +184,13 @@ pub trait Log: Send + Sync + 'static {
 
     /// Figures for the dashboard.
     fn stats(&self) -> LogStats;
+
+    /// Ends, with `agent_error {code:"worker_lost"}`, every run still running
+    /// that an in-process engine was executing when the log was last closed or
+    /// its process died; answers them. Called once at start-up.
+    async fn end_orphaned_runs(&self) -> Result<Vec<RunId>, LogError> {
+        Ok(Vec::new())
+    }
 
     /// Removes events past `policy` (measured at `now`); answers how many went.
     async fn enforce_retention(&self, _policy: &RetentionPolicy, _now: Timestamp) -> Result<u64, LogError> {

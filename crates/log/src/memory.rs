@@ -124,8 +124,13 @@ mod tests {
     }
 
     async fn new_run(log: &MemoryLog, user: &UserId, thread: &ThreadId) -> RunId {
-        let new =
-            NewRun { thread_id: thread.clone(), owner: user.clone(), agent_name: Some("demo".into()), run_id: None };
+        let new = NewRun {
+            thread_id: thread.clone(),
+            owner: user.clone(),
+            agent_name: Some("demo".into()),
+            in_process: false,
+            run_id: None,
+        };
         log.create_run(new).await.unwrap().run_id
     }
 
@@ -197,7 +202,7 @@ mod tests {
         log.create_thread(Some(thread.clone()), &user).await.unwrap();
         assert!(matches!(log.create_thread(Some(thread.clone()), &bob).await, Err(LogError::ThreadExists(_))));
         assert!(matches!(log.ensure_thread(&thread, &bob).await, Err(LogError::Forbidden)));
-        let run = NewRun { thread_id: thread.clone(), owner: bob, agent_name: None, run_id: None };
+        let run = NewRun { thread_id: thread.clone(), owner: bob, agent_name: None, in_process: false, run_id: None };
         assert!(matches!(log.create_run(run).await, Err(LogError::Forbidden)));
         assert_eq!(log.thread_owner(&thread).await.unwrap(), Some(user));
     }

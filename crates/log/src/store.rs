@@ -45,6 +45,9 @@ pub struct RunRecord {
     pub cancel_requested: bool,
     /// Milliseconds since the epoch of the run's creation or last event: the idle clock.
     pub last_activity_ms: i64,
+    /// Executed by the in-process engine of the node that owns this store.
+    #[serde(default)]
+    pub in_process: bool,
 }
 
 /// One decision of the log, to be made durable.

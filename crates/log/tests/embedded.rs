@@ -32,6 +32,7 @@ async fn threads_runs_events_and_event_ids_survive_a_restart() {
             thread_id: thread.clone(),
             owner: alice.clone(),
             agent_name: Some("a".into()),
+            in_process: false,
             run_id: None,
         })
         .await
@@ -42,8 +43,13 @@ async fn threads_runs_events_and_event_ids_survive_a_restart() {
         ev(EventKind::ToolExecuting, json!({"tool_call_id":"c1","tool_name":"t"})).with_event_id("x"),
     ];
     assert_eq!(log.append(run.as_str(), first).await.unwrap().seqs, vec![1, 2]);
-    let ended =
-        log.create_run(NewRun { thread_id: thread.clone(), owner: alice.clone(), agent_name: None, run_id: None });
+    let ended = log.create_run(NewRun {
+        thread_id: thread.clone(),
+        owner: alice.clone(),
+        agent_name: None,
+        in_process: false,
+        run_id: None,
+    });
     let ended = ended.await.unwrap().run_id;
     let done = vec![
         ev(EventKind::AgentStarted, json!({"agent_name":"b"})),
@@ -88,7 +94,13 @@ async fn the_idle_clock_survives_a_restart() {
     let idle = Duration::from_millis(200);
     let log = open(dir.path(), idle);
     let thread = ThreadId::parse("thread_idle").unwrap();
-    let new = NewRun { thread_id: thread.clone(), owner: UserId::parse("u").unwrap(), agent_name: None, run_id: None };
+    let new = NewRun {
+        thread_id: thread.clone(),
+        owner: UserId::parse("u").unwrap(),
+        agent_name: None,
+        in_process: false,
+        run_id: None,
+    };
     let run = log.create_run(new).await.unwrap().run_id;
     let log = reopen(log, dir.path(), idle).await;
     assert_eq!(log.stats().runs_in_flight, 1);
@@ -126,7 +138,13 @@ async fn retention_removes_old_events_and_what_is_left_survives_a_restart() {
     let hour = Duration::from_secs(3600);
     let log = open(dir.path(), hour);
     let (user, thread) = (UserId::parse("r").unwrap(), ThreadId::parse("thread_keepfew").unwrap());
-    let run = log.create_run(NewRun { thread_id: thread.clone(), owner: user, agent_name: None, run_id: None });
+    let run = log.create_run(NewRun {
+        thread_id: thread.clone(),
+        owner: user,
+        agent_name: None,
+        in_process: false,
+        run_id: None,
+    });
     let run = run.await.unwrap().run_id;
     log.append(run.as_str(), vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"}))]).await.unwrap();
     for i in 0..9 {
@@ -169,6 +187,7 @@ async fn a_thread_exported_and_imported_elsewhere_reads_and_goes_on_the_same() {
         thread_id: thread.clone(),
         owner: UserId::parse("m").unwrap(),
         agent_name: None,
+        in_process: false,
         run_id: None,
     });
     let run = run.await.unwrap().run_id;

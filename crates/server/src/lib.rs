@@ -129,6 +129,13 @@ impl Server {
     ) -> Result<(), ServerError> {
         let state = self.state;
         let grace = state.config.shutdown_grace;
+        match state.log.end_orphaned_runs().await {
+            Ok(runs) if !runs.is_empty() => {
+                tracing::warn!(count = runs.len(), "ended runs whose in-process agent died with the last server");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "could not end orphaned runs"),
+        }
         let background = TaskTracker::new();
         let stop_background = CancellationToken::new();
         background.spawn(watchdog::run(state.log.clone(), state.config.run_idle_timeout, stop_background.clone()));

@@ -21,6 +21,8 @@ pub struct Node {
 pub async fn start(data_dir: &std::path::Path) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentwire"))
         .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--publish-key", KEY])
+        // A demo run stays in flight long enough to be cut by a kill.
+        .args(["--demo-step-delay", "30s"])
         .arg("--data-dir")
         .arg(data_dir)
         .env("AGENTWIRE_LOG", "warn")

@@ -33,6 +33,7 @@ pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -
         thread_id: ThreadId::parse(&req.thread_id)?,
         owner: UserId::parse(&req.user_id)?,
         agent_name: req.agent_name,
+        in_process: false,
         run_id: req.run_id.as_deref().map(RunId::parse).transpose()?,
     };
     let run = state.log.create_run(new).await?;

@@ -59,6 +59,7 @@ pub async fn post_message(
         thread_id: thread,
         owner: user.clone(),
         agent_name: Some(state.engine.agent_name().to_owned()),
+        in_process: true,
         run_id: None,
     };
     let run = state.log.create_run(new).await?;
