@@ -79,7 +79,7 @@ impl Hub {
             overflow: CancellationToken::new(),
             threads: HashSet::new(),
         };
-        (conn, Outbox { rx, max_batch: self.config.max_batch.max(1) })
+        (conn, Outbox { rx, max_batch: self.config.max_batch.max(1), queue_depth: self.metrics.queue_depth.clone() })
     }
 
     fn remove(&self, thread: &ThreadId, conn: u64) {
@@ -100,7 +100,7 @@ impl FeedSink for Hub {
         for group in events.chunk_by(|a, b| a.thread_id() == b.thread_id()) {
             let Some(subs) = self.threads.get(group[0].thread_id()) else { continue };
             for sub in subs.iter() {
-                for event in group {
+                for (i, event) in group.iter().enumerate() {
                     match sub.tx.try_send(event.clone()) {
                         Ok(()) => {}
                         Err(TrySendError::Full(_)) => {
@@ -108,6 +108,7 @@ impl FeedSink for Hub {
                                 sub.overflow.cancel();
                                 self.metrics.slow_consumer_disconnects.inc();
                             }
+                            self.metrics.dropped_slow_consumer.inc_by((group.len() - i) as u64);
                             break;
                         }
                         Err(TrySendError::Closed(_)) => break,
@@ -196,6 +197,7 @@ impl Drop for Connection {
 pub struct Outbox {
     rx: mpsc::Receiver<Arc<StoredEvent>>,
     max_batch: usize,
+    queue_depth: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Outbox {
@@ -206,6 +208,7 @@ impl Outbox {
         // The hub holds no sender of its own, so `recv_many` only returns 0 after
         // every connection handle is gone; the caller has stopped by then.
         self.rx.recv_many(&mut batch, self.max_batch).await;
+        self.queue_depth.observe((batch.len() + self.rx.len()) as f64);
         batch
     }
 

@@ -11,5 +11,5 @@ mod metrics;
 mod session;
 
 pub use hub::{Connection, Hub, HubConfig, Outbox};
-pub use metrics::{EventLabel, HubMetrics, PerKind, TransportLabel};
+pub use metrics::{EventLabel, HubMetrics, LAG_BUCKETS, LagCounts, PerKind, ReasonLabel, TransportLabel, lag_quantile};
 pub use session::{Session, Started};

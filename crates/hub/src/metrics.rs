@@ -4,6 +4,7 @@
 //! delivery on the hot path is one atomic add, not a label-map lookup.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use agentwire_log::StoredEvent;
@@ -21,10 +22,65 @@ pub struct EventLabel {
     pub event: &'static str,
 }
 
+/// The `reason` label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 /// The `transport` label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabel {
     pub transport: &'static str,
+}
+
+/// Upper bounds (seconds) of the delivery-lag buckets: 50 µs doubling to ~1.6 s.
+pub const LAG_BUCKETS: [f64; 16] = {
+    let mut b = [0.0; 16];
+    let mut i = 0;
+    let mut v = 0.000_05;
+    while i < 16 {
+        b[i] = v;
+        v *= 2.0;
+        i += 1;
+    }
+    b
+};
+
+/// Lag counts per bucket (the last slot is +Inf), readable at any time: the
+/// dashboard turns the difference of two readings into recent percentiles.
+#[derive(Debug, Default)]
+pub struct LagCounts([AtomicU64; LAG_BUCKETS.len() + 1]);
+
+impl LagCounts {
+    fn observe(&self, secs: f64) {
+        let i = LAG_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LAG_BUCKETS.len());
+        self.0[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts per bucket so far.
+    pub fn read(&self) -> [u64; LAG_BUCKETS.len() + 1] {
+        std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed))
+    }
+}
+
+/// The `q` quantile (0..1) of the observations between two readings, as the
+/// upper bound of the bucket it falls in (`None` when nothing was observed).
+pub fn lag_quantile(before: &[u64], after: &[u64], q: f64) -> Option<f64> {
+    let deltas: Vec<u64> = after.iter().zip(before).map(|(a, b)| a.saturating_sub(*b)).collect();
+    let total: u64 = deltas.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (q * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, d) in deltas.iter().enumerate() {
+        seen += d;
+        if seen >= rank {
+            return Some(LAG_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY));
+        }
+    }
+    None
 }
 
 /// One counter per event kind, in [`EventKind::ALL`] order.
@@ -42,6 +98,16 @@ impl PerKind {
         let i = EventKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
         &self.0[i]
     }
+
+    /// The sum over every kind.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(Counter::get).sum()
+    }
+
+    /// `(event name, count)` for every kind.
+    pub fn by_kind(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        EventKind::ALL.iter().zip(&self.0).map(|(k, c)| (k.as_str(), c.get()))
+    }
 }
 
 /// The hub's metrics; cheap to clone (every field is a shared handle).
@@ -50,7 +116,13 @@ pub struct HubMetrics {
     pub appended: PerKind,
     pub delivered: PerKind,
     pub delivery_lag: Histogram,
+    /// The same observations as `delivery_lag`, readable for the dashboard.
+    pub lag_counts: Arc<LagCounts>,
     pub slow_consumer_disconnects: Counter,
+    /// Deliveries not queued because the connection had overflowed (it resumes from the log).
+    pub dropped_slow_consumer: Counter,
+    /// Events queued per connection when its writer takes a batch.
+    pub queue_depth: Histogram,
     pub subscriptions: Gauge,
     pub connections: Family<TransportLabel, Gauge>,
     pub resumes: Counter,
@@ -70,17 +142,21 @@ impl HubMetrics {
         let delivered = Family::<EventLabel, Counter>::default();
         registry.register("agentwire_events_delivered", "Events sent to subscribers, by event kind", delivered.clone());
         // 50 µs … ~1.6 s: loopback delivery sits at the low end, a stalled node at the top.
-        let delivery_lag = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let delivery_lag = Histogram::new(LAG_BUCKETS.iter().copied());
         registry.register(
             "agentwire_delivery_lag_seconds",
             "Time from append (or receipt from the backbone) to send, per delivered event",
             delivery_lag.clone(),
         );
+        let dropped = Family::<ReasonLabel, Counter>::default();
         let metrics = Self {
             appended: PerKind::new(&appended),
             delivered: PerKind::new(&delivered),
             delivery_lag,
+            lag_counts: Arc::default(),
             slow_consumer_disconnects: Counter::default(),
+            dropped_slow_consumer: dropped.get_or_create(&ReasonLabel { reason: "slow_consumer" }).clone(),
+            queue_depth: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
             subscriptions: Gauge::default(),
             connections: Family::default(),
             resumes: Counter::default(),
@@ -113,6 +189,16 @@ impl HubMetrics {
             "Times a live stream skipped seqs and the gap was read back from the log",
             metrics.gap_fills.clone(),
         );
+        registry.register(
+            "agentwire_events_dropped",
+            "Deliveries not queued, by reason (slow_consumer: the connection overflowed and is closed with 4008)",
+            dropped,
+        );
+        registry.register(
+            "agentwire_send_queue_depth",
+            "Events waiting in a connection's send queue when its writer takes a batch",
+            metrics.queue_depth.clone(),
+        );
         metrics
     }
 
@@ -128,7 +214,9 @@ impl HubMetrics {
         for e in events {
             self.delivered.get(e.envelope.event).inc();
             if live {
-                self.delivery_lag.observe(now.saturating_duration_since(e.received_at).as_secs_f64());
+                let lag = now.saturating_duration_since(e.received_at).as_secs_f64();
+                self.delivery_lag.observe(lag);
+                self.lag_counts.observe(lag);
             }
         }
     }

@@ -20,6 +20,11 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// This node's name on the dashboard (and among nodes sharing a backbone).
+    /// Default: the host name and the listen port.
+    #[arg(long, env = "AGENTWIRE_NODE_ID")]
+    pub node_id: Option<String>,
+
     /// HS256 secret that subscriber JWTs are signed with. Required outside loopback.
     #[arg(long, env = "AGENTWIRE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use agentwire_agent::{Agent, Engine};
 use agentwire_hub::{Hub, HubConfig, HubMetrics};
 use agentwire_log::{EmbeddedLog, Log, LogConfig, MemoryLog, retention, watchdog};
+use agentwire_protocol::Timestamp;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +32,7 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::{Auth, Principal};
 pub use config::{DEV_PUBLISH_KEY, ServerConfig};
-pub use state::AppState;
+pub use state::{AppState, NodeInfo};
 
 /// Why the server could not start or keep serving.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,19 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("cannot open the log: {0}")]
     Store(#[from] agentwire_log::StoreError),
+}
+
+/// The configured node id, else the host name and the listen port.
+fn node_id(config: &ServerConfig) -> String {
+    if let Some(id) = config.node_id.as_ref().filter(|id| !id.is_empty()) {
+        return id.clone();
+    }
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}:{}", config.listen.port())
 }
 
 /// Opens the log the settings name.
@@ -96,7 +110,9 @@ impl Server {
         if !auth.has_publish_keys() {
             tracing::warn!("no publish key is set (AGENTWIRE_PUBLISH_KEY): external publishers will be refused");
         }
+        let node = Arc::new(NodeInfo { id: node_id(&config), started_at: Timestamp::now() });
         let state = AppState {
+            node,
             config: Arc::new(config),
             log,
             hub,

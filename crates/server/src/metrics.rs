@@ -1,22 +1,20 @@
 //! Publish-side telemetry: refused publishes and figures of the log.
 
+use agentwire_hub::ReasonLabel;
 use agentwire_protocol::ErrorCode;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// The `reason` label of a rejected publish.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
-}
-
 /// What the server counts about publishers and the log.
 #[derive(Clone)]
 pub struct ServerMetrics {
     rejected: Family<ReasonLabel, Counter>,
+    /// Every refused event, whatever the reason (for the dashboard).
+    pub rejected_total: Counter,
+    /// Refused because the run named no known thread.
+    pub unroutable_total: Counter,
     pub threads: Gauge,
     pub runs_in_flight: Gauge,
     pub agent_runs: Gauge,
@@ -27,13 +25,15 @@ impl ServerMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
             rejected: Family::default(),
+            rejected_total: Counter::default(),
+            unroutable_total: Counter::default(),
             threads: Gauge::default(),
             runs_in_flight: Gauge::default(),
             agent_runs: Gauge::default(),
         };
         registry.register(
             "agentwire_events_rejected",
-            "Publishes refused, by reason (unroutable: the run names no known thread)",
+            "Published events refused, by reason (unroutable: the run names no known thread)",
             metrics.rejected.clone(),
         );
         registry.register("agentwire_threads", "Threads in the log", metrics.threads.clone());
@@ -48,10 +48,15 @@ impl ServerMetrics {
 
     /// Counts a refused publish of `events` events.
     pub fn record_rejected(&self, code: ErrorCode, events: u64) {
+        let events = events.max(1);
         let reason = match code {
-            ErrorCode::NotFound => "unroutable",
+            ErrorCode::NotFound => {
+                self.unroutable_total.inc_by(events);
+                "unroutable"
+            }
             other => other.as_str(),
         };
-        self.rejected.get_or_create(&ReasonLabel { reason }).inc_by(events.max(1));
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc_by(events);
+        self.rejected_total.inc_by(events);
     }
 }

@@ -15,10 +15,18 @@ use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
 
+/// Who this node is, for the dashboard.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub id: String,
+    pub started_at: agentwire_protocol::Timestamp,
+}
+
 /// Shared handles of one server; cloning is cheap.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<ServerConfig>,
+    pub node: Arc<NodeInfo>,
     pub log: Arc<dyn Log>,
     pub hub: Arc<Hub>,
     pub engine: Arc<Engine>,

@@ -1,5 +1,7 @@
 //! The router: every route of PROTOCOL §3 and the transports of §4 and §5.
 
+pub mod admin;
+pub mod assets;
 pub mod ops;
 pub mod runs;
 pub mod sse;
@@ -27,7 +29,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{run_id}/events", post(runs::publish))
         .route("/v1/runs/{run_id}/cancel", post(runs::cancel))
         .route("/v1/ws", get(ws::upgrade))
-        .route("/v1/admin/stats", get(ops::stats))
+        .route("/v1/admin/stats", get(admin::stats))
+        .route("/v1/admin/stream", get(admin::stream))
+        .route("/", get(assets::chat_page))
+        .route("/dashboard", get(assets::dashboard_page))
+        .route("/assets/{file}", get(assets::asset))
         .route("/dev/token", get(ops::dev_token))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

@@ -1,4 +1,4 @@
-//! Operator and housekeeping routes: health, readiness, metrics, live figures, dev tokens.
+//! Housekeeping routes: health, readiness, metrics, dev tokens.
 
 use agentwire_protocol::{ErrorCode, UserId};
 use axum::Json;
@@ -9,7 +9,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::extract::Token;
 use crate::state::AppState;
 
 /// `GET /healthz`: the process is up.
@@ -28,7 +27,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-fn refresh_gauges(state: &AppState) {
+/// Sets the gauges that are read from the log and the engine rather than counted.
+pub(crate) fn refresh_gauges(state: &AppState) {
     let stats = state.log.stats();
     state.metrics.threads.set(i64::try_from(stats.threads).unwrap_or(i64::MAX));
     state.metrics.runs_in_flight.set(i64::try_from(stats.runs_in_flight).unwrap_or(i64::MAX));
@@ -42,35 +42,6 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     prometheus_client::encoding::text::encode(&mut text, &state.registry)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("could not encode metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text))
-}
-
-/// `GET /v1/admin/stats`: live figures for operators (open in dev mode).
-pub async fn stats(State(state): State<AppState>, Token(token): Token) -> Result<impl IntoResponse, ApiError> {
-    let principal = state.auth.authenticate(token.as_deref()).ok();
-    if !state.auth.is_operator(principal.as_ref()) {
-        return Err(if token.is_none() {
-            ApiError::new(ErrorCode::Unauthorized, "missing credentials")
-        } else {
-            ApiError::forbidden()
-        });
-    }
-    refresh_gauges(&state);
-    let hub = state.hub.metrics();
-    let stats = state.log.stats();
-    Ok(Json(json!({
-        "connections": {
-            "ws": hub.connections.get_or_create(&agentwire_hub::TransportLabel { transport: "ws" }).get(),
-            "sse": hub.connections.get_or_create(&agentwire_hub::TransportLabel { transport: "sse" }).get(),
-        },
-        "subscriptions": hub.subscriptions.get(),
-        "watched_threads": state.hub.watched_threads(),
-        "threads": stats.threads,
-        "runs_in_flight": stats.runs_in_flight,
-        "agent_runs": state.engine.running(),
-        "slow_consumer_disconnects": hub.slow_consumer_disconnects.get(),
-        "resumes": hub.resumes.get(),
-        "resets": hub.resets.get(),
-    })))
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,207 @@
+// The pages in a real browser: headless Debian Chromium driven by Playwright,
+// against a real agentwire process on a loopback port (dev mode, embedded store).
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const root = new URL("../..", import.meta.url).pathname;
+const BIN = process.env.AGENTWIRE_BIN ?? join(root, "target/debug/agentwire");
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+// Screenshots go to docs/ (and into the README) when asked, else next to the build.
+const SHOTS = process.env.UPDATE_SCREENSHOTS ? join(root, "docs/screenshots") : join(root, "target/screenshots");
+const WAIT = 20_000;
+
+let browser;
+let server;
+let port;
+const dataDir = mkdtempSync(join(tmpdir(), "agentwire-browser-"));
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once("error", reject);
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+/** The environment without any AGENTWIRE_* setting that would leave dev mode. */
+function devEnv() {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("AGENTWIRE_")));
+  return { ...env, AGENTWIRE_LOG: "warn" };
+}
+
+/** Starts agentwire in dev mode and resolves once it listens. */
+function startServer() {
+  return new Promise((resolve, reject) => {
+    const child = spawn(BIN, ["serve", "--listen", `127.0.0.1:${port}`, "--data-dir", dataDir, "--demo-step-delay", "80ms"], {
+      stdio: ["ignore", "pipe", "inherit"],
+      env: devEnv(),
+    });
+    const timer = setTimeout(() => reject(new Error("agentwire did not start")), WAIT);
+    child.stdout.on("data", (chunk) => {
+      if (String(chunk).includes("agentwire is listening on")) {
+        clearTimeout(timer);
+        resolve(child);
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`agentwire exited with ${code}`)));
+  });
+}
+
+function killServer() {
+  return new Promise((resolve) => {
+    server.once("exit", resolve);
+    server.kill("SIGKILL");
+  });
+}
+
+const base = () => `http://127.0.0.1:${port}`;
+
+async function publish(path, body) {
+  const resp = await fetch(`${base()}${path}`, {
+    method: "POST",
+    headers: { authorization: "Bearer dev-publish-key", "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  return { status: resp.status, body: await resp.json() };
+}
+
+/** Every seq the server holds for `thread`, asked as `user`. */
+async function serverSeqs(thread, user) {
+  const { token } = await (await fetch(`${base()}/dev/token?user=${user}`)).json();
+  const page = await (await fetch(`${base()}/v1/threads/${thread}/events?limit=10000`, { headers: { authorization: `Bearer ${token}` } })).json();
+  return page.events.map((e) => e.seq);
+}
+
+before(async () => {
+  port = await freePort();
+  server = await startServer();
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  mkdirSync(SHOTS, { recursive: true });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill("SIGKILL");
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+async function ask(page, text) {
+  await page.fill("#text", text);
+  await page.press("#text", "Enter");
+}
+
+const runs = (page) => page.locator("article.run");
+
+test("a message on the chat page shows the whole run as it happens, in every tab", async () => {
+  const page = await browser.newPage({ viewport: { width: 1180, height: 820 } });
+  await page.goto(`${base()}/?user=tester`);
+  await page.click("#new-thread");
+  await page.waitForFunction(() => location.hash.startsWith("#thread_"));
+  await page.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
+  await ask(page, "what is 6 * 7?");
+  // The tool's spinner is on screen while the calculator runs.
+  await page.waitForSelector(".step.tool.pending .spinner", { timeout: WAIT });
+  await page.waitForSelector("article.run .status.completed", { timeout: WAIT });
+
+  const run = runs(page).first();
+  assert.equal(await run.locator(".agent-name").textContent(), "demo", "agent_started names the agent");
+  assert.ok((await run.locator('[data-event="agent_thinking"]').count()) >= 2, "agent_thinking is shown");
+  const calculator = run.locator(".step.tool", { hasText: "calculator" });
+  assert.match(await calculator.locator(".tool-args").textContent(), /6 \* 7/, "tool_executing shows the arguments");
+  assert.match(await calculator.locator(".tool-result").textContent(), /42/, "tool_completed shows the result");
+  assert.equal(await run.locator(".spinner").count(), 0, "no spinner is left once every tool completed");
+  assert.match(await run.locator(".answer").textContent(), /6 \* 7 = 42/, "agent_message deltas make the answer");
+  assert.match(await run.locator(".status").textContent(), /done/, "agent_completed marks the run done");
+  assert.equal(await page.locator(".bubble.user").textContent(), "what is 6 * 7?");
+
+  // A second tab on the same thread draws the same events.
+  const hash = await page.evaluate(() => location.hash);
+  const tab = await browser.newPage();
+  await tab.goto(`${base()}/?user=tester${hash}`);
+  await tab.waitForSelector("article.run .status.completed", { timeout: WAIT });
+  const seqs = await page.evaluate(() => window.agentwireChat.seqs);
+  await tab.waitForFunction((n) => window.agentwireChat.seqs.length >= n, seqs.length);
+  assert.deepEqual(await tab.evaluate(() => window.agentwireChat.seqs), seqs);
+  await page.screenshot({ path: join(SHOTS, "chat.png") });
+  await tab.close();
+  await page.close();
+});
+
+test("dropped connections and a server restart resume with every event shown once", async () => {
+  const page = await browser.newPage();
+  await page.goto(`${base()}/?user=resumer`);
+  await page.click("#new-thread");
+  await page.waitForFunction(() => location.hash.startsWith("#thread_"));
+  const thread = (await page.evaluate(() => location.hash)).slice(1);
+  await page.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
+
+  // The page's socket drops mid-run: events published meanwhile arrive after the resume.
+  await ask(page, "what is 12 * (3 + 4)?");
+  await page.waitForSelector('[data-event="agent_thinking"]', { timeout: WAIT });
+  await page.evaluate(() => window.agentwireChat.client.dropConnection());
+  await page.waitForSelector("article.run .status.completed", { timeout: WAIT });
+
+  // The server itself dies and comes back on the same port and data.
+  await killServer();
+  await page.waitForSelector("#conn:not([data-state=open])", { timeout: WAIT });
+  server = await startServer();
+  await page.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
+  await ask(page, "/fail");
+  await page.waitForSelector("article.run .status.error", { timeout: WAIT });
+
+  const shown = await page.evaluate(() => window.agentwireChat.seqs);
+  const stored = await serverSeqs(thread, "resumer");
+  assert.deepEqual(shown, stored, "the page shows each stored event once, in order");
+  assert.equal(await runs(page).count(), 2);
+  // A reload draws the same thing from the log.
+  await page.reload();
+  await page.waitForSelector("article.run .status.error", { timeout: WAIT });
+  await page.waitForFunction((n) => window.agentwireChat.seqs.length >= n, stored.length);
+  assert.deepEqual(await page.evaluate(() => window.agentwireChat.seqs), stored);
+  await page.close();
+});
+
+test("the dashboard's figures move when load is applied", async () => {
+  const page = await browser.newPage({ viewport: { width: 1180, height: 900 } });
+  await page.goto(`${base()}/dashboard`);
+  await page.waitForFunction(() => window.agentwireDashboard.frames >= 1, null, { timeout: WAIT });
+  const before = await page.evaluate(() => window.agentwireDashboard.last.nodes[0].totals.appended);
+  const shownBefore = await page.textContent("#m-published-total");
+
+  const created = await publish("/v1/runs", { thread_id: "thread_load", user_id: "ops", agent_name: "load" });
+  assert.equal(created.status, 201);
+  const run = created.body.run_id;
+  assert.equal((await publish(`/v1/runs/${run}/events`, { event: "agent_started", data: { agent_name: "load" } })).status, 200);
+  // Someone watches the thread, so there are deliveries (and their lag) to show.
+  const watcher = await browser.newPage();
+  await watcher.goto(`${base()}/?user=ops#thread_load`);
+  await watcher.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
+  const rounds = 16;
+  for (let round = 0; round < rounds; round++) {
+    const events = Array.from({ length: 10 + 5 * (round % 4) }, (_, i) => ({ event: "agent_thinking", data: { thought: `step ${round}-${i}` } }));
+    assert.equal((await publish(`/v1/runs/${run}/events`, { events })).status, 200);
+    await page.waitForTimeout(250);
+  }
+  await page.waitForFunction((b) => window.agentwireDashboard.last.nodes[0].totals.appended >= b + 200, before, { timeout: WAIT });
+  await page.waitForFunction(() => window.agentwireDashboard.last.nodes[0].totals.delivered > 0, null, { timeout: WAIT });
+  await page.waitForFunction((old) => document.querySelector("#m-published-total").textContent !== old, shownBefore, { timeout: WAIT });
+  const peak = await page.evaluate(() => window.agentwireDashboard.frames);
+  assert.ok(peak >= 2);
+  assert.notEqual(await page.textContent("#m-threads"), "–");
+  await page.screenshot({ path: join(SHOTS, "dashboard.png") });
+  await watcher.close();
+  await page.close();
+});
