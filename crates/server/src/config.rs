@@ -29,6 +29,27 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// PEM public key (RSA → RS256, EC P-256 → ES256) that subscriber JWTs are verified with.
+    #[arg(long, env = "AGENTWIRE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// JWKS file whose keys (chosen by the token's `kid`) verify subscriber JWTs.
+    #[arg(long, env = "AGENTWIRE_JWT_JWKS")]
+    pub jwt_jwks: Option<std::path::PathBuf>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "AGENTWIRE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "AGENTWIRE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// A file of publish keys, one per line (`#` comments); re-read when it changes,
+    /// so keys rotate without a restart.
+    #[arg(long, env = "AGENTWIRE_PUBLISH_KEYS_FILE")]
+    pub publish_keys_file: Option<std::path::PathBuf>,
+
     /// Publish keys (comma-separated) that publishers send as `Authorization: Bearer <key>`.
     /// In dev mode the key `dev-publish-key` is used when none is set.
     #[arg(long = "publish-key", env = "AGENTWIRE_PUBLISH_KEY", value_delimiter = ',', hide_env_values = true)]
@@ -103,6 +124,29 @@ pub struct ServerConfig {
     #[arg(long = "max-subscriptions", env = "AGENTWIRE_MAX_SUBSCRIPTIONS", default_value_t = 256)]
     pub max_subscriptions_per_connection: usize,
 
+    /// Most open WebSocket and SSE connections per user (more: 429).
+    #[arg(long, env = "AGENTWIRE_MAX_CONNECTIONS_PER_USER", default_value_t = 64)]
+    pub max_connections_per_user: usize,
+
+    /// Most open WebSocket and SSE connections per client IP address (more: 429).
+    #[arg(long, env = "AGENTWIRE_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
+    pub max_connections_per_ip: usize,
+
+    /// Publish requests per second per publish key, with bursts of twice that (more: 429; 0: no limit).
+    #[arg(long, env = "AGENTWIRE_PUBLISH_RATE", default_value_t = 2000)]
+    pub publish_rate: u32,
+
+    /// Messages per second a WebSocket client may send, with bursts of twice that
+    /// (more: an `error` frame with `rate_limited`, and the message is ignored).
+    #[arg(long, env = "AGENTWIRE_WS_MESSAGE_RATE", default_value_t = 20)]
+    pub ws_message_rate: u32,
+
+    /// Origins (comma-separated, e.g. `https://app.example.com`) allowed to open
+    /// WebSockets and streams from a browser; `*` allows any. Empty: the server's
+    /// own origin only. Requests without an Origin header (non-browser clients) pass.
+    #[arg(long, env = "AGENTWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Replace secret-looking tool arguments with "[REDACTED]" (PROTOCOL §8).
     #[arg(long, env = "AGENTWIRE_REDACT_SECRETS", default_value_t = true, action = clap::ArgAction::Set)]
     pub redact_secrets: bool,
@@ -133,9 +177,14 @@ impl ServerConfig {
         }
     }
 
-    /// Dev mode: no JWT secret and a loopback listen address (PROTOCOL §7).
+    /// Whether subscriber tokens can be verified: a secret, a public key or a JWKS is set.
+    pub fn has_token_verifier(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key.is_some() || self.jwt_jwks.is_some()
+    }
+
+    /// Dev mode: no way to verify tokens and a loopback listen address (PROTOCOL §7).
     pub fn dev_mode(&self) -> bool {
-        self.jwt_secret.is_none() && self.listen.ip().is_loopback()
+        !self.has_token_verifier() && self.listen.ip().is_loopback()
     }
 
     /// The settings as an empty command line gives them: the defaults above,

@@ -52,10 +52,10 @@ impl Caller {
         }
     }
 
-    /// `Ok` for a publisher, `403` for anyone else.
-    pub fn publisher(&self) -> Result<(), ApiError> {
+    /// The publisher's key id, or `403` for anyone else.
+    pub fn publisher(&self) -> Result<u64, ApiError> {
         match self.0 {
-            Principal::Publisher => Ok(()),
+            Principal::Publisher { key } => Ok(key),
             _ => Err(ApiError::forbidden()),
         }
     }

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod metrics;
 pub mod routes;
 pub mod state;
@@ -43,6 +44,22 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("cannot open the log: {0}")]
     Store(#[from] agentwire_log::StoreError),
+}
+
+/// Re-reads the publish-keys file every two seconds, so rotated keys apply without a restart.
+async fn reload_publish_keys(auth: Arc<Auth>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match auth.reload_publish_keys() {
+            Ok(true) => tracing::info!("publish keys reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not reload publish keys; keeping the old ones"),
+        }
+    }
 }
 
 /// The configured node id, else the host name and the listen port.
@@ -89,9 +106,10 @@ impl Server {
     /// Builds the log, hub, engine and credentials from `config`; runs `agent`
     /// for messages posted to threads.
     pub fn new(config: ServerConfig, agent: Arc<dyn Agent>) -> Result<Self, ServerError> {
-        if config.jwt_secret.is_none() && !config.listen.ip().is_loopback() {
+        if !config.has_token_verifier() && !config.listen.ip().is_loopback() {
             return Err(ServerError::Config(format!(
-                "{} is not a loopback address and no JWT secret is set (AGENTWIRE_JWT_SECRET)",
+                "{} is not a loopback address and no way to verify tokens is set \
+                 (AGENTWIRE_JWT_SECRET, AGENTWIRE_JWT_PUBLIC_KEY or AGENTWIRE_JWT_JWKS)",
                 config.listen
             )));
         }
@@ -110,6 +128,7 @@ impl Server {
         if !auth.has_publish_keys() {
             tracing::warn!("no publish key is set (AGENTWIRE_PUBLISH_KEY): external publishers will be refused");
         }
+        let limits = limits::Limits::new(&config);
         let node = Arc::new(NodeInfo { id: node_id(&config), started_at: Timestamp::now() });
         let state = AppState {
             node,
@@ -118,6 +137,7 @@ impl Server {
             hub,
             engine,
             auth,
+            limits,
             metrics,
             registry: Arc::new(registry),
             closing: CancellationToken::new(),
@@ -162,7 +182,8 @@ impl Server {
             stop_background.clone(),
         ));
 
-        let app = routes::router(state.clone());
+        background.spawn(reload_publish_keys(state.auth.clone(), stop_background.clone()));
+        let app = routes::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
         let http = axum::serve(listener, app).with_graceful_shutdown(state.closing.clone().cancelled_owned());
         let mut http = tokio::spawn(http.into_future());
 

@@ -31,6 +31,7 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub engine: Arc<Engine>,
     pub auth: Arc<Auth>,
+    pub limits: Arc<crate::limits::Limits>,
     pub metrics: ServerMetrics,
     pub registry: Arc<Registry>,
     /// Cancelled when long-lived connections must close (shutdown).

@@ -27,7 +27,7 @@ struct CreateRun {
 
 /// `POST /v1/runs`: registers a run, creating its thread for `user_id` if new.
 pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -> Result<impl IntoResponse, ApiError> {
-    caller.publisher()?;
+    state.limits.allow_publish(caller.publisher()?)?;
     let req: CreateRun = body.json()?;
     let new = NewRun {
         thread_id: ThreadId::parse(&req.thread_id)?,
@@ -47,7 +47,7 @@ pub async fn publish(
     Path(run_id): Path<String>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.publisher()?;
+    state.limits.allow_publish(caller.publisher()?).inspect_err(|e| state.metrics.record_rejected(e.code, 1))?;
     let limits = PublishLimits { max_events: state.config.max_events_per_publish, redact: state.config.redact_secrets };
     let events = parse_publish_body(&body.0, limits).inspect_err(|e| state.metrics.record_rejected(e.code(), 1))?;
     let count = events.len() as u64;
@@ -65,9 +65,8 @@ pub async fn publish(
 
 /// The run, if `caller` may see it: any publisher, or the owner of its thread.
 async fn visible_run(state: &AppState, caller: &Caller, run_id: &str) -> Result<RunInfo, ApiError> {
-    if let Principal::User { .. } = caller.0 {
-    } else {
-        caller.publisher()?;
+    if !matches!(caller.0, Principal::User { .. }) {
+        state.limits.allow_publish(caller.publisher()?)?;
     }
     let run = state.log.run(run_id).await?.ok_or_else(|| ApiError::not_found(format!("run {run_id}")))?;
     if let Principal::User { id, .. } = &caller.0

@@ -5,11 +5,12 @@
 //! (which wins) or `?after_seq=`.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 
 use agentwire_hub::Session;
 use agentwire_log::StoredEvent;
 use agentwire_protocol::{ServerFrame, ThreadId};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
@@ -33,6 +34,7 @@ fn sse_event(e: &StoredEvent) -> Event {
 /// `GET /v1/threads/{thread_id}/stream`.
 pub async fn stream(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: Caller,
     Path(thread_id): Path<String>,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
@@ -49,7 +51,9 @@ pub async fn stream(
             .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a seq"))?,
         None => q.after_seq,
     };
+    state.limits.check_origin(&headers)?;
     state.check_owner(user, &thread).await?;
+    let permit = state.limits.open_connection(user, peer.ip())?;
     let (conn, mut outbox) = state.hub.connect();
     let mut session = Session::new(conn, state.log.clone(), state.config.replay_page);
     let started = session.subscribe(&thread, after_seq).await?;
@@ -57,6 +61,7 @@ pub async fn stream(
 
     let events = async_stream::stream! {
         let _gauge = ConnectionGauge::open(state.hub.metrics(), "sse");
+        let _permit = permit;
         let metrics = state.hub.metrics().clone();
         if let Some(oldest_seq) = started.reset {
             let frame = ServerFrame::Reset { thread_id: thread.to_string(), oldest_seq };

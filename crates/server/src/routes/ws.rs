@@ -5,40 +5,62 @@
 //! the queue overflowing (close `4008`) or shutdown (close `1001`). Events that
 //! are ready together leave as one `batch` frame.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agentwire_hub::Session;
 use agentwire_log::StoredEvent;
 use agentwire_protocol::{ClientFrame, ErrorCode, ServerFrame, ThreadId, UserId, encode_events};
-use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
 use crate::auth::{Principal, remaining};
 use crate::error::ApiError;
 use crate::extract::Token;
+use crate::limits::TokenBucket;
 use crate::routes::ConnectionGauge;
 use crate::state::AppState;
 
 /// Close codes of PROTOCOL §4.
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
+    pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
     pub const UNAUTHORIZED: u16 = 4001;
     pub const SLOW_CONSUMER: u16 = 4008;
 }
 
-/// `GET /v1/ws`: checks the token at the handshake (`401` when bad), then upgrades.
-pub async fn upgrade(State(state): State<AppState>, Token(token): Token, ws: WebSocketUpgrade) -> Response {
+/// `GET /v1/ws`: checks the token (`401` when bad), the origin and the
+/// connection limits (`403`, `429`) at the handshake, then upgrades.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Token(token): Token,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     let (user, exp) = match state.auth.authenticate(token.as_deref()) {
         Ok(Principal::User { id, exp }) => (id, exp),
         Ok(_) => return ApiError::forbidden().into_response(),
         Err(e) => return ApiError::from(e).into_response(),
     };
+    if let Err(e) = state.limits.check_origin(&headers) {
+        return e.into_response();
+    }
+    let permit = match state.limits.open_connection(&user, peer.ip()) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
     let tracker = state.connections.clone();
-    ws.max_message_size(state.config.max_frame_bytes)
-        .on_upgrade(move |socket| tracker.track_future(serve(socket, state, user, exp)))
+    ws.max_message_size(state.config.max_frame_bytes).on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            serve(socket, state, user, exp).await;
+            drop(permit);
+        })
+    })
 }
 
 /// Why the loop ended: with a close frame to send, or because the peer is gone.
@@ -150,6 +172,9 @@ async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64) {
     let closing = state.closing.clone();
     let mut client = Client { socket, state, user };
     let mut last_heard = Instant::now();
+    let mut rate = TokenBucket::new(client.state.config.ws_message_rate);
+    // One `rate_limited` error per burst of ignored messages, not one each.
+    let mut told_rate_limited = false;
 
     let end: End = loop {
         tokio::select! {
@@ -167,8 +192,25 @@ async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64) {
             }
             _ = &mut expiry => break Some((close::UNAUTHORIZED, "token expired")),
             msg = client.socket.recv() => {
-                let Some(Ok(msg)) = msg else { break None };
+                let msg = match msg {
+                    Some(Ok(msg)) => msg,
+                    // A message over the size limit (or broken framing): say so, then close.
+                    Some(Err(_)) => break Some((close::TOO_BIG, "message too big or malformed")),
+                    None => break None,
+                };
                 last_heard = Instant::now();
+                let counted = matches!(msg, Message::Text(_) | Message::Binary(_));
+                if counted && !rate.try_take() {
+                    if !told_rate_limited {
+                        told_rate_limited = true;
+                        let limit = format!("more than {} messages per second; ignored", client.state.config.ws_message_rate);
+                        if let Err(end) = client.send_error(ErrorCode::RateLimited, limit, None).await {
+                            break end;
+                        }
+                    }
+                    continue;
+                }
+                told_rate_limited &= !counted;
                 let handled = match msg {
                     Message::Text(text) => client.handle(&mut session, text.as_str()).await,
                     Message::Binary(_) => {
