@@ -1,0 +1,378 @@
+//! Hostile callers: every route with the wrong credentials, foreign token
+//! formats, limits, origins, random bytes and floods (SECURITY.md).
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+fn hs256(secret: &str, claims: Value) -> String {
+    sign(Algorithm::HS256, &EncodingKey::from_secret(secret.as_bytes()).unwrap(), None, claims)
+}
+
+async fn status(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> (u16, String) {
+    let url = format!("{}{path}", server.base);
+    let mut req = match method {
+        "GET" => server.http.get(url),
+        _ => server.http.post(url),
+    };
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+}
+
+async fn ws_handshake(server: &TestServer, token: Option<&str>) -> Result<Ws, u16> {
+    let url = match token {
+        Some(t) => format!("{}/v1/ws?token={t}", server.ws_base),
+        None => format!("{}/v1/ws", server.ws_base),
+    };
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((stream, _)) => Ok(Ws { stream }),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("handshake failed oddly: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn every_route_refuses_the_wrong_credentials_and_leaks_nothing() {
+    let server = TestServer::start().await;
+    let alice = server.token("alice");
+    let bob = server.token("bob");
+    let forged = hs256("not-the-secret", json!({"sub":"alice","exp": now() + 600}));
+    let expired = hs256("test-secret", json!({"sub":"alice","exp": now() - 600}));
+    let run = server.create_run("thread_secret1", "alice").await;
+    server.publish(&run, json!({"event":"agent_started","data":{"agent_name":"private-agent"}})).await;
+
+    // (method, path, body, who may call it)
+    let thread = "/v1/threads/thread_secret1";
+    let routes: Vec<(&str, String, Option<Value>, &str)> = vec![
+        ("POST", "/v1/threads".into(), Some(json!({})), "user"),
+        ("POST", format!("{thread}/messages"), Some(json!({"text":"hi"})), "owner"),
+        ("GET", format!("{thread}/events"), None, "owner"),
+        ("GET", format!("{thread}/stream"), None, "owner"),
+        ("POST", "/v1/runs".into(), Some(json!({"thread_id":"thread_x1","user_id":"mallory"})), "publisher"),
+        (
+            "POST",
+            format!("/v1/runs/{run}/events"),
+            Some(json!({"event":"agent_thinking","data":{"thought":"t"}})),
+            "publisher",
+        ),
+        ("GET", format!("/v1/runs/{run}"), None, "owner or publisher"),
+        ("POST", format!("/v1/runs/{run}/cancel"), Some(json!({})), "owner or publisher"),
+        ("GET", "/v1/admin/stats".into(), None, "operator"),
+        ("GET", "/v1/admin/stream".into(), None, "operator"),
+    ];
+    for (method, path, body, who) in &routes {
+        for (label, bearer) in [("none", None), ("forged", Some(forged.as_str())), ("expired", Some(expired.as_str()))]
+        {
+            let (code, text) = status(&server, method, path, bearer, body.clone()).await;
+            assert_eq!(code, 401, "{method} {path} with {label} credentials: {text}");
+            assert!(text.contains(r#""code":"unauthorized""#), "{text}");
+        }
+        let wrong: Vec<(&str, &str)> = match *who {
+            "user" => vec![("a publish key", PUBLISH_KEY)],
+            "owner" => vec![("another user", bob.as_str()), ("a publish key", PUBLISH_KEY)],
+            "publisher" => vec![("a user token", alice.as_str())],
+            "owner or publisher" => vec![("another user", bob.as_str())],
+            _ => vec![("a user token", alice.as_str()), ("a publish key", PUBLISH_KEY)],
+        };
+        for (label, bearer) in wrong {
+            let (code, text) = status(&server, method, path, Some(bearer), body.clone()).await;
+            assert_eq!(code, 403, "{method} {path} with {label}: {text}");
+            for secret in ["alice", "private-agent", "agent_started", "\"seq\""] {
+                assert!(!text.contains(secret), "{method} {path} with {label} leaked {secret:?}: {text}");
+            }
+        }
+    }
+    // The WebSocket: refused at the handshake without a valid user token.
+    for token in [None, Some(forged.as_str()), Some(expired.as_str())] {
+        assert_eq!(ws_handshake(&server, token).await.err(), Some(401));
+    }
+    assert_eq!(ws_handshake(&server, Some(PUBLISH_KEY)).await.err(), Some(403));
+    // And inside it: another user's thread, and tokens that may not take over.
+    let mut ws = ws_handshake(&server, Some(&bob)).await.unwrap();
+    ws.send(json!({"type":"subscribe","thread_id":"thread_secret1","after_seq":0})).await;
+    let refused = ws.next_frame().await;
+    assert_eq!(refused["code"], "forbidden");
+    assert!(!refused.to_string().contains("alice"));
+    for (token, code) in [
+        (forged.as_str(), "unauthorized"),
+        (expired.as_str(), "unauthorized"),
+        (alice.as_str(), "forbidden"),
+        (PUBLISH_KEY, "forbidden"),
+    ] {
+        ws.send(json!({"type":"auth","token": token})).await;
+        assert_eq!(ws.next_frame().await["code"], code);
+    }
+    assert!(ws.frames_before_pong().await.is_empty(), "nothing of alice's thread reached bob");
+}
+
+#[tokio::test]
+async fn rs256_es256_and_jwks_tokens_with_issuer_and_audience() {
+    let rsa = EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa-private.pem")).unwrap()).unwrap();
+    let ec = EncodingKey::from_ec_pem(&std::fs::read(fixture("ec-private.pem")).unwrap()).unwrap();
+    let claims = |sub: &str| json!({"sub": sub, "exp": now() + 600, "iss": "https://issuer.test", "aud": "agentwire"});
+    let cases = [
+        ("jwt_public_key", "rsa-public.pem", Algorithm::RS256, &rsa, None),
+        ("jwt_public_key", "ec-public.pem", Algorithm::ES256, &ec, None),
+        ("jwt_jwks", "jwks.json", Algorithm::RS256, &rsa, Some("test-rsa-1")),
+    ];
+    for (setting, file, alg, key, kid) in cases {
+        let mut config = test_config();
+        config.jwt_secret = None;
+        match setting {
+            "jwt_jwks" => config.jwt_jwks = Some(fixture(file)),
+            _ => config.jwt_public_key = Some(fixture(file)),
+        }
+        config.jwt_issuer = Some("https://issuer.test".into());
+        config.jwt_audience = Some("agentwire".into());
+        let server = TestServer::start_with(config).await;
+        let good = sign(alg, key, kid, claims("quinn"));
+        assert_eq!(status(&server, "POST", "/v1/threads", Some(&good), Some(json!({}))).await.0, 201, "{file}");
+        assert!(ws_handshake(&server, Some(&good)).await.is_ok(), "{file}");
+        let mut wrong_iss = claims("quinn");
+        wrong_iss["iss"] = json!("https://elsewhere.test");
+        let mut wrong_aud = claims("quinn");
+        wrong_aud["aud"] = json!("someone-else");
+        let mut not_yet = claims("quinn");
+        not_yet["nbf"] = json!(now() + 600);
+        for bad in [wrong_iss, wrong_aud, not_yet] {
+            let token = sign(alg, key, kid, bad.clone());
+            assert_eq!(
+                status(&server, "POST", "/v1/threads", Some(&token), Some(json!({}))).await.0,
+                401,
+                "{file} {bad}"
+            );
+        }
+        // An HS256 token made with the public key as its secret (the classic confusion) is refused.
+        let confused = hs256(&std::fs::read_to_string(fixture(file)).unwrap(), claims("quinn"));
+        assert_eq!(status(&server, "POST", "/v1/threads", Some(&confused), Some(json!({}))).await.0, 401);
+    }
+}
+
+#[tokio::test]
+async fn limits_stop_the_greedy_client_and_no_one_else() {
+    let mut config = test_config();
+    config.publish_rate = 5;
+    config.publish_keys = vec![PUBLISH_KEY.into(), "second-key".into()];
+    config.max_connections_per_user = 2;
+    config.ws_message_rate = 5;
+    config.max_subscriptions_per_connection = 2;
+    let server = TestServer::start_with(config).await;
+
+    // Publishes: a burst of twice the rate, then 429 for that key only.
+    let run = server.create_run("thread_lim", "rita").await;
+    server.create_run("thread_lim2", "rita").await;
+    server.create_run("thread_lim3", "rita").await;
+    let mut codes = Vec::new();
+    for i in 0..12 {
+        codes.push(server.publish(&run, json!({"event":"agent_thinking","data":{"thought": format!("{i}")}})).await.0);
+    }
+    assert!(codes.contains(&429), "{codes:?}");
+    let (other, body) = server
+        .post(
+            &format!("/v1/runs/{run}/events"),
+            "second-key",
+            json!({"event":"agent_started","data":{"agent_name":"a"}}),
+        )
+        .await;
+    assert_eq!(other, 200, "another key is not affected: {body}");
+
+    // Connections per user.
+    let rita = server.token("rita");
+    let _one = server.ws(&rita).await;
+    let mut two = server.ws(&rita).await;
+    assert_eq!(ws_handshake(&server, Some(&rita)).await.err(), Some(429));
+    assert!(ws_handshake(&server, Some(&server.token("sam"))).await.is_ok(), "another user is not affected");
+
+    // Subscriptions per connection.
+    two.subscribe("thread_lim2", 0).await;
+    two.subscribe("thread_lim3", 0).await;
+    two.send(json!({"type":"subscribe","thread_id":"thread_lim","after_seq":0})).await;
+    let refused = two.next_frame().await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("too_large")));
+
+    // Messages per connection: past the burst they are ignored, with one error frame.
+    for _ in 0..30 {
+        two.send(json!({"type":"ping"})).await;
+    }
+    let mut pongs = 0;
+    let mut limited = 0;
+    let deadline = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < deadline {
+        if let Ok(Some(Ok(Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(200), two.stream.next()).await
+        {
+            let f: Value = serde_json::from_str(&t).unwrap();
+            match f["type"].as_str() {
+                Some("pong") => pongs += 1,
+                Some("error") if f["code"] == "rate_limited" => limited += 1,
+                _ => {}
+            }
+        }
+    }
+    // The bucket holds twice the rate (10); three subscribes above already spent three.
+    assert!((5..=12).contains(&pongs), "what is left of the burst gets through, the rest is ignored: {pongs}");
+    assert_eq!(limited, 1, "one error frame for the whole burst");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(two.frames_before_pong().await.is_empty(), "the connection recovers once it slows down");
+}
+
+#[tokio::test]
+async fn browsers_from_other_origins_are_refused() {
+    let server = TestServer::start().await;
+    let token = server.token("tess");
+    let host = server.base.trim_start_matches("http://").to_owned();
+    let request = |origin: &str| {
+        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "{}/v1/ws?token={token}",
+            server.ws_base
+        ))
+        .unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        req
+    };
+    match tokio_tungstenite::connect_async(request("https://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("a foreign origin must be refused: {:?}", other.map(|_| ())),
+    }
+    assert!(tokio_tungstenite::connect_async(request(&format!("http://{host}"))).await.is_ok());
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_that_socket_only() {
+    let mut config = test_config();
+    config.max_frame_bytes = 4096;
+    let server = TestServer::start_with(config).await;
+    let token = server.token("uma");
+    let run = server.create_run("thread_big", "uma").await;
+    let mut good = server.ws(&token).await;
+    good.subscribe("thread_big", 0).await;
+    let mut bad = server.ws(&token).await;
+    bad.send_text(&format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(10_000))).await;
+    assert_eq!(close_code(bad.next().await), Some(1009));
+    server.publish(&run, json!({"event":"agent_started","data":{"agent_name":"a"}})).await;
+    assert_eq!(good.events_until("thread_big", 1).await.len(), 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Whatever bytes a client sends, the server answers with errors or closes
+    /// that one socket, and everyone else keeps receiving.
+    #[test]
+    fn random_frames_never_disturb_other_connections(frames in prop::collection::vec(
+        prop_oneof![
+            any::<String>().prop_map(Message::text),
+            prop::collection::vec(any::<u8>(), 0..512).prop_map(|b| Message::Binary(b.into())),
+            "\\{\"type\":\"(subscribe|unsubscribe|auth|ping)\"[ -~]{0,60}\\}".prop_map(Message::text),
+        ],
+        1..12,
+    )) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let server = TestServer::start().await;
+            let token = server.token("vera");
+            let run = server.create_run("thread_fuzz", "vera").await;
+            let mut watcher = server.ws(&token).await;
+            watcher.subscribe("thread_fuzz", 0).await;
+            let mut noisy = server.ws(&token).await;
+            for frame in frames {
+                if noisy.stream.send(frame).await.is_err() {
+                    break;
+                }
+            }
+            server.publish(&run, json!({"event":"agent_started","data":{"agent_name":"a"}})).await;
+            assert_eq!(watcher.events_until("thread_fuzz", 1).await.len(), 1);
+            assert_eq!(server.get("/healthz", "").await.0, 200);
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_bad_input_does_not_slow_a_good_subscriber() {
+    let mut config = test_config();
+    config.ws_message_rate = 1000;
+    let server = std::sync::Arc::new(TestServer::start_with(config).await);
+    let token = server.token("wes");
+    let run = server.create_run("thread_flood1", "wes").await;
+    server.publish(&run, json!({"event":"agent_started","data":{"agent_name":"a"}})).await;
+    let mut good = server.ws(&token).await;
+    good.subscribe("thread_flood1", 1).await;
+
+    let mut attackers = Vec::new();
+    for a in 0..4 {
+        let (server, token) = (server.clone(), server.token(&format!("mallory{a}")));
+        attackers.push(tokio::spawn(async move {
+            let mut ws = server.ws(&token).await;
+            for i in 0..1500 {
+                let junk = match i % 4 {
+                    0 => "not json".to_owned(),
+                    1 => r#"{"type":"subscribe","thread_id":"thread_flood1","after_seq":0}"#.to_owned(),
+                    2 => r#"{"type":"subscribe","thread_id":"bad id"}"#.to_owned(),
+                    _ => format!(r#"{{"type":"auth","token":"{i}"}}"#),
+                };
+                if ws.stream.send(Message::text(junk)).await.is_err() {
+                    break;
+                }
+            }
+            // Oversized and truncated bodies; the server may close these connections
+            // early, so the attacker has a connection pool of its own.
+            let http = reqwest::Client::new();
+            let huge = "x".repeat(2 << 20);
+            for _ in 0..5 {
+                let url = format!("{}/v1/runs/nope/events", server.base);
+                let _ = http.post(url).bearer_auth(PUBLISH_KEY).body(huge.clone()).send().await;
+                let url = format!("{}/v1/threads", server.base);
+                let _ = http.post(url).bearer_auth(&token).body("{\"thread_id\":").send().await;
+            }
+        }));
+    }
+    // Meanwhile a steady stream for the good subscriber, timed publish → receipt.
+    let mut worst = Duration::ZERO;
+    for i in 0..100u64 {
+        let sent = Instant::now();
+        let (code, _) =
+            server.publish(&run, json!({"event":"agent_thinking","data":{"thought": format!("{i}")}})).await;
+        assert_eq!(code, 200);
+        let got = good.events_until("thread_flood1", i + 2).await;
+        assert_eq!(got.last().unwrap()["seq"].as_u64(), Some(i + 2), "in order, nothing lost");
+        worst = worst.max(sent.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for a in attackers {
+        a.await.unwrap();
+    }
+    assert!(worst < Duration::from_secs(2), "the good subscriber waited {worst:?} at worst");
+}
