@@ -208,6 +208,11 @@ async fn limits_stop_the_greedy_client_and_no_one_else() {
         )
         .await;
     assert_eq!(other, 200, "another key is not affected: {body}");
+    let too_many: Vec<Value> =
+        (0..1001).map(|i| json!({"event":"agent_thinking","data":{"thought": format!("{i}")}})).collect();
+    let (code, body) =
+        server.post(&format!("/v1/runs/{run}/events"), "second-key", json!({ "events": too_many })).await;
+    assert_eq!((code, body["error"]["code"].as_str()), (413, Some("too_large")), "events per publish");
 
     // Connections per user.
     let rita = server.token("rita");
