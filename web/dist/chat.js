@@ -7,6 +7,7 @@
  * from the last `seq`) draws exactly the same page.
  */
 import { AgentwireClient } from "./agentwire.js";
+import { askForSecret } from "./dialog.js";
 const $ = (id) => document.getElementById(id);
 const debug = { seqs: [], client: null };
 window.agentwireChat = debug;
@@ -62,22 +63,7 @@ async function fetchToken() {
     const resp = await fetch(`/dev/token?user=${encodeURIComponent(userInput.value)}`);
     if (resp.ok)
         return (await resp.json()).token;
-    return askForToken();
-}
-function askForToken() {
-    const dialog = $("token-dialog");
-    dialog.hidden = false;
-    return new Promise((resolve) => {
-        $("token-form").onsubmit = (ev) => {
-            ev.preventDefault();
-            const value = $("token-input").value.trim();
-            if (!value)
-                return;
-            sessionStorage.setItem("agentwire.token", value);
-            dialog.hidden = true;
-            resolve(value);
-        };
-    });
+    return askForSecret("agentwire.token");
 }
 async function api(path, body) {
     const resp = await fetch(path, {

@@ -1,8 +1,8 @@
-"use strict";
 /**
  * The dashboard: live delivery health of every node, pushed once a second by
  * `GET /v1/admin/stream` (operator only; open in dev mode).
  */
+import { askForSecret } from "./dialog.js";
 const debug = { frames: 0, last: null };
 window.agentwireDashboard = debug;
 const HISTORY = 300;
@@ -76,28 +76,13 @@ function show(frame) {
         .join("");
     drawChart();
 }
-function askForKey() {
-    const dialog = $("token-dialog");
-    dialog.hidden = false;
-    return new Promise((resolve) => {
-        $("token-form").onsubmit = (ev) => {
-            ev.preventDefault();
-            const key = $("token-input").value.trim();
-            if (!key)
-                return;
-            sessionStorage.setItem("agentwire.admin", key);
-            dialog.hidden = true;
-            resolve(key);
-        };
-    });
-}
 async function operatorKey() {
     let key = new URLSearchParams(location.search).get("token") ?? sessionStorage.getItem("agentwire.admin") ?? "";
     for (;;) {
         const resp = await fetch("/v1/admin/stats", { headers: key ? { authorization: `Bearer ${key}` } : {} });
         if (resp.ok)
             return key;
-        key = await askForKey();
+        key = await askForSecret("agentwire.admin");
     }
 }
 async function start() {

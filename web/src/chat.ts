@@ -7,6 +7,7 @@
  * from the last `seq`) draws exactly the same page.
  */
 import { AgentwireClient, type ConnectionState, type Envelope, type Subscription } from "./agentwire.js";
+import { askForSecret } from "./dialog.js";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 
@@ -82,22 +83,7 @@ async function fetchToken(): Promise<string> {
   if (given) return given;
   const resp = await fetch(`/dev/token?user=${encodeURIComponent(userInput.value)}`);
   if (resp.ok) return ((await resp.json()) as { token: string }).token;
-  return askForToken();
-}
-
-function askForToken(): Promise<string> {
-  const dialog = $<HTMLDivElement>("token-dialog");
-  dialog.hidden = false;
-  return new Promise((resolve) => {
-    $<HTMLFormElement>("token-form").onsubmit = (ev) => {
-      ev.preventDefault();
-      const value = $<HTMLInputElement>("token-input").value.trim();
-      if (!value) return;
-      sessionStorage.setItem("agentwire.token", value);
-      dialog.hidden = true;
-      resolve(value);
-    };
-  });
+  return askForSecret("agentwire.token");
 }
 
 async function api(path: string, body: unknown): Promise<Record<string, unknown>> {

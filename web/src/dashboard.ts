@@ -2,6 +2,7 @@
  * The dashboard: live delivery health of every node, pushed once a second by
  * `GET /v1/admin/stream` (operator only; open in dev mode).
  */
+import { askForSecret } from "./dialog.js";
 
 interface NodeStats {
   node: { id: string; uptime_s: number; ready: boolean };
@@ -117,27 +118,12 @@ function show(frame: Frame): void {
   drawChart();
 }
 
-function askForKey(): Promise<string> {
-  const dialog = $("token-dialog");
-  dialog.hidden = false;
-  return new Promise((resolve) => {
-    ($("token-form") as HTMLFormElement).onsubmit = (ev) => {
-      ev.preventDefault();
-      const key = ($("token-input") as HTMLInputElement).value.trim();
-      if (!key) return;
-      sessionStorage.setItem("agentwire.admin", key);
-      dialog.hidden = true;
-      resolve(key);
-    };
-  });
-}
-
 async function operatorKey(): Promise<string> {
   let key = new URLSearchParams(location.search).get("token") ?? sessionStorage.getItem("agentwire.admin") ?? "";
   for (;;) {
     const resp = await fetch("/v1/admin/stats", { headers: key ? { authorization: `Bearer ${key}` } : {} });
     if (resp.ok) return key;
-    key = await askForKey();
+    key = await askForSecret("agentwire.admin");
   }
 }
 

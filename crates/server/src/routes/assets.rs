@@ -22,6 +22,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("agentwire.js", "text/javascript; charset=utf-8", web_file!("dist/agentwire.js")),
     ("chat.js", "text/javascript; charset=utf-8", web_file!("dist/chat.js")),
     ("dashboard.js", "text/javascript; charset=utf-8", web_file!("dist/dashboard.js")),
+    ("dialog.js", "text/javascript; charset=utf-8", web_file!("dist/dialog.js")),
 ];
 
 fn html(body: &'static str) -> Response {
