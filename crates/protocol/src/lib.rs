@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod frame;
 pub mod ids;
+pub mod legacy;
 pub mod lifecycle;
 
 pub use envelope::{Envelope, EnvelopeType, Timestamp};

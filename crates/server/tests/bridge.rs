@@ -482,3 +482,35 @@ async fn a_subscriber_asking_for_removed_history_gets_reset_then_what_is_retaine
     assert_eq!(reset, json!({"type":"reset","thread_id":"thread_short","oldest_seq":4}));
     assert_eq!(seqs(&ws.events_until("thread_short", 6).await), vec![4, 5, 6]);
 }
+
+#[tokio::test]
+async fn the_legacy_format_speaks_the_seed_frontends_language() {
+    let server = TestServer::start().await;
+    let token = server.token("xena");
+    let run = server.create_run("thread_seed", "xena").await;
+    let (stream, _) = tokio_tungstenite::connect_async(format!("{}/v1/ws?format=legacy&token={token}", server.ws_base))
+        .await
+        .unwrap();
+    let mut ws = Ws { stream };
+    // Joining after agent_started: the agent's name comes from the run registry.
+    server.publish(&run, full_run("seed")[0].clone()).await;
+    ws.subscribe("thread_seed", 1).await;
+    let mut events = full_run("seed")[1..].to_vec();
+    events[1]["data"]["args"] = json!({"q":"seed","password":"hunter2"});
+    server.publish(&run, json!({ "events": events })).await;
+    let mut frames = Vec::new();
+    while frames.len() < 5 {
+        frames.push(ws.next_frame().await);
+    }
+    assert_eq!(
+        frames.iter().map(|f| f["type"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["agent_thinking", "tool_executing", "tool_completed", "agent_message", "agent_completed"]
+    );
+    assert!(frames.iter().all(|f| f["agent_name"] == "tester" && f["thread_id"] == "thread_seed"));
+    assert_eq!(frames[0]["payload"]["reasoning"], "thinking about seed");
+    assert_eq!(frames[1]["payload"]["parameters"], json!({"q":"seed","password":"[REDACTED]"}));
+    assert_eq!(frames[2]["payload"]["tool_name"], "search", "the completed tool is named from its start");
+    assert_eq!(frames[2]["payload"]["status"], "completed");
+    assert_eq!(frames[4]["payload"]["result"], "ok");
+    assert!(frames.iter().all(|f| f["payload"]["message"].is_string() && f["timestamp"].is_string()));
+}

@@ -5,14 +5,18 @@
 //! the queue overflowing (close `4008`) or shutdown (close `1001`). Events that
 //! are ready together leave as one `batch` frame.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use agentwire_hub::Session;
 use agentwire_log::StoredEvent;
-use agentwire_protocol::{ClientFrame, ErrorCode, ServerFrame, ThreadId, UserId, encode_events};
+use agentwire_protocol::legacy::{self, LegacyContext};
+use agentwire_protocol::{
+    ClientFrame, Envelope, ErrorCode, EventKind, RunId, ServerFrame, ThreadId, UserId, encode_events,
+};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -33,15 +37,38 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
 }
 
+#[derive(serde::Deserialize, Default)]
+pub struct WsQuery {
+    /// `legacy`: events in the seed system's shape (PROTOCOL §8).
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// What a legacy-format connection remembers to fill in names the envelope leaves out.
+#[derive(Default)]
+struct LegacyNames {
+    agents: HashMap<RunId, Option<String>>,
+    tools: HashMap<(RunId, String), String>,
+}
+
+/// Entries a connection keeps before it starts over (the log can always answer again).
+const LEGACY_MEMORY: usize = 10_000;
+
 /// `GET /v1/ws`: checks the token (`401` when bad), the origin and the
 /// connection limits (`403`, `429`) at the handshake, then upgrades.
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Token(token): Token,
+    Query(query): Query<WsQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let legacy = match query.format.as_deref() {
+        None | Some("native") => false,
+        Some("legacy") => true,
+        Some(other) => return ApiError::bad_request(format!("unknown format {other:?}")).into_response(),
+    };
     let (user, exp) = match state.auth.authenticate(token.as_deref()) {
         Ok(Principal::User { id, exp }) => (id, exp),
         Ok(_) => return ApiError::forbidden().into_response(),
@@ -57,7 +84,7 @@ pub async fn upgrade(
     let tracker = state.connections.clone();
     ws.max_message_size(state.config.max_frame_bytes).on_upgrade(move |socket| {
         tracker.track_future(async move {
-            serve(socket, state, user, exp).await;
+            serve(socket, state, user, exp, legacy).await;
             drop(permit);
         })
     })
@@ -70,6 +97,8 @@ struct Client {
     socket: WebSocket,
     state: AppState,
     user: UserId,
+    /// `Some` when the connection asked for the seed format.
+    legacy: Option<LegacyNames>,
 }
 
 impl Client {
@@ -90,14 +119,50 @@ impl Client {
         self.send_frame(ServerFrame::error(code, message, thread)).await
     }
 
-    /// Sends events in frames of at most `max_batch`, and counts them.
+    /// Sends events in frames of at most `max_batch` (one frame each in the seed
+    /// format, which has no batches), and counts them.
     async fn send_events(&mut self, events: &[Arc<StoredEvent>], live: bool) -> Result<(), End> {
+        if self.legacy.is_some() {
+            for event in events {
+                let frame = self.legacy_frame(&event.envelope).await;
+                self.send(frame.to_string()).await?;
+            }
+            self.state.hub.metrics().record_sent(events, live);
+            return Ok(());
+        }
         for chunk in events.chunks(self.state.hub.config().max_batch.max(1)) {
             let encoded: Vec<&str> = chunk.iter().map(|e| &*e.json).collect();
             self.send(encode_events(&encoded)).await?;
             self.state.hub.metrics().record_sent(chunk, live);
         }
         Ok(())
+    }
+
+    /// One event in the seed format, with the agent's and the tool's names filled in.
+    async fn legacy_frame(&mut self, envelope: &Envelope) -> serde_json::Value {
+        let run = envelope.run_id.clone();
+        let known = self.legacy.as_ref().and_then(|n| n.agents.get(&run).cloned());
+        let agent_name = match known {
+            Some(name) => name,
+            None => self.state.log.run(run.as_str()).await.ok().flatten().and_then(|r| r.agent_name),
+        };
+        let names = self.legacy.get_or_insert_with(LegacyNames::default);
+        if names.agents.len() > LEGACY_MEMORY || names.tools.len() > LEGACY_MEMORY {
+            *names = LegacyNames::default();
+        }
+        let agent_name = match envelope.event {
+            EventKind::AgentStarted => envelope.data.get("agent_name").and_then(|v| v.as_str()).map(str::to_owned),
+            _ => agent_name,
+        };
+        names.agents.insert(run.clone(), agent_name.clone());
+        let call = envelope.data.get("tool_call_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        if envelope.event == EventKind::ToolExecuting
+            && let Some(tool) = envelope.data.get("tool_name").and_then(|v| v.as_str())
+        {
+            names.tools.insert((run.clone(), call.clone()), tool.to_owned());
+        }
+        let tool_name = names.tools.get(&(run, call)).map(String::as_str);
+        legacy::encode(envelope, LegacyContext { agent_name: agent_name.as_deref(), tool_name })
     }
 
     async fn subscribe(&mut self, session: &mut Session, thread_id: String, after_seq: u64) -> Result<(), End> {
@@ -161,7 +226,7 @@ impl Client {
     }
 }
 
-async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64) {
+async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64, legacy: bool) {
     let _gauge = ConnectionGauge::open(state.hub.metrics(), "ws");
     let (conn, mut outbox) = state.hub.connect();
     let mut session = Session::new(conn, state.log.clone(), state.config.replay_page);
@@ -170,7 +235,8 @@ async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64) {
     let expiry = tokio::time::sleep(remaining(exp));
     tokio::pin!(expiry);
     let closing = state.closing.clone();
-    let mut client = Client { socket, state, user };
+    let legacy = legacy.then(LegacyNames::default);
+    let mut client = Client { socket, state, user, legacy };
     let mut last_heard = Instant::now();
     let mut rate = TokenBucket::new(client.state.config.ws_message_rate);
     // One `rate_limited` error per burst of ignored messages, not one each.
