@@ -1,0 +1,140 @@
+"""A drop-in for the seed system's WebSocket bridge.
+
+An agent written against the seed bridge switches by changing one import::
+
+    from agentwire.seed import AgentWebSocketBridge
+    bridge = AgentWebSocketBridge("http://127.0.0.1:8080", publish_key="...", user_for_thread=lambda t: owner_of(t))
+
+    await bridge.notify_agent_started(run_id, "triage", context={"query": q})
+    await bridge.notify_tool_executing(run_id, "triage", "search", parameters={"q": q})
+    await bridge.notify_tool_completed(run_id, "triage", "search", result=hits, execution_time_ms=12)
+    await bridge.notify_agent_completed(run_id, "triage", result=answer)
+
+Every method returns ``True`` when agentwire stored the event and ``False``
+otherwise; none raises. Run ids in the seed's formats (``run_{thread_id}_{uuid8}``,
+or any id containing ``thread_…``) are resolved by agentwire (PROTOCOL §1); the
+first event of a run registers it for the thread's user, so the thread need not
+exist beforehand when ``user_for_thread`` can name its owner. The seed had no
+tool call ids: a completion is paired with the oldest open call of the same tool.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections import defaultdict, deque
+from typing import Any, Callable, Deque, Dict, Optional
+
+from .client import AgentwireError, AsyncPublisher, Event
+
+__all__ = ["AgentWebSocketBridge", "extract_thread_id"]
+
+log = logging.getLogger("agentwire.seed")
+
+# PROTOCOL §1: the first `thread_` that starts the id or follows a `_`, plus the letters and digits after it.
+_THREAD = re.compile(r"(?:^|_)(thread_[A-Za-z0-9]+)")
+
+
+def extract_thread_id(run_id: str) -> Optional[str]:
+    """The thread a seed-style run id names, if any (the same rule as the server's)."""
+    match = _THREAD.search(run_id)
+    # A tail longer than a thread id may be names no thread (the server agrees).
+    return match.group(1) if match and len(match.group(1)) <= len("thread_") + 64 else None
+
+
+class AgentWebSocketBridge:
+    """The seed bridge's ``notify_*`` methods, publishing to agentwire."""
+
+    def __init__(
+        self,
+        base_url: str,
+        publish_key: str,
+        *,
+        user_for_thread: Optional[Callable[[str], str]] = None,
+        retries: int = 3,
+    ) -> None:
+        self._publisher = AsyncPublisher(base_url, publish_key, retries=retries)
+        self._user_for_thread = user_for_thread
+        self._registered: set = set()
+        self._open_calls: Dict[str, Dict[str, Deque[str]]] = defaultdict(lambda: defaultdict(deque))
+
+    async def aclose(self) -> None:
+        await self._publisher.aclose()
+
+    async def _send(self, run_id: str, agent_name: str, event: Event) -> bool:
+        try:
+            await self._ensure_run(run_id, agent_name)
+            await self._publisher.publish(run_id, [event])
+            return True
+        except Exception as exc:  # the seed's contract: report, never raise
+            log.warning("agentwire refused %s for run %s: %s", event.event, run_id, exc)
+            return False
+
+    async def _ensure_run(self, run_id: str, agent_name: str) -> None:
+        """Registers a seed-style run for its thread's user the first time it is seen."""
+        if run_id in self._registered or self._user_for_thread is None:
+            return
+        thread_id = extract_thread_id(run_id)
+        if thread_id is None:
+            return
+        try:
+            await self._publisher.create_run(thread_id, self._user_for_thread(thread_id), agent_name, run_id=run_id)
+        except AgentwireError as exc:
+            if exc.code != "conflict":  # already registered (by us earlier, or elsewhere) is fine
+                raise
+        self._registered.add(run_id)
+
+    async def notify_agent_started(self, run_id: str, agent_name: str, context: Optional[Dict[str, Any]] = None) -> bool:
+        return await self._send(run_id, agent_name, Event("agent_started", {"agent_name": agent_name, "input": context}))
+
+    async def notify_agent_thinking(
+        self,
+        run_id: str,
+        agent_name: str,
+        reasoning: str,
+        step_number: Optional[int] = None,
+        progress_percentage: Optional[float] = None,
+    ) -> bool:
+        data: Dict[str, Any] = {"thought": reasoning}
+        if step_number is not None:
+            data["step"] = step_number
+        if progress_percentage is not None:
+            data["progress_percentage"] = progress_percentage
+        return await self._send(run_id, agent_name, Event("agent_thinking", data))
+
+    async def notify_tool_executing(
+        self, run_id: str, agent_name: str, tool_name: str, parameters: Optional[Dict[str, Any]] = None
+    ) -> bool:
+        call_id = f"{tool_name}-{uuid.uuid4().hex[:8]}"
+        self._open_calls[run_id][tool_name].append(call_id)
+        data = {"tool_call_id": call_id, "tool_name": tool_name, "args": parameters}
+        return await self._send(run_id, agent_name, Event("tool_executing", data))
+
+    async def notify_tool_completed(
+        self,
+        run_id: str,
+        agent_name: str,
+        tool_name: str,
+        result: Any = None,
+        execution_time_ms: Optional[float] = None,
+    ) -> bool:
+        open_calls = self._open_calls[run_id]
+        queue = open_calls.get(tool_name) or next((q for q in open_calls.values() if q), None)
+        if not queue:
+            log.warning("tool_completed for %s in run %s without a matching tool_executing", tool_name, run_id)
+            return False
+        data = {"tool_call_id": queue.popleft(), "result": result, "duration_ms": execution_time_ms}
+        return await self._send(run_id, agent_name, Event("tool_completed", data))
+
+    async def notify_agent_completed(
+        self, run_id: str, agent_name: str, result: Any = None, execution_time_ms: Optional[float] = None
+    ) -> bool:
+        done = await self._send(run_id, agent_name, Event("agent_completed", {"result": result, "duration_ms": execution_time_ms}))
+        self._open_calls.pop(run_id, None)
+        return done
+
+    async def notify_agent_error(self, run_id: str, agent_name: str, error: str) -> bool:
+        done = await self._send(run_id, agent_name, Event("agent_error", {"code": "failed", "message": str(error)}))
+        self._open_calls.pop(run_id, None)
+        return done
