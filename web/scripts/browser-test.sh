@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Browser tests: installs what they need (Debian's Chromium, the npm packages),
+# Browser and AG-UI client tests: installs what they need (Debian's Chromium, the npm packages),
 # checks that the committed web/dist matches web/src, builds agentwire, and runs
 # the Playwright tests against it. UPDATE_SCREENSHOTS=1 writes docs/screenshots.
 set -euo pipefail

@@ -2,88 +2,23 @@
 // against a real agentwire process on a loopback port (dev mode, embedded store).
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { Agentwire, WAIT } from "./server.mjs";
 
 const root = new URL("../..", import.meta.url).pathname;
-const BIN = process.env.AGENTWIRE_BIN ?? join(root, "target/debug/agentwire");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 // Screenshots go to docs/ (and into the README) when asked, else next to the build.
 const SHOTS = process.env.UPDATE_SCREENSHOTS ? join(root, "docs/screenshots") : join(root, "target/screenshots");
-const WAIT = 20_000;
 
 let browser;
 let server;
-let port;
-const dataDir = mkdtempSync(join(tmpdir(), "agentwire-browser-"));
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
-  });
-}
-
-/** The environment without any AGENTWIRE_* setting that would leave dev mode. */
-function devEnv() {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("AGENTWIRE_")));
-  return { ...env, AGENTWIRE_LOG: "warn" };
-}
-
-/** Starts agentwire in dev mode and resolves once it listens. */
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ["serve", "--listen", `127.0.0.1:${port}`, "--data-dir", dataDir, "--demo-step-delay", "80ms"], {
-      stdio: ["ignore", "pipe", "inherit"],
-      env: devEnv(),
-    });
-    const timer = setTimeout(() => reject(new Error("agentwire did not start")), WAIT);
-    child.stdout.on("data", (chunk) => {
-      if (String(chunk).includes("agentwire is listening on")) {
-        clearTimeout(timer);
-        resolve(child);
-      }
-    });
-    child.once("exit", (code) => reject(new Error(`agentwire exited with ${code}`)));
-  });
-}
-
-function killServer() {
-  return new Promise((resolve) => {
-    server.once("exit", resolve);
-    server.kill("SIGKILL");
-  });
-}
-
-const base = () => `http://127.0.0.1:${port}`;
-
-async function publish(path, body) {
-  const resp = await fetch(`${base()}${path}`, {
-    method: "POST",
-    headers: { authorization: "Bearer dev-publish-key", "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  return { status: resp.status, body: await resp.json() };
-}
-
-/** Every seq the server holds for `thread`, asked as `user`. */
-async function serverSeqs(thread, user) {
-  const { token } = await (await fetch(`${base()}/dev/token?user=${user}`)).json();
-  const page = await (await fetch(`${base()}/v1/threads/${thread}/events?limit=10000`, { headers: { authorization: `Bearer ${token}` } })).json();
-  return page.events.map((e) => e.seq);
-}
+const base = () => server.base;
 
 before(async () => {
-  port = await freePort();
-  server = await startServer();
+  server = await Agentwire.create();
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -94,8 +29,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  server?.kill("SIGKILL");
-  rmSync(dataDir, { recursive: true, force: true });
+  await server?.stop();
 });
 
 async function ask(page, text) {
@@ -160,15 +94,15 @@ test("dropped connections and a server restart resume with every event shown onc
   await page.waitForSelector("article.run .status.completed", { timeout: WAIT });
 
   // The server itself dies and comes back on the same port and data.
-  await killServer();
+  await server.kill();
   await page.waitForSelector("#conn:not([data-state=open])", { timeout: WAIT });
-  server = await startServer();
+  await server.start();
   await page.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
   await ask(page, "/fail");
   await page.waitForSelector("article.run .status.error", { timeout: WAIT });
 
   const shown = await page.evaluate(() => window.agentwireChat.seqs);
-  const stored = await serverSeqs(thread, "resumer");
+  const stored = (await server.history(thread, "resumer")).map((e) => e.seq);
   assert.deepEqual(shown, stored, "the page shows each stored event once, in order");
   assert.equal(await runs(page).count(), 2);
   // A reload draws the same thing from the log.
@@ -186,10 +120,10 @@ test("the dashboard's figures move when load is applied", async () => {
   const before = await page.evaluate(() => window.agentwireDashboard.last.nodes[0].totals.appended);
   const shownBefore = await page.textContent("#m-published-total");
 
-  const created = await publish("/v1/runs", { thread_id: "thread_load", user_id: "ops", agent_name: "load" });
+  const created = await server.publish("/v1/runs", { thread_id: "thread_load", user_id: "ops", agent_name: "load" });
   assert.equal(created.status, 201);
   const run = created.body.run_id;
-  assert.equal((await publish(`/v1/runs/${run}/events`, { event: "agent_started", data: { agent_name: "load" } })).status, 200);
+  assert.equal((await server.publish(`/v1/runs/${run}/events`, { event: "agent_started", data: { agent_name: "load" } })).status, 200);
   // Someone watches the thread, so there are deliveries (and their lag) to show.
   const watcher = await browser.newPage();
   await watcher.goto(`${base()}/?user=ops#thread_load`);
@@ -197,7 +131,7 @@ test("the dashboard's figures move when load is applied", async () => {
   const rounds = 16;
   for (let round = 0; round < rounds; round++) {
     const events = Array.from({ length: 10 + 5 * (round % 4) }, (_, i) => ({ event: "agent_thinking", data: { thought: `step ${round}-${i}` } }));
-    assert.equal((await publish(`/v1/runs/${run}/events`, { events })).status, 200);
+    assert.equal((await server.publish(`/v1/runs/${run}/events`, { events })).status, 200);
     await page.waitForTimeout(250);
   }
   await page.waitForFunction((b) => window.agentwireDashboard.last.nodes[0].totals.appended >= b + 200, before, { timeout: WAIT });

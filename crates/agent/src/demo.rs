@@ -44,6 +44,11 @@ pub fn calculate(expression: &str) -> Result<f64, String> {
     value.as_number().map_err(|e| format!("{expression:?} is not a number: {e}"))
 }
 
+/// `42.0` as `42`, so answers read as people write them.
+fn whole_if_integral(value: f64) -> Value {
+    if value.fract() == 0.0 && value.abs() < 9.0e15 { Value::from(value as i64) } else { Value::from(value) }
+}
+
 /// `7/2` → `7.0/2.0`: evalexpr divides integers as integers.
 fn float_literals(expression: &str) -> String {
     let mut out = String::with_capacity(expression.len() + 8);
@@ -94,10 +99,8 @@ impl Agent for DemoAgent {
         if let Some(expression) = find_expression(&text) {
             ctx.thinking_step(format!("There is arithmetic in it; I will compute {expression}."), 2).await?;
             self.pause().await;
-            match ctx
-                .call_tool("calculator", json!({ "expression": expression }), async { calculate(&expression) })
-                .await?
-            {
+            let work = async { calculate(&expression).map(whole_if_integral) };
+            match ctx.call_tool("calculator", json!({ "expression": expression }), work).await? {
                 Ok(value) => facts.push(format!("{expression} = {value}")),
                 Err(e) => facts.push(format!("I could not compute {expression}: {e}")),
             }

@@ -7,6 +7,7 @@
 //!
 //! Nothing here does I/O; every other crate builds on it.
 
+pub mod agui;
 pub mod envelope;
 pub mod error;
 pub mod event;

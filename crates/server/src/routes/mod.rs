@@ -1,6 +1,7 @@
 //! The router: every route of PROTOCOL §3 and the transports of §4 and §5.
 
 pub mod admin;
+pub mod agui;
 pub mod assets;
 pub mod ops;
 pub mod runs;
@@ -29,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{run_id}/events", post(runs::publish))
         .route("/v1/runs/{run_id}/cancel", post(runs::cancel))
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/agui", post(agui::run))
         .route("/v1/admin/stats", get(admin::stats))
         .route("/v1/admin/stream", get(admin::stream))
         .route("/", get(assets::chat_page))

@@ -1,0 +1,141 @@
+//! `POST /v1/agui`: run the configured agent for an AG-UI client (PROTOCOL §8).
+//!
+//! The body is AG-UI's `RunAgentInput`; the answer is the run as AG-UI events
+//! over SSE. The run is an ordinary run of the thread: the route watches the
+//! thread through the hub like any subscriber (before starting the agent, so
+//! nothing is missed), keeps this run's events, and translates them with
+//! [`AguiStream`]. Other watchers of the thread see the same run.
+
+use std::convert::Infallible;
+
+use agentwire_agent::RunInput;
+use agentwire_hub::Session;
+use agentwire_log::NewRun;
+use agentwire_protocol::agui::AguiStream;
+use agentwire_protocol::{RunId, ThreadId};
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::extract::{Body, Caller};
+use crate::state::AppState;
+
+/// The parts of AG-UI's `RunAgentInput` agentwire reads; others are ignored.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunAgentInput {
+    thread_id: String,
+    run_id: String,
+    #[serde(default)]
+    messages: Vec<Value>,
+    #[serde(default)]
+    tools: Value,
+    #[serde(default)]
+    context: Value,
+    #[serde(default)]
+    state: Value,
+    #[serde(default)]
+    forwarded_props: Value,
+}
+
+/// The text of the last user message (string content, or the text parts of a list).
+fn last_user_text(messages: &[Value]) -> Option<String> {
+    let message = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
+    match message.get("content")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => {
+            let text: Vec<&str> = parts
+                .iter()
+                .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect();
+            Some(text.join(""))
+        }
+        _ => None,
+    }
+    .filter(|t| !t.trim().is_empty())
+}
+
+fn sse(event: &Value) -> Result<Event, Infallible> {
+    Ok(Event::default().data(event.to_string()))
+}
+
+/// `POST /v1/agui`.
+pub async fn run(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let user = caller.user()?.clone();
+    let input: RunAgentInput = body.json()?;
+    let thread = ThreadId::parse(&input.thread_id)?;
+    let run_id = RunId::parse(&input.run_id)?;
+    let text = last_user_text(&input.messages)
+        .ok_or_else(|| ApiError::bad_request("no user message with text in messages"))?;
+    state.log.ensure_thread(&thread, &user).await?;
+
+    // Watch the thread from its current head before the run exists, so none of its events can be missed.
+    let (conn, mut outbox) = state.hub.connect();
+    let mut session = Session::new(conn, state.log.clone(), state.config.replay_page);
+    let head = state.log.read(&thread, 0, 0).await?.head_seq;
+    session.subscribe(&thread, head).await?;
+    let new = NewRun {
+        thread_id: thread.clone(),
+        owner: user,
+        agent_name: Some(state.engine.agent_name().to_owned()),
+        in_process: true,
+        run_id: Some(run_id.clone()),
+    };
+    let run = state.log.create_run(new).await?;
+    let extra = json!({
+        "tools": input.tools,
+        "context": input.context,
+        "state": input.state,
+        "forwardedProps": input.forwarded_props,
+    });
+    if !state.engine.start(run, RunInput { user_message: Some(text), extra }) {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+
+    let keep_alive = KeepAlive::new().interval(state.config.sse_keepalive).text("ping");
+    let events = async_stream::stream! {
+        let mut agui = AguiStream::new(thread.as_str(), run_id.as_str());
+        yield sse(&agui.started());
+        while !agui.ended() {
+            let batch = tokio::select! {
+                batch = outbox.next_batch() => batch,
+                _ = session.connection().overflowed() => break,
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let Ok(live) = session.live(batch).await else { break };
+            for stored in &live {
+                for event in agui.encode(&stored.envelope) {
+                    yield sse(&event);
+                }
+            }
+        }
+    };
+    Ok(Sse::new(events).keep_alive(keep_alive))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_user_message_is_the_prompt() {
+        let messages = vec![
+            json!({"id":"1","role":"user","content":"first"}),
+            json!({"id":"2","role":"assistant","content":"hi"}),
+            json!({"id":"3","role":"user","content":[{"type":"text","text":"what is "},{"type":"text","text":"2 + 2?"}]}),
+        ];
+        assert_eq!(last_user_text(&messages).as_deref(), Some("what is 2 + 2?"));
+        assert_eq!(last_user_text(&messages[1..2]), None);
+        assert_eq!(last_user_text(&[json!({"role":"user","content":"  "})]), None);
+    }
+}

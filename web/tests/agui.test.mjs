@@ -1,0 +1,71 @@
+// POST /v1/agui driven by the official AG-UI client, with its own event verification on.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { HttpAgent } from "@ag-ui/client";
+import { Agentwire } from "./server.mjs";
+
+let server;
+
+before(async () => {
+  server = await Agentwire.create("5ms");
+});
+
+after(async () => {
+  await server?.stop();
+});
+
+async function agent(user, threadId, text) {
+  return new HttpAgent({
+    url: `${server.base}/v1/agui`,
+    headers: { authorization: `Bearer ${await server.token(user)}` },
+    threadId,
+    initialMessages: [{ id: "m1", role: "user", content: text }],
+  });
+}
+
+test("a run streams as verified AG-UI events and lands in the thread's log", async () => {
+  const events = [];
+  const runner = await agent("agui", "thread_agui1", "what is 6 * 7?");
+  const { newMessages } = await runner.runAgent({ runId: "agui-run-1" }, { onEvent: ({ event }) => events.push(event) });
+  const types = events.map((e) => e.type);
+  assert.equal(types[0], "RUN_STARTED");
+  assert.equal(types.at(-1), "RUN_FINISHED");
+  for (const t of ["REASONING_START", "REASONING_MESSAGE_CONTENT", "TOOL_CALL_START", "TOOL_CALL_ARGS", "TOOL_CALL_END", "TOOL_CALL_RESULT", "TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END"]) {
+    assert.ok(types.includes(t), `${t} in ${types.join(",")}`);
+  }
+  const start = events.find((e) => e.type === "TOOL_CALL_START" && e.toolCallName === "calculator");
+  assert.ok(start, "the calculator call");
+  const args = events.filter((e) => e.type === "TOOL_CALL_ARGS" && e.toolCallId === start.toolCallId).map((e) => e.delta).join("");
+  assert.deepEqual(JSON.parse(args), { expression: "6 * 7" });
+  const result = events.find((e) => e.type === "TOOL_CALL_RESULT" && e.toolCallId === start.toolCallId);
+  assert.equal(result.content, "42");
+  const text = events.filter((e) => e.type === "TEXT_MESSAGE_CONTENT").map((e) => e.delta).join("");
+  assert.match(text, /6 \* 7 = 42/);
+  assert.ok(newMessages.some((m) => m.role === "assistant" && String(m.content).includes("6 * 7 = 42")));
+  // The same run is an ordinary run of the thread.
+  const stored = await server.history("thread_agui1", "agui");
+  assert.ok(stored.some((e) => e.run_id === "agui-run-1" && e.event === "agent_completed"));
+});
+
+test("a failing run ends with RUN_ERROR, and a taken run id is refused", async () => {
+  const events = [];
+  const runner = await agent("agui", "thread_agui2", "/fail now");
+  await runner.runAgent({ runId: "agui-run-2" }, { onEvent: ({ event }) => events.push(event), onRunFailed: () => ({ stopPropagation: true }) }).catch(() => {});
+  const last = events.at(-1);
+  assert.equal(last.type, "RUN_ERROR");
+  assert.equal(last.code, "failed");
+
+  const token = await server.token("agui");
+  const again = await fetch(`${server.base}/v1/agui`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: JSON.stringify({ threadId: "thread_agui2", runId: "agui-run-2", messages: [{ id: "x", role: "user", content: "hi" }], tools: [], context: [], state: {}, forwardedProps: {} }),
+  });
+  assert.equal(again.status, 409);
+  const other = await fetch(`${server.base}/v1/agui`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${await server.token("intruder")}`, "content-type": "application/json" },
+    body: JSON.stringify({ threadId: "thread_agui2", runId: "agui-run-3", messages: [{ id: "x", role: "user", content: "hi" }] }),
+  });
+  assert.equal(other.status, 403, "another user's thread");
+});

@@ -1,0 +1,90 @@
+// A real agentwire process on a loopback port for the node tests (dev mode, embedded store).
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const root = new URL("../..", import.meta.url).pathname;
+export const BIN = process.env.AGENTWIRE_BIN ?? join(root, "target/debug/agentwire");
+export const WAIT = 20_000;
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once("error", reject);
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+/** The environment without any AGENTWIRE_* setting that would leave dev mode. */
+function devEnv() {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("AGENTWIRE_")));
+  return { ...env, AGENTWIRE_LOG: "warn" };
+}
+
+/** An agentwire that can be killed and started again on the same port and data. */
+export class Agentwire {
+  static async create(stepDelay = "80ms") {
+    const node = new Agentwire(await freePort(), mkdtempSync(join(tmpdir(), "agentwire-node-")), stepDelay);
+    await node.start();
+    return node;
+  }
+
+  constructor(port, dataDir, stepDelay) {
+    this.port = port;
+    this.dataDir = dataDir;
+    this.stepDelay = stepDelay;
+    this.base = `http://127.0.0.1:${port}`;
+  }
+
+  start() {
+    return new Promise((resolve, reject) => {
+      const args = ["serve", "--listen", `127.0.0.1:${this.port}`, "--data-dir", this.dataDir, "--demo-step-delay", this.stepDelay];
+      const child = spawn(BIN, args, { stdio: ["ignore", "pipe", "inherit"], env: devEnv() });
+      const timer = setTimeout(() => reject(new Error("agentwire did not start")), WAIT);
+      child.stdout.on("data", (chunk) => {
+        if (String(chunk).includes("agentwire is listening on")) {
+          clearTimeout(timer);
+          this.child = child;
+          resolve();
+        }
+      });
+      child.once("exit", (code) => reject(new Error(`agentwire exited with ${code}`)));
+    });
+  }
+
+  kill() {
+    return new Promise((resolve) => {
+      this.child.once("exit", resolve);
+      this.child.kill("SIGKILL");
+    });
+  }
+
+  async stop() {
+    this.child?.kill("SIGKILL");
+    rmSync(this.dataDir, { recursive: true, force: true });
+  }
+
+  async token(user) {
+    return (await (await fetch(`${this.base}/dev/token?user=${user}`)).json()).token;
+  }
+
+  async publish(path, body) {
+    const resp = await fetch(`${this.base}${path}`, {
+      method: "POST",
+      headers: { authorization: "Bearer dev-publish-key", "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    return { status: resp.status, body: await resp.json() };
+  }
+
+  /** Every event the server holds for `thread`, asked as `user`. */
+  async history(thread, user) {
+    const headers = { authorization: `Bearer ${await this.token(user)}` };
+    return (await (await fetch(`${this.base}/v1/threads/${thread}/events?limit=10000`, { headers })).json()).events;
+  }
+}
