@@ -74,12 +74,18 @@ pub fn snapshot(state: &AppState) -> Value {
 }
 
 /// `GET /v1/admin/stats`.
+#[utoipa::path(get, path = "/v1/admin/stats", tag = "operations",
+    responses((status = 200, description = "`{\"nodes\": [...]}`: this node's figures", body = Object),
+        (status = 401, body = crate::routes::schema::ErrorBody), (status = 403, body = crate::routes::schema::ErrorBody)))]
 pub async fn stats(State(state): State<AppState>, Token(token): Token) -> Result<impl IntoResponse, ApiError> {
     require_operator(&state, token.as_deref())?;
     Ok(Json(json!({ "nodes": [snapshot(&state)] })))
 }
 
 /// `GET /v1/admin/stream`: a snapshot every second, with the lag percentiles of that second.
+#[utoipa::path(get, path = "/v1/admin/stream", tag = "operations",
+    responses((status = 200, description = "`stats` events, one a second", content_type = "text/event-stream"),
+        (status = 401, body = crate::routes::schema::ErrorBody), (status = 403, body = crate::routes::schema::ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,
     Token(token): Token,

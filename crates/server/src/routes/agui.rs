@@ -64,6 +64,11 @@ fn sse(event: &Value) -> Result<Event, Infallible> {
 }
 
 /// `POST /v1/agui`.
+#[utoipa::path(post, path = "/v1/agui", tag = "ag-ui", request_body(content = Object, description = "AG-UI RunAgentInput"),
+    responses((status = 200, description = "AG-UI events, one JSON object per `data:` line", content_type = "text/event-stream"),
+        (status = 400, body = crate::routes::schema::ErrorBody), (status = 401, body = crate::routes::schema::ErrorBody),
+        (status = 403, body = crate::routes::schema::ErrorBody), (status = 409, body = crate::routes::schema::ErrorBody),
+        (status = 413, body = crate::routes::schema::ErrorBody), (status = 503, body = crate::routes::schema::ErrorBody)))]
 pub async fn run(
     State(state): State<AppState>,
     caller: Caller,

@@ -3,8 +3,10 @@
 pub mod admin;
 pub mod agui;
 pub mod assets;
+pub mod openapi;
 pub mod ops;
 pub mod runs;
+pub mod schema;
 pub mod sse;
 pub mod threads;
 pub mod ws;
@@ -40,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::spec))
         .fallback(ops::fallback)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)

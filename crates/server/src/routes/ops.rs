@@ -9,14 +9,17 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::routes::schema::{DevToken, ErrorBody, Status};
 use crate::state::AppState;
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, body = Status)))]
 pub async fn healthz() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
+    Json(Status { status: "ok".into() })
 }
 
 /// `GET /readyz`: the log takes appends and the server is not shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, body = Status), (status = 503, body = Status)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.closing.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "shutting_down" })));
@@ -36,6 +39,8 @@ pub(crate) fn refresh_gauges(state: &AppState) {
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     refresh_gauges(&state);
     let mut text = String::new();
@@ -44,12 +49,15 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 pub struct DevTokenQuery {
+    /// The user the token is for.
     user: String,
 }
 
 /// `GET /dev/token?user=NAME`: a token for NAME, in dev mode only.
+#[utoipa::path(get, path = "/dev/token", tag = "operations", security(()), params(DevTokenQuery),
+    responses((status = 200, body = DevToken), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn dev_token(
     State(state): State<AppState>,
     query: Result<Query<DevTokenQuery>, axum::extract::rejection::QueryRejection>,
@@ -63,7 +71,7 @@ pub async fn dev_token(
         .auth
         .issue(&user, state.config.dev_token_ttl)
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-    Ok(Json(json!({ "token": token, "user": user, "exp": exp })))
+    Ok(Json(DevToken { token, user: user.to_string(), exp }))
 }
 
 /// Anything else: `404` in the protocol's error shape.

@@ -6,26 +6,18 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::json;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{Body, Caller};
+use crate::routes::schema::{Cancelled, CreateRun, ErrorBody, PublishBody, RunCreated, RunView, Seqs};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
-struct CreateRun {
-    thread_id: String,
-    user_id: String,
-    #[serde(default)]
-    agent_name: Option<String>,
-    /// An extension: a run id chosen by the publisher (it must not be taken).
-    #[serde(default)]
-    run_id: Option<String>,
-}
-
 /// `POST /v1/runs`: registers a run, creating its thread for `user_id` if new.
+#[utoipa::path(post, path = "/v1/runs", tag = "runs", request_body = CreateRun,
+    responses((status = 201, body = RunCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -> Result<impl IntoResponse, ApiError> {
     state.limits.allow_publish(caller.publisher()?)?;
     let req: CreateRun = body.json()?;
@@ -37,10 +29,15 @@ pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -
         run_id: req.run_id.as_deref().map(RunId::parse).transpose()?,
     };
     let run = state.log.create_run(new).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "run_id": run.run_id, "thread_id": run.thread_id }))))
+    Ok((StatusCode::CREATED, Json(RunCreated { run_id: run.run_id.to_string(), thread_id: run.thread_id.to_string() })))
 }
 
 /// `POST /v1/runs/{run_id}/events`: one event or a batch, all or nothing.
+#[utoipa::path(post, path = "/v1/runs/{run_id}/events", tag = "runs", request_body = PublishBody,
+    params(("run_id" = String, Path, description = "a registered run, or one whose id names an existing thread")),
+    responses((status = 200, body = Seqs), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn publish(
     State(state): State<AppState>,
     caller: Caller,
@@ -52,7 +49,7 @@ pub async fn publish(
     let events = parse_publish_body(&body.0, limits).inspect_err(|e| state.metrics.record_rejected(e.code(), 1))?;
     let count = events.len() as u64;
     match state.log.append(&run_id, events).await {
-        Ok(appended) => Ok(Json(json!({ "seqs": appended.seqs }))),
+        Ok(appended) => Ok(Json(Seqs { seqs: appended.seqs })),
         Err(e) => {
             state.metrics.record_rejected(e.code(), count);
             if e.code() == agentwire_protocol::ErrorCode::NotFound {
@@ -77,28 +74,34 @@ async fn visible_run(state: &AppState, caller: &Caller, run_id: &str) -> Result<
     Ok(run)
 }
 
-fn run_json(run: &RunInfo) -> serde_json::Value {
-    json!({
-        "run_id": run.run_id,
-        "thread_id": run.thread_id,
-        "status": run.status.as_str(),
-        "cancel_requested": run.cancel_requested,
-        "agent_name": run.agent_name,
-    })
+fn run_view(run: RunInfo) -> RunView {
+    RunView {
+        run_id: run.run_id.to_string(),
+        thread_id: run.thread_id.to_string(),
+        status: run.status.as_str().to_owned(),
+        cancel_requested: run.cancel_requested,
+        agent_name: run.agent_name,
+    }
 }
 
 /// `GET /v1/runs/{run_id}`.
+#[utoipa::path(get, path = "/v1/runs/{run_id}", tag = "runs", params(("run_id" = String, Path)),
+    responses((status = 200, body = RunView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path(run_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let run = visible_run(&state, &caller, &run_id).await?;
-    Ok(Json(run_json(&run)))
+    Ok(Json(run_view(run)))
 }
 
 /// `POST /v1/runs/{run_id}/cancel`: ends the run with `agent_error {code:"cancelled"}`
 /// and stops it if it runs in this node's engine.
+#[utoipa::path(post, path = "/v1/runs/{run_id}/cancel", tag = "runs", params(("run_id" = String, Path)),
+    responses((status = 202, body = Cancelled), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -107,5 +110,5 @@ pub async fn cancel(
     let run = visible_run(&state, &caller, &run_id).await?;
     let appended = state.log.cancel(run.run_id.as_str()).await?;
     state.engine.stop(run.run_id.as_str());
-    Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": run.run_id, "seq": appended.seqs.first() }))))
+    Ok((StatusCode::ACCEPTED, Json(Cancelled { run_id: run.run_id.to_string(), seq: appended.seqs.first().copied() })))
 }

@@ -21,8 +21,9 @@ use crate::extract::Caller;
 use crate::routes::ConnectionGauge;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 pub struct StreamQuery {
+    /// Events with a greater seq (`Last-Event-ID` wins when both are given).
     #[serde(default)]
     after_seq: u64,
 }
@@ -32,6 +33,11 @@ fn sse_event(e: &StoredEvent) -> Event {
 }
 
 /// `GET /v1/threads/{thread_id}/stream`.
+#[utoipa::path(get, path = "/v1/threads/{thread_id}/stream", tag = "threads", params(("thread_id" = String, Path), StreamQuery),
+    responses((status = 200, description = "Server-Sent Events: one event per stored event, `id` its seq", content_type = "text/event-stream"),
+        (status = 400, body = crate::routes::schema::ErrorBody), (status = 401, body = crate::routes::schema::ErrorBody),
+        (status = 403, body = crate::routes::schema::ErrorBody), (status = 404, body = crate::routes::schema::ErrorBody),
+        (status = 429, body = crate::routes::schema::ErrorBody)))]
 pub async fn stream(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

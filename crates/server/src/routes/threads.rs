@@ -8,10 +8,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::extract::{Body, Caller};
+use crate::routes::schema::{CreateThread, ErrorBody, HistoryPage, MessageAccepted, PostMessage, ThreadCreated};
 use crate::state::AppState;
 
 /// Most events one history page may hold.
@@ -19,27 +20,23 @@ pub const MAX_PAGE: usize = 10_000;
 /// Events per history page when no `limit` is given.
 pub const DEFAULT_PAGE: usize = 1_000;
 
-#[derive(Deserialize)]
-struct CreateThread {
-    #[serde(default)]
-    thread_id: Option<String>,
-}
-
 /// `POST /v1/threads`: a new thread owned by the caller.
+#[utoipa::path(post, path = "/v1/threads", tag = "threads", request_body = CreateThread,
+    responses((status = 201, body = ThreadCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -> Result<impl IntoResponse, ApiError> {
     let user = caller.user()?;
     let req: CreateThread = body.json()?;
     let wanted = req.thread_id.as_deref().map(ThreadId::parse).transpose()?;
     let thread = state.log.create_thread(wanted, user).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "thread_id": thread }))))
-}
-
-#[derive(Deserialize)]
-struct PostMessage {
-    text: Value,
+    Ok((StatusCode::CREATED, Json(ThreadCreated { thread_id: thread.to_string() })))
 }
 
 /// `POST /v1/threads/{thread_id}/messages`: appends `user_message` and starts the agent.
+#[utoipa::path(post, path = "/v1/threads/{thread_id}/messages", tag = "threads", request_body = PostMessage,
+    params(("thread_id" = String, Path, description = "the thread; created for the caller if new")),
+    responses((status = 202, body = MessageAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn post_message(
     State(state): State<AppState>,
     caller: Caller,
@@ -67,18 +64,24 @@ pub async fn post_message(
     if !state.engine.start(run, RunInput { user_message: Some(text.to_owned()), extra: Value::Null }) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({ "run_id": run_id }))))
+    Ok((StatusCode::ACCEPTED, Json(MessageAccepted { run_id: run_id.to_string() })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 pub struct HistoryQuery {
+    /// Events with a greater seq.
     #[serde(default)]
     after_seq: u64,
+    /// At most this many (default 1000, at most 10000).
     #[serde(default)]
     limit: Option<usize>,
 }
 
 /// `GET /v1/threads/{thread_id}/events`: a page of history, events as stored.
+#[utoipa::path(get, path = "/v1/threads/{thread_id}/events", tag = "threads",
+    params(("thread_id" = String, Path), HistoryQuery),
+    responses((status = 200, body = HistoryPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,

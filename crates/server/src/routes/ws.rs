@@ -37,7 +37,7 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
 }
 
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize, Default, utoipa::IntoParams)]
 pub struct WsQuery {
     /// `legacy`: events in the seed system's shape (PROTOCOL §8).
     #[serde(default)]
@@ -56,6 +56,10 @@ const LEGACY_MEMORY: usize = 10_000;
 
 /// `GET /v1/ws`: checks the token (`401` when bad), the origin and the
 /// connection limits (`403`, `429`) at the handshake, then upgrades.
+#[utoipa::path(get, path = "/v1/ws", tag = "subscribers", params(WsQuery),
+    responses((status = 101, description = "WebSocket (PROTOCOL §4)"), (status = 400, body = crate::routes::schema::ErrorBody),
+        (status = 401, body = crate::routes::schema::ErrorBody), (status = 403, body = crate::routes::schema::ErrorBody),
+        (status = 429, body = crate::routes::schema::ErrorBody)))]
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
