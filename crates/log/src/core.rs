@@ -342,15 +342,19 @@ impl<S: Store> Core<S> {
     ) -> Result<(Appended, Ticket), LogError> {
         let now = Timestamp::now();
         let mut batch = Batch::default();
-        if self.load_run(state, run)?.is_none() {
-            self.register(state, run, None, false)?;
-            if let Some(rs) = state.runs.get(run) {
-                batch.runs.push((run.clone(), rs.record.clone()));
-            }
-        }
+        // A run first seen here (through extraction) is registered only if its
+        // events are accepted: a refused first publish leaves no phantom run behind.
+        let mut fresh = match self.load_run(state, run)? {
+            Some(_) => None,
+            None if self.registry.read().contains_key(run) => return Err(LogError::RunExists(run.to_string())),
+            None => Some(RunState::new(state.id.clone(), None, false, now)),
+        };
         let head = state.head;
         let thread_id = state.id.clone();
-        let run_state = state.runs.get_mut(run).ok_or_else(|| LogError::RunNotFound(run.to_string()))?;
+        let run_state = match fresh.as_mut() {
+            Some(new) => new,
+            None => state.runs.get_mut(run).ok_or_else(|| LogError::RunNotFound(run.to_string()))?,
+        };
         let plan = {
             let (ids, store) = (&run_state.event_ids, &self.store);
             let mut lookup_error = None;
@@ -370,7 +374,8 @@ impl<S: Store> Core<S> {
         let seqs = plan.seqs(head);
         let appended = Appended { thread_id: thread_id.clone(), seqs };
         if plan.new_events.is_empty() {
-            // Every event is a repeat: answer once everything queued before is durable.
+            // Every event is a repeat (never of a fresh run, which has no ids yet):
+            // answer once everything queued before is durable.
             return Ok((appended, self.submit(batch, Vec::new())?));
         }
         let mut record = run_state.record.clone();
@@ -400,7 +405,6 @@ impl<S: Store> Core<S> {
         }
         let new_head = head + batch.events.len() as u64;
         let remembered: Vec<(String, u64)> = event_ids.iter().map(|(_, id, seq)| (id.clone(), *seq)).collect();
-        batch.runs.retain(|(r, _)| r != run);
         batch.runs.push((run.clone(), record.clone()));
         batch.event_ids = event_ids;
         let ticket = self.submit(batch, vec![(entry.clone(), new_head)])?;
@@ -408,11 +412,18 @@ impl<S: Store> Core<S> {
         if let Some(map) = run_state.event_ids.as_mut() {
             map.extend(remembered);
         }
-        if was_running && record.lifecycle.ended() {
-            self.runs_in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
+        let ended_now = record.lifecycle.ended();
         run_state.record = record;
         state.head = new_head;
+        if let Some(new) = fresh {
+            self.registry.write().insert(run.clone(), state.id.clone());
+            state.runs.insert(run.clone(), new);
+            if !ended_now {
+                self.runs_in_flight.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if was_running && ended_now {
+            self.runs_in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok((appended, ticket))
     }
 }

@@ -187,6 +187,12 @@ mod tests {
         assert_eq!(appended.thread_id, thread);
         let info = log.run("legacy_thread_a1_42").await.unwrap().expect("registered on first publish");
         assert_eq!(info.agent_name.as_deref(), Some("demo"));
+        // A refused first publish registers nothing: no phantom run for the watchdog to end later.
+        let refused =
+            log.append("legacy_thread_a1_9", vec![ev(EventKind::AgentThinking, json!({"thought":"t"}))]).await;
+        assert!(matches!(refused, Err(LogError::Lifecycle(LifecycleError::NotStarted))));
+        assert_eq!(log.run("legacy_thread_a1_9").await.unwrap(), None);
+        assert_eq!(log.stats().runs_in_flight, 1);
         for unroutable in ["run_thread_zz_1", "4f1c0f3e-uuid", "run with spaces thread_a1"] {
             assert!(
                 matches!(log.append(unroutable, vec![started()]).await, Err(LogError::RunNotFound(_))),
