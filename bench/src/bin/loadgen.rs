@@ -27,7 +27,10 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Agentwire,
+    /// `bench/peers/ws-fanout`: POST /publish {thread, …}.
     Ws,
+    /// `bench/peers/fastapi`, the seed stack: POST /publish {run_id, …}, thread parsed from the run id.
+    Fastapi,
 }
 
 /// How to reach one system: where to subscribe and how to publish.
@@ -44,7 +47,7 @@ impl Target {
         let ws = self.base.replacen("http://", "ws://", 1);
         match self.kind {
             Kind::Agentwire => format!("{ws}/v1/ws?token={}", self.token),
-            Kind::Ws => format!("{ws}/ws?thread={thread}"),
+            Kind::Ws | Kind::Fastapi => format!("{ws}/ws?thread={thread}"),
         }
     }
 
@@ -59,6 +62,8 @@ impl Target {
     async fn prepare(&self, thread: &str) -> (String, u64) {
         match self.kind {
             Kind::Ws => (thread.to_owned(), 0),
+            // The seed's run ids carry their thread: run_{thread_id}_{uuid8}.
+            Kind::Fastapi => (format!("run_{thread}_{:08x}", std::process::id()), 0),
             Kind::Agentwire => {
                 let body = json!({"thread_id": thread, "user_id": "bench", "agent_name": "loadgen"});
                 let run: Value = self.post("/v1/runs", &body).await.expect("create run");
@@ -77,6 +82,9 @@ impl Target {
                 self.post(&format!("/v1/runs/{target}/events"), &json!({"event":"agent_thinking","data":data})).await
             }
             Kind::Ws => self.post("/publish", &json!({"thread":thread,"event":"agent_thinking","data":data})).await,
+            Kind::Fastapi => {
+                self.post("/publish", &json!({"run_id":target,"event":"agent_thinking","data":data})).await
+            }
         };
         result.is_ok()
     }
@@ -212,6 +220,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let kind = match arg(&args, "--target", String::from("agentwire")).as_str() {
         "ws" => Kind::Ws,
+        "fastapi" => Kind::Fastapi,
         _ => Kind::Agentwire,
     };
     let base: String = arg(&args, "--url", String::from("http://127.0.0.1:8080"));
@@ -236,7 +245,7 @@ async fn main() {
                 .expect("token json");
             t["token"].as_str().unwrap_or_default().to_owned()
         }
-        Kind::Ws => String::new(),
+        Kind::Ws | Kind::Fastapi => String::new(),
     };
     let target = Target { kind, base: base.clone(), token, http };
     let start = Instant::now();
