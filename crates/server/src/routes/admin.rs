@@ -18,7 +18,6 @@ use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
 use crate::extract::Token;
-use crate::routes::ops::refresh_gauges;
 use crate::state::AppState;
 
 /// How often the stream sends a snapshot.
@@ -39,7 +38,6 @@ fn by_kind(counts: impl Iterator<Item = (&'static str, u64)>) -> Value {
 
 /// This node's figures, as one JSON object.
 pub fn snapshot(state: &AppState) -> Value {
-    refresh_gauges(state);
     let hub = state.hub.metrics();
     let stats = state.log.stats();
     let connections = |transport| hub.connections.get_or_create(&TransportLabel { transport }).get();
