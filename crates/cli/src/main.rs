@@ -158,7 +158,7 @@ async fn shutdown_signal() {
 
 async fn serve(config: ServerConfig) -> Result<(), agentwire_server::ServerError> {
     let agent = Arc::new(DemoAgent { step_delay: config.demo_step_delay });
-    let server = Server::new(config.clone(), agent)?;
+    let server = Server::new(config.clone(), agent).await?;
     let listener = server.bind().await?;
     let addr = listener.local_addr()?;
     println!("{}", banner(&config, addr));

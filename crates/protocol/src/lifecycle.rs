@@ -106,6 +106,30 @@ impl RunLifecycle {
         Ok(())
     }
 
+    /// Follows an event that a log already accepted, when rebuilding a run's
+    /// state from stored history. Never refuses: history that retention cut
+    /// short may begin mid-run, and stored events were checked when appended.
+    pub fn replay(&mut self, kind: EventKind, data: &Map<String, Value>) {
+        match kind {
+            EventKind::UserMessage => {}
+            EventKind::AgentStarted => self.started = true,
+            EventKind::AgentError => self.status = RunStatus::Error,
+            EventKind::AgentCompleted => {
+                self.open_tool_calls.clear();
+                self.status = RunStatus::Completed;
+            }
+            EventKind::ToolExecuting => {
+                self.started = true;
+                self.open_tool_calls.insert(tool_call_id(data));
+            }
+            EventKind::ToolCompleted => {
+                self.started = true;
+                self.open_tool_calls.remove(&tool_call_id(data));
+            }
+            EventKind::AgentThinking | EventKind::AgentMessage => self.started = true,
+        }
+    }
+
     /// Checks a whole batch and answers the state after it; `self` is untouched,
     /// so a violation anywhere appends nothing.
     pub fn check_batch<'a>(&self, events: impl IntoIterator<Item = &'a NewEvent>) -> Result<Self, LifecycleError> {
@@ -130,6 +154,18 @@ mod tests {
         let mut run = RunLifecycle::default();
         run.apply(EventKind::AgentStarted, &Map::new()).unwrap();
         run
+    }
+
+    #[test]
+    fn replay_follows_history_that_starts_mid_run() {
+        let mut run = RunLifecycle::default();
+        run.replay(EventKind::ToolCompleted, json!({"tool_call_id":"x"}).as_object().unwrap());
+        run.replay(EventKind::ToolExecuting, json!({"tool_call_id":"y"}).as_object().unwrap());
+        assert!(run.started() && !run.ended());
+        assert_eq!(run.open_tool_calls().collect::<Vec<_>>(), vec!["y"]);
+        run.replay(EventKind::AgentCompleted, &Map::new());
+        assert_eq!(run.status(), RunStatus::Completed);
+        assert!(run.apply(EventKind::AgentThinking, &Map::new()).is_err());
     }
 
     #[test]

@@ -59,10 +59,22 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
 
-    /// Where the thread log lives: `embedded` (a durable file in the data directory)
-    /// or `memory` (this process only, lost on restart; for tests and throwaway use).
+    /// Where the thread log lives: `embedded` (a durable file in the data directory),
+    /// `memory` (this process only, lost on restart; for tests and throwaway use),
+    /// or a shared engine for several nodes: `redis://host:port` (Redis Streams) or
+    /// `nats://host:port` (NATS JetStream).
     #[arg(long, visible_alias = "store", env = "AGENTWIRE_BACKBONE", default_value = "embedded")]
     pub backbone: String,
+
+    /// Names this deployment's keys, streams and buckets on a shared backbone, so
+    /// several deployments (or test runs) can share one Redis or NATS.
+    #[arg(long, env = "AGENTWIRE_BACKBONE_PREFIX", default_value = "agentwire")]
+    pub backbone_prefix: String,
+
+    /// On a shared backbone: a node silent for this long is taken for dead, and
+    /// the runs its in-process engine was executing end with `worker_lost`.
+    #[arg(long, env = "AGENTWIRE_NODE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub node_ttl: Duration,
 
     /// Directory of the embedded store. Locked while a server uses it.
     #[arg(long, env = "AGENTWIRE_DATA_DIR", default_value = "./agentwire-data")]

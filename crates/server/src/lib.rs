@@ -23,6 +23,7 @@ pub mod state;
 use std::sync::Arc;
 
 use agentwire_agent::{Agent, Engine};
+use agentwire_backbone::ClusterConfig;
 use agentwire_hub::{Hub, HubConfig, HubMetrics};
 use agentwire_log::{EmbeddedLog, Log, LogConfig, MemoryLog, retention, watchdog};
 use agentwire_protocol::Timestamp;
@@ -44,6 +45,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("cannot open the log: {0}")]
     Store(#[from] agentwire_log::StoreError),
+    #[error("cannot open the backbone: {0}")]
+    Backbone(#[from] agentwire_backbone::BackboneError),
 }
 
 /// Re-reads the publish-keys file every two seconds, so rotated keys apply without a restart.
@@ -76,7 +79,7 @@ fn node_id(config: &ServerConfig) -> String {
 }
 
 /// Opens the log the settings name.
-fn open_log(config: &ServerConfig, hub: Arc<Hub>) -> Result<Arc<dyn Log>, ServerError> {
+async fn open_log(config: &ServerConfig, node_id: &str, hub: Arc<Hub>) -> Result<Arc<dyn Log>, ServerError> {
     let log_config = LogConfig { run_idle_timeout: config.run_idle_timeout };
     let log: Arc<dyn Log> = match config.backbone.as_str() {
         "embedded" => {
@@ -88,13 +91,31 @@ fn open_log(config: &ServerConfig, hub: Arc<Hub>) -> Result<Arc<dyn Log>, Server
             tracing::warn!("memory log: nothing survives a restart");
             Arc::new(MemoryLog::new(log_config, hub)?)
         }
-        other => {
-            return Err(ServerError::Config(format!(
-                "backbone {other:?} is not available in this build; use \"embedded\" or \"memory\""
-            )));
+        url => {
+            let cluster = ClusterConfig {
+                prefix: config.backbone_prefix.clone(),
+                node_id: node_id.to_owned(),
+                node_ttl: config.node_ttl,
+                log: log_config,
+            };
+            let Some(opened) = agentwire_backbone::open(url, cluster, hub).await else {
+                return Err(ServerError::Config(format!(
+                    "backbone {url:?} is not one of embedded, memory, redis://…, nats://…"
+                )));
+            };
+            tracing::info!(backbone = %redact_url(url), prefix = %config.backbone_prefix, node = node_id, "shared backbone opened");
+            opened?
         }
     };
     Ok(log)
+}
+
+/// `url` without its password, for logs.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
 }
 
 /// A configured server, ready to serve.
@@ -105,7 +126,7 @@ pub struct Server {
 impl Server {
     /// Builds the log, hub, engine and credentials from `config`; runs `agent`
     /// for messages posted to threads.
-    pub fn new(config: ServerConfig, agent: Arc<dyn Agent>) -> Result<Self, ServerError> {
+    pub async fn new(config: ServerConfig, agent: Arc<dyn Agent>) -> Result<Self, ServerError> {
         if !config.has_token_verifier() && !config.listen.ip().is_loopback() {
             return Err(ServerError::Config(format!(
                 "{} is not a loopback address and no way to verify tokens is set \
@@ -117,7 +138,8 @@ impl Server {
         let hub_metrics = HubMetrics::register(&mut registry);
         let metrics = metrics::ServerMetrics::register(&mut registry);
         let hub = Hub::new(HubConfig { send_queue: config.send_queue, max_batch: config.max_batch }, hub_metrics);
-        let log = open_log(&config, hub.clone())?;
+        let node_id = node_id(&config);
+        let log = open_log(&config, &node_id, hub.clone()).await?;
         let engine = Arc::new(Engine::new(log.clone(), agent));
         let auth = Arc::new(Auth::from_config(&config).map_err(|e| ServerError::Config(e.to_string()))?);
         if auth.dev_mode() {
@@ -129,7 +151,7 @@ impl Server {
             tracing::warn!("no publish key is set (AGENTWIRE_PUBLISH_KEY): external publishers will be refused");
         }
         let limits = limits::Limits::new(&config);
-        let node = Arc::new(NodeInfo { id: node_id(&config), started_at: Timestamp::now() });
+        let node = Arc::new(NodeInfo { id: node_id, started_at: Timestamp::now() });
         let state = AppState {
             node,
             config: Arc::new(config),

@@ -435,7 +435,7 @@ async fn dev_mode_hands_out_tokens_only_on_loopback_without_a_secret() {
     let mut open = test_config();
     open.jwt_secret = None;
     open.listen = "0.0.0.0:0".parse().unwrap();
-    let refused = agentwire_server::Server::new(open, std::sync::Arc::new(agentwire_agent::DemoAgent::default()));
+    let refused = agentwire_server::Server::new(open, std::sync::Arc::new(agentwire_agent::DemoAgent::default())).await;
     assert!(refused.is_err(), "no secret outside loopback must refuse to start");
 }
 

@@ -55,7 +55,7 @@ impl TestServer {
             config.data_dir = dir.path().to_path_buf();
         }
         let agent = Arc::new(DemoAgent { step_delay: config.demo_step_delay });
-        let server = Server::new(config, agent).expect("server");
+        let server = Server::new(config, agent).await.expect("server");
         let listener = server.bind().await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let state = server.state().clone();

@@ -1,0 +1,609 @@
+//! [`ClusterLog`]: the log's rules over a [`Backbone`] that several nodes share.
+//!
+//! Each node caches, per thread it has touched, a **view**: the thread's owner,
+//! where its history ends ([`Position`]) and, per run, the lifecycle and the
+//! `event_id`s seen. An append is decided on the view and stored with a
+//! compare-and-set on the position; when another node moved the thread on, the
+//! view reads what it missed and the append is decided again. The view is
+//! never trusted blindly: a stale view only ever costs a retry, because the
+//! backbone refuses any append decided on less than the whole history.
+//!
+//! Appends to one thread from one node queue on the view's async mutex, so a
+//! node never races itself; nodes race each other only on shared threads.
+//!
+//! A **janitor** task per node sends its heartbeat, keeps the dashboard figures,
+//! and ends the in-process runs of nodes whose heartbeat has lapsed for a whole
+//! TTL with `agent_error {code:"worker_lost"}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use agentwire_log::retention::RetentionPolicy;
+use agentwire_log::store::ThreadExtent;
+use agentwire_log::{
+    Appended, FeedSink, Log, LogError, LogStats, NewRun, Page, RunInfo, StoredEvent, plan_append, retention,
+};
+use agentwire_protocol::{
+    Envelope, EnvelopeType, EventKind, NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id,
+};
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{Backbone, BackboneError, ClusterConfig, Outcome, Position, RunEntry, Running, RunningChange, ThreadMeta};
+
+/// Decisions retried on one append before giving up on a thread this contended.
+const MAX_ATTEMPTS: usize = 64;
+/// Events read per round trip when a view catches up.
+const SYNC_PAGE: usize = 1024;
+/// Views kept before idle ones are dropped (they are rebuilt on demand).
+const MAX_VIEWS: usize = 50_000;
+/// Registrations cached (they never change once made).
+const MAX_REGISTRY: usize = 200_000;
+/// Events read per round trip when retention looks for the age cut-off.
+const AGE_PAGE: usize = 256;
+
+/// What a node knows of one run from its thread's history.
+#[derive(Debug, Default)]
+struct RunView {
+    lifecycle: RunLifecycle,
+    event_ids: HashMap<String, u64>,
+    cancel_requested: bool,
+    agent_name: Option<String>,
+    /// When this node last refreshed the run's running entry (ms since the epoch).
+    touched_ms: i64,
+}
+
+/// A node's cached view of a thread (see the module docs).
+#[derive(Debug, Default)]
+struct ThreadView {
+    loaded: bool,
+    at: Position,
+    runs: HashMap<RunId, RunView>,
+}
+
+impl ThreadView {
+    /// Follows events already stored, in `seq` order.
+    fn apply(&mut self, events: &[Arc<StoredEvent>]) {
+        for event in events {
+            let e = &event.envelope;
+            if e.seq <= self.at.seq {
+                continue;
+            }
+            let run = self.runs.entry(e.run_id.clone()).or_default();
+            run.lifecycle.replay(e.event, &e.data);
+            if let Some(id) = &e.event_id {
+                run.event_ids.insert(id.clone(), e.seq);
+            }
+            match e.event {
+                EventKind::AgentStarted if run.agent_name.is_none() => {
+                    run.agent_name = e.data.get("agent_name").and_then(Value::as_str).map(str::to_owned);
+                }
+                EventKind::AgentError if e.data.get("code").and_then(Value::as_str) == Some("cancelled") => {
+                    run.cancel_requested = true;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+type Cell = Arc<tokio::sync::Mutex<ThreadView>>;
+
+struct Inner<B> {
+    backbone: B,
+    config: ClusterConfig,
+    views: Mutex<HashMap<ThreadId, Cell>>,
+    owners: RwLock<HashMap<ThreadId, UserId>>,
+    registry: RwLock<HashMap<RunId, RunEntry>>,
+    runs_in_flight: AtomicU64,
+    threads: AtomicU64,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// The log over a shared backbone. See the module docs.
+pub struct ClusterLog<B> {
+    inner: Arc<Inner<B>>,
+}
+
+fn unavailable(e: BackboneError) -> LogError {
+    LogError::Unavailable(e.to_string())
+}
+
+impl<B: Backbone> ClusterLog<B> {
+    /// Checks the backbone answers, then starts following its feed into `sink`
+    /// and the janitor.
+    pub async fn start(backbone: B, config: ClusterConfig, sink: Arc<dyn FeedSink>) -> Result<Self, BackboneError> {
+        config.validate()?;
+        backbone.ping().await?;
+        backbone.heartbeat(&config.node_id, config.node_ttl).await?;
+        let inner = Arc::new(Inner {
+            backbone,
+            config,
+            views: Mutex::new(HashMap::new()),
+            owners: RwLock::new(HashMap::new()),
+            registry: RwLock::new(HashMap::new()),
+            runs_in_flight: AtomicU64::new(0),
+            threads: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let (feed, stop) = (inner.clone(), inner.stop.clone());
+        inner.tasks.spawn(async move { feed.backbone.follow(sink, stop).await });
+        inner.tasks.spawn(janitor(inner.clone()));
+        Ok(Self { inner })
+    }
+
+    /// The backbone under this log.
+    pub fn backbone(&self) -> &B {
+        &self.inner.backbone
+    }
+}
+
+impl<B: Backbone> Inner<B> {
+    fn cell(&self, thread: &ThreadId) -> Cell {
+        let mut views = self.views.lock();
+        if let Some(cell) = views.get(thread) {
+            return cell.clone();
+        }
+        if views.len() >= MAX_VIEWS {
+            // Drop views nobody is using; they are rebuilt from the backbone when needed.
+            views.retain(|_, cell| Arc::strong_count(cell) > 1);
+        }
+        views.entry(thread.clone()).or_default().clone()
+    }
+
+    async fn owner(&self, thread: &ThreadId) -> Result<Option<UserId>, LogError> {
+        if let Some(owner) = self.owners.read().get(thread) {
+            return Ok(Some(owner.clone()));
+        }
+        let meta = self.backbone.thread(thread).await.map_err(unavailable)?;
+        if let Some(meta) = &meta {
+            self.owners.write().insert(thread.clone(), meta.owner.clone());
+        }
+        Ok(meta.map(|m| m.owner))
+    }
+
+    async fn ensure_thread(&self, thread: &ThreadId, owner: &UserId) -> Result<(), LogError> {
+        let existing = match self.owner(thread).await? {
+            Some(existing) => existing,
+            None => {
+                let meta = ThreadMeta { owner: owner.clone() };
+                if self.backbone.create_thread(thread, &meta).await.map_err(unavailable)? {
+                    self.owners.write().insert(thread.clone(), owner.clone());
+                    return Ok(());
+                }
+                // Another node created it just now.
+                self.owner(thread).await?.ok_or_else(|| LogError::ThreadNotFound(thread.clone()))?
+            }
+        };
+        if &existing == owner { Ok(()) } else { Err(LogError::Forbidden) }
+    }
+
+    async fn registration(&self, run: &str) -> Result<Option<RunEntry>, LogError> {
+        if let Some(entry) = self.registry.read().get(run) {
+            return Ok(Some(entry.clone()));
+        }
+        let entry = self.backbone.run(run).await.map_err(unavailable)?;
+        if let (Some(entry), Ok(id)) = (&entry, RunId::parse(run)) {
+            self.remember(id, entry.clone());
+        }
+        Ok(entry)
+    }
+
+    fn remember(&self, run: RunId, entry: RunEntry) {
+        let mut registry = self.registry.write();
+        if registry.len() >= MAX_REGISTRY {
+            registry.clear();
+        }
+        registry.insert(run, entry);
+    }
+
+    /// The run's thread: registry, then (for appends) extraction (PROTOCOL §1).
+    async fn resolve(
+        &self,
+        run_id: &str,
+        allow_fallback: bool,
+    ) -> Result<(RunId, Option<RunEntry>, ThreadId), LogError> {
+        let not_found = || LogError::RunNotFound(run_id.to_owned());
+        let run = RunId::parse(run_id).map_err(|_| not_found())?;
+        if let Some(entry) = self.registration(run_id).await? {
+            let thread = entry.thread_id.clone();
+            return Ok((run, Some(entry), thread));
+        }
+        if !allow_fallback {
+            return Err(not_found());
+        }
+        let thread = extract_thread_id(run_id).ok_or_else(not_found)?;
+        if self.owner(&thread).await?.is_none() {
+            return Err(not_found());
+        }
+        Ok((run, None, thread))
+    }
+
+    /// Reads what the view has not seen, up to the thread's current head.
+    async fn sync(&self, thread: &ThreadId, view: &mut ThreadView) -> Result<(), LogError> {
+        for _ in 0..MAX_ATTEMPTS {
+            loop {
+                let tail = self.backbone.read(thread, view.at, SYNC_PAGE).await.map_err(unavailable)?;
+                let full = tail.events.len() >= SYNC_PAGE;
+                if !tail.events.is_empty() {
+                    view.apply(&tail.events);
+                    view.at = tail.at;
+                }
+                if !full {
+                    break;
+                }
+            }
+            let extent = self.backbone.extent(thread).await.map_err(unavailable)?;
+            let extent = extent.ok_or_else(|| LogError::ThreadNotFound(thread.clone()))?;
+            if extent.head.seq <= view.at.seq {
+                view.at.token = extent.head.token;
+                view.loaded = true;
+                return Ok(());
+            }
+            if extent.oldest_seq > extent.head.seq {
+                // Everything after the view was removed by retention before this node read it.
+                view.at = extent.head;
+                view.loaded = true;
+                return Ok(());
+            }
+            // Another node appended between the read and the head: read again.
+        }
+        Err(LogError::Unavailable(format!("thread {thread} is too contended; retry shortly")))
+    }
+
+    /// Appends under the thread's view: decide, compare-and-set, retry on a move.
+    async fn append_to(&self, run_id: &str, events: Vec<NewEvent>, cancel: bool) -> Result<Appended, LogError> {
+        let (run, entry, thread) = self.resolve(run_id, !cancel).await?;
+        let cell = self.cell(&thread);
+        let mut view = cell.lock().await;
+        if !view.loaded {
+            self.sync(&thread, &mut view).await?;
+        }
+        let idle_ms = i64::try_from(self.config.log.run_idle_timeout.as_millis()).unwrap_or(i64::MAX);
+        for _ in 0..MAX_ATTEMPTS {
+            let now = Timestamp::now();
+            let known = view.runs.get(&run);
+            let lifecycle = known.map(|r| r.lifecycle.clone()).unwrap_or_default();
+            let plan = plan_append(&lifecycle, |id| known.and_then(|r| r.event_ids.get(id).copied()), events.clone())?;
+            let seqs = plan.seqs(view.at.seq);
+            if plan.new_events.is_empty() {
+                return Ok(Appended { thread_id: thread, seqs });
+            }
+            let fresh = known.is_none() && entry.is_none();
+            let stored = numbered(&thread, &run, view.at.seq, now, plan.new_events);
+            let running = Running {
+                thread_id: thread.clone(),
+                node: entry.as_ref().and_then(|e| e.node.clone()),
+                last_activity_ms: now.millis(),
+            };
+            let touched = known.map_or(0, |r| r.touched_ms);
+            let change = if plan.lifecycle.ended() {
+                RunningChange::Remove(run.clone())
+            } else if fresh || now.millis().saturating_sub(touched) > idle_ms / 10 {
+                RunningChange::Set(run.clone(), running.clone())
+            } else {
+                RunningChange::Keep
+            };
+            match self.backbone.append(&thread, view.at, &stored, &change).await.map_err(unavailable)? {
+                Outcome::Appended(at) => {
+                    view.apply(&stored);
+                    view.at = at;
+                    if let (RunningChange::Set(..), Some(r)) = (&change, view.runs.get_mut(&run)) {
+                        r.touched_ms = now.millis();
+                    }
+                    if fresh {
+                        // A run first seen through extraction: register it so every node (and
+                        // `GET /v1/runs/{id}`) finds it. It is already routed by its events.
+                        let agent_name = view.runs.get(&run).and_then(|r| r.agent_name.clone());
+                        let registration = RunEntry { thread_id: thread.clone(), agent_name, node: None };
+                        if let Err(e) = self.backbone.register_run(&run, &registration, None).await {
+                            tracing::warn!(run = %run, error = %e, "could not register a run first seen by extraction");
+                        }
+                    }
+                    return Ok(Appended { thread_id: thread, seqs });
+                }
+                Outcome::Moved => self.sync(&thread, &mut view).await?,
+            }
+        }
+        Err(LogError::Unavailable(format!("thread {thread} is too contended; retry shortly")))
+    }
+
+    async fn run_info(&self, run_id: &str) -> Result<Option<RunInfo>, LogError> {
+        let (run, entry, thread) = match self.resolve(run_id, false).await {
+            Ok(found) => found,
+            Err(LogError::RunNotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let owner = self.owner(&thread).await?.ok_or_else(|| LogError::ThreadNotFound(thread.clone()))?;
+        let cell = self.cell(&thread);
+        let mut view = cell.lock().await;
+        self.sync(&thread, &mut view).await?;
+        let known = view.runs.get(&run);
+        Ok(Some(RunInfo {
+            run_id: run.clone(),
+            thread_id: thread,
+            owner,
+            agent_name: known.and_then(|r| r.agent_name.clone()).or_else(|| entry.and_then(|e| e.agent_name)),
+            status: known.map(|r| r.lifecycle.status()).unwrap_or_default(),
+            cancel_requested: known.is_some_and(|r| r.cancel_requested),
+        }))
+    }
+
+    /// Ends `run` with `agent_error {code}`; `false` if it had already ended (its running entry is dropped).
+    async fn end_run(&self, run: &RunId, code: &'static str, message: &str) -> Result<bool, LogError> {
+        match self.append_to(run.as_str(), vec![NewEvent::agent_error(code, message)], false).await {
+            Ok(_) => Ok(true),
+            Err(LogError::Lifecycle(_) | LogError::RunNotFound(_) | LogError::ThreadNotFound(_)) => {
+                self.backbone.set_running(run, None).await.map_err(unavailable)?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ends the running runs `pick` chooses; answers those it ended.
+    async fn end_runs_where(
+        &self,
+        pick: impl Fn(&Running) -> bool,
+        code: &'static str,
+        message: &str,
+    ) -> Result<Vec<RunId>, LogError> {
+        let running = self.backbone.running().await.map_err(unavailable)?;
+        self.runs_in_flight.store(running.len() as u64, Ordering::Relaxed);
+        let mut ended = Vec::new();
+        for (run, _) in running.into_iter().filter(|(_, r)| pick(r)) {
+            if self.end_run(&run, code, message).await? {
+                ended.push(run);
+            }
+        }
+        Ok(ended)
+    }
+}
+
+/// Envelopes for `events`, numbered after `head`.
+fn numbered(thread: &ThreadId, run: &RunId, head: u64, now: Timestamp, events: Vec<NewEvent>) -> Vec<Arc<StoredEvent>> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| {
+            Arc::new(StoredEvent::new(Envelope {
+                frame_type: EnvelopeType::Event,
+                thread_id: thread.clone(),
+                run_id: run.clone(),
+                seq: head + 1 + i as u64,
+                event: event.kind,
+                event_id: event.event_id,
+                ts: now,
+                data: event.data,
+            }))
+        })
+        .collect()
+}
+
+/// Heartbeats, figures, and the lost-worker sweep (see the module docs).
+async fn janitor<B: Backbone>(inner: Arc<Inner<B>>) {
+    let ttl = inner.config.node_ttl;
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A node must be missing for a whole TTL, seen from here, before its runs are
+    // taken for lost: a heartbeat that lapsed during a backbone outage gets a chance.
+    let mut missing_since: HashMap<String, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = inner.stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = inner.backbone.heartbeat(&inner.config.node_id, ttl).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+            continue;
+        }
+        match inner.backbone.threads().await {
+            Ok(threads) => inner.threads.store(threads.len() as u64, Ordering::Relaxed),
+            Err(e) => tracing::debug!(error = %e, "could not count threads"),
+        }
+        let live = match inner.backbone.live_nodes().await {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list live nodes");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        missing_since.retain(|node, _| !live.contains(node));
+        let running = match inner.backbone.running().await {
+            Ok(running) => running,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list running runs");
+                continue;
+            }
+        };
+        for (_, r) in &running {
+            if let Some(node) = r.node.as_ref().filter(|n| !live.contains(*n)) {
+                missing_since.entry(node.clone()).or_insert(now);
+            }
+        }
+        let lost: Vec<String> = missing_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= ttl)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if lost.is_empty() {
+            inner.runs_in_flight.store(running.len() as u64, Ordering::Relaxed);
+            continue;
+        }
+        let is_lost = |r: &Running| r.node.as_ref().is_some_and(|n| lost.contains(n));
+        match inner.end_runs_where(is_lost, "worker_lost", "the node running the agent stopped").await {
+            Ok(ended) if !ended.is_empty() => {
+                tracing::warn!(count = ended.len(), nodes = ?lost, "ended runs of nodes that stopped");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not end the runs of stopped nodes"),
+        }
+    }
+}
+
+#[async_trait]
+impl<B: Backbone> Log for ClusterLog<B> {
+    async fn create_thread(&self, thread_id: Option<ThreadId>, owner: &UserId) -> Result<ThreadId, LogError> {
+        let id = thread_id.unwrap_or_else(ThreadId::generate);
+        let meta = ThreadMeta { owner: owner.clone() };
+        if !self.inner.backbone.create_thread(&id, &meta).await.map_err(unavailable)? {
+            return Err(LogError::ThreadExists(id));
+        }
+        self.inner.owners.write().insert(id.clone(), owner.clone());
+        Ok(id)
+    }
+
+    async fn ensure_thread(&self, thread_id: &ThreadId, owner: &UserId) -> Result<(), LogError> {
+        self.inner.ensure_thread(thread_id, owner).await
+    }
+
+    async fn thread_owner(&self, thread_id: &ThreadId) -> Result<Option<UserId>, LogError> {
+        self.inner.owner(thread_id).await
+    }
+
+    async fn create_run(&self, new: NewRun) -> Result<RunInfo, LogError> {
+        let inner = &self.inner;
+        inner.ensure_thread(&new.thread_id, &new.owner).await?;
+        let run = new.run_id.unwrap_or_else(|| RunId::mint(&new.thread_id));
+        let node = new.in_process.then(|| inner.config.node_id.clone());
+        let entry =
+            RunEntry { thread_id: new.thread_id.clone(), agent_name: new.agent_name.clone(), node: node.clone() };
+        let running = Running { thread_id: new.thread_id.clone(), node, last_activity_ms: Timestamp::now().millis() };
+        if !inner.backbone.register_run(&run, &entry, Some(&running)).await.map_err(unavailable)? {
+            return Err(LogError::RunExists(run.to_string()));
+        }
+        inner.remember(run.clone(), entry);
+        inner.runs_in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(RunInfo {
+            run_id: run,
+            thread_id: new.thread_id,
+            owner: new.owner,
+            agent_name: new.agent_name,
+            status: Default::default(),
+            cancel_requested: false,
+        })
+    }
+
+    async fn run(&self, run_id: &str) -> Result<Option<RunInfo>, LogError> {
+        self.inner.run_info(run_id).await
+    }
+
+    async fn append(&self, run_id: &str, events: Vec<NewEvent>) -> Result<Appended, LogError> {
+        self.inner.append_to(run_id, events, false).await
+    }
+
+    async fn cancel(&self, run_id: &str) -> Result<Appended, LogError> {
+        self.inner.append_to(run_id, vec![NewEvent::agent_error("cancelled", "the run was cancelled")], true).await
+    }
+
+    async fn read(&self, thread_id: &ThreadId, after_seq: u64, limit: usize) -> Result<Page, LogError> {
+        let backbone = &self.inner.backbone;
+        let extent = backbone.extent(thread_id).await.map_err(unavailable)?;
+        let extent = extent.ok_or_else(|| LogError::ThreadNotFound(thread_id.clone()))?;
+        let (head_seq, oldest_seq) = (extent.head.seq, extent.oldest_seq);
+        // Only up to the head read above, so a page never runs past what `head_seq` says.
+        let wanted = usize::try_from(head_seq.saturating_sub(after_seq)).unwrap_or(usize::MAX).min(limit);
+        if wanted == 0 {
+            return Ok(Page { events: Vec::new(), head_seq, oldest_seq });
+        }
+        let after = Position { seq: after_seq, token: 0 };
+        let mut events = backbone.read(thread_id, after, wanted).await.map_err(unavailable)?.events;
+        events.retain(|e| e.seq() <= head_seq);
+        Ok(Page { events, head_seq, oldest_seq })
+    }
+
+    async fn expire_idle_runs(&self, now: Timestamp) -> Result<Vec<RunId>, LogError> {
+        let timeout = self.inner.config.log.run_idle_timeout;
+        let idle_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        // Running entries are refreshed every tenth of the timeout, so allow that much slack.
+        let idle = |r: &Running| r.last_activity_ms.saturating_add(idle_ms + idle_ms / 10) <= now.millis();
+        let message = format!("no event for {} s", timeout.as_secs_f64());
+        self.inner.end_runs_where(idle, "timeout", &message).await
+    }
+
+    async fn ready(&self) -> Result<(), LogError> {
+        self.inner.backbone.ping().await.map_err(unavailable)
+    }
+
+    fn stats(&self) -> LogStats {
+        LogStats {
+            threads: self.inner.threads.load(Ordering::Relaxed),
+            runs_in_flight: self.inner.runs_in_flight.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn end_orphaned_runs(&self) -> Result<Vec<RunId>, LogError> {
+        // Runs this node's engine was executing when it last stopped (same node id).
+        let node = self.inner.config.node_id.clone();
+        let mine = |r: &Running| r.node.as_deref() == Some(node.as_str());
+        self.inner.end_runs_where(mine, "worker_lost", "the server stopped while the agent was running").await
+    }
+
+    async fn enforce_retention(&self, policy: &RetentionPolicy, now: Timestamp) -> Result<u64, LogError> {
+        if !policy.is_active() {
+            return Ok(0);
+        }
+        let backbone = &self.inner.backbone;
+        let cutoff = now.millis().saturating_sub(i64::try_from(policy.max_age.as_millis()).unwrap_or(i64::MAX));
+        let mut extents = Vec::new();
+        let mut aged: HashMap<ThreadId, u64> = HashMap::new();
+        for thread in backbone.threads().await.map_err(unavailable)? {
+            let Some(extent) = backbone.extent(&thread).await.map_err(unavailable)? else { continue };
+            let first = Position { seq: extent.oldest_seq.saturating_sub(1), token: 0 };
+            let oldest = backbone.read(&thread, first, 1).await.map_err(unavailable)?;
+            let oldest_ts_ms = oldest.events.first().map(|e| e.envelope.ts.millis());
+            if !policy.max_age.is_zero() && oldest_ts_ms.is_some_and(|ts| ts <= cutoff) {
+                let mut at = first;
+                let mut last_old = None;
+                'pages: loop {
+                    let page = backbone.read(&thread, at, AGE_PAGE).await.map_err(unavailable)?;
+                    for e in &page.events {
+                        if e.envelope.ts.millis() > cutoff {
+                            break 'pages;
+                        }
+                        last_old = Some(e.seq());
+                    }
+                    if page.events.len() < AGE_PAGE {
+                        break;
+                    }
+                    at = page.at;
+                }
+                aged.extend(last_old.map(|seq| (thread.clone(), seq)));
+            }
+            extents.push(ThreadExtent {
+                thread,
+                oldest_seq: extent.oldest_seq,
+                head_seq: extent.head.seq,
+                oldest_ts_ms,
+            });
+        }
+        let trims = retention::plan(policy, &extents, |thread| aged.get(thread).copied());
+        let mut removed = 0;
+        for trim in trims {
+            let was = extents.iter().find(|e| e.thread == trim.thread).map_or(trim.keep_from, |e| e.oldest_seq);
+            backbone.trim(&trim.thread, trim.keep_from).await.map_err(unavailable)?;
+            removed += trim.keep_from.saturating_sub(was);
+        }
+        Ok(removed)
+    }
+
+    async fn close(&self) {
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}
+
+impl<B> Drop for ClusterLog<B> {
+    fn drop(&mut self) {
+        self.inner.stop.cancel();
+    }
+}

@@ -1,0 +1,311 @@
+//! # agentwire-backbone
+//!
+//! agentwire on several nodes: the [`Log`](agentwire_log::Log) seam over an
+//! engine the nodes share, [Redis Streams](redis_streams) or
+//! [NATS JetStream](nats_jetstream). Any node takes any publish and serves any
+//! subscriber, with the guarantees of one node (PROTOCOL §6).
+//!
+//! The split mirrors the single-node log: the rules live once, in
+//! [`ClusterLog`], and a [`Backbone`] only keeps records. What makes it work
+//! across nodes is that every append is a **compare-and-set on the thread's
+//! head**: a node decides an append (de-duplication, lifecycle, numbering) on
+//! its cached view of the thread and asks the backbone to store it only if
+//! the thread is still where that view says. If another node got there first
+//! the backbone refuses, the node reads what it missed and decides again. So
+//! `seq` stays gap-free, `event_id`s de-duplicate and the lifecycle holds
+//! whichever node a publisher talks to, and nothing is stored without a
+//! decision made on the whole history.
+//!
+//! Every node follows one **feed** of everything appended (a Redis stream, a
+//! JetStream ordered consumer) and hands it to its hub: one read per node, not
+//! per subscriber. A node that misses part of the feed loses nothing: sessions
+//! fill gaps from the log (see `agentwire_hub::session`).
+//!
+//! Nodes announce themselves with a heartbeat. A run executed by a node's
+//! in-process engine names that node; when the node's heartbeat lapses, any
+//! surviving node ends the run with `agent_error {code:"worker_lost"}`.
+
+mod cluster;
+pub mod nats_jetstream;
+pub mod redis_streams;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentwire_log::{FeedSink, LogConfig, StoredEvent};
+use agentwire_protocol::{RunId, ThreadId, UserId};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use cluster::ClusterLog;
+pub use nats_jetstream::NatsBackbone;
+pub use redis_streams::RedisBackbone;
+
+/// A backbone that could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackboneError {
+    /// The address or settings are wrong; retrying will not help.
+    #[error("backbone configuration: {0}")]
+    Config(String),
+    /// The engine is unreachable or did not confirm: nothing may be assumed stored.
+    #[error("backbone unavailable: {0}")]
+    Unavailable(String),
+    /// The engine answered something agentwire did not write.
+    #[error("backbone data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Where a thread's history ends: the last `seq`, and the backbone's own
+/// marker for it (Redis: the same `seq`; JetStream: the stream sequence of the
+/// message holding that event). `Position::default()` is an empty thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub seq: u64,
+    pub token: u64,
+}
+
+/// A thread as the backbone keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadMeta {
+    pub owner: UserId,
+}
+
+/// A registered run: where it routes, and which node executes it in-process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEntry {
+    pub thread_id: ThreadId,
+    #[serde(default)]
+    pub agent_name: Option<String>,
+    /// The node whose in-process engine runs it.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// A run not yet ended, for the idle watchdog and the lost-worker sweep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Running {
+    pub thread_id: ThreadId,
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Milliseconds since the epoch of its registration or a recent event.
+    pub last_activity_ms: i64,
+}
+
+/// What an append does to the set of running runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunningChange {
+    /// Nothing (the recorded activity is recent enough).
+    Keep,
+    /// Record (or refresh) the run as running.
+    Set(RunId, Running),
+    /// The run ended.
+    Remove(RunId),
+}
+
+/// The answer to a conditional append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored; the thread now ends here.
+    Appended(Position),
+    /// The thread is no longer at the expected position: nothing was stored.
+    Moved,
+}
+
+/// Events read after a position, and the position of the last one.
+#[derive(Debug, Default)]
+pub struct Tail {
+    pub events: Vec<Arc<StoredEvent>>,
+    pub at: Position,
+}
+
+/// A thread's retained range.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extent {
+    /// The oldest retained `seq` (1 until retention removes events).
+    pub oldest_seq: u64,
+    pub head: Position,
+}
+
+/// The records a [`ClusterLog`] keeps in a shared engine. Every method is one
+/// or a few round trips; none holds state a node could lose.
+#[async_trait]
+pub trait Backbone: Send + Sync + 'static {
+    /// `Ok` when the engine answers.
+    async fn ping(&self) -> Result<(), BackboneError>;
+
+    /// Records the thread unless it exists; `false` if it did.
+    async fn create_thread(&self, thread: &ThreadId, meta: &ThreadMeta) -> Result<bool, BackboneError>;
+
+    /// The thread's record, `None` if it does not exist.
+    async fn thread(&self, thread: &ThreadId) -> Result<Option<ThreadMeta>, BackboneError>;
+
+    /// Every thread (for retention).
+    async fn threads(&self) -> Result<Vec<ThreadId>, BackboneError>;
+
+    /// Registers a run unless its id is taken (`false`), and records it as running if `running` is given.
+    async fn register_run(
+        &self,
+        run: &RunId,
+        entry: &RunEntry,
+        running: Option<&Running>,
+    ) -> Result<bool, BackboneError>;
+
+    /// A registered run.
+    async fn run(&self, run: &str) -> Result<Option<RunEntry>, BackboneError>;
+
+    /// Stores `events` (numbered after `at.seq`) and applies `change`, all or
+    /// nothing, if the thread still ends at `at`.
+    async fn append(
+        &self,
+        thread: &ThreadId,
+        at: Position,
+        events: &[Arc<StoredEvent>],
+        change: &RunningChange,
+    ) -> Result<Outcome, BackboneError>;
+
+    /// Up to `limit` events with `seq > after.seq` (`after.token` may be 0 when
+    /// only the `seq` is known).
+    async fn read(&self, thread: &ThreadId, after: Position, limit: usize) -> Result<Tail, BackboneError>;
+
+    /// The thread's retained range, `None` if the thread does not exist.
+    async fn extent(&self, thread: &ThreadId) -> Result<Option<Extent>, BackboneError>;
+
+    /// Removes the events of `thread` before `keep_from` (at the backbone's
+    /// granularity: a JetStream message holding newer events too is kept).
+    async fn trim(&self, thread: &ThreadId, keep_from: u64) -> Result<(), BackboneError>;
+
+    /// Sets or removes one running entry.
+    async fn set_running(&self, run: &RunId, running: Option<&Running>) -> Result<(), BackboneError>;
+
+    /// Every running entry.
+    async fn running(&self) -> Result<Vec<(RunId, Running)>, BackboneError>;
+
+    /// Announces `node` as alive for `ttl`.
+    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), BackboneError>;
+
+    /// The nodes whose heartbeat has not lapsed.
+    async fn live_nodes(&self) -> Result<HashSet<String>, BackboneError>;
+
+    /// Follows everything appended from now on and hands it to `sink`, one
+    /// thread's events at a time in `seq` order, until `stop`. Reconnects by itself.
+    async fn follow(&self, sink: Arc<dyn FeedSink>, stop: CancellationToken);
+}
+
+/// How a node takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Names this deployment's keys, streams and buckets, so several share one engine.
+    pub prefix: String,
+    /// This node's id: runs its engine executes name it.
+    pub node_id: String,
+    /// A node silent for this long is taken for dead and its in-process runs end with `worker_lost`.
+    pub node_ttl: Duration,
+    pub log: LogConfig,
+}
+
+impl ClusterConfig {
+    /// Checks the prefix: it ends up in Redis keys, NATS subjects and bucket names.
+    pub fn validate(&self) -> Result<(), BackboneError> {
+        let ok = !self.prefix.is_empty()
+            && self.prefix.len() <= 64
+            && self.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(BackboneError::Config(format!(
+                "backbone prefix {:?} must be 1 to 64 of [A-Za-z0-9_-]",
+                self.prefix
+            )));
+        }
+        if self.node_ttl < Duration::from_secs(1) {
+            return Err(BackboneError::Config("the node TTL must be at least 1 s".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Opens the log for a `redis://…` or `nats://…` backbone address; `None`
+/// when `url` names neither.
+pub async fn open(
+    url: &str,
+    config: ClusterConfig,
+    sink: Arc<dyn FeedSink>,
+) -> Option<Result<Arc<dyn agentwire_log::Log>, BackboneError>> {
+    let opened = if url.starts_with("redis://") || url.starts_with("rediss://") {
+        match RedisBackbone::connect(url, &config.prefix).await {
+            Ok(b) => ClusterLog::start(b, config, sink).await.map(|l| Arc::new(l) as Arc<dyn agentwire_log::Log>),
+            Err(e) => Err(e),
+        }
+    } else if url.starts_with("nats://") || url.starts_with("tls://") {
+        match NatsBackbone::connect(url, &config.prefix).await {
+            Ok(b) => ClusterLog::start(b, config, sink).await.map(|l| Arc::new(l) as Arc<dyn agentwire_log::Log>),
+            Err(e) => Err(e),
+        }
+    } else {
+        return None;
+    };
+    Some(opened)
+}
+
+/// A record as JSON, for the engine to keep.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, BackboneError> {
+    serde_json::to_vec(value).map_err(|e| BackboneError::Corrupt(e.to_string()))
+}
+
+/// A record the engine kept, from JSON.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, BackboneError> {
+    serde_json::from_slice(json).map_err(|e| BackboneError::Corrupt(e.to_string()))
+}
+
+/// The events of one append as both engines carry it: a JSON array of envelopes.
+pub(crate) fn decode_events(json: &[u8]) -> Result<Vec<Arc<StoredEvent>>, BackboneError> {
+    let corrupt = |e: serde_json::Error| BackboneError::Corrupt(format!("stored events: {e}"));
+    let raw: Vec<Box<serde_json::value::RawValue>> = serde_json::from_slice(json).map_err(corrupt)?;
+    raw.iter().map(|r| StoredEvent::from_json(r.get()).map(Arc::new).map_err(corrupt)).collect()
+}
+
+/// Encodes a run id for engines whose keys allow fewer characters than run ids
+/// carry (`:` is not a NATS key character).
+pub(crate) fn key_safe(run: &str) -> String {
+    let mut out = String::with_capacity(run.len() * 2);
+    for b in run.bytes() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Decodes [`key_safe`].
+pub(crate) fn from_key_safe(key: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> =
+        (0..key.len()).step_by(2).map(|i| key.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
+    bytes.and_then(|b| String::from_utf8(b).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_safe_round_trips_run_ids() {
+        for run in ["run_thread_a_1f2e3d4c", "legacy:run.7-x", "r"] {
+            let key = key_safe(run);
+            assert!(key.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert_eq!(from_key_safe(&key).as_deref(), Some(run));
+        }
+        assert_eq!(from_key_safe("zz"), None);
+    }
+
+    #[test]
+    fn prefixes_that_would_break_keys_or_subjects_are_refused() {
+        let config = |prefix: &str| ClusterConfig {
+            prefix: prefix.into(),
+            node_id: "n".into(),
+            node_ttl: Duration::from_secs(10),
+            log: LogConfig::default(),
+        };
+        assert!(config("agentwire-test_1").validate().is_ok());
+        for bad in ["", "a.b", "a b", "a>", "a*"] {
+            assert!(config(bad).validate().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! The backbone on NATS JetStream.
+//!
+//! One stream, `P_events`, with a subject per thread, `P.ev.{thread}`. Each
+//! append is **one message** holding that append's events (a JSON array of
+//! envelopes) and the header `Aw-Last-Seq` (its last `seq`), published with
+//! `Nats-Expected-Last-Subject-Sequence` set to the stream sequence of the
+//! thread's last message: JetStream stores it only if no other node appended
+//! to the thread meanwhile, which is the compare-and-set [`ClusterLog`] needs,
+//! and a batch is all or nothing because it is one message.
+//!
+//! Key-value buckets hold the rest: `P_threads` (owner and oldest retained
+//! `seq`, created with `create`, so two nodes cannot both claim a thread),
+//! `P_runs` (registrations), `P_running` (runs not yet ended) and `P_nodes`
+//! (each node's heartbeat as an expiry time). Run ids carry characters keys
+//! may not, so their keys are hex.
+//!
+//! Reads walk the thread's messages with "next message for subject from
+//! sequence" requests; a per-thread index of `seq` → stream sequence, learnt
+//! from every message seen, lets a read start near `after_seq` rather than at
+//! the thread's first message. Nodes follow every thread with one ordered
+//! consumer on `P.ev.>`.
+//!
+//! [`ClusterLog`]: crate::ClusterLog
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentwire_log::{FeedSink, StoredEvent};
+use agentwire_protocol::{RunId, ThreadId, Timestamp, UserId};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::kv::{self, CreateErrorKind};
+use async_nats::jetstream::stream::{self, LastRawMessageErrorKind, StorageType};
+use async_nats::jetstream::{self, Context, message::StreamMessage};
+use async_nats::{HeaderMap, connection::State};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Backbone, BackboneError, Extent, Outcome, Position, RunEntry, Running, RunningChange, Tail, ThreadMeta, decode,
+    decode_events, encode, from_key_safe, key_safe,
+};
+
+/// A request that gets no answer in this long fails (`503`), rather than hanging a publisher.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Index entries kept per thread (the newest; older reads start further back).
+const INDEX_PER_THREAD: usize = 4096;
+const LAST_SEQ: &str = "Aw-Last-Seq";
+const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+
+/// A thread's record in the `P_threads` bucket.
+#[derive(Debug, Serialize, Deserialize)]
+struct ThreadRecord {
+    owner: UserId,
+    oldest_seq: u64,
+}
+
+/// The NATS JetStream backbone. See the module docs.
+pub struct NatsBackbone {
+    client: async_nats::Client,
+    js: Context,
+    stream: stream::Stream,
+    prefix: String,
+    threads: kv::Store,
+    runs: kv::Store,
+    running: kv::Store,
+    nodes: kv::Store,
+    /// thread → (last `seq` of a message → its stream sequence).
+    index: Mutex<HashMap<ThreadId, BTreeMap<u64, u64>>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BackboneError {
+    BackboneError::Unavailable(format!("nats: {e}"))
+}
+
+fn corrupt(e: impl std::fmt::Display) -> BackboneError {
+    BackboneError::Corrupt(format!("nats: {e}"))
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Bytes, BackboneError> {
+    encode(value).map(Bytes::from)
+}
+
+/// The last `seq` a stored message holds.
+fn last_seq(message: &StreamMessage) -> Result<u64, BackboneError> {
+    message
+        .headers
+        .get(LAST_SEQ)
+        .and_then(|v| v.as_str().parse().ok())
+        .ok_or_else(|| corrupt(format!("message {} has no {LAST_SEQ}", message.sequence)))
+}
+
+/// Opens a key-value bucket, creating it if missing. The bucket's stream is
+/// created here with the settings a KV bucket has (as the client would), because
+/// the client's own `create_key_value` first reads account figures in a shape
+/// NATS 2.9 does not send.
+async fn bucket(js: &Context, name: String) -> Result<kv::Store, BackboneError> {
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    let config = stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        storage: StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    js.get_or_create_stream(config).await.map_err(unavailable)?;
+    js.get_key_value(&name).await.map_err(unavailable)
+}
+
+impl NatsBackbone {
+    /// Connects to `url` (`nats://host:port`) and creates the deployment's
+    /// stream and buckets if they are missing.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, BackboneError> {
+        let options = async_nats::ConnectOptions::new()
+            .connection_timeout(REQUEST_TIMEOUT)
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            // Keep reconnecting for as long as the node lives: an outage is served with 503s, not a crash.
+            .max_reconnects(None);
+        let client = options.connect(url).await.map_err(unavailable)?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(REQUEST_TIMEOUT);
+        let config = stream::Config {
+            name: format!("{prefix}_events"),
+            subjects: vec![format!("{prefix}.ev.>")],
+            storage: StorageType::File,
+            ..Default::default()
+        };
+        let stream = js.get_or_create_stream(config).await.map_err(unavailable)?;
+        Ok(Self {
+            threads: bucket(&js, format!("{prefix}_threads")).await?,
+            runs: bucket(&js, format!("{prefix}_runs")).await?,
+            running: bucket(&js, format!("{prefix}_running")).await?,
+            nodes: bucket(&js, format!("{prefix}_nodes")).await?,
+            client,
+            js,
+            stream,
+            prefix: prefix.to_owned(),
+            index: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn subject(&self, thread: &ThreadId) -> String {
+        format!("{}.ev.{thread}", self.prefix)
+    }
+
+    /// Fails at once while disconnected, rather than after a request timeout.
+    fn connected(&self) -> Result<(), BackboneError> {
+        match self.client.connection_state() {
+            State::Connected => Ok(()),
+            state => Err(BackboneError::Unavailable(format!("nats: {state}"))),
+        }
+    }
+
+    fn learn(&self, thread: &ThreadId, last_seq: u64, stream_seq: u64) {
+        let mut index = self.index.lock();
+        let map = index.entry(thread.clone()).or_default();
+        map.insert(last_seq, stream_seq);
+        if map.len() > INDEX_PER_THREAD {
+            map.pop_first();
+        }
+    }
+
+    /// Where to start reading for events after `after`: the message holding
+    /// `after.seq` when known, else the first message after the nearest known one.
+    fn start_for(&self, thread: &ThreadId, after: Position) -> u64 {
+        if after.token > 0 {
+            return after.token;
+        }
+        let index = self.index.lock();
+        index
+            .get(thread)
+            .and_then(|map| map.range(..=after.seq).next_back())
+            .map_or(1, |(_, &stream_seq)| stream_seq + 1)
+    }
+
+    async fn next_message(&self, subject: &str, from: u64) -> Result<Option<StreamMessage>, BackboneError> {
+        let got = self.stream.raw_message_builder().sequence(from).next_by_subject(subject).send().await;
+        match got {
+            Ok(message) => Ok(Some(message)),
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn thread_record(&self, thread: &ThreadId) -> Result<Option<ThreadRecord>, BackboneError> {
+        let value = self.threads.get(thread.as_str()).await.map_err(unavailable)?;
+        value.as_deref().map(decode).transpose()
+    }
+
+    async fn keys(store: &kv::Store) -> Result<Vec<String>, BackboneError> {
+        let mut keys = store.keys().await.map_err(unavailable)?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            out.push(key.map_err(unavailable)?);
+        }
+        Ok(out)
+    }
+
+    async fn follow_once(
+        &self,
+        sink: &dyn FeedSink,
+        resume: &mut Option<u64>,
+        stop: &CancellationToken,
+    ) -> Result<(), BackboneError> {
+        let deliver_policy = match *resume {
+            Some(next) => DeliverPolicy::ByStartSequence { start_sequence: next },
+            None => DeliverPolicy::New,
+        };
+        let config =
+            OrderedConfig { filter_subject: format!("{}.ev.>", self.prefix), deliver_policy, ..Default::default() };
+        let consumer = self.stream.create_consumer(config).await.map_err(unavailable)?;
+        let mut messages = consumer.messages().await.map_err(unavailable)?;
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                next = messages.next() => next,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => return Err(unavailable(e)),
+                None => return Err(BackboneError::Unavailable("nats: the feed consumer ended".into())),
+            };
+            let stream_seq = message.info().map_err(unavailable)?.stream_sequence;
+            *resume = Some(stream_seq + 1);
+            match decode_events(&message.payload) {
+                Ok(events) if !events.is_empty() => {
+                    if let Some(last) = events.last() {
+                        self.learn(last.thread_id(), last.seq(), stream_seq);
+                    }
+                    sink.deliver(&events);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(stream_seq, error = %e, "feed message with unreadable events"),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backbone for NatsBackbone {
+    async fn ping(&self) -> Result<(), BackboneError> {
+        self.connected()?;
+        // A JetStream request, not just the connection: NATS may be up with JetStream unavailable.
+        self.stream.get_info().await.map(drop).map_err(unavailable)
+    }
+
+    async fn create_thread(&self, thread: &ThreadId, meta: &ThreadMeta) -> Result<bool, BackboneError> {
+        self.connected()?;
+        let record = ThreadRecord { owner: meta.owner.clone(), oldest_seq: 1 };
+        match self.threads.create(thread.as_str(), to_json(&record)?).await {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.kind(), CreateErrorKind::AlreadyExists) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn thread(&self, thread: &ThreadId) -> Result<Option<ThreadMeta>, BackboneError> {
+        self.connected()?;
+        Ok(self.thread_record(thread).await?.map(|r| ThreadMeta { owner: r.owner }))
+    }
+
+    async fn threads(&self) -> Result<Vec<ThreadId>, BackboneError> {
+        self.connected()?;
+        Ok(Self::keys(&self.threads).await?.iter().filter_map(|k| ThreadId::parse(k).ok()).collect())
+    }
+
+    async fn register_run(
+        &self,
+        run: &RunId,
+        entry: &RunEntry,
+        running: Option<&Running>,
+    ) -> Result<bool, BackboneError> {
+        self.connected()?;
+        match self.runs.create(key_safe(run.as_str()), to_json(entry)?).await {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), CreateErrorKind::AlreadyExists) => return Ok(false),
+            Err(e) => return Err(unavailable(e)),
+        }
+        if let Some(running) = running {
+            self.set_running(run, Some(running)).await?;
+        }
+        Ok(true)
+    }
+
+    async fn run(&self, run: &str) -> Result<Option<RunEntry>, BackboneError> {
+        self.connected()?;
+        let value = self.runs.get(key_safe(run)).await.map_err(unavailable)?;
+        value.as_deref().map(decode).transpose()
+    }
+
+    async fn append(
+        &self,
+        thread: &ThreadId,
+        at: Position,
+        events: &[Arc<StoredEvent>],
+        change: &RunningChange,
+    ) -> Result<Outcome, BackboneError> {
+        self.connected()?;
+        let Some(last) = events.last() else { return Ok(Outcome::Appended(at)) };
+        let mut payload = Vec::with_capacity(events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 2);
+        payload.push(b'[');
+        for (i, event) in events.iter().enumerate() {
+            if i > 0 {
+                payload.push(b',');
+            }
+            payload.extend_from_slice(event.json.as_bytes());
+        }
+        payload.push(b']');
+        let mut headers = HeaderMap::new();
+        headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE, at.token.to_string().as_str());
+        headers.insert(LAST_SEQ, last.seq().to_string().as_str());
+        let ack = self
+            .js
+            .publish_with_headers(self.subject(thread), headers, Bytes::from(payload))
+            .await
+            .map_err(unavailable)?;
+        let stream_seq = match ack.await {
+            Ok(ack) => ack.sequence,
+            Err(e) if matches!(e.kind(), PublishErrorKind::WrongLastSequence) => return Ok(Outcome::Moved),
+            Err(e) => return Err(unavailable(e)),
+        };
+        self.learn(thread, last.seq(), stream_seq);
+        // The events are stored: a failure below only leaves the running set stale,
+        // which the watchdog and the lost-worker sweep repair.
+        let changed = match change {
+            RunningChange::Keep => Ok(()),
+            RunningChange::Set(run, running) => self.set_running(run, Some(running)).await,
+            RunningChange::Remove(run) => self.set_running(run, None).await,
+        };
+        if let Err(e) = changed {
+            tracing::warn!(thread = %thread, error = %e, "events stored, but the running set was not updated");
+        }
+        Ok(Outcome::Appended(Position { seq: last.seq(), token: stream_seq }))
+    }
+
+    async fn read(&self, thread: &ThreadId, after: Position, limit: usize) -> Result<Tail, BackboneError> {
+        self.connected()?;
+        let subject = self.subject(thread);
+        let mut from = self.start_for(thread, after);
+        let mut tail = Tail { events: Vec::new(), at: after };
+        while tail.events.len() < limit {
+            let Some(message) = self.next_message(&subject, from).await? else { break };
+            let events = decode_events(&message.payload)?;
+            let last = last_seq(&message)?;
+            self.learn(thread, last, message.sequence);
+            for event in events.into_iter().filter(|e| e.seq() > after.seq) {
+                if tail.events.len() == limit {
+                    break;
+                }
+                tail.at = Position { seq: event.seq(), token: message.sequence };
+                tail.events.push(event);
+            }
+            from = message.sequence + 1;
+        }
+        Ok(tail)
+    }
+
+    async fn extent(&self, thread: &ThreadId) -> Result<Option<Extent>, BackboneError> {
+        self.connected()?;
+        let subject = self.subject(thread);
+        let (record, last) =
+            tokio::join!(self.thread_record(thread), self.stream.get_last_raw_message_by_subject(&subject));
+        let Some(record) = record? else { return Ok(None) };
+        let head = match last {
+            Ok(message) => Position { seq: last_seq(&message)?, token: message.sequence },
+            Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => Position::default(),
+            Err(e) => return Err(unavailable(e)),
+        };
+        Ok(Some(Extent { oldest_seq: record.oldest_seq, head }))
+    }
+
+    async fn trim(&self, thread: &ThreadId, keep_from: u64) -> Result<(), BackboneError> {
+        self.connected()?;
+        // Find the first message that holds an event to keep; everything before it goes.
+        // The thread's last message always stays: it carries the head.
+        let subject = self.subject(thread);
+        let mut from = 1;
+        let mut first_kept = None;
+        while let Some(message) = self.next_message(&subject, from).await? {
+            if last_seq(&message)? >= keep_from {
+                first_kept = Some(message);
+                break;
+            }
+            from = message.sequence + 1;
+        }
+        let Some(first_kept) = first_kept else { return Ok(()) };
+        self.stream.purge().filter(&subject).sequence(first_kept.sequence).await.map_err(unavailable)?;
+        let oldest = decode_events(&first_kept.payload)?.first().map_or(keep_from, |e| e.seq());
+        if let Some(entry) = self.threads.entry(thread.as_str()).await.map_err(unavailable)? {
+            let mut record: ThreadRecord = decode(&entry.value)?;
+            if oldest > record.oldest_seq {
+                record.oldest_seq = oldest;
+                self.threads.update(thread.as_str(), to_json(&record)?, entry.revision).await.map_err(unavailable)?;
+            }
+        }
+        let mut index = self.index.lock();
+        if let Some(map) = index.get_mut(thread) {
+            map.retain(|_, stream_seq| *stream_seq >= first_kept.sequence);
+        }
+        Ok(())
+    }
+
+    async fn set_running(&self, run: &RunId, running: Option<&Running>) -> Result<(), BackboneError> {
+        self.connected()?;
+        let key = key_safe(run.as_str());
+        match running {
+            Some(r) => self.running.put(key, to_json(r)?).await.map(drop).map_err(unavailable),
+            None => self.running.delete(key).await.map_err(unavailable),
+        }
+    }
+
+    async fn running(&self) -> Result<Vec<(RunId, Running)>, BackboneError> {
+        self.connected()?;
+        let mut out = Vec::new();
+        for key in Self::keys(&self.running).await? {
+            let Some(run) = from_key_safe(&key).and_then(|r| RunId::parse(&r).ok()) else { continue };
+            if let Some(value) = self.running.get(&key).await.map_err(unavailable)? {
+                out.push((run, decode(&value)?));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), BackboneError> {
+        self.connected()?;
+        let until = Timestamp::now().millis().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        self.nodes.put(key_safe(node), Bytes::from(until.to_string())).await.map(drop).map_err(unavailable)
+    }
+
+    async fn live_nodes(&self) -> Result<HashSet<String>, BackboneError> {
+        self.connected()?;
+        let now = Timestamp::now().millis();
+        let mut live = HashSet::new();
+        for key in Self::keys(&self.nodes).await? {
+            let until = self.nodes.get(&key).await.map_err(unavailable)?;
+            let until: Option<i64> = until.and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()));
+            if until.is_some_and(|u| u > now) {
+                live.extend(from_key_safe(&key));
+            }
+        }
+        Ok(live)
+    }
+
+    async fn follow(&self, sink: Arc<dyn FeedSink>, stop: CancellationToken) {
+        let mut resume = None;
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            if let Err(e) = self.follow_once(&*sink, &mut resume, &stop).await {
+                tracing::warn!(error = %e, "nats feed: interrupted; resuming");
+                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            } else {
+                backoff = Duration::from_millis(100);
+            }
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The backbone on Redis Streams.
+//!
+//! Keys, all under the deployment's prefix `P`:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:thread:{thread}` | hash | `owner`, `head` (last `seq`), `oldest` (oldest retained `seq`) |
+//! | `P:events:{thread}` | stream | one entry per event, id `{seq}-0`, field `e` = the envelope |
+//! | `P:threads` | set | every thread id (retention sweeps) |
+//! | `P:run:{run}` | string | the run's registration (JSON) |
+//! | `P:running` | hash | run → running entry (JSON) |
+//! | `P:node:{node}` | string | a node's heartbeat, expiring after the node TTL |
+//! | `P:feed` | stream | one entry per append: `t` = thread, `e` = its events (JSON array), capped with `MAXLEN ~` |
+//!
+//! One stream per thread keeps reads of a thread's history a single `XRANGE`
+//! by `seq` (the entry id *is* the `seq`), and retention a single `XTRIM MINID`.
+//! An append is one Lua script, so the head check, the events, the head bump,
+//! the feed entry and the running entry change happen atomically: there is no
+//! moment at which a thread's events are stored but not announced, or the
+//! other way round. Nodes follow the one feed stream with a blocking `XREAD`:
+//! one read per node, whatever its number of subscribers.
+//!
+//! The script touches `P:feed` besides the thread's keys, so this layout wants
+//! one Redis primary (with replicas or not), not Redis Cluster. Durability is
+//! Redis's: run it with `appendonly yes` (and `appendfsync always` for "a `200`
+//! is never lost" across a Redis crash).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentwire_log::{FeedSink, StoredEvent};
+use agentwire_protocol::{RunId, ThreadId, UserId};
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, Script};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Backbone, BackboneError, Extent, Outcome, Position, RunEntry, Running, RunningChange, Tail, ThreadMeta, decode,
+    decode_events, encode, from_key_safe,
+};
+
+/// Feed entries kept for nodes that fall behind (roughly: Redis trims lazily).
+const FEED_MAXLEN: usize = 100_000;
+/// Most feed entries taken in one read.
+const FEED_BATCH: usize = 512;
+/// How long one blocking feed read waits before looking at `stop` again.
+const FEED_BLOCK: Duration = Duration::from_millis(1000);
+/// A command that gets no answer in this long fails (`503`), rather than hanging a publisher.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// KEYS: thread hash, thread stream, feed, running hash.
+/// ARGV: expected head, thread id, feed maxlen, running op (`set`/`del`/``),
+/// run id, running entry, then one envelope per event.
+/// Answers the new head, or -1 (no such thread), or -2 (the head moved).
+const APPEND: &str = r#"
+local head = redis.call('HGET', KEYS[1], 'head')
+if not head then return -1 end
+head = tonumber(head)
+if head ~= tonumber(ARGV[1]) then return -2 end
+local events = {}
+for i = 7, #ARGV do
+  head = head + 1
+  redis.call('XADD', KEYS[2], head .. '-0', 'e', ARGV[i])
+  events[#events + 1] = ARGV[i]
+end
+redis.call('HSET', KEYS[1], 'head', head)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 't', ARGV[2], 'e', '[' .. table.concat(events, ',') .. ']')
+if ARGV[4] == 'set' then
+  redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
+elseif ARGV[4] == 'del' then
+  redis.call('HDEL', KEYS[4], ARGV[5])
+end
+return head
+"#;
+
+/// KEYS: run key, running hash. ARGV: run id, registration, running entry.
+const REGISTER: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[2], 'NX') then
+  if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
+  return 1
+end
+return 0
+"#;
+
+/// KEYS: thread hash, threads set. ARGV: thread id, owner.
+const CREATE_THREAD: &str = r#"
+if redis.call('HSETNX', KEYS[1], 'owner', ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[1], 'head', 0, 'oldest', 1)
+  redis.call('SADD', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+/// The Redis Streams backbone. See the module docs.
+pub struct RedisBackbone {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    append: Script,
+    register: Script,
+    create_thread: Script,
+}
+
+fn unavailable(e: redis::RedisError) -> BackboneError {
+    BackboneError::Unavailable(format!("redis: {e}"))
+}
+
+fn corrupt(what: impl std::fmt::Display) -> BackboneError {
+    BackboneError::Corrupt(format!("redis: {what}"))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, BackboneError> {
+    String::from_utf8(encode(value)?).map_err(corrupt)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, BackboneError> {
+    decode(json.as_bytes())
+}
+
+/// The envelope stored in a stream entry's `e` field.
+fn entry_event(entry: &redis::streams::StreamId) -> Result<Arc<StoredEvent>, BackboneError> {
+    let json: String = entry.get("e").ok_or_else(|| corrupt(format!("entry {} has no event", entry.id)))?;
+    StoredEvent::from_json(&json).map(Arc::new).map_err(corrupt)
+}
+
+/// The `seq` a stream entry id (`{seq}-0`) stands for.
+fn entry_seq(id: &str) -> Result<u64, BackboneError> {
+    id.split('-').next().and_then(|s| s.parse().ok()).ok_or_else(|| corrupt(format!("entry id {id}")))
+}
+
+impl RedisBackbone {
+    /// Connects to `url` (`redis://host:port/db`) for the deployment `prefix`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, BackboneError> {
+        let client =
+            redis::Client::open(url).map_err(|e| BackboneError::Config(format!("redis address {url}: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
+        Ok(Self {
+            client,
+            conn,
+            prefix: prefix.to_owned(),
+            append: Script::new(APPEND),
+            register: Script::new(REGISTER),
+            create_thread: Script::new(CREATE_THREAD),
+        })
+    }
+
+    fn thread_key(&self, thread: &ThreadId) -> String {
+        format!("{}:thread:{thread}", self.prefix)
+    }
+
+    fn events_key(&self, thread: &ThreadId) -> String {
+        format!("{}:events:{thread}", self.prefix)
+    }
+
+    fn run_key(&self, run: &str) -> String {
+        format!("{}:run:{run}", self.prefix)
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The id of the feed's newest entry (`0-0` when empty): where following starts.
+    async fn feed_end(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<String, BackboneError> {
+        let reply: StreamRangeReply = conn.xrevrange_count(self.key("feed"), "+", "-", 1).await.map_err(unavailable)?;
+        Ok(reply.ids.into_iter().next().map_or_else(|| "0-0".to_owned(), |e| e.id))
+    }
+
+    /// One blocking read of the feed after `last`; answers the new `last`.
+    async fn read_feed(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        last: &str,
+        sink: &dyn FeedSink,
+    ) -> Result<Option<String>, BackboneError> {
+        let options = StreamReadOptions::default()
+            .count(FEED_BATCH)
+            .block(usize::try_from(FEED_BLOCK.as_millis()).unwrap_or(1000));
+        let reply: Option<StreamReadReply> =
+            conn.xread_options(&[self.key("feed")], &[last], &options).await.map_err(unavailable)?;
+        let Some(reply) = reply else { return Ok(None) };
+        let mut newest = None;
+        for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+            let events: Option<String> = entry.get("e");
+            match events.as_deref().map(|json| decode_events(json.as_bytes())) {
+                Some(Ok(events)) if !events.is_empty() => sink.deliver(&events),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::warn!(id = %entry.id, error = %e, "feed entry with unreadable events"),
+                None => tracing::warn!(id = %entry.id, "feed entry without events"),
+            }
+            newest = Some(entry.id);
+        }
+        Ok(newest)
+    }
+}
+
+#[async_trait]
+impl Backbone for RedisBackbone {
+    async fn ping(&self) -> Result<(), BackboneError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn create_thread(&self, thread: &ThreadId, meta: &ThreadMeta) -> Result<bool, BackboneError> {
+        let created: i64 = self
+            .create_thread
+            .key(self.thread_key(thread))
+            .key(self.key("threads"))
+            .arg(thread.as_str())
+            .arg(meta.owner.as_str())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(created == 1)
+    }
+
+    async fn thread(&self, thread: &ThreadId) -> Result<Option<ThreadMeta>, BackboneError> {
+        let owner: Option<String> = self.conn().hget(self.thread_key(thread), "owner").await.map_err(unavailable)?;
+        owner.map(|o| UserId::parse(&o).map(|owner| ThreadMeta { owner }).map_err(corrupt)).transpose()
+    }
+
+    async fn threads(&self) -> Result<Vec<ThreadId>, BackboneError> {
+        let ids: Vec<String> = self.conn().smembers(self.key("threads")).await.map_err(unavailable)?;
+        Ok(ids.iter().filter_map(|id| ThreadId::parse(id).ok()).collect())
+    }
+
+    async fn register_run(
+        &self,
+        run: &RunId,
+        entry: &RunEntry,
+        running: Option<&Running>,
+    ) -> Result<bool, BackboneError> {
+        let running = running.map(to_json).transpose()?.unwrap_or_default();
+        let registered: i64 = self
+            .register
+            .key(self.run_key(run.as_str()))
+            .key(self.key("running"))
+            .arg(run.as_str())
+            .arg(to_json(entry)?)
+            .arg(running)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(registered == 1)
+    }
+
+    async fn run(&self, run: &str) -> Result<Option<RunEntry>, BackboneError> {
+        let json: Option<String> = self.conn().get(self.run_key(run)).await.map_err(unavailable)?;
+        json.as_deref().map(from_json).transpose()
+    }
+
+    async fn append(
+        &self,
+        thread: &ThreadId,
+        at: Position,
+        events: &[Arc<StoredEvent>],
+        change: &RunningChange,
+    ) -> Result<Outcome, BackboneError> {
+        let mut call = self.append.prepare_invoke();
+        call.key(self.thread_key(thread))
+            .key(self.events_key(thread))
+            .key(self.key("feed"))
+            .key(self.key("running"))
+            .arg(at.seq)
+            .arg(thread.as_str())
+            .arg(FEED_MAXLEN);
+        match change {
+            RunningChange::Keep => call.arg("").arg("").arg(""),
+            RunningChange::Set(run, running) => call.arg("set").arg(run.as_str()).arg(to_json(running)?),
+            RunningChange::Remove(run) => call.arg("del").arg(run.as_str()).arg(""),
+        };
+        for event in events {
+            call.arg(&*event.json);
+        }
+        let head: i64 = call.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+        match head {
+            -2 => Ok(Outcome::Moved),
+            -1 => Err(BackboneError::Corrupt(format!("thread {thread} has no record"))),
+            head => {
+                let seq = u64::try_from(head).map_err(corrupt)?;
+                Ok(Outcome::Appended(Position { seq, token: seq }))
+            }
+        }
+    }
+
+    async fn read(&self, thread: &ThreadId, after: Position, limit: usize) -> Result<Tail, BackboneError> {
+        if limit == 0 {
+            return Ok(Tail { events: Vec::new(), at: after });
+        }
+        let start = format!("{}-0", after.seq + 1);
+        let reply: StreamRangeReply =
+            self.conn().xrange_count(self.events_key(thread), start, "+", limit).await.map_err(unavailable)?;
+        let mut at = after;
+        let mut events = Vec::with_capacity(reply.ids.len());
+        for entry in &reply.ids {
+            at.seq = entry_seq(&entry.id)?;
+            events.push(entry_event(entry)?);
+        }
+        at.token = at.seq;
+        Ok(Tail { events, at })
+    }
+
+    async fn extent(&self, thread: &ThreadId) -> Result<Option<Extent>, BackboneError> {
+        let (head, oldest): (Option<u64>, Option<u64>) =
+            self.conn().hmget(self.thread_key(thread), &["head", "oldest"]).await.map_err(unavailable)?;
+        Ok(head.map(|seq| Extent { oldest_seq: oldest.unwrap_or(1), head: Position { seq, token: seq } }))
+    }
+
+    async fn trim(&self, thread: &ThreadId, keep_from: u64) -> Result<(), BackboneError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("XTRIM")
+            .arg(self.events_key(thread))
+            .arg("MINID")
+            .arg(format!("{keep_from}-0"))
+            .ignore()
+            .hset(self.thread_key(thread), "oldest", keep_from)
+            .ignore();
+        let () = pipe.query_async(&mut self.conn()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn set_running(&self, run: &RunId, running: Option<&Running>) -> Result<(), BackboneError> {
+        let key = self.key("running");
+        let () = match running {
+            Some(r) => self.conn().hset(key, run.as_str(), to_json(r)?).await.map_err(unavailable)?,
+            None => self.conn().hdel(key, run.as_str()).await.map_err(unavailable)?,
+        };
+        Ok(())
+    }
+
+    async fn running(&self) -> Result<Vec<(RunId, Running)>, BackboneError> {
+        let all: Vec<(String, String)> = self.conn().hgetall(self.key("running")).await.map_err(unavailable)?;
+        all.into_iter()
+            .filter_map(|(run, json)| RunId::parse(&run).ok().map(|run| (run, json)))
+            .map(|(run, json)| from_json(&json).map(|r| (run, r)))
+            .collect()
+    }
+
+    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), BackboneError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let () = self
+            .conn()
+            .pset_ex(format!("{}:node:{}", self.prefix, crate::key_safe(node)), 1, ttl_ms)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn live_nodes(&self) -> Result<HashSet<String>, BackboneError> {
+        let pattern = format!("{}:node:*", self.prefix);
+        let mut conn = self.conn();
+        let keys: Vec<String> = {
+            let mut iter = conn.scan_match::<_, String>(&pattern).await.map_err(unavailable)?;
+            let mut keys = Vec::new();
+            while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
+                keys.push(key.map_err(unavailable)?);
+            }
+            keys
+        };
+        let strip = format!("{}:node:", self.prefix);
+        Ok(keys.iter().filter_map(|k| k.strip_prefix(&strip)).filter_map(from_key_safe).collect())
+    }
+
+    async fn follow(&self, sink: Arc<dyn FeedSink>, stop: CancellationToken) {
+        // Its own connection: a blocking XREAD would hold up every other command on a shared one.
+        // The cursor outlives connections, so a reconnect resumes where the last one stopped.
+        let mut cursor: Option<String> = None;
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            let connected = tokio::select! {
+                _ = stop.cancelled() => return,
+                c = self.client.get_multiplexed_async_connection() => c,
+            };
+            let failure = match connected {
+                Ok(mut conn) => loop {
+                    let step = match cursor.as_deref() {
+                        None => self.feed_end(&mut conn).await.map(Some),
+                        Some(last) => tokio::select! {
+                            _ = stop.cancelled() => return,
+                            r = self.read_feed(&mut conn, last, &*sink) => r,
+                        },
+                    };
+                    match step {
+                        Ok(Some(newest)) => {
+                            backoff = Duration::from_millis(100);
+                            cursor = Some(newest);
+                        }
+                        Ok(None) => {}
+                        Err(e) => break e,
+                    }
+                },
+                Err(e) => unavailable(e),
+            };
+            tracing::warn!(error = %failure, "redis feed: connection lost; reconnecting");
+            tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
