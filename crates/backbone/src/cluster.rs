@@ -263,15 +263,29 @@ impl<B: Backbone> Inner<B> {
         let (run, entry, thread) = self.resolve(run_id, !cancel).await?;
         let cell = self.cell(&thread);
         let mut view = cell.lock().await;
+        // Whether the view was brought up to date during this call: a refusal
+        // decided on an older view is checked against the current one first.
+        let mut current = false;
         if !view.loaded {
             self.sync(&thread, &mut view).await?;
+            current = true;
         }
         let idle_ms = i64::try_from(self.config.log.run_idle_timeout.as_millis()).unwrap_or(i64::MAX);
         for _ in 0..MAX_ATTEMPTS {
             let now = Timestamp::now();
             let known = view.runs.get(&run);
             let lifecycle = known.map(|r| r.lifecycle.clone()).unwrap_or_default();
-            let plan = plan_append(&lifecycle, |id| known.and_then(|r| r.event_ids.get(id).copied()), events.clone())?;
+            let plan =
+                match plan_append(&lifecycle, |id| known.and_then(|r| r.event_ids.get(id).copied()), events.clone()) {
+                    Ok(plan) => plan,
+                    Err(refused) if current => return Err(refused.into()),
+                    Err(_) => {
+                        // Another node may have moved the run on (its `agent_started`, say).
+                        self.sync(&thread, &mut view).await?;
+                        current = true;
+                        continue;
+                    }
+                };
             let seqs = plan.seqs(view.at.seq);
             if plan.new_events.is_empty() {
                 return Ok(Appended { thread_id: thread, seqs });
@@ -309,7 +323,10 @@ impl<B: Backbone> Inner<B> {
                     }
                     return Ok(Appended { thread_id: thread, seqs });
                 }
-                Outcome::Moved => self.sync(&thread, &mut view).await?,
+                Outcome::Moved => {
+                    self.sync(&thread, &mut view).await?;
+                    current = true;
+                }
             }
         }
         Err(LogError::Unavailable(format!("thread {thread} is too contended; retry shortly")))

@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use serde_json::json;
 
 const THREADS: [&str; 3] = ["thread_crash0", "thread_crash1", "thread_crash2"];
 const PUBLISHERS_PER_THREAD: usize = 4;
@@ -38,26 +36,14 @@ async fn publish_until_gone(base: String, run: String, tag: String, acked: Arc<M
 
 /// Watches a thread and reports the last seq it saw, until the socket drops.
 async fn watch(base: String, thread: &'static str, after: u64, last: Arc<Mutex<u64>>) {
-    let url = format!("{}/v1/ws?token={}", base.replace("http://", "ws://"), token("crash"));
-    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else { return };
-    let sub = json!({"type":"subscribe","thread_id":thread,"after_seq":after});
-    if ws.send(Message::Text(sub.to_string().into())).await.is_err() {
-        return;
-    }
-    while let Some(Ok(Message::Text(text))) = ws.next().await {
-        let frame: Value = serde_json::from_str(&text).unwrap();
-        let events = match frame["type"].as_str() {
-            Some("event") => vec![frame],
-            Some("batch") => frame["events"].as_array().unwrap().clone(),
-            _ => continue,
-        };
+    follow(&base, thread, after, |e| {
         let mut seen = last.lock();
-        for e in events {
-            let seq = e["seq"].as_u64().unwrap();
-            assert_eq!(seq, *seen + 1, "a watcher of {thread} saw a gap or a repeat");
-            *seen = seq;
-        }
-    }
+        let seq = e["seq"].as_u64().unwrap();
+        assert_eq!(seq, *seen + 1, "a watcher of {thread} saw a gap or a repeat");
+        *seen = seq;
+        true
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -80,15 +66,7 @@ async fn acknowledged_events_survive_sigkill_exactly_once_and_without_gaps() {
     }
 
     // A run of the in-process demo agent is in flight when the first kill comes.
-    let asked = http
-        .post(format!("{}/v1/threads/thread_crash0/messages", node.base))
-        .bearer_auth(token("crash"))
-        .json(&json!({"text":"what is 1 + 1?"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(asked.status(), 202);
-    let demo_run = asked.json::<Value>().await.unwrap()["run_id"].as_str().unwrap().to_owned();
+    let demo_run = ask_demo(&http, &node.base, "thread_crash0").await;
 
     for cycle in 0..CYCLES {
         let mut tasks = Vec::new();

@@ -4,9 +4,11 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
 
 pub const KEY: &str = "crash-publish-key";
 pub const SECRET: &str = "crash-secret";
@@ -19,12 +21,18 @@ pub struct Node {
 
 /// Starts `agentwire serve` on a free loopback port over `data_dir`.
 pub async fn start(data_dir: &std::path::Path) -> Node {
+    start_with(data_dir, &[]).await
+}
+
+/// Starts `agentwire serve` on a free loopback port over `data_dir`, with `extra` arguments.
+pub async fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentwire"))
         .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--publish-key", KEY])
         // A demo run stays in flight long enough to be cut by a kill.
         .args(["--demo-step-delay", "30s"])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(extra)
         .env("AGENTWIRE_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -75,4 +83,43 @@ pub async fn history(http: &reqwest::Client, base: &str, thread: &str) -> Vec<Va
         }
         out.extend(events);
     }
+}
+
+/// Subscribes to `thread` on `base` after `after` (as user `crash`) and hands
+/// each event to `on_event` in arrival order, until the socket drops or
+/// `on_event` answers `false`. A `reset` frame fails the test.
+pub async fn follow(base: &str, thread: &str, after: u64, mut on_event: impl FnMut(&Value) -> bool) {
+    let url = format!("{}/v1/ws?token={}", base.replace("http://", "ws://"), token("crash"));
+    let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else { return };
+    let sub = json!({"type":"subscribe","thread_id":thread,"after_seq":after});
+    if ws.send(Message::Text(sub.to_string().into())).await.is_err() {
+        return;
+    }
+    while let Some(Ok(Message::Text(text))) = ws.next().await {
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        let events = match frame["type"].as_str() {
+            Some("event") => vec![frame],
+            Some("batch") => frame["events"].as_array().unwrap().clone(),
+            Some("reset") => panic!("unexpected reset on {base}: {frame}"),
+            _ => continue,
+        };
+        for e in &events {
+            if !on_event(e) {
+                return;
+            }
+        }
+    }
+}
+
+/// Asks the demo agent on `base` a question in `thread`; answers the run it started.
+pub async fn ask_demo(http: &reqwest::Client, base: &str, thread: &str) -> String {
+    let asked = http
+        .post(format!("{base}/v1/threads/{thread}/messages"))
+        .bearer_auth(token("crash"))
+        .json(&json!({"text":"what is 1 + 1?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 202);
+    asked.json::<Value>().await.unwrap()["run_id"].as_str().unwrap().to_owned()
 }
