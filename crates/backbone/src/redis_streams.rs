@@ -379,11 +379,15 @@ impl Backbone for RedisBackbone {
         // Its own connection: a blocking XREAD would hold up every other command on a shared one.
         // The cursor outlives connections, so a reconnect resumes where the last one stopped.
         let mut cursor: Option<String> = None;
+        // The blocking read must be allowed to wait out its block time.
+        let feed_config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(FEED_BLOCK + RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT));
         let mut backoff = Duration::from_millis(100);
         while !stop.is_cancelled() {
             let connected = tokio::select! {
                 _ = stop.cancelled() => return,
-                c = self.client.get_multiplexed_async_connection() => c,
+                c = self.client.get_multiplexed_async_connection_with_config(&feed_config) => c,
             };
             let failure = match connected {
                 Ok(mut conn) => loop {
