@@ -1,0 +1,202 @@
+//! Two cluster logs ("nodes") over one real Redis or NATS keep the guarantees
+//! of one log: gap-free `seq` under concurrent appends from both, cross-node
+//! de-duplication, lifecycle and ownership rules, cancel, idle expiry,
+//! retention, and a feed on each node with every event in order.
+//!
+//! Needs Redis on 127.0.0.1:6379 and NATS with JetStream on 127.0.0.1:4222;
+//! fails when they are missing. Every test works under a prefix of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentwire_backbone::ClusterConfig;
+use agentwire_log::{FeedSink, Log, LogConfig, LogError, NewRun, RetentionPolicy, StoredEvent};
+use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunStatus, ThreadId, Timestamp, UserId};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+const NATS: &str = "nats://127.0.0.1:4222";
+
+/// Records what the feed hands over.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(String, u64)>>);
+
+impl FeedSink for Recorder {
+    fn deliver(&self, events: &[Arc<StoredEvent>]) {
+        self.0.lock().extend(events.iter().map(|e| (e.thread_id().to_string(), e.seq())));
+    }
+}
+
+fn prefix(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("t-{tag}-{}-{nanos}", std::process::id())
+}
+
+async fn node(url: &str, prefix: &str, id: &str, idle: Duration) -> (Arc<dyn Log>, Arc<Recorder>) {
+    let feed = Arc::new(Recorder::default());
+    let config = ClusterConfig {
+        prefix: prefix.into(),
+        node_id: id.into(),
+        node_ttl: Duration::from_secs(5),
+        log: LogConfig { run_idle_timeout: idle },
+    };
+    let log = agentwire_backbone::open(url, config, feed.clone())
+        .await
+        .expect("a backbone url")
+        .expect("the backbone answers");
+    (log, feed)
+}
+
+fn ev(kind: EventKind, data: Value) -> NewEvent {
+    NewEvent::new(kind, data.as_object().cloned().unwrap_or_default())
+}
+
+fn thought(text: &str) -> NewEvent {
+    ev(EventKind::AgentThinking, json!({"thought": text}))
+}
+
+fn started() -> NewEvent {
+    ev(EventKind::AgentStarted, json!({"agent_name":"t"}))
+}
+
+fn new_run(thread: &ThreadId, owner: &UserId) -> NewRun {
+    NewRun { thread_id: thread.clone(), owner: owner.clone(), agent_name: None, in_process: false, run_id: None }
+}
+
+async fn concurrent_appends_from_two_nodes_stay_gap_free(url: &str) {
+    let p = prefix("cas");
+    let hour = Duration::from_secs(3600);
+    let (a, feed_a) = node(url, &p, "a", hour).await;
+    let (b, feed_b) = node(url, &p, "b", hour).await;
+    let (owner, thread) = (UserId::parse("u").unwrap(), ThreadId::parse("thread_cas").unwrap());
+    const WRITERS: usize = 4;
+    const EACH: usize = 40;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let log = if w % 2 == 0 { a.clone() } else { b.clone() };
+        let run = log.create_run(new_run(&thread, &owner)).await.unwrap().run_id;
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = log.append(run.as_str(), vec![started()]).await.unwrap().seqs;
+            for n in 0..EACH {
+                seqs.extend(log.append(run.as_str(), vec![thought(&format!("{w}/{n}"))]).await.unwrap().seqs);
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let seqs = t.await.unwrap();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one writer's seqs go up: {seqs:?}");
+        all.extend(seqs);
+    }
+    all.sort_unstable();
+    let total = (WRITERS * (EACH + 1)) as u64;
+    assert_eq!(all, (1..=total).collect::<Vec<_>>(), "every seq once, none skipped");
+
+    let page = b.read(&thread, 0, 10_000).await.unwrap();
+    assert_eq!(page.head_seq, total);
+    assert_eq!(page.events.iter().map(|e| e.seq()).collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>());
+    // Both nodes' feeds carry every event, in order.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while feed_a.0.lock().len() < total as usize || feed_b.0.lock().len() < total as usize {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("both feeds catch up");
+    for feed in [&feed_a, &feed_b] {
+        let seqs: Vec<u64> = feed.0.lock().iter().map(|(_, s)| *s).collect();
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    }
+    a.close().await;
+    b.close().await;
+}
+
+async fn rules_hold_across_nodes(url: &str) {
+    let p = prefix("rules");
+    let (a, _) = node(url, &p, "a", Duration::from_secs(3600)).await;
+    let (b, _) = node(url, &p, "b", Duration::from_secs(3600)).await;
+    let (alice, mallory) = (UserId::parse("alice").unwrap(), UserId::parse("mallory").unwrap());
+    let thread = a.create_thread(None, &alice).await.unwrap();
+    assert!(matches!(b.create_thread(Some(thread.clone()), &mallory).await, Err(LogError::ThreadExists(_))));
+    assert!(matches!(b.ensure_thread(&thread, &mallory).await, Err(LogError::Forbidden)));
+    assert_eq!(b.thread_owner(&thread).await.unwrap(), Some(alice.clone()));
+
+    let run = a.create_run(new_run(&thread, &alice)).await.unwrap().run_id;
+    assert_eq!(a.append(run.as_str(), vec![started().with_event_id("s")]).await.unwrap().seqs, vec![1]);
+    // A repeat on the other node answers the first seq; a second start is refused there too.
+    assert_eq!(b.append(run.as_str(), vec![started().with_event_id("s")]).await.unwrap().seqs, vec![1]);
+    assert!(matches!(
+        b.append(run.as_str(), vec![started()]).await,
+        Err(LogError::Lifecycle(LifecycleError::AlreadyStarted))
+    ));
+    assert_eq!(b.append(run.as_str(), vec![thought("x").with_event_id("t")]).await.unwrap().seqs, vec![2]);
+    // Cancelled through b; a sees it ended and cancelled, and refuses more.
+    assert_eq!(b.cancel(run.as_str()).await.unwrap().seqs, vec![3]);
+    let info = a.run(run.as_str()).await.unwrap().expect("registered");
+    assert_eq!((info.status, info.cancel_requested), (RunStatus::Error, true));
+    assert!(matches!(a.append(run.as_str(), vec![thought("late")]).await, Err(LogError::Lifecycle(_))));
+    assert_eq!(a.append(run.as_str(), vec![thought("x").with_event_id("t")]).await.unwrap().seqs, vec![2]);
+
+    // A legacy run id routes by extraction on either node, and is registered once accepted.
+    let legacy = format!("run_{thread}_0badc0de");
+    assert_eq!(b.append(&legacy, vec![started()]).await.unwrap().seqs, vec![4]);
+    assert_eq!(a.run(&legacy).await.unwrap().map(|r| r.thread_id), Some(thread.clone()));
+    assert!(matches!(a.append("run_thread_nowhere_00000000", vec![started()]).await, Err(LogError::RunNotFound(_))));
+}
+
+async fn idle_runs_expire_and_retention_trims(url: &str) {
+    let p = prefix("idle");
+    let (a, _) = node(url, &p, "a", Duration::from_millis(300)).await;
+    let (b, _) = node(url, &p, "b", Duration::from_millis(300)).await;
+    let owner = UserId::parse("u").unwrap();
+    let thread = ThreadId::parse("thread_idle").unwrap();
+    let run = a.create_run(new_run(&thread, &owner)).await.unwrap().run_id;
+    a.append(run.as_str(), vec![started()]).await.unwrap();
+    for n in 0..29 {
+        b.append(run.as_str(), vec![thought(&n.to_string())]).await.unwrap();
+    }
+    assert!(b.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty(), "not idle yet");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.expire_idle_runs(Timestamp::now()).await.unwrap(), vec![run.clone()]);
+    assert!(a.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty(), "ended once, by one node");
+    let page = a.read(&thread, 30, 10).await.unwrap();
+    assert_eq!(page.events[0].envelope.data["code"], "timeout");
+
+    let policy = RetentionPolicy { max_events_per_thread: 10, ..Default::default() };
+    assert_eq!(a.enforce_retention(&policy, Timestamp::now()).await.unwrap(), 21);
+    let page = b.read(&thread, 0, 100).await.unwrap();
+    assert_eq!((page.oldest_seq, page.head_seq), (22, 31));
+    assert_eq!(page.events.iter().map(|e| e.seq()).collect::<Vec<_>>(), (22..=31).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_concurrent_appends_from_two_nodes_stay_gap_free() {
+    concurrent_appends_from_two_nodes_stay_gap_free(REDIS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_concurrent_appends_from_two_nodes_stay_gap_free() {
+    concurrent_appends_from_two_nodes_stay_gap_free(NATS).await;
+}
+
+#[tokio::test]
+async fn redis_rules_hold_across_nodes() {
+    rules_hold_across_nodes(REDIS).await;
+}
+
+#[tokio::test]
+async fn nats_rules_hold_across_nodes() {
+    rules_hold_across_nodes(NATS).await;
+}
+
+#[tokio::test]
+async fn redis_idle_runs_expire_and_retention_trims() {
+    idle_runs_expire_and_retention_trims(REDIS).await;
+}
+
+#[tokio::test]
+async fn nats_idle_runs_expire_and_retention_trims() {
+    idle_runs_expire_and_retention_trims(NATS).await;
+}
