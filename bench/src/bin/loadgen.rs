@@ -5,6 +5,9 @@
 //! ```sh
 //! loadgen --target agentwire --url http://127.0.0.1:8080 --threads 10 --subs 100 --rate 2000 --seconds 5 --pid 1234
 //! ```
+//! Several nodes of one agentwire cluster: `--url` takes a comma-separated list
+//! (subscribers spread over it), `--publish-url` another (publishes spread over
+//! it; default: `--url`), and `--pid` one process id per node (figures summed).
 //! Loopback only; bounded by `--seconds` plus a drain of at most 10 s. Prints one
 //! JSON line: deliveries per second, publish→receive latency percentiles,
 //! lost / duplicated / out-of-order deliveries, and the server's RSS and CPU.
@@ -43,6 +46,26 @@ struct Target {
 }
 
 impl Target {
+    /// The target at `base`; on agentwire, with a dev token of that node (each
+    /// dev-mode node signs with a secret of its own).
+    async fn connect(kind: Kind, base: &str, http: &reqwest::Client) -> Self {
+        let token = match kind {
+            Kind::Agentwire => {
+                let t: Value = http
+                    .get(format!("{base}/dev/token?user=bench"))
+                    .send()
+                    .await
+                    .expect("dev token")
+                    .json()
+                    .await
+                    .expect("token json");
+                t["token"].as_str().unwrap_or_default().to_owned()
+            }
+            Kind::Ws | Kind::Fastapi => String::new(),
+        };
+        Self { kind, base: base.to_owned(), token, http: http.clone() }
+    }
+
     fn ws_url(&self, thread: &str) -> String {
         let ws = self.base.replacen("http://", "ws://", 1);
         match self.kind {
@@ -193,7 +216,12 @@ async fn subscriber(
 }
 
 /// RSS (KiB) and CPU seconds (user + system) of a process, from /proc.
-fn usage(pid: u32) -> (u64, f64) {
+/// RSS (KiB) and CPU seconds summed over `pids`.
+fn usage(pids: &[u32]) -> (u64, f64) {
+    pids.iter().map(|&pid| usage_of(pid)).fold((0, 0.0), |(r, c), (r2, c2)| (r + r2, c + c2))
+}
+
+fn usage_of(pid: u32) -> (u64, f64) {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -223,31 +251,30 @@ async fn main() {
         "fastapi" => Kind::Fastapi,
         _ => Kind::Agentwire,
     };
-    let base: String = arg(&args, "--url", String::from("http://127.0.0.1:8080"));
+    let list = |name: &str, default: &str| -> Vec<String> {
+        arg(&args, name, default.to_owned()).split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    };
+    let bases = list("--url", "http://127.0.0.1:8080");
+    let publish_bases = list("--publish-url", &bases.join(","));
+    let pids: Vec<u32> = list("--pid", "0").iter().filter_map(|p| p.parse().ok()).collect();
     let threads: usize = arg(&args, "--threads", 10);
     let subs: usize = arg(&args, "--subs", 10);
     let rate: u64 = arg(&args, "--rate", 1000);
     let seconds: f64 = arg(&args, "--seconds", 5.0);
-    let pid: u32 = arg(&args, "--pid", 0);
     let sources: u8 = arg(&args, "--sources", 8);
-    assert!(base.starts_with("http://127.") || base.starts_with("http://localhost"), "loopback targets only");
+    for b in bases.iter().chain(&publish_bases) {
+        assert!(b.starts_with("http://127.") || b.starts_with("http://localhost"), "loopback targets only");
+    }
 
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().expect("http client");
-    let token = match kind {
-        Kind::Agentwire => {
-            let t: Value = http
-                .get(format!("{base}/dev/token?user=bench"))
-                .send()
-                .await
-                .expect("dev token")
-                .json()
-                .await
-                .expect("token json");
-            t["token"].as_str().unwrap_or_default().to_owned()
-        }
-        Kind::Ws | Kind::Fastapi => String::new(),
-    };
-    let target = Target { kind, base: base.clone(), token, http };
+    let mut targets = Vec::new();
+    for b in &bases {
+        targets.push(Target::connect(kind, b, &http).await);
+    }
+    let mut publish_targets = Vec::new();
+    for b in &publish_bases {
+        publish_targets.push(Target::connect(kind, b, &http).await);
+    }
     let start = Instant::now();
     let tally = Arc::new(Tally::default());
     let ready = Arc::new(AtomicU64::new(0));
@@ -257,16 +284,17 @@ async fn main() {
     let mut publish_to = Vec::new();
     let mut starts = Vec::new();
     for name in &names {
-        let (to, after) = target.prepare(name).await;
+        let (to, after) = publish_targets[publish_to.len() % publish_targets.len()].prepare(name).await;
         publish_to.push(to);
         starts.push(after);
     }
-    let (rss_idle, _) = usage(pid);
+    let (rss_idle, _) = usage(&pids);
     let mut tasks = Vec::new();
     for (t, name) in names.iter().enumerate() {
         for s in 0..subs {
             let source = Ipv4Addr::new(127, 0, 0, 1 + ((t * subs + s) % usize::from(sources.max(1))) as u8);
-            let (target, name, tally, ready) = (target.clone(), name.clone(), tally.clone(), ready.clone());
+            let target = targets[(t * subs + s) % targets.len()].clone();
+            let (name, tally, ready) = (name.clone(), tally.clone(), ready.clone());
             tasks.push(tokio::spawn(subscriber(target, name, starts[t], source, start, tally, ready)));
         }
     }
@@ -275,7 +303,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(start.elapsed() < Duration::from_secs(120), "subscribers did not connect in time");
     }
-    let (rss_connected, cpu_before) = usage(pid);
+    let (rss_connected, cpu_before) = usage(&pids);
 
     // Publish at `rate` events per second, round-robin over threads, up to 256 requests in flight.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
@@ -288,8 +316,8 @@ async fn main() {
         tokio::time::sleep_until(due.into()).await;
         let permit = in_flight.clone().acquire_owned().await.expect("semaphore");
         let t = (n as usize) % threads;
-        let (target, to, name, published) =
-            (target.clone(), publish_to[t].clone(), names[t].clone(), published.clone());
+        let target = publish_targets[(n as usize) % publish_targets.len()].clone();
+        let (to, name, published) = (publish_to[t].clone(), names[t].clone(), published.clone());
         publishers.push(tokio::spawn(async move {
             let sent = start.elapsed().as_nanos() as u64;
             if target.publish(&to, &name, sent, n).await {
@@ -309,7 +337,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = publish_start.elapsed().as_secs_f64();
-    let (rss_end, cpu_after) = usage(pid);
+    let (rss_end, cpu_after) = usage(&pids);
     for t in tasks {
         t.abort();
     }
@@ -318,7 +346,7 @@ async fn main() {
     let p = Percentiles::of(&mut lat);
     let connections = (threads * subs) as u64;
     let report = json!({
-        "target": format!("{kind:?}").to_lowercase(),
+        "target": format!("{kind:?}").to_lowercase(), "nodes": bases.len().max(publish_bases.len()),
         "threads": threads, "subscribers_per_thread": subs, "rate": rate, "seconds": seconds,
         "published": published.load(Ordering::Relaxed), "publish_seconds": publish_secs,
         "deliveries": received, "deliveries_per_s": received as f64 / elapsed,

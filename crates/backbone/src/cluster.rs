@@ -34,7 +34,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Backbone, BackboneError, ClusterConfig, Outcome, Position, RunEntry, Running, RunningChange, ThreadMeta};
+use crate::{
+    Backbone, BackboneError, ClusterConfig, Follower, Outcome, Position, RunEntry, Running, RunningChange, ThreadMeta,
+};
 
 /// Decisions retried on one append before giving up on a thread this contended.
 const MAX_ATTEMPTS: usize = 64;
@@ -133,8 +135,9 @@ impl<B: Backbone> ClusterLog<B> {
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
+        let follower = Arc::new(Feed { inner: Arc::downgrade(&inner), sink });
         let (feed, stop) = (inner.clone(), inner.stop.clone());
-        inner.tasks.spawn(async move { feed.backbone.follow(sink, stop).await });
+        inner.tasks.spawn(async move { feed.backbone.follow(follower, stop).await });
         inner.tasks.spawn(janitor(inner.clone()));
         Ok(Self { inner })
     }
@@ -229,16 +232,24 @@ impl<B: Backbone> Inner<B> {
     /// Reads what the view has not seen, up to the thread's current head.
     async fn sync(&self, thread: &ThreadId, view: &mut ThreadView) -> Result<(), LogError> {
         for _ in 0..MAX_ATTEMPTS {
+            let mut read_any = false;
             loop {
                 let tail = self.backbone.read(thread, view.at, SYNC_PAGE).await.map_err(unavailable)?;
                 let full = tail.events.len() >= SYNC_PAGE;
                 if !tail.events.is_empty() {
                     view.apply(&tail.events);
                     view.at = tail.at;
+                    read_any = true;
                 }
                 if !full {
                     break;
                 }
+            }
+            if read_any && view.loaded {
+                // Caught up with what was there; if more came meanwhile, the next
+                // compare-and-set says so. The head is only asked for when reading
+                // found nothing (a first load, or a gap retention left).
+                return Ok(());
             }
             let extent = self.backbone.extent(thread).await.map_err(unavailable)?;
             let extent = extent.ok_or_else(|| LogError::ThreadNotFound(thread.clone()))?;
@@ -381,6 +392,29 @@ impl<B: Backbone> Inner<B> {
             }
         }
         Ok(ended)
+    }
+}
+
+/// The node's end of the feed: hands events to the hub, and moves the thread's
+/// view on when it is free and the events follow on from it, so the node's next
+/// append to a thread another node is busy with usually finds its view current
+/// (one round trip, not a refused compare-and-set and a catch-up read).
+struct Feed<B> {
+    inner: std::sync::Weak<Inner<B>>,
+    sink: Arc<dyn FeedSink>,
+}
+
+impl<B: Backbone> Follower for Feed<B> {
+    fn appended(&self, events: &[Arc<StoredEvent>], at: Position) {
+        self.sink.deliver(events);
+        let (Some(inner), Some(first)) = (self.inner.upgrade(), events.first()) else { return };
+        let Some(cell) = inner.views.lock().get(first.thread_id()).cloned() else { return };
+        // A busy view is left alone: whoever holds it catches up on its own.
+        let Ok(mut view) = cell.try_lock() else { return };
+        if view.loaded && first.seq() == view.at.seq + 1 {
+            view.apply(events);
+            view.at = at;
+        }
     }
 }
 

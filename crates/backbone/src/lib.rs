@@ -188,9 +188,15 @@ pub trait Backbone: Send + Sync + 'static {
     /// The nodes whose heartbeat has not lapsed.
     async fn live_nodes(&self) -> Result<HashSet<String>, BackboneError>;
 
-    /// Follows everything appended from now on and hands it to `sink`, one
-    /// thread's events at a time in `seq` order, until `stop`. Reconnects by itself.
-    async fn follow(&self, sink: Arc<dyn FeedSink>, stop: CancellationToken);
+    /// Follows everything appended from now on and hands it to `follower`, one
+    /// append at a time in `seq` order per thread, until `stop`. Reconnects by itself.
+    async fn follow(&self, follower: Arc<dyn Follower>, stop: CancellationToken);
+}
+
+/// What a node does with the feed: one append of one thread, and the position
+/// the thread is at after it.
+pub trait Follower: Send + Sync + 'static {
+    fn appended(&self, events: &[Arc<StoredEvent>], at: Position);
 }
 
 /// How a node takes part in a cluster.

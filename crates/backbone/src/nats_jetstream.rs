@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentwire_log::{FeedSink, StoredEvent};
+use agentwire_log::StoredEvent;
 use agentwire_protocol::{RunId, ThreadId, Timestamp, UserId};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::PublishErrorKind;
@@ -42,8 +42,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Backbone, BackboneError, Extent, Outcome, Position, RunEntry, Running, RunningChange, Tail, ThreadMeta, decode,
-    decode_events, encode, from_key_safe, key_safe,
+    Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, Tail, ThreadMeta,
+    decode, decode_events, encode, from_key_safe, key_safe,
 };
 
 /// A request that gets no answer in this long fails (`503`), rather than hanging a publisher.
@@ -210,7 +210,7 @@ impl NatsBackbone {
 
     async fn follow_once(
         &self,
-        sink: &dyn FeedSink,
+        follower: &dyn Follower,
         resume: &mut Option<u64>,
         stop: &CancellationToken,
     ) -> Result<(), BackboneError> {
@@ -238,8 +238,8 @@ impl NatsBackbone {
                 Ok(events) if !events.is_empty() => {
                     if let Some(last) = events.last() {
                         self.learn(last.thread_id(), last.seq(), stream_seq);
+                        follower.appended(&events, Position { seq: last.seq(), token: stream_seq });
                     }
-                    sink.deliver(&events);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(stream_seq, error = %e, "feed message with unreadable events"),
@@ -453,11 +453,11 @@ impl Backbone for NatsBackbone {
         Ok(live)
     }
 
-    async fn follow(&self, sink: Arc<dyn FeedSink>, stop: CancellationToken) {
+    async fn follow(&self, follower: Arc<dyn Follower>, stop: CancellationToken) {
         let mut resume = None;
         let mut backoff = Duration::from_millis(100);
         while !stop.is_cancelled() {
-            if let Err(e) = self.follow_once(&*sink, &mut resume, &stop).await {
+            if let Err(e) = self.follow_once(&*follower, &mut resume, &stop).await {
                 tracing::warn!(error = %e, "nats feed: interrupted; resuming");
                 tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
                 backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -29,7 +29,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentwire_log::{FeedSink, StoredEvent};
+use agentwire_log::StoredEvent;
 use agentwire_protocol::{RunId, ThreadId, UserId};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -38,8 +38,8 @@ use redis::{AsyncCommands, Script};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Backbone, BackboneError, Extent, Outcome, Position, RunEntry, Running, RunningChange, Tail, ThreadMeta, decode,
-    decode_events, encode, from_key_safe,
+    Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, Tail, ThreadMeta,
+    decode, decode_events, encode, from_key_safe,
 };
 
 /// Feed entries kept for nodes that fall behind (roughly: Redis trims lazily).
@@ -184,7 +184,7 @@ impl RedisBackbone {
         &self,
         conn: &mut redis::aio::MultiplexedConnection,
         last: &str,
-        sink: &dyn FeedSink,
+        follower: &dyn Follower,
     ) -> Result<Option<String>, BackboneError> {
         let options = StreamReadOptions::default()
             .count(FEED_BATCH)
@@ -196,7 +196,10 @@ impl RedisBackbone {
         for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
             let events: Option<String> = entry.get("e");
             match events.as_deref().map(|json| decode_events(json.as_bytes())) {
-                Some(Ok(events)) if !events.is_empty() => sink.deliver(&events),
+                Some(Ok(events)) if !events.is_empty() => {
+                    let seq = events.last().map_or(0, |e| e.seq());
+                    follower.appended(&events, Position { seq, token: seq });
+                }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => tracing::warn!(id = %entry.id, error = %e, "feed entry with unreadable events"),
                 None => tracing::warn!(id = %entry.id, "feed entry without events"),
@@ -375,7 +378,7 @@ impl Backbone for RedisBackbone {
         Ok(keys.iter().filter_map(|k| k.strip_prefix(&strip)).filter_map(from_key_safe).collect())
     }
 
-    async fn follow(&self, sink: Arc<dyn FeedSink>, stop: CancellationToken) {
+    async fn follow(&self, follower: Arc<dyn Follower>, stop: CancellationToken) {
         // Its own connection: a blocking XREAD would hold up every other command on a shared one.
         // The cursor outlives connections, so a reconnect resumes where the last one stopped.
         let mut cursor: Option<String> = None;
@@ -395,7 +398,7 @@ impl Backbone for RedisBackbone {
                         None => self.feed_end(&mut conn).await.map(Some),
                         Some(last) => tokio::select! {
                             _ = stop.cancelled() => return,
-                            r = self.read_feed(&mut conn, last, &*sink) => r,
+                            r = self.read_feed(&mut conn, last, &*follower) => r,
                         },
                     };
                     match step {
