@@ -66,6 +66,7 @@ async fn reload_publish_keys(auth: Arc<Auth>, stop: CancellationToken) {
 }
 
 /// The configured node id, else the host name and the listen port.
+/// On a shared backbone it names the runs this node's engine executes.
 fn node_id(config: &ServerConfig) -> String {
     if let Some(id) = config.node_id.as_ref().filter(|id| !id.is_empty()) {
         return id.clone();
@@ -75,7 +76,11 @@ fn node_id(config: &ServerConfig) -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "node".to_owned());
-    format!("{host}:{}", config.listen.port())
+    match config.listen.port() {
+        // Port 0 is chosen by the OS: nodes sharing a backbone need ids that differ.
+        0 => format!("{host}:{:08x}", rand::random::<u32>()),
+        port => format!("{host}:{port}"),
+    }
 }
 
 /// Opens the log the settings name.
