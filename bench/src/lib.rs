@@ -5,5 +5,6 @@
 //! `BENCHMARKS.md` says how to run them and what they measured.
 
 pub mod fjall_store;
+pub mod load;
 pub mod stats;
 pub mod timed;
