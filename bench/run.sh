@@ -68,7 +68,7 @@ scenario() { # id title loadgen-args...
   done
 }
 
-scenario a1 "fan-out: 1 thread x 1,000 subscribers, 1,000 publishes/s" --threads 1 --subs 1000 --rate 1000
+scenario a1 "fan-out: 1 thread x 1,000 subscribers, 1,500 publishes/s" --threads 1 --subs 1000 --rate 1500
 scenario a2 "fan-out: 1,000 threads x 1 subscriber, 2,000 publishes/s" --threads 1000 --subs 1 --rate 2000
 scenario b10 "idle: 10,000 connections" --threads 100 --subs 100 --mode idle --sources 16
 scenario b19 "idle: 19,000 connections (this machine's descriptor limit is 20,000 per process)" --threads 190 --subs 100 --mode idle --sources 16

@@ -219,9 +219,35 @@ struct Tally {
     latencies: Mutex<Vec<Duration>>,
 }
 
+/// What the load generator reads of a delivered event.
+#[derive(serde::Deserialize)]
+struct Seen {
+    seq: u64,
+    #[serde(default)]
+    data: SeenData,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct SeenData {
+    sent_ns: Option<u64>,
+}
+
+/// A JSON frame, read into only the fields checked: parsing every delivery
+/// into a `Value` cost the load generator more CPU than the server spent.
+#[derive(serde::Deserialize)]
+struct WireFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    seq: Option<u64>,
+    #[serde(default)]
+    data: SeenData,
+    events: Option<Vec<Seen>>,
+    head_seq: Option<u64>,
+}
+
 /// What one server frame means to a subscriber.
 enum Frame {
-    Events(Vec<Value>),
+    Events(Vec<Seen>),
     Subscribed {
         head_seq: u64,
     },
@@ -246,11 +272,11 @@ fn parse(kind: Kind, text: &str, offset: &mut Option<String>) -> Frame {
             _ => Frame::Other,
         };
     }
-    let Ok(frame) = serde_json::from_str::<Value>(text) else { return Frame::Other };
-    match frame["type"].as_str() {
-        Some("event") => Frame::Events(vec![frame]),
-        Some("batch") => Frame::Events(frame["events"].as_array().cloned().unwrap_or_default()),
-        Some("subscribed") => Frame::Subscribed { head_seq: frame["head_seq"].as_u64().unwrap_or(0) },
+    let Ok(frame) = serde_json::from_str::<WireFrame>(text) else { return Frame::Other };
+    match (frame.kind.as_str(), frame.seq) {
+        ("event", Some(seq)) => Frame::Events(vec![Seen { seq, data: frame.data }]),
+        ("batch", _) => Frame::Events(frame.events.unwrap_or_default()),
+        ("subscribed", _) => Frame::Subscribed { head_seq: frame.head_seq.unwrap_or(0) },
         _ => Frame::Other,
     }
 }
@@ -268,7 +294,9 @@ fn parse_sio_packet(packet: &str, offset: &mut Option<String>) -> Frame {
                 *offset = Some(o.clone());
             }
             match args.first().and_then(Value::as_str) {
-                Some("event") => Frame::Events(args.get(1).cloned().into_iter().collect()),
+                Some("event") => Frame::Events(
+                    args.get(1).and_then(|e| serde_json::from_value(e.clone()).ok()).into_iter().collect(),
+                ),
                 Some("subscribed") => Frame::Subscribed { head_seq: args[1]["head_seq"].as_u64().unwrap_or(0) },
                 _ => Frame::Other,
             }
@@ -391,11 +419,11 @@ async fn connection(
 }
 
 /// Checks and times delivered events against the last seq seen.
-fn record(events: &[Value], start: Instant, tally: &Tally, last: &mut u64) {
+fn record(events: &[Seen], start: Instant, tally: &Tally, last: &mut u64) {
     let now = start.elapsed();
     let mut lat = Vec::with_capacity(events.len());
     for e in events {
-        let seq = e["seq"].as_u64().unwrap_or(0);
+        let seq = e.seq;
         if seq <= *last {
             tally.duplicated.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -405,7 +433,7 @@ fn record(events: &[Value], start: Instant, tally: &Tally, last: &mut u64) {
         }
         *last = seq;
         tally.received.fetch_add(1, Ordering::Relaxed);
-        if let Some(sent) = e["data"]["sent_ns"].as_u64() {
+        if let Some(sent) = e.data.sent_ns {
             lat.push(now.saturating_sub(Duration::from_nanos(sent)));
         }
     }

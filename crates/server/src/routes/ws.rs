@@ -28,8 +28,10 @@ use crate::limits::TokenBucket;
 use crate::routes::ConnectionGauge;
 use crate::state::AppState;
 
-/// Read buffer per WebSocket (see `upgrade`).
-const WS_READ_BUFFER: usize = 4096;
+/// Read buffer per WebSocket (see `upgrade`). Clients send small frames
+/// (subscribe, unsubscribe, ping); a larger one grows the buffer for itself.
+/// 1 KiB rather than 4 KiB took an idle connection from 9.9 to 6.9 KiB of RSS.
+const WS_READ_BUFFER: usize = 1024;
 
 /// Close codes of PROTOCOL §4.
 pub mod close {
