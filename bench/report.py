@@ -64,28 +64,39 @@ def ratio(a, b):
     return "–" if not a or not b else f"{a / b:.1f}×"
 
 
+def advantage(d, aw):
+    """How this system compares with agentwire (embedded) in this scenario, in its own terms."""
+    if aw is None or d is aw:
+        return "–"
+    if d.get("mode") == "idle":
+        return f"{ratio(d['rss_kib_per_connection'], aw['rss_kib_per_connection'])} agentwire's memory per connection"
+    parts = [f"agentwire delivers {ratio(aw['deliveries_per_s'], d['deliveries_per_s'])}",
+             f"p99 {ratio(ms(d, 'p99'), ms(aw, 'p99'))} agentwire's"]
+    if d.get("mode") == "storm" and d.get("reconnect_seconds") and aw.get("reconnect_seconds"):
+        parts.append(f"reconnect {ratio(d['reconnect_seconds'], aw['reconnect_seconds'])} as long")
+    return "; ".join(parts)
+
+
 def table(rows, aw):
     out = [
-        "| system | publishes/s taken | deliveries/s | lost / dup | latency p50 / p99 / p999 / max (ms) | server CPU (s) | RSS per connection (KiB) | reconnect (s) | agentwire's deliveries/s ÷ this | this p99 ÷ agentwire's |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|",
+        "| system | publishes/s taken | deliveries/s | lost / dup | latency p50 / p99 / p999 / max (ms) | server CPU (s) | RSS per connection (KiB) | reconnect (s) | against agentwire (embedded) |",
+        "|---|---:|---:|---|---|---:|---:|---:|---|",
     ]
     for s in SYSTEMS:
         d = rows.get(s)
         if d is None:
             continue
         if d.get("failed"):
-            out.append(f"| {NAMES[s]} | failed to run | | | | | | | | |")
+            out.append(f"| {NAMES[s]} | failed to run | | | | | | | |")
             continue
         l = d["latency_ms"]
         rec = "–" if d.get("reconnect_seconds") is None else f"{d['reconnect_seconds']:.2f}"
-        lost = d["lost"]
         fails = f" ({d['failed_connections']} connections failed)" if d["failed_connections"] else ""
+        taken = f(d["published"] / d["publish_seconds"]) if d["published"] else "–"
         out.append(
-            f"| {NAMES[s]} | {f(d['published'] / d['publish_seconds']) if d['published'] else '–'} | {f(d['deliveries_per_s'])} | {lost} / {d['duplicated']}{fails} | "
+            f"| {NAMES[s]} | {taken} | {f(d['deliveries_per_s'])} | {d['lost']} / {d['duplicated']}{fails} | "
             f"{l['p50']} / {l['p99']} / {l['p999']} / {l['max']} | {d['cpu_seconds']:.2f} | "
-            f"{d['rss_kib_per_connection']:.1f} | {rec} | "
-            f"{ratio(aw and aw['deliveries_per_s'], d['deliveries_per_s']) if s != 'agentwire' else '1.0×'} | "
-            f"{ratio(ms(d, 'p99'), aw and ms(aw, 'p99')) if s != 'agentwire' else '1.0×'} |"
+            f"{d['rss_kib_per_connection']:.1f} | {rec} | {advantage(d, aw)} |"
         )
     return "\n".join(out)
 
@@ -125,6 +136,11 @@ def bars(title, unit, groups, path, log=False):
 def main():
     results, md, chart_dir = sys.argv[1:4]
     runs = [json.loads(l) for l in open(results) if l.strip()]
+    for r in runs:
+        # Memory per connection that was actually made (a peer may refuse some).
+        made = r.get("threads", 0) * r.get("subscribers_per_thread", 0) - r.get("failed_connections", 0)
+        if not r.get("failed") and made > 0:
+            r["rss_kib_per_connection"] = max(0, r["rss_kib"]["connected"] - r["rss_kib"]["before_connections"]) / made
     by = {}
     for r in runs:
         by.setdefault(r["scenario"], {"title": r["title"], "rows": {}})["rows"][r["system"]] = r

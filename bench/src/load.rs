@@ -597,7 +597,7 @@ pub async fn run(s: &Scenario) -> Result<Value, String> {
         "reconnect_seconds": storm_secs,
         "latency_ms": {"p50": ms(p.p50), "p99": ms(p.p99), "p999": ms(p.p999), "max": ms(p.max)},
         "rss_kib": {"before_connections": rss_idle, "connected": rss_connected, "end": rss_end},
-        "rss_kib_per_connection": if want > 0 { (rss_connected.saturating_sub(rss_idle)) as f64 / want as f64 } else { 0.0 },
+        "rss_kib_per_connection": if connected > 0 { (rss_connected.saturating_sub(rss_idle)) as f64 / connected as f64 } else { 0.0 },
         "cpu_seconds": cpu_after - cpu_before,
     }))
 }
