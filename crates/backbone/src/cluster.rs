@@ -455,8 +455,8 @@ async fn janitor<B: Backbone>(inner: Arc<Inner<B>>) {
             tracing::warn!(error = %e, "heartbeat failed");
             continue;
         }
-        match inner.backbone.threads().await {
-            Ok(threads) => inner.threads.store(threads.len() as u64, Ordering::Relaxed),
+        match inner.backbone.thread_count().await {
+            Ok(threads) => inner.threads.store(threads, Ordering::Relaxed),
             Err(e) => tracing::debug!(error = %e, "could not count threads"),
         }
         let live = match inner.backbone.live_nodes().await {

@@ -144,6 +144,11 @@ pub trait Backbone: Send + Sync + 'static {
     /// Every thread (for retention).
     async fn threads(&self) -> Result<Vec<ThreadId>, BackboneError>;
 
+    /// How many threads there are (for the dashboard, every few seconds).
+    async fn thread_count(&self) -> Result<u64, BackboneError> {
+        Ok(self.threads().await?.len() as u64)
+    }
+
     /// Registers a run unless its id is taken (`false`), and records it as running if `running` is given.
     async fn register_run(
         &self,

@@ -276,6 +276,16 @@ impl Backbone for NatsBackbone {
         Ok(Self::keys(&self.threads).await?.iter().filter_map(|k| ThreadId::parse(k).ok()).collect())
     }
 
+    async fn thread_count(&self) -> Result<u64, BackboneError> {
+        self.connected()?;
+        // One message per thread in the bucket's stream: it keeps no history.
+        // (The client's `status()` answers figures cached when the bucket was opened.)
+        let name = format!("KV_{}_threads", self.prefix);
+        let info =
+            self.js.get_stream_no_info(name).await.map_err(unavailable)?.get_info().await.map_err(unavailable)?;
+        Ok(info.state.messages)
+    }
+
     async fn register_run(
         &self,
         run: &RunId,

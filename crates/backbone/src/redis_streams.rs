@@ -240,6 +240,10 @@ impl Backbone for RedisBackbone {
         Ok(ids.iter().filter_map(|id| ThreadId::parse(id).ok()).collect())
     }
 
+    async fn thread_count(&self) -> Result<u64, BackboneError> {
+        self.conn().scard(self.key("threads")).await.map_err(unavailable)
+    }
+
     async fn register_run(
         &self,
         run: &RunId,

@@ -144,6 +144,15 @@ async fn rules_hold_across_nodes(url: &str) {
     assert_eq!(b.append(&legacy, vec![started()]).await.unwrap().seqs, vec![4]);
     assert_eq!(a.run(&legacy).await.unwrap().map(|r| r.thread_id), Some(thread.clone()));
     assert!(matches!(a.append("run_thread_nowhere_00000000", vec![started()]).await, Err(LogError::RunNotFound(_))));
+
+    // The dashboard's figures come from the backbone, so both nodes count the thread.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while a.stats().threads != 1 || b.stats().threads != 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("both nodes count the one thread");
 }
 
 async fn idle_runs_expire_and_retention_trims(url: &str) {
