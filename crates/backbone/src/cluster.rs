@@ -141,11 +141,6 @@ impl<B: Backbone> ClusterLog<B> {
         inner.tasks.spawn(janitor(inner.clone()));
         Ok(Self { inner })
     }
-
-    /// The backbone under this log.
-    pub fn backbone(&self) -> &B {
-        &self.inner.backbone
-    }
 }
 
 impl<B: Backbone> Inner<B> {
@@ -384,6 +379,17 @@ impl<B: Backbone> Inner<B> {
         message: &str,
     ) -> Result<Vec<RunId>, LogError> {
         let running = self.backbone.running().await.map_err(unavailable)?;
+        self.end_runs(running, pick, code, message).await
+    }
+
+    /// Ends those of `running` that `pick` chooses; answers those it ended.
+    async fn end_runs(
+        &self,
+        running: Vec<(RunId, Running)>,
+        pick: impl Fn(&Running) -> bool,
+        code: &'static str,
+        message: &str,
+    ) -> Result<Vec<RunId>, LogError> {
         self.runs_in_flight.store(running.len() as u64, Ordering::Relaxed);
         let mut ended = Vec::new();
         for (run, _) in running.into_iter().filter(|(_, r)| pick(r)) {
@@ -485,12 +491,9 @@ async fn janitor<B: Backbone>(inner: Arc<Inner<B>>) {
             .filter(|(_, since)| now.duration_since(**since) >= ttl)
             .map(|(n, _)| n.clone())
             .collect();
-        if lost.is_empty() {
-            inner.runs_in_flight.store(running.len() as u64, Ordering::Relaxed);
-            continue;
-        }
+        // The list just read serves the sweep too (and refreshes the dashboard's count).
         let is_lost = |r: &Running| r.node.as_ref().is_some_and(|n| lost.contains(n));
-        match inner.end_runs_where(is_lost, "worker_lost", "the node running the agent stopped").await {
+        match inner.end_runs(running, is_lost, "worker_lost", "the node running the agent stopped").await {
             Ok(ended) if !ended.is_empty() => {
                 tracing::warn!(count = ended.len(), nodes = ?lost, "ended runs of nodes that stopped");
             }
