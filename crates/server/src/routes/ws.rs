@@ -291,7 +291,9 @@ async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64, legac
                 }
                 told_rate_limited &= !counted;
                 let handled = match msg {
-                    Message::Text(text) => client.handle(&mut session, text.as_str()).await,
+                    // Boxed, like the live batch below: an idle connection's task is sized for
+                    // its largest await, and these bodies (subscribe, replay) are most of it.
+                    Message::Text(text) => Box::pin(client.handle(&mut session, text.as_str())).await,
                     Message::Binary(_) => {
                         client.send_error(ErrorCode::BadRequest, "frames are JSON text", None).await.map(|()| None)
                     }
@@ -308,9 +310,9 @@ async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64, legac
                 if batch.is_empty() {
                     break None;
                 }
-                match session.live(batch).await {
+                match Box::pin(session.live(batch)).await {
                     Ok(events) => {
-                        if let Err(end) = client.send_events(&events, true).await {
+                        if let Err(end) = Box::pin(client.send_events(&events, true)).await {
                             break end;
                         }
                     }
