@@ -23,11 +23,9 @@ use std::time::Instant;
 use agentwire_log::retention::RetentionPolicy;
 use agentwire_log::store::ThreadExtent;
 use agentwire_log::{
-    Appended, FeedSink, Log, LogError, LogStats, NewRun, Page, RunInfo, StoredEvent, plan_append, retention,
+    Appended, FeedSink, Log, LogError, LogStats, NewRun, Page, RunInfo, StoredEvent, numbered, plan_append, retention,
 };
-use agentwire_protocol::{
-    Envelope, EnvelopeType, EventKind, NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id,
-};
+use agentwire_protocol::{EventKind, NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id};
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
@@ -81,14 +79,11 @@ impl ThreadView {
             if let Some(id) = &e.event_id {
                 run.event_ids.insert(id.clone(), e.seq);
             }
-            match e.event {
-                EventKind::AgentStarted if run.agent_name.is_none() => {
-                    run.agent_name = e.data.get("agent_name").and_then(Value::as_str).map(str::to_owned);
-                }
-                EventKind::AgentError if e.data.get("code").and_then(Value::as_str) == Some("cancelled") => {
-                    run.cancel_requested = true;
-                }
-                _ => {}
+            if run.agent_name.is_none() {
+                run.agent_name = event.started_agent_name().map(str::to_owned);
+            }
+            if e.event == EventKind::AgentError && e.data.get("code").and_then(Value::as_str) == Some("cancelled") {
+                run.cancel_requested = true;
             }
         }
     }
@@ -422,26 +417,6 @@ impl<B: Backbone> Follower for Feed<B> {
             view.at = at;
         }
     }
-}
-
-/// Envelopes for `events`, numbered after `head`.
-fn numbered(thread: &ThreadId, run: &RunId, head: u64, now: Timestamp, events: Vec<NewEvent>) -> Vec<Arc<StoredEvent>> {
-    events
-        .into_iter()
-        .enumerate()
-        .map(|(i, event)| {
-            Arc::new(StoredEvent::new(Envelope {
-                frame_type: EnvelopeType::Event,
-                thread_id: thread.clone(),
-                run_id: run.clone(),
-                seq: head + 1 + i as u64,
-                event: event.kind,
-                event_id: event.event_id,
-                ts: now,
-                data: event.data,
-            }))
-        })
-        .collect()
 }
 
 /// Heartbeats, figures, and the lost-worker sweep (see the module docs).

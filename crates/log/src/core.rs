@@ -22,17 +22,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 
-use agentwire_protocol::{
-    Envelope, EnvelopeType, EventKind, NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id,
-};
+use agentwire_protocol::{NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id};
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
-use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::retention::{self, RetentionPolicy, Trim};
 use crate::store::{Batch, RunRecord, Snapshot, Store, StoreError, ThreadRecord};
-use crate::{Appended, FeedSink, Log, LogConfig, LogError, LogStats, NewRun, Page, RunInfo, StoredEvent, plan_append};
+use crate::{Appended, FeedSink, Log, LogConfig, LogError, LogStats, NewRun, Page, RunInfo, numbered, plan_append};
 
 /// Decisions that may wait for the committer before appends are refused with `503`.
 const COMMIT_QUEUE: usize = 16 * 1024;
@@ -383,25 +380,14 @@ impl<S: Store> Core<S> {
         record.lifecycle = plan.lifecycle;
         record.last_activity_ms = now.millis();
         record.cancel_requested |= cancel;
-        let mut event_ids = Vec::new();
-        for (i, event) in plan.new_events.into_iter().enumerate() {
-            let seq = head + 1 + i as u64;
-            if let Some(id) = &event.event_id {
-                event_ids.push((run.clone(), id.clone(), seq));
-            }
-            if event.kind == EventKind::AgentStarted && record.agent_name.is_none() {
-                record.agent_name = event.data.get("agent_name").and_then(Value::as_str).map(str::to_owned);
-            }
-            batch.events.push(Arc::new(StoredEvent::new(Envelope {
-                frame_type: EnvelopeType::Event,
-                thread_id: thread_id.clone(),
-                run_id: run.clone(),
-                seq,
-                event: event.kind,
-                event_id: event.event_id,
-                ts: now,
-                data: event.data,
-            })));
+        batch.events = numbered(&thread_id, run, head, now, plan.new_events);
+        let event_ids: Vec<(RunId, String, u64)> = batch
+            .events
+            .iter()
+            .filter_map(|e| e.envelope.event_id.as_ref().map(|id| (run.clone(), id.clone(), e.seq())))
+            .collect();
+        if record.agent_name.is_none() {
+            record.agent_name = batch.events.iter().find_map(|e| e.started_agent_name()).map(str::to_owned);
         }
         let new_head = head + batch.events.len() as u64;
         let remembered: Vec<(String, u64)> = event_ids.iter().map(|(_, id, seq)| (id.clone(), *seq)).collect();

@@ -23,7 +23,7 @@ pub mod watchdog;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentwire_protocol::{Envelope, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
+use agentwire_protocol::{Envelope, EnvelopeType, EventKind, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
 use async_trait::async_trait;
 
 pub use append::{AppendPlan, PlannedEvent, plan_append};
@@ -65,6 +65,39 @@ impl StoredEvent {
     pub fn thread_id(&self) -> &ThreadId {
         &self.envelope.thread_id
     }
+
+    /// The agent's name, when this is the run's `agent_started`.
+    pub fn started_agent_name(&self) -> Option<&str> {
+        let e = &self.envelope;
+        (e.event == EventKind::AgentStarted).then(|| e.data.get("agent_name").and_then(|v| v.as_str())).flatten()
+    }
+}
+
+/// `events` of `run` as stored envelopes, numbered after `head` in `thread`:
+/// what every log appends once it has planned them.
+pub fn numbered(
+    thread: &ThreadId,
+    run: &RunId,
+    head: u64,
+    ts: Timestamp,
+    events: Vec<NewEvent>,
+) -> Vec<Arc<StoredEvent>> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| {
+            Arc::new(StoredEvent::new(Envelope {
+                frame_type: EnvelopeType::Event,
+                thread_id: thread.clone(),
+                run_id: run.clone(),
+                seq: head + 1 + i as u64,
+                event: event.kind,
+                event_id: event.event_id,
+                ts,
+                data: event.data,
+            }))
+        })
+        .collect()
 }
 
 /// Where a log hands what it appended: the node's hub. Called with the events
