@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 seconds="${FUZZ_SECONDS:-60}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
-for target in client_frame publish_body thread_extraction; do
+for target in client_frame publish_body thread_extraction demo_agent_input; do
   echo "== fuzzing $target for ${seconds}s"
   cargo fuzz run "$target" -- -max_total_time="$seconds" -rss_limit_mb=2048
 done

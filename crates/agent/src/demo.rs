@@ -37,11 +37,51 @@ pub fn find_expression(text: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The longest expression the calculator takes, in bytes. evalexpr parses and
+/// evaluates by recursion (once per nesting level and per operator), so an
+/// unbounded expression from a chat message could overflow the worker's stack
+/// and abort the whole process; a short one cannot.
+pub const MAX_EXPRESSION_LEN: usize = 256;
+/// The deepest parenthesis nesting the calculator takes.
+pub const MAX_EXPRESSION_DEPTH: usize = 32;
+
 /// Evaluates arithmetic with floating-point numbers (so `7 / 2` is `3.5`).
+/// Refuses, without evaluating, an expression longer than
+/// [`MAX_EXPRESSION_LEN`] or nested deeper than [`MAX_EXPRESSION_DEPTH`].
 pub fn calculate(expression: &str) -> Result<f64, String> {
-    let value =
-        evalexpr::eval(&float_literals(expression)).map_err(|e| format!("cannot evaluate {expression:?}: {e}"))?;
-    value.as_number().map_err(|e| format!("{expression:?} is not a number: {e}"))
+    check_size(expression)?;
+    let value = evalexpr::eval(&float_literals(expression)).map_err(|e| format!("cannot evaluate it: {e}"))?;
+    value.as_number().map_err(|e| format!("it is not a number: {e}"))
+}
+
+/// Bounds what reaches the recursive evaluator (see [`MAX_EXPRESSION_LEN`]).
+fn check_size(expression: &str) -> Result<(), String> {
+    if expression.len() > MAX_EXPRESSION_LEN {
+        return Err(format!("it is {} characters long; I take at most {MAX_EXPRESSION_LEN}", expression.len()));
+    }
+    let mut depth = 0usize;
+    for c in expression.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            _ => continue,
+        }
+        if depth > MAX_EXPRESSION_DEPTH {
+            return Err(format!("it nests parentheses deeper than {MAX_EXPRESSION_DEPTH}"));
+        }
+    }
+    Ok(())
+}
+
+/// `text` as quoted in thoughts and answers: whole when short, else its start,
+/// so a huge message does not become a huge answer streamed word by word.
+fn shown(text: &str) -> String {
+    const SHOWN: usize = 64;
+    if text.len() <= SHOWN {
+        return text.to_owned();
+    }
+    let cut = (0..=SHOWN).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    format!("{}… ({} characters)", &text[..cut], text.len())
 }
 
 /// `42.0` as `42`, so answers read as people write them.
@@ -89,7 +129,7 @@ impl Agent for DemoAgent {
 
     async fn run(&self, ctx: &RunContext, input: RunInput) -> Result<Value, AgentError> {
         let text = input.user_message.unwrap_or_default();
-        ctx.thinking_step(format!("Reading the message: {text:?}"), 1).await?;
+        ctx.thinking_step(format!("Reading the message: {:?}", shown(&text)), 1).await?;
         self.pause().await;
         if text.trim_start().starts_with("/fail") {
             return Err(AgentError::failed("you asked me to fail (/fail)"));
@@ -97,12 +137,13 @@ impl Agent for DemoAgent {
 
         let mut facts = Vec::new();
         if let Some(expression) = find_expression(&text) {
-            ctx.thinking_step(format!("There is arithmetic in it; I will compute {expression}."), 2).await?;
+            let shown = shown(&expression);
+            ctx.thinking_step(format!("There is arithmetic in it; I will compute {shown}."), 2).await?;
             self.pause().await;
             let work = async { calculate(&expression).map(whole_if_integral) };
-            match ctx.call_tool("calculator", json!({ "expression": expression }), work).await? {
-                Ok(value) => facts.push(format!("{expression} = {value}")),
-                Err(e) => facts.push(format!("I could not compute {expression}: {e}")),
+            match ctx.call_tool("calculator", json!({ "expression": shown }), work).await? {
+                Ok(value) => facts.push(format!("{shown} = {value}")),
+                Err(e) => facts.push(format!("I could not compute {shown}: {e}")),
             }
         }
 
@@ -140,5 +181,32 @@ mod tests {
         assert_eq!(calculate("12 * (3 + 4)"), Ok(84.0));
         assert_eq!(calculate("7/2"), Ok(3.5));
         assert!(calculate("1 +").is_err());
+    }
+
+    #[test]
+    fn hostile_expressions_are_refused_without_recursing() {
+        // Each of these aborted the process through evalexpr's recursion (issue 14).
+        let nested = format!("{}1+1{}", "(".repeat(20_000), ")".repeat(20_000));
+        let plus = vec!["1"; 30_000].join("+");
+        let power = vec!["2"; 30_000].join("^");
+        for expression in [nested, plus, power] {
+            let found = find_expression(&expression).unwrap();
+            let refused = calculate(&found).unwrap_err();
+            assert!(refused.contains("at most"), "{refused}");
+            assert!(shown(&found).len() < 100);
+        }
+        let deep = format!("{}1{}", "(".repeat(33), ")".repeat(33));
+        assert!(calculate(&deep).unwrap_err().contains("deeper"));
+        let fine = format!("{}1+1{}", "(".repeat(32), ")".repeat(32));
+        assert_eq!(calculate(&fine), Ok(2.0));
+        // The longest chains still accepted evaluate on a small stack.
+        let longest = [vec!["1"; 128].join("+"), vec!["1"; 128].join("^")];
+        let on_small_stack = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || longest.map(|e| calculate(&e)))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(on_small_stack, [Ok(128.0), Ok(1.0)]);
     }
 }

@@ -381,3 +381,53 @@ async fn a_flood_of_bad_input_does_not_slow_a_good_subscriber() {
     }
     assert!(worst < Duration::from_secs(2), "the good subscriber waited {worst:?} at worst");
 }
+
+/// Waits until `run` has ended and answers its status.
+async fn ended_status(server: &TestServer, run: &str, token: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, info) = server.get(&format!("/v1/runs/{run}"), token).await;
+        assert_eq!(status, 200, "{info}");
+        let run_status = info["status"].as_str().unwrap_or_default().to_owned();
+        if run_status != "running" {
+            return run_status;
+        }
+        assert!(Instant::now() < deadline, "run {run} still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn expressions_that_overflowed_the_stack_are_answered_and_the_server_stays_up() {
+    // Issue 14: each of these bodies aborted the whole process through the demo
+    // agent's recursive calculator.
+    let server = TestServer::start().await;
+    let token = server.token("mallory");
+    let nested = |depth: usize| format!("{}1+1{}", "(".repeat(depth), ")".repeat(depth));
+    let bodies = [nested(20_000), vec!["1"; 30_000].join("+"), vec!["2"; 30_000].join("^")];
+    for (i, text) in bodies.iter().enumerate() {
+        let thread = format!("thread_deep{i}");
+        let (status, body) =
+            server.post(&format!("/v1/threads/{thread}/messages"), &token, json!({"text": text})).await;
+        assert_eq!(status, 202, "{body}");
+        let run = body["run_id"].as_str().unwrap().to_owned();
+        assert_eq!(ended_status(&server, &run, &token).await, "completed");
+    }
+    let input = json!({
+        "threadId": "thread_deepagui", "runId": "run_deepagui_1",
+        "messages": [{"id": "1", "role": "user", "content": nested(15_000)}],
+    });
+    let resp =
+        server.http.post(format!("{}/v1/agui", server.base)).bearer_auth(&token).json(&input).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stream = resp.text().await.unwrap();
+    assert!(stream.contains("RUN_FINISHED"), "{stream}");
+    assert_eq!(status(&server, "GET", "/healthz", None, None).await.0, 200);
+    let (_, page) = server.get("/v1/threads/thread_deep0/events", &token).await;
+    let events = page["events"].as_array().unwrap();
+    assert!(events.len() > 5, "{page}");
+    for event in events.iter().filter(|e| !["user_message", "agent_started"].contains(&e["event"].as_str().unwrap())) {
+        // The message itself is the run's input; nothing the agent says repeats it whole.
+        assert!(event.to_string().len() < 2_000, "an agent event quotes the whole message: {}", event["event"]);
+    }
+}
