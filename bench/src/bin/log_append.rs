@@ -169,7 +169,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data");
     std::fs::create_dir_all(&base).expect("bench data dir");
-    let config = LogConfig { run_idle_timeout: Duration::from_secs(3600) };
+    let config = LogConfig { run_idle_timeout: Duration::from_secs(3600), ..Default::default() };
 
     let rows = runtime.block_on(async {
         let redb_dir = tempfile::tempdir_in(&base).expect("temp dir");

@@ -110,3 +110,24 @@ def test_the_seed_bridge_is_a_drop_in(server):
     assert events[4]["data"]["tool_call_id"] == first_call, "completions pair with calls in order"
     assert events[4]["data"]["result"] == ["a"]
     assert events[2]["data"]["args"]["password"] == "[REDACTED]"
+
+
+def test_the_seed_bridge_never_adopts_a_run_of_another_thread(server):
+    # Issue 14: the bridge took any 409 from run registration as "ours already".
+    named, other = fresh_thread(), fresh_thread()
+    run_id = f"run_{named}_{uuid.uuid4().hex[:8]}"
+    pub = Publisher(server, KEY)
+    pub.create_run(named, "mallory", "a")
+    pub.create_run(other, "mallory", "a", run_id=run_id)  # her own threads: allowed
+    with pytest.raises(AgentwireError) as refused:  # but never for a thread of someone else
+        pub.create_run(fresh_thread(), "bob", "a", run_id=f"run_{named}_1")
+    assert refused.value.status == 403
+
+    async def main():
+        bridge = AgentWebSocketBridge(server, KEY, user_for_thread=lambda t: "mallory")
+        sent = await bridge.notify_agent_started(run_id, "triage")
+        await bridge.aclose()
+        return sent
+
+    assert asyncio.run(main()) is False
+    assert history(server, named, "mallory") == [] and history(server, other, "mallory") == []

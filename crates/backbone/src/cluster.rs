@@ -95,7 +95,7 @@ struct Inner<B> {
     backbone: B,
     config: ClusterConfig,
     views: Mutex<HashMap<ThreadId, Cell>>,
-    owners: RwLock<HashMap<ThreadId, UserId>>,
+    metas: RwLock<HashMap<ThreadId, ThreadMeta>>,
     registry: RwLock<HashMap<RunId, RunEntry>>,
     runs_in_flight: AtomicU64,
     threads: AtomicU64,
@@ -123,7 +123,7 @@ impl<B: Backbone> ClusterLog<B> {
             backbone,
             config,
             views: Mutex::new(HashMap::new()),
-            owners: RwLock::new(HashMap::new()),
+            metas: RwLock::new(HashMap::new()),
             registry: RwLock::new(HashMap::new()),
             runs_in_flight: AtomicU64::new(0),
             threads: AtomicU64::new(0),
@@ -151,24 +151,29 @@ impl<B: Backbone> Inner<B> {
         views.entry(thread.clone()).or_default().clone()
     }
 
-    async fn owner(&self, thread: &ThreadId) -> Result<Option<UserId>, LogError> {
-        if let Some(owner) = self.owners.read().get(thread) {
-            return Ok(Some(owner.clone()));
+    async fn meta(&self, thread: &ThreadId) -> Result<Option<ThreadMeta>, LogError> {
+        if let Some(meta) = self.metas.read().get(thread) {
+            return Ok(Some(meta.clone()));
         }
         let meta = self.backbone.thread(thread).await.map_err(unavailable)?;
         if let Some(meta) = &meta {
-            self.owners.write().insert(thread.clone(), meta.owner.clone());
+            self.metas.write().insert(thread.clone(), meta.clone());
         }
-        Ok(meta.map(|m| m.owner))
+        Ok(meta)
     }
 
-    async fn ensure_thread(&self, thread: &ThreadId, owner: &UserId) -> Result<(), LogError> {
+    async fn owner(&self, thread: &ThreadId) -> Result<Option<UserId>, LogError> {
+        Ok(self.meta(thread).await?.map(|m| m.owner))
+    }
+
+    /// Creates the thread for `owner` if it is new; `Forbidden` if it is someone else's.
+    async fn ensure_thread(&self, thread: &ThreadId, owner: &UserId, by_publisher: bool) -> Result<(), LogError> {
         let existing = match self.owner(thread).await? {
             Some(existing) => existing,
             None => {
-                let meta = ThreadMeta { owner: owner.clone() };
+                let meta = ThreadMeta { owner: owner.clone(), by_publisher };
                 if self.backbone.create_thread(thread, &meta).await.map_err(unavailable)? {
-                    self.owners.write().insert(thread.clone(), owner.clone());
+                    self.metas.write().insert(thread.clone(), meta);
                     return Ok(());
                 }
                 // Another node created it just now.
@@ -212,8 +217,9 @@ impl<B: Backbone> Inner<B> {
         if !allow_fallback {
             return Err(not_found());
         }
-        let thread = extract_thread_id(run_id).ok_or_else(not_found)?;
-        if self.owner(&thread).await?.is_none() {
+        // Pattern routing reaches only threads a publisher created (PROTOCOL §1).
+        let thread = extract_thread_id(run_id).filter(|_| self.config.log.pattern_routing).ok_or_else(not_found)?;
+        if !self.meta(&thread).await?.is_some_and(|m| m.by_publisher) {
             return Err(not_found());
         }
         Ok((run, None, thread))
@@ -482,16 +488,16 @@ async fn janitor<B: Backbone>(inner: Arc<Inner<B>>) {
 impl<B: Backbone> Log for ClusterLog<B> {
     async fn create_thread(&self, thread_id: Option<ThreadId>, owner: &UserId) -> Result<ThreadId, LogError> {
         let id = thread_id.unwrap_or_else(ThreadId::generate);
-        let meta = ThreadMeta { owner: owner.clone() };
+        let meta = ThreadMeta { owner: owner.clone(), by_publisher: false };
         if !self.inner.backbone.create_thread(&id, &meta).await.map_err(unavailable)? {
             return Err(LogError::ThreadExists(id));
         }
-        self.inner.owners.write().insert(id.clone(), owner.clone());
+        self.inner.metas.write().insert(id.clone(), meta);
         Ok(id)
     }
 
     async fn ensure_thread(&self, thread_id: &ThreadId, owner: &UserId) -> Result<(), LogError> {
-        self.inner.ensure_thread(thread_id, owner).await
+        self.inner.ensure_thread(thread_id, owner, false).await
     }
 
     async fn thread_owner(&self, thread_id: &ThreadId) -> Result<Option<UserId>, LogError> {
@@ -500,8 +506,22 @@ impl<B: Backbone> Log for ClusterLog<B> {
 
     async fn create_run(&self, new: NewRun) -> Result<RunInfo, LogError> {
         let inner = &self.inner;
-        inner.ensure_thread(&new.thread_id, &new.owner).await?;
-        let run = new.run_id.unwrap_or_else(|| RunId::mint(&new.thread_id));
+        // Every check comes before anything is written: a refusal leaves no trace.
+        let run = match new.run_id {
+            Some(chosen) => {
+                if let Some(named) = agentwire_log::foreign_pattern_thread(&chosen, &new.thread_id)
+                    && inner.owner(&named).await?.as_ref() != Some(&new.owner)
+                {
+                    return Err(LogError::Forbidden);
+                }
+                chosen
+            }
+            None => RunId::mint(&new.thread_id),
+        };
+        if inner.registration(run.as_str()).await?.is_some() {
+            return Err(LogError::RunExists(run.to_string()));
+        }
+        inner.ensure_thread(&new.thread_id, &new.owner, !new.in_process).await?;
         let node = new.in_process.then(|| inner.config.node_id.clone());
         let entry =
             RunEntry { thread_id: new.thread_id.clone(), agent_name: new.agent_name.clone(), node: node.clone() };

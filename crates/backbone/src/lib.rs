@@ -70,6 +70,9 @@ pub struct Position {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadMeta {
     pub owner: UserId,
+    /// Created by a publisher: takes unregistered runs by the id pattern.
+    #[serde(default)]
+    pub by_publisher: bool,
 }
 
 /// A registered run: where it routes, and which node executes it in-process.

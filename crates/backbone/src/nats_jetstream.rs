@@ -58,6 +58,8 @@ const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequenc
 struct ThreadRecord {
     owner: UserId,
     oldest_seq: u64,
+    #[serde(default)]
+    by_publisher: bool,
 }
 
 /// The NATS JetStream backbone. See the module docs.
@@ -258,7 +260,7 @@ impl Backbone for NatsBackbone {
 
     async fn create_thread(&self, thread: &ThreadId, meta: &ThreadMeta) -> Result<bool, BackboneError> {
         self.connected()?;
-        let record = ThreadRecord { owner: meta.owner.clone(), oldest_seq: 1 };
+        let record = ThreadRecord { owner: meta.owner.clone(), oldest_seq: 1, by_publisher: meta.by_publisher };
         match self.threads.create(thread.as_str(), to_json(&record)?).await {
             Ok(_) => Ok(true),
             Err(e) if matches!(e.kind(), CreateErrorKind::AlreadyExists) => Ok(false),
@@ -268,7 +270,7 @@ impl Backbone for NatsBackbone {
 
     async fn thread(&self, thread: &ThreadId) -> Result<Option<ThreadMeta>, BackboneError> {
         self.connected()?;
-        Ok(self.thread_record(thread).await?.map(|r| ThreadMeta { owner: r.owner }))
+        Ok(self.thread_record(thread).await?.map(|r| ThreadMeta { owner: r.owner, by_publisher: r.by_publisher }))
     }
 
     async fn threads(&self) -> Result<Vec<ThreadId>, BackboneError> {

@@ -4,7 +4,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P:thread:{thread}` | hash | `owner`, `head` (last `seq`), `oldest` (oldest retained `seq`) |
+//! | `P:thread:{thread}` | hash | `owner`, `head` (last `seq`), `oldest` (oldest retained `seq`), `pub` (1: created by a publisher) |
 //! | `P:events:{thread}` | stream | one entry per event, id `{seq}-0`, field `e` = the envelope |
 //! | `P:threads` | set | every thread id (retention sweeps) |
 //! | `P:run:{run}` | string | the run's registration (JSON) |
@@ -85,10 +85,10 @@ end
 return 0
 "#;
 
-/// KEYS: thread hash, threads set. ARGV: thread id, owner.
+/// KEYS: thread hash, threads set. ARGV: thread id, owner, by publisher (1/0).
 const CREATE_THREAD: &str = r#"
 if redis.call('HSETNX', KEYS[1], 'owner', ARGV[2]) == 1 then
-  redis.call('HSET', KEYS[1], 'head', 0, 'oldest', 1)
+  redis.call('HSET', KEYS[1], 'head', 0, 'oldest', 1, 'pub', ARGV[3])
   redis.call('SADD', KEYS[2], ARGV[1])
   return 1
 end
@@ -224,6 +224,7 @@ impl Backbone for RedisBackbone {
             .key(self.key("threads"))
             .arg(thread.as_str())
             .arg(meta.owner.as_str())
+            .arg(u8::from(meta.by_publisher))
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -231,8 +232,10 @@ impl Backbone for RedisBackbone {
     }
 
     async fn thread(&self, thread: &ThreadId) -> Result<Option<ThreadMeta>, BackboneError> {
-        let owner: Option<String> = self.conn().hget(self.thread_key(thread), "owner").await.map_err(unavailable)?;
-        owner.map(|o| UserId::parse(&o).map(|owner| ThreadMeta { owner }).map_err(corrupt)).transpose()
+        let (owner, by_publisher): (Option<String>, Option<u8>) =
+            self.conn().hmget(self.thread_key(thread), &["owner", "pub"]).await.map_err(unavailable)?;
+        let meta = |owner| ThreadMeta { owner, by_publisher: by_publisher == Some(1) };
+        owner.map(|o| UserId::parse(&o).map(meta).map_err(corrupt)).transpose()
     }
 
     async fn threads(&self) -> Result<Vec<ThreadId>, BackboneError> {

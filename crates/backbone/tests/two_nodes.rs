@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use agentwire_backbone::ClusterConfig;
 use agentwire_log::{FeedSink, Log, LogConfig, LogError, NewRun, RetentionPolicy, StoredEvent};
-use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunStatus, ThreadId, Timestamp, UserId};
+use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
@@ -39,7 +39,7 @@ async fn node(url: &str, prefix: &str, id: &str, idle: Duration) -> (Arc<dyn Log
         prefix: prefix.into(),
         node_id: id.into(),
         node_ttl: Duration::from_secs(5),
-        log: LogConfig { run_idle_timeout: idle },
+        log: LogConfig { run_idle_timeout: idle, ..Default::default() },
     };
     let log = agentwire_backbone::open(url, config, feed.clone())
         .await
@@ -139,20 +139,29 @@ async fn rules_hold_across_nodes(url: &str) {
     assert!(matches!(a.append(run.as_str(), vec![thought("late")]).await, Err(LogError::Lifecycle(_))));
     assert_eq!(a.append(run.as_str(), vec![thought("x").with_event_id("t")]).await.unwrap().seqs, vec![2]);
 
-    // A legacy run id routes by extraction on either node, and is registered once accepted.
-    let legacy = format!("run_{thread}_0badc0de");
-    assert_eq!(b.append(&legacy, vec![started()]).await.unwrap().seqs, vec![4]);
-    assert_eq!(a.run(&legacy).await.unwrap().map(|r| r.thread_id), Some(thread.clone()));
+    // A legacy run id routes by extraction on either node, only into a thread a
+    // publisher created, and is registered once accepted.
+    let by_hand = format!("run_{thread}_0badc0de");
+    assert!(matches!(b.append(&by_hand, vec![started()]).await, Err(LogError::RunNotFound(_))));
+    let published = ThreadId::generate();
+    a.create_run(new_run(&published, &alice)).await.unwrap();
+    let legacy = format!("run_{published}_0badc0de");
+    assert_eq!(b.append(&legacy, vec![started()]).await.unwrap().seqs, vec![1]);
+    assert_eq!(a.run(&legacy).await.unwrap().map(|r| r.thread_id), Some(published.clone()));
     assert!(matches!(a.append("run_thread_nowhere_00000000", vec![started()]).await, Err(LogError::RunNotFound(_))));
+    // A chosen run id naming alice's thread is not mallory's to register, on either node.
+    let mut claim = new_run(&ThreadId::generate(), &mallory);
+    claim.run_id = Some(RunId::parse(&format!("run_{published}_job42")).unwrap());
+    assert!(matches!(b.create_run(claim).await, Err(LogError::Forbidden)));
 
-    // The dashboard's figures come from the backbone, so both nodes count the thread.
+    // The dashboard's figures come from the backbone, so both nodes count the threads.
     tokio::time::timeout(Duration::from_secs(10), async {
-        while a.stats().threads != 1 || b.stats().threads != 1 {
+        while a.stats().threads != 2 || b.stats().threads != 2 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await
-    .expect("both nodes count the one thread");
+    .expect("both nodes count the two threads");
 }
 
 async fn idle_runs_expire_and_retention_trims(url: &str) {

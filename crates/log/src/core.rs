@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 
 use agentwire_protocol::{NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id};
 use async_trait::async_trait;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use tokio::sync::oneshot;
 
 use crate::retention::{self, RetentionPolicy, Trim};
@@ -48,6 +48,8 @@ struct RunState {
 struct ThreadState {
     id: ThreadId,
     owner: UserId,
+    /// Created by a publisher: takes unregistered runs by the id pattern.
+    by_publisher: bool,
     /// The last `seq` given out (committed or on its way).
     head: u64,
     runs: HashMap<RunId, RunState>,
@@ -62,9 +64,10 @@ struct ThreadEntry {
 }
 
 impl ThreadEntry {
-    fn new(id: ThreadId, owner: UserId, head: u64, oldest: u64) -> Self {
+    fn new(id: ThreadId, record: &ThreadRecord, head: u64) -> Self {
+        let (owner, by_publisher, oldest) = (record.owner.clone(), record.by_publisher, record.oldest_seq);
         Self {
-            state: Mutex::new(ThreadState { id, owner, head, runs: HashMap::new() }),
+            state: Mutex::new(ThreadState { id, owner, by_publisher, head, runs: HashMap::new() }),
             committed: AtomicU64::new(head),
             oldest: AtomicU64::new(oldest),
         }
@@ -128,7 +131,7 @@ impl<S: Store> StoredLog<S> {
         let Snapshot { threads, running } = store.load()?;
         let mut entries: HashMap<ThreadId, Arc<ThreadEntry>> = threads
             .into_iter()
-            .map(|t| (t.id.clone(), Arc::new(ThreadEntry::new(t.id, t.record.owner, t.head_seq, t.record.oldest_seq))))
+            .map(|t| (t.id.clone(), Arc::new(ThreadEntry::new(t.id, &t.record, t.head_seq))))
             .collect();
         let mut registry = HashMap::new();
         let runs_in_flight = running.len() as u64;
@@ -227,6 +230,42 @@ fn commit_loop<S: Store>(store: &S, work: &Receiver<Work>, sink: &dyn FeedSink, 
     }
 }
 
+/// The thread an operation acts on. A new one is held outside the thread map,
+/// with the map's write lock, until the operation's write is queued: a refused
+/// operation leaves no thread behind, and no other operation can see a thread
+/// whose record is not on its way to disk.
+enum Target<'a> {
+    Existing(Arc<ThreadEntry>),
+    New {
+        id: ThreadId,
+        entry: Arc<ThreadEntry>,
+        record: ThreadRecord,
+        threads: RwLockWriteGuard<'a, HashMap<ThreadId, Arc<ThreadEntry>>>,
+    },
+}
+
+impl Target<'_> {
+    fn entry(&self) -> &Arc<ThreadEntry> {
+        match self {
+            Self::Existing(entry) | Self::New { entry, .. } => entry,
+        }
+    }
+
+    /// Queues a new thread's record with the operation's write.
+    fn record_into(&self, batch: &mut Batch) {
+        if let Self::New { id, record, .. } = self {
+            batch.threads.push((id.clone(), record.clone()));
+        }
+    }
+
+    /// Makes a new thread visible; call once its record is queued.
+    fn publish(self) {
+        if let Self::New { id, entry, mut threads, .. } = self {
+            threads.insert(id, entry);
+        }
+    }
+}
+
 /// A decision taken under a thread's lock, waiting to be durable.
 type Ticket = oneshot::Receiver<Result<(), LogError>>;
 
@@ -264,24 +303,42 @@ impl<S: Store> Core<S> {
         self.threads.read().get(id).cloned()
     }
 
-    /// The thread `id` owned by `owner`, created (and its record queued) if new.
-    fn owned_thread(&self, id: &ThreadId, owner: &UserId, batch: &mut Batch) -> Result<Arc<ThreadEntry>, LogError> {
+    /// The thread `id` for an operation of `owner`: an existing thread of
+    /// theirs, or a new one that becomes visible only if the operation's write
+    /// is queued ([`Target::publish`]). [`LogError::Forbidden`] if it is someone else's.
+    fn target(&self, id: &ThreadId, owner: &UserId, by_publisher: bool) -> Result<Target<'_>, LogError> {
+        let owned = |entry: Arc<ThreadEntry>| {
+            if &entry.state.lock().owner == owner { Ok(Target::Existing(entry)) } else { Err(LogError::Forbidden) }
+        };
         if let Some(entry) = self.thread(id) {
-            if &entry.state.lock().owner != owner {
-                return Err(LogError::Forbidden);
-            }
-            return Ok(entry);
+            return owned(entry);
         }
-        let mut threads = self.threads.write();
-        if let Some(entry) = threads.get(id) {
-            let entry = entry.clone();
+        let threads = self.threads.write();
+        if let Some(entry) = threads.get(id).cloned() {
             drop(threads);
-            return if &entry.state.lock().owner == owner { Ok(entry) } else { Err(LogError::Forbidden) };
+            return owned(entry);
         }
-        let entry = Arc::new(ThreadEntry::new(id.clone(), owner.clone(), 0, 1));
-        threads.insert(id.clone(), entry.clone());
-        batch.threads.push((id.clone(), ThreadRecord { owner: owner.clone(), oldest_seq: 1 }));
-        Ok(entry)
+        let record = ThreadRecord { owner: owner.clone(), oldest_seq: 1, by_publisher };
+        let entry = Arc::new(ThreadEntry::new(id.clone(), &record, 0));
+        Ok(Target::New { id: id.clone(), entry, record, threads })
+    }
+
+    /// Whether `run` is registered anywhere (working state or store).
+    fn run_taken(&self, run: &RunId) -> Result<bool, LogError> {
+        if self.registry.read().contains_key(run) {
+            return Ok(true);
+        }
+        Ok(self.store.run(run.as_str()).map_err(storage)?.is_some())
+    }
+
+    /// Refuses a caller-chosen run id that names, by its pattern, a thread that
+    /// is not `owner`'s (see [`crate::foreign_pattern_thread`]).
+    fn check_chosen_run_id(&self, run: &RunId, thread: &ThreadId, owner: &UserId) -> Result<(), LogError> {
+        let Some(named) = crate::foreign_pattern_thread(run, thread) else { return Ok(()) };
+        match self.thread(&named) {
+            Some(entry) if &entry.state.lock().owner == owner => Ok(()),
+            _ => Err(LogError::Forbidden),
+        }
     }
 
     /// The run's thread: working state, then the store, then extraction (PROTOCOL §1).
@@ -298,34 +355,26 @@ impl<S: Store> Core<S> {
         if !allow_fallback {
             return Err(not_found());
         }
-        let thread = extract_thread_id(run_id).and_then(|t| self.thread(&t)).ok_or_else(not_found)?;
+        // Pattern routing reaches only threads a publisher created (PROTOCOL §1).
+        let thread = extract_thread_id(run_id)
+            .filter(|_| self.config.pattern_routing)
+            .and_then(|t| self.thread(&t))
+            .filter(|entry| entry.state.lock().by_publisher)
+            .ok_or_else(not_found)?;
         Ok((run, thread))
     }
 
-    /// The run's state in `state`, loading an ended run from the store. `None` if unknown.
+    /// The run's state in `state`, loading an ended run from the store. `None`
+    /// if unknown; [`LogError::RunExists`] if the store has it in another thread.
     fn load_run<'s>(&self, state: &'s mut ThreadState, run: &RunId) -> Result<Option<&'s mut RunState>, LogError> {
         if !state.runs.contains_key(run) {
             let Some(record) = self.store.run(run.as_str()).map_err(storage)? else { return Ok(None) };
+            if record.thread_id != state.id {
+                return Err(LogError::RunExists(run.to_string()));
+            }
             state.runs.insert(run.clone(), RunState { record, event_ids: None });
         }
         Ok(state.runs.get_mut(run))
-    }
-
-    fn register(
-        &self,
-        state: &mut ThreadState,
-        run: &RunId,
-        agent_name: Option<String>,
-        in_process: bool,
-    ) -> Result<(), LogError> {
-        let mut registry = self.registry.write();
-        if registry.contains_key(run) {
-            return Err(LogError::RunExists(run.to_string()));
-        }
-        registry.insert(run.clone(), state.id.clone());
-        state.runs.insert(run.clone(), RunState::new(state.id.clone(), agent_name, in_process, Timestamp::now()));
-        self.runs_in_flight.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 
     /// Decides an append under the thread's lock and queues it for commit.
@@ -486,28 +535,36 @@ impl<S: Store> Log for StoredLog<S> {
         let core = &self.core;
         core.check_writable()?;
         let id = thread_id.unwrap_or_else(ThreadId::generate);
-        let mut batch = Batch::default();
-        {
-            let mut threads = core.threads.write();
-            if threads.contains_key(&id) {
-                return Err(LogError::ThreadExists(id));
+        let ticket = match core.target(&id, owner, false) {
+            Ok(target @ Target::New { .. }) => {
+                let mut batch = Batch::default();
+                target.record_into(&mut batch);
+                let ticket = core.submit(batch, Vec::new())?;
+                target.publish();
+                ticket
             }
-            threads.insert(id.clone(), Arc::new(ThreadEntry::new(id.clone(), owner.clone(), 0, 1)));
-            batch.threads.push((id.clone(), ThreadRecord { owner: owner.clone(), oldest_seq: 1 }));
-        }
-        durable(core.submit(batch, Vec::new())?).await?;
+            Ok(Target::Existing(_)) | Err(LogError::Forbidden) => return Err(LogError::ThreadExists(id)),
+            Err(e) => return Err(e),
+        };
+        durable(ticket).await?;
         Ok(id)
     }
 
     async fn ensure_thread(&self, thread_id: &ThreadId, owner: &UserId) -> Result<(), LogError> {
         let core = &self.core;
         core.check_writable()?;
-        let mut batch = Batch::default();
-        core.owned_thread(thread_id, owner, &mut batch)?;
-        if batch.is_empty() {
-            return Ok(());
-        }
-        durable(core.submit(batch, Vec::new())?).await
+        let ticket = {
+            let target = core.target(thread_id, owner, false)?;
+            if let Target::Existing(_) = target {
+                return Ok(());
+            }
+            let mut batch = Batch::default();
+            target.record_into(&mut batch);
+            let ticket = core.submit(batch, Vec::new())?;
+            target.publish();
+            ticket
+        };
+        durable(ticket).await
     }
 
     async fn thread_owner(&self, thread_id: &ThreadId) -> Result<Option<UserId>, LogError> {
@@ -517,19 +574,38 @@ impl<S: Store> Log for StoredLog<S> {
     async fn create_run(&self, new: NewRun) -> Result<RunInfo, LogError> {
         let core = &self.core;
         core.check_writable()?;
-        let mut batch = Batch::default();
-        let entry = core.owned_thread(&new.thread_id, &new.owner, &mut batch)?;
+        // Every check comes before anything changes: a refusal leaves no trace.
+        let run = match new.run_id {
+            Some(chosen) => {
+                core.check_chosen_run_id(&chosen, &new.thread_id, &new.owner)?;
+                chosen
+            }
+            None => RunId::mint(&new.thread_id),
+        };
+        if core.run_taken(&run)? {
+            return Err(LogError::RunExists(run.to_string()));
+        }
         let (info, ticket) = {
+            let target = core.target(&new.thread_id, &new.owner, !new.in_process)?;
+            let entry = target.entry().clone();
             let mut state = entry.state.lock();
-            let run = new.run_id.unwrap_or_else(|| RunId::mint(&new.thread_id));
-            if core.load_run(&mut state, &run)?.is_some() {
+            let mut registry = core.registry.write();
+            if registry.contains_key(&run) {
                 return Err(LogError::RunExists(run.to_string()));
             }
-            core.register(&mut state, &run, new.agent_name, new.in_process)?;
-            let record = state.runs.get(&run).map(|r| r.record.clone());
-            batch.runs.extend(record.map(|r| (run.clone(), r)));
+            let run_state = RunState::new(state.id.clone(), new.agent_name, new.in_process, Timestamp::now());
+            let mut batch = Batch::default();
+            target.record_into(&mut batch);
+            batch.runs.push((run.clone(), run_state.record.clone()));
+            let ticket = core.submit(batch, Vec::new())?;
+            // Queued: now the working state may show it.
+            registry.insert(run.clone(), state.id.clone());
+            state.runs.insert(run.clone(), run_state);
+            core.runs_in_flight.fetch_add(1, Ordering::Relaxed);
             let info = Self::info(&state, &run).ok_or_else(|| LogError::RunNotFound(run.to_string()))?;
-            (info, core.submit(batch, Vec::new())?)
+            drop((registry, state));
+            target.publish();
+            (info, ticket)
         };
         durable(ticket).await?;
         Ok(info)
@@ -620,10 +696,17 @@ impl<S: Store> Log for StoredLog<S> {
             let mut oldest = Vec::new();
             for trim in chunk {
                 let Some(entry) = core.thread(&trim.thread) else { continue };
-                let (owner, was) = (entry.state.lock().owner.clone(), entry.oldest.load(Ordering::Acquire));
-                removed += trim.keep_from.saturating_sub(was);
+                let record = {
+                    let state = entry.state.lock();
+                    ThreadRecord {
+                        owner: state.owner.clone(),
+                        oldest_seq: trim.keep_from,
+                        by_publisher: state.by_publisher,
+                    }
+                };
+                removed += trim.keep_from.saturating_sub(entry.oldest.load(Ordering::Acquire));
                 batch.trims.push((trim.thread.clone(), trim.keep_from));
-                batch.threads.push((trim.thread.clone(), ThreadRecord { owner, oldest_seq: trim.keep_from }));
+                batch.threads.push((trim.thread.clone(), record));
                 oldest.push((entry, trim.keep_from));
             }
             durable(core.submit_with(batch, Vec::new(), oldest)?).await?;

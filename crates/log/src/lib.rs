@@ -135,6 +135,7 @@ pub struct NewRun {
     /// is ended with `worker_lost` when the node's log opens again.
     pub in_process: bool,
     /// A run id chosen by the caller (AG-UI's `runId`); minted when `None`.
+    /// One that names another thread by its pattern must name a thread of `owner`.
     pub run_id: Option<RunId>,
 }
 
@@ -168,12 +169,25 @@ pub struct LogStats {
 pub struct LogConfig {
     /// A run that sends nothing for this long is ended with `agent_error {code:"timeout"}`.
     pub run_idle_timeout: Duration,
+    /// Whether an unregistered run id that names a thread by its pattern routes
+    /// there (PROTOCOL §1), into threads a publisher created; off, only the
+    /// registry routes.
+    pub pattern_routing: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { run_idle_timeout: Duration::from_secs(300) }
+        Self { run_idle_timeout: Duration::from_secs(300), pattern_routing: true }
     }
+}
+
+/// The thread a caller-chosen run id names by its pattern (PROTOCOL §1), when
+/// that is not the thread the run is registered in. Such an id is accepted only
+/// if that thread belongs to the same user: otherwise anyone could register
+/// `run_thread_alice1_…` first and so capture the events alice's publisher
+/// sends to it.
+pub fn foreign_pattern_thread(run: &RunId, thread: &ThreadId) -> Option<ThreadId> {
+    agentwire_protocol::extract_thread_id(run.as_str()).filter(|named| named != thread)
 }
 
 /// The log: registry, numbered events, lifecycle, feed (see the crate docs).

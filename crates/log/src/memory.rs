@@ -92,7 +92,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Log, LogError, NewRun};
+    use crate::{Log, LogError, LogStats, NewRun};
     use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunStatus, Timestamp, UserId};
     use parking_lot::Mutex;
     use serde_json::{Value, json};
@@ -119,7 +119,11 @@ mod tests {
 
     fn setup() -> (Arc<Recorder>, MemoryLog, UserId, ThreadId) {
         let rec = Arc::new(Recorder::default());
-        let log = MemoryLog::new(LogConfig { run_idle_timeout: Duration::from_millis(50) }, rec.clone()).unwrap();
+        let log = MemoryLog::new(
+            LogConfig { run_idle_timeout: Duration::from_millis(50), ..Default::default() },
+            rec.clone(),
+        )
+        .unwrap();
         (rec, log, UserId::parse("alice").unwrap(), ThreadId::parse("thread_a1").unwrap())
     }
 
@@ -168,6 +172,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn refused_run_registrations_leave_nothing_behind() {
+        let (_, log, user, thread) = setup();
+        let chosen = |thread: &str, run: &RunId, owner: &UserId| NewRun {
+            thread_id: ThreadId::parse(thread).unwrap(),
+            owner: owner.clone(),
+            agent_name: None,
+            in_process: true,
+            run_id: Some(run.clone()),
+        };
+        let run = RunId::parse("job-7").unwrap();
+        log.create_run(chosen("thread_a1", &run, &user)).await.unwrap();
+        // A taken id for a new thread: 409, and the thread was never made.
+        let taken = log.create_run(chosen("thread_new1", &run, &user)).await;
+        assert!(matches!(taken, Err(LogError::RunExists(_))));
+        assert_eq!(log.thread_owner(&ThreadId::parse("thread_new1").unwrap()).await.unwrap(), None);
+        // The same for another user: their record is not touched either.
+        let bob = UserId::parse("bob").unwrap();
+        assert!(matches!(log.create_run(chosen("thread_bob1", &run, &bob)).await, Err(LogError::RunExists(_))));
+        assert_eq!(log.run(run.as_str()).await.unwrap().unwrap().thread_id, thread);
+        // An id naming alice's thread by its pattern is bob's to take in no thread of his.
+        let claim = RunId::parse("run_thread_a1_job42").unwrap();
+        assert!(matches!(log.create_run(chosen("thread_bob1", &claim, &bob)).await, Err(LogError::Forbidden)));
+        let unknown = RunId::parse("run_thread_nobody_1").unwrap();
+        assert!(matches!(log.create_run(chosen("thread_bob1", &unknown, &bob)).await, Err(LogError::Forbidden)));
+        assert_eq!(log.thread_owner(&ThreadId::parse("thread_bob1").unwrap()).await.unwrap(), None);
+        assert_eq!(log.stats(), LogStats { threads: 1, runs_in_flight: 1 });
+        // Alice may name her own thread from another of hers.
+        assert!(log.create_run(chosen("thread_a2", &claim, &user)).await.is_ok());
+    }
+
+    #[tokio::test]
     async fn event_ids_deduplicate_even_after_the_run_ended() {
         let (_, log, user, thread) = setup();
         let run = new_run(&log, &user, &thread).await;
@@ -182,7 +217,12 @@ mod tests {
     #[tokio::test]
     async fn foreign_run_ids_route_by_extraction_only_to_existing_threads() {
         let (_, log, user, thread) = setup();
-        log.create_thread(Some(thread.clone()), &user).await.unwrap();
+        // A thread a user made by hand takes no events by the id pattern...
+        let by_hand = ThreadId::parse("thread_hand").unwrap();
+        log.create_thread(Some(by_hand.clone()), &user).await.unwrap();
+        assert!(matches!(log.append("run_thread_hand_1", vec![started()]).await, Err(LogError::RunNotFound(_))));
+        // ...one a publisher created does.
+        new_run(&log, &user, &thread).await;
         let appended = log.append("legacy_thread_a1_42", vec![started()]).await.unwrap();
         assert_eq!(appended.thread_id, thread);
         let info = log.run("legacy_thread_a1_42").await.unwrap().expect("registered on first publish");
@@ -192,7 +232,7 @@ mod tests {
             log.append("legacy_thread_a1_9", vec![ev(EventKind::AgentThinking, json!({"thought":"t"}))]).await;
         assert!(matches!(refused, Err(LogError::Lifecycle(LifecycleError::NotStarted))));
         assert_eq!(log.run("legacy_thread_a1_9").await.unwrap(), None);
-        assert_eq!(log.stats().runs_in_flight, 1);
+        assert_eq!(log.stats().runs_in_flight, 2);
         for unroutable in ["run_thread_zz_1", "4f1c0f3e-uuid", "run with spaces thread_a1"] {
             assert!(
                 matches!(log.append(unroutable, vec![started()]).await, Err(LogError::RunNotFound(_))),

@@ -34,6 +34,11 @@ pub struct ThreadRecord {
     pub owner: UserId,
     /// The oldest `seq` still retained (1 until retention removes events).
     pub oldest_seq: u64,
+    /// Created by a publisher (`POST /v1/runs`): only such threads take events
+    /// of unregistered runs by the id pattern, so a thread a user made by hand
+    /// can never capture events meant for someone else.
+    #[serde(default)]
+    pub by_publisher: bool,
 }
 
 /// A run as stored: enough to go on after a restart.

@@ -12,7 +12,8 @@ fn ev(kind: EventKind, data: Value) -> NewEvent {
 }
 
 fn open(dir: &std::path::Path, idle: Duration) -> EmbeddedLog {
-    EmbeddedLog::open_dir(dir, LogConfig { run_idle_timeout: idle }, Arc::new(NoFeed)).expect("open")
+    EmbeddedLog::open_dir(dir, LogConfig { run_idle_timeout: idle, ..Default::default() }, Arc::new(NoFeed))
+        .expect("open")
 }
 
 async fn reopen(log: EmbeddedLog, dir: &std::path::Path, idle: Duration) -> EmbeddedLog {
@@ -229,4 +230,31 @@ async fn a_thread_exported_and_imported_elsewhere_reads_and_goes_on_the_same() {
     let done =
         vec![ev(EventKind::ToolCompleted, json!({"tool_call_id":"c"})), ev(EventKind::AgentCompleted, json!({}))];
     assert_eq!(moved.append(run.as_str(), done).await.unwrap().seqs, vec![3, 4]);
+}
+
+#[tokio::test]
+async fn a_refused_registration_for_a_new_thread_does_not_break_the_next_start() {
+    // Issue 13: the 409 of a taken run id left its new thread in memory only; the
+    // next run of that thread was stored naming a thread that was not, and the
+    // log refused to open again.
+    let dir = tempfile::tempdir().unwrap();
+    let hour = Duration::from_secs(3600);
+    let log = open(dir.path(), hour);
+    let alice = UserId::parse("alice").unwrap();
+    let new = |thread: &str, run_id: Option<&str>| NewRun {
+        thread_id: ThreadId::parse(thread).unwrap(),
+        owner: alice.clone(),
+        agent_name: None,
+        in_process: false,
+        run_id: run_id.map(|r| agentwire_protocol::RunId::parse(r).unwrap()),
+    };
+    log.create_run(new("thread_one", Some("job-1"))).await.unwrap();
+    assert!(matches!(log.create_run(new("thread_two", Some("job-1"))).await, Err(LogError::RunExists(_))));
+    let run = log.create_run(new("thread_two", None)).await.unwrap().run_id;
+    let started = ev(EventKind::AgentStarted, json!({"agent_name":"a"}));
+    assert_eq!(log.append(run.as_str(), vec![started]).await.unwrap().seqs, vec![1]);
+    let log = reopen(log, dir.path(), hour).await;
+    let page = log.read(&ThreadId::parse("thread_two").unwrap(), 0, 10).await.unwrap();
+    assert_eq!(page.head_seq, 1);
+    assert_eq!(log.thread_owner(&ThreadId::parse("thread_two").unwrap()).await.unwrap(), Some(alice.clone()));
 }

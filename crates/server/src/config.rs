@@ -159,6 +159,12 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
+    /// Route events of unregistered runs by the thread id inside their run id
+    /// (`run_{thread_id}_…`, PROTOCOL §1), into threads a publisher created.
+    /// `false`: only registered runs take events.
+    #[arg(long, env = "AGENTWIRE_LEGACY_RUN_IDS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub legacy_run_ids: bool,
+
     /// Replace secret-looking tool arguments with "[REDACTED]" (PROTOCOL §8).
     #[arg(long, env = "AGENTWIRE_REDACT_SECRETS", default_value_t = true, action = clap::ArgAction::Set)]
     pub redact_secrets: bool,

@@ -81,8 +81,14 @@ class AgentWebSocketBridge:
         try:
             await self._publisher.create_run(thread_id, self._user_for_thread(thread_id), agent_name, run_id=run_id)
         except AgentwireError as exc:
-            if exc.code != "conflict":  # already registered (by us earlier, or elsewhere) is fine
+            if exc.code != "conflict":
                 raise
+            # Taken already: ours (registered earlier, or by another process of this
+            # agent) only if it routes to the thread its id names; never adopt a run
+            # of another thread, whose events would go to someone else's watchers.
+            existing = await self._publisher.get_run(run_id)
+            if existing.get("thread_id") != thread_id:
+                raise AgentwireError(409, "conflict", f"run id {run_id} is registered to another thread") from exc
         self._registered.add(run_id)
 
     async def notify_agent_started(self, run_id: str, agent_name: str, context: Optional[Dict[str, Any]] = None) -> bool:
