@@ -16,6 +16,8 @@ pub enum ErrorCode {
     Unavailable,
     /// A thread or run id that is already taken (`409`, like a lifecycle violation).
     Conflict,
+    /// A request body that did not arrive in time (`408`).
+    Timeout,
     Internal,
 }
 
@@ -32,6 +34,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Conflict => "conflict",
+            Self::Timeout => "timeout",
             Self::Internal => "internal",
         }
     }
@@ -44,6 +47,7 @@ impl ErrorCode {
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::LifecycleViolation | Self::Conflict => 409,
+            Self::Timeout => 408,
             Self::TooLarge => 413,
             Self::RateLimited => 429,
             Self::Unavailable => 503,

@@ -124,6 +124,21 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
 
+    /// Time a client has to send a request's headers, counted from the connection's
+    /// start or the end of the previous response: also how long an idle keep-alive
+    /// connection stays open.
+    #[arg(long, env = "AGENTWIRE_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// Time a client has to send a whole request body (longer: `408 timeout`, and the connection closes).
+    #[arg(long, env = "AGENTWIRE_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_body_timeout: Duration,
+
+    /// Most open HTTP connections from one IP address; one more is closed at once
+    /// (0: no limit). WebSockets leave this count once upgraded.
+    #[arg(long, env = "AGENTWIRE_MAX_HTTP_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_http_connections_per_ip: usize,
+
     /// Largest WebSocket message from a client, in bytes.
     #[arg(long, env = "AGENTWIRE_MAX_FRAME_BYTES", default_value_t = 64 << 10)]
     pub max_frame_bytes: usize,

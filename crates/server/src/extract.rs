@@ -70,14 +70,23 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// A request body within the size limit (`413 too_large` beyond it).
+/// A request body within the size limit (`413 too_large` beyond it) and the
+/// body timeout (`408 timeout` past it: a client that stops sending does not
+/// hold its connection).
 pub struct Body(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for Body {
+impl FromRequest<AppState> for Body {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Bytes::from_request(req, state).await {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let deadline = state.config.http_body_timeout;
+        let read = tokio::time::timeout(deadline, Bytes::from_request(req, state)).await.map_err(|_| {
+            ApiError::new(
+                ErrorCode::Timeout,
+                format!("the request body did not arrive within {} s", deadline.as_secs_f64()),
+            )
+        })?;
+        match read {
             Ok(bytes) => Ok(Self(bytes)),
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::new(ErrorCode::TooLarge, "the request body is larger than the limit"))

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod routes;
 pub mod state;
@@ -210,9 +211,12 @@ impl Server {
         ));
 
         background.spawn(reload_publish_keys(state.auth.clone(), stop_background.clone()));
-        let app = routes::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let http = axum::serve(listener, app).with_graceful_shutdown(state.closing.clone().cancelled_owned());
-        let mut http = tokio::spawn(http.into_future());
+        let http_limits = listener::HttpLimits {
+            header_timeout: state.config.http_header_timeout,
+            max_per_ip: state.config.max_http_connections_per_ip,
+        };
+        let http = listener::serve(listener, routes::router(state.clone()), http_limits, state.closing.clone());
+        let mut http = tokio::spawn(http);
 
         let early = tokio::select! {
             _ = shutdown => None,
@@ -224,7 +228,7 @@ impl Server {
             state.engine.shutdown(grace).await;
             stop_background.cancel();
             return match served {
-                Ok(result) => result.map_err(ServerError::from),
+                Ok(()) => Ok(()),
                 Err(join) => Err(ServerError::Io(std::io::Error::other(join))),
             };
         }
@@ -238,7 +242,7 @@ impl Server {
             tracing::warn!("some WebSockets did not close within the grace period");
         }
         match tokio::time::timeout(grace, http).await {
-            Ok(Ok(result)) => result?,
+            Ok(Ok(())) => {}
             Ok(Err(join)) => tracing::error!(error = %join, "the HTTP server task failed"),
             Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
         }

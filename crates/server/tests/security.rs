@@ -431,3 +431,85 @@ async fn expressions_that_overflowed_the_stack_are_answered_and_the_server_stays
         assert!(event.to_string().len() < 2_000, "an agent event quotes the whole message: {}", event["event"]);
     }
 }
+
+/// A TCP connection to `server` from `from` (another loopback address than the
+/// test's own requests, so per-IP caps bind the attacker only).
+async fn raw_connection(server: &TestServer, from: &str) -> tokio::net::TcpStream {
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(from.parse().unwrap(), 0)).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Whether the server closes `stream` within `within` (whatever it answers first).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut sink = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut sink)).await.is_ok()
+}
+
+/// Request beginnings that never finish: the request line, the headers, the body.
+fn stalled_request(i: usize, token: &str) -> String {
+    match i % 4 {
+        0 => "GET /healthz HTT".to_owned(),
+        1 => "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n".to_owned(),
+        2 => format!(
+            "POST /v1/threads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n{{"
+        ),
+        // A finished request, then an idle keep-alive connection.
+        _ => "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn slow_clients_cannot_hold_the_server() {
+    use tokio::io::AsyncWriteExt;
+    // Issue 14: unfinished requests, slow headers, missing bodies and idle
+    // keep-alives stayed open for good, and one address could take every descriptor.
+    let mut config = test_config();
+    config.max_http_connections_per_ip = 40;
+    config.http_header_timeout = Duration::from_secs(60);
+    let server = TestServer::start_with(config).await;
+    let token = server.token("slowpoke");
+    let mut held = Vec::new();
+    for i in 0..100 {
+        let mut stream = raw_connection(&server, "127.0.0.2").await;
+        let _ = stream.write_all(stalled_request(i, &token).as_bytes()).await;
+        held.push(stream);
+    }
+    // The first 40 are held; every one past the cap is closed at once.
+    let mut closed = 0;
+    for stream in &mut held[40..] {
+        closed += usize::from(closed_within(stream, WAIT).await);
+    }
+    assert_eq!(closed, 60);
+    // Others are served meanwhile.
+    assert_eq!(status(&server, "GET", "/healthz", None, None).await.0, 200);
+    drop(held);
+    server.shutdown().await;
+
+    // With short timeouts every kind of stall is closed by the server.
+    let mut config = test_config();
+    config.http_header_timeout = Duration::from_millis(500);
+    config.http_body_timeout = Duration::from_millis(500);
+    let server = TestServer::start_with(config).await;
+    let token = server.token("slowpoke");
+    let mut held = Vec::new();
+    for i in 0..200 {
+        let mut stream = raw_connection(&server, "127.0.0.2").await;
+        let _ = stream.write_all(stalled_request(i, &token).as_bytes()).await;
+        held.push(stream);
+    }
+    assert_eq!(status(&server, "GET", "/healthz", None, None).await.0, 200);
+    for (i, stream) in held.iter_mut().enumerate() {
+        assert!(closed_within(stream, WAIT).await, "stall kind {} stayed open", i % 4);
+    }
+    // Headers sent one by one, each in time, still must end within the deadline.
+    let mut trickle = raw_connection(&server, "127.0.0.2").await;
+    trickle.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let started = Instant::now();
+    while trickle.write_all(b"X-Slow: 1\r\n").await.is_ok() && started.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() < WAIT, "a trickle of headers kept the connection open");
+}
