@@ -134,6 +134,11 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub http_body_timeout: Duration,
 
+    /// Time a write to a connection (an answer, an SSE or AG-UI stream, a WebSocket)
+    /// may make no progress; past it the connection is closed as a slow consumer.
+    #[arg(long, env = "AGENTWIRE_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Most open HTTP connections from one IP address; one more is closed at once
     /// (0: no limit). WebSockets leave this count once upgraded.
     #[arg(long, env = "AGENTWIRE_MAX_HTTP_CONNECTIONS_PER_IP", default_value_t = 256)]

@@ -213,7 +213,9 @@ impl Server {
         background.spawn(reload_publish_keys(state.auth.clone(), stop_background.clone()));
         let http_limits = listener::HttpLimits {
             header_timeout: state.config.http_header_timeout,
+            write_timeout: state.config.write_timeout,
             max_per_ip: state.config.max_http_connections_per_ip,
+            write_timeouts: state.hub.metrics().slow_consumer_disconnects.clone(),
         };
         let http = listener::serve(listener, routes::router(state.clone()), http_limits, state.closing.clone());
         let mut http = tokio::spawn(http);

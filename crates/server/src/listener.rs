@@ -8,6 +8,11 @@
 //!   from the connection's start or from the end of the previous response, so the
 //!   same deadline closes idle keep-alive connections (hyper runs one timer for both);
 //! - **bodies**: [`crate::extract::Body`] reads a body within the body timeout;
+//! - **writes**: every write to the socket (an HTTP answer, an SSE or AG-UI
+//!   stream, a WebSocket after its upgrade) must make progress within the write
+//!   timeout; a peer that keeps its connection open but stops reading gets an
+//!   error instead of holding its task, its queue and its slot, and is counted
+//!   as a slow consumer ([`DeadlineIo`]);
 //! - **per IP**: at most so many open HTTP connections from one address; one
 //!   more is closed at once, before hyper sees it, so one client cannot take the
 //!   descriptors every other client needs;
@@ -19,8 +24,11 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -30,17 +38,97 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use parking_lot::Mutex;
-use tokio::net::TcpListener;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 /// The accept loop's limits (settings in [`crate::ServerConfig`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpLimits {
     /// Time for a request's head, from the connection's start or the last response.
     pub header_timeout: Duration,
+    /// Time a write to the socket may make no progress.
+    pub write_timeout: Duration,
     /// Open HTTP connections from one IP address (0: no limit).
     pub max_per_ip: usize,
+    /// Counts connections closed because a write timed out.
+    pub write_timeouts: Counter,
+}
+
+/// A socket whose writes fail with `TimedOut` once one has made no progress for
+/// `timeout`: the deadline that frees a connection whose peer stopped reading.
+/// Reads are untouched (the header and body timeouts and the WebSocket pings cover them).
+struct DeadlineIo {
+    io: TcpStream,
+    timeout: Duration,
+    /// Armed while a write is pending; allocated the first time one stalls.
+    stall: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    timeouts: Counter,
+}
+
+impl DeadlineIo {
+    fn new(io: TcpStream, timeout: Duration, timeouts: Counter) -> Self {
+        Self { io, timeout, stall: None, armed: false, timeouts }
+    }
+
+    /// Passes a finished write through, or checks the deadline of a pending one.
+    fn check<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.armed = false;
+            return polled;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            stall.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        if stall.as_mut().poll(cx).is_ready() {
+            self.timeouts.inc();
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading")));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for DeadlineIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for DeadlineIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.check(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.check(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.check(cx, polled)
+    }
 }
 
 /// Open connections per IP address.
@@ -111,7 +199,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits, st
         };
         let _ = stream.set_nodelay(true);
         let service = connection_service(router.clone(), addr);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let io = DeadlineIo::new(stream, limits.write_timeout, limits.write_timeouts.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

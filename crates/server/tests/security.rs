@@ -513,3 +513,87 @@ async fn slow_clients_cannot_hold_the_server() {
     }
     assert!(started.elapsed() < WAIT, "a trickle of headers kept the connection open");
 }
+
+/// A raw HTTP request from a socket with a small receive buffer that is then never read.
+async fn stalled_reader(server: &TestServer, request: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+fn slow_consumers(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("agentwire_slow_consumer_disconnects_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_closed_and_its_slot_freed() {
+    // Issue 13: writes had no deadline, so a peer that kept its connection open
+    // but never read held its slot and a full queue for good.
+    let mut config = test_config();
+    config.write_timeout = Duration::from_millis(500);
+    config.max_connections_per_user = 1;
+    let server = TestServer::start_with(config).await;
+    let token = server.token("stalled");
+    let run = server.create_run("thread_stall", "stalled").await;
+    server.publish(&run, json!({"event":"agent_started","data":{"agent_name":"a"}})).await;
+    let thought = "x".repeat(60_000);
+    let requests = [
+        format!(
+            "GET /v1/ws?token={token} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        ),
+        format!("GET /v1/threads/thread_stall/stream?token={token} HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ];
+    for (i, request) in requests.iter().enumerate() {
+        let mut stalled = stalled_reader(&server, request).await;
+        if i == 0 {
+            use tokio::io::AsyncWriteExt;
+            // A masked text frame: {"type":"subscribe","thread_id":"thread_stall","after_seq":0}
+            let payload = br#"{"type":"subscribe","thread_id":"thread_stall","after_seq":0}"#;
+            let mut frame = vec![0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+            frame.extend_from_slice(payload);
+            stalled.write_all(&frame).await.unwrap();
+        }
+        let before = slow_consumers(&server.get_text("/metrics").await);
+        // The user's one connection slot is taken while the stalled reader lives...
+        let sse = |t: &str| format!("{}/v1/threads/thread_stall/stream?token={t}", server.base);
+        let deadline = Instant::now() + WAIT;
+        while server.http.get(sse(&token)).send().await.unwrap().status() != 429 {
+            assert!(Instant::now() < deadline, "the stalled connection never took its slot");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // ...and given back once its writes stall past the deadline.
+        let mut freed = false;
+        for _ in 0..400 {
+            server.publish(&run, json!({"event":"agent_thinking","data":{"thought": thought}})).await;
+            let resp = server.http.get(sse(&token)).send().await.unwrap();
+            if resp.status() == 200 {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(freed, "transport {i}: the stalled reader kept its slot");
+        assert!(slow_consumers(&server.get_text("/metrics").await) > before, "transport {i}: not counted");
+        drop(stalled);
+        // Let the SSE probe that succeeded go, so the next transport starts with a free slot.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Shutdown does not wait for a reader that stopped.
+    let mut stalled = stalled_reader(&server, &requests[1]).await;
+    for _ in 0..50 {
+        server.publish(&run, json!({"event":"agent_thinking","data":{"thought": thought}})).await;
+    }
+    let started = Instant::now();
+    server.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(4), "shutdown waited {:?}", started.elapsed());
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stalled).await;
+}

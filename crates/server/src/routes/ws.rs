@@ -56,6 +56,9 @@ struct LegacyNames {
     tools: HashMap<(RunId, String), String>,
 }
 
+/// How long a closing connection may take to flush what is queued and say goodbye.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
+
 /// Entries a connection keeps before it starts over (the log can always answer again).
 const LEGACY_MEMORY: usize = 10_000;
 
@@ -259,10 +262,16 @@ async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64, legac
         tokio::select! {
             biased;
             _ = closing.cancelled() => {
-                // What was appended before shutdown still goes out before the close.
-                let ready = outbox.ready_batch();
-                if let Ok(events) = session.live(ready).await {
-                    let _ = client.send_events(&events, true).await;
+                // What was appended before shutdown still goes out before the close,
+                // unless the peer does not read: then shutdown does not wait for it.
+                let flush = async {
+                    let ready = outbox.ready_batch();
+                    if let Ok(events) = session.live(ready).await {
+                        let _ = client.send_events(&events, true).await;
+                    }
+                };
+                if tokio::time::timeout(SHUTDOWN_FLUSH, flush).await.is_err() {
+                    break None;
                 }
                 break Some((close::GOING_AWAY, "server shutting down"))
             }
@@ -335,6 +344,7 @@ async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64, legac
     };
     if let Some((code, reason)) = end {
         let frame = CloseFrame { code, reason: reason.into() };
-        let _ = client.socket.send(Message::Close(Some(frame))).await;
+        // A peer that stopped reading cannot take a close frame; do not wait for it.
+        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, client.socket.send(Message::Close(Some(frame)))).await;
     }
 }

@@ -107,6 +107,11 @@ impl TestServer {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// A GET without credentials, as text (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http.get(format!("{}{path}", self.base)).send().await.unwrap().text().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str, bearer: &str) -> (u16, Value) {
         let resp = self.http.get(format!("{}{path}", self.base)).bearer_auth(bearer).send().await.unwrap();
         let status = resp.status().as_u16();
