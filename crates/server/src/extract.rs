@@ -52,6 +52,15 @@ impl Caller {
         }
     }
 
+    /// The user and their token's expiry (seconds since the epoch), for
+    /// streams that must end when the token does.
+    pub fn user_until(&self) -> Result<(&UserId, u64), ApiError> {
+        match &self.0 {
+            Principal::User { id, exp } => Ok((id, *exp)),
+            _ => Err(ApiError::forbidden()),
+        }
+    }
+
     /// The publisher's key id, or `403` for anyone else.
     pub fn publisher(&self) -> Result<u64, ApiError> {
         match self.0 {

@@ -597,3 +597,37 @@ async fn a_subscriber_that_stops_reading_is_closed_and_its_slot_freed() {
     assert!(started.elapsed() < Duration::from_secs(4), "shutdown waited {:?}", started.elapsed());
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut stalled).await;
 }
+
+#[tokio::test]
+async fn agui_streams_obey_the_connection_caps_and_the_origin_check_and_every_stream_ends_with_its_token() {
+    // Issue 14: a user at 64/64 WebSockets opened 100 AG-UI streams, from any origin.
+    let mut config = test_config();
+    config.max_connections_per_user = 2;
+    let server = TestServer::start_with(config).await;
+    let token = server.token("capped");
+    let input = |n: usize| {
+        json!({"threadId": "thread_capped", "runId": format!("agui-cap-{n}"),
+               "messages": [{"id": "1", "role": "user", "content": "hello"}]})
+    };
+    let agui = |n: usize, origin: Option<&str>| {
+        let mut req = server.http.post(format!("{}/v1/agui", server.base)).bearer_auth(&token).json(&input(n));
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
+        req.send()
+    };
+    assert_eq!(agui(0, Some("https://attacker.example")).await.unwrap().status(), 403);
+    let _a = server.ws(&token).await;
+    let _b = server.ws(&token).await;
+    assert_eq!(agui(1, None).await.unwrap().status(), 429);
+    drop((_a, _b));
+
+    // An SSE stream ends, with an `error` event, when its token expires.
+    let short = hs256("test-secret", json!({"sub": "capped", "exp": now() + 2}));
+    server.create_run("thread_expiring", "capped").await;
+    let url = format!("{}/v1/threads/thread_expiring/stream?token={short}", server.base);
+    let resp = server.http.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.text()).await.expect("the stream ended").unwrap();
+    assert!(body.contains("event: error") && body.contains("unauthorized"), "{body}");
+}

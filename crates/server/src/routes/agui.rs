@@ -13,14 +13,19 @@ use agentwire_hub::Session;
 use agentwire_log::NewRun;
 use agentwire_protocol::agui::AguiStream;
 use agentwire_protocol::{RunId, ThreadId};
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::remaining;
 use crate::error::ApiError;
 use crate::extract::{Body, Caller};
+use crate::routes::ConnectionGauge;
 use crate::state::AppState;
 
 /// The parts of AG-UI's `RunAgentInput` agentwire reads; others are ignored.
@@ -71,10 +76,16 @@ fn sse(event: &Value) -> Result<Event, Infallible> {
         (status = 413, body = crate::routes::schema::ErrorBody), (status = 503, body = crate::routes::schema::ErrorBody)))]
 pub async fn run(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: Caller,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let user = caller.user()?.clone();
+    let (user, exp) = caller.user_until()?;
+    let user = user.clone();
+    // A stream like any other: the same origin check and connection caps.
+    state.limits.check_origin(&headers)?;
+    let permit = state.limits.open_connection(&user, peer.ip())?;
     let input: RunAgentInput = body.json()?;
     let thread = ThreadId::parse(&input.thread_id)?;
     let run_id = RunId::parse(&input.run_id)?;
@@ -107,12 +118,19 @@ pub async fn run(
 
     let keep_alive = KeepAlive::new().interval(state.config.sse_keepalive).text("ping");
     let events = async_stream::stream! {
+        let _gauge = ConnectionGauge::open(state.hub.metrics(), "agui");
+        let _permit = permit;
+        let expiry = tokio::time::sleep(remaining(exp));
+        tokio::pin!(expiry);
         let mut agui = AguiStream::new(thread.as_str(), run_id.as_str());
         yield sse(&agui.started());
         while !agui.ended() {
             let batch = tokio::select! {
                 batch = outbox.next_batch() => batch,
                 _ = session.connection().overflowed() => break,
+                // The run goes on; this watcher's token ended, as on every transport.
+                _ = &mut expiry => break,
+                _ = state.closing.cancelled() => break,
             };
             if batch.is_empty() {
                 break;

@@ -9,13 +9,14 @@ use std::net::SocketAddr;
 
 use agentwire_hub::Session;
 use agentwire_log::StoredEvent;
-use agentwire_protocol::{ServerFrame, ThreadId};
+use agentwire_protocol::{ErrorCode, ServerFrame, ThreadId};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
 
+use crate::auth::remaining;
 use crate::error::ApiError;
 use crate::extract::Caller;
 use crate::routes::ConnectionGauge;
@@ -46,7 +47,7 @@ pub async fn stream(
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let user = caller.user()?;
+    let (user, exp) = caller.user_until()?;
     let thread = ThreadId::parse(&thread_id)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let after_seq = match headers.get("last-event-id") {
@@ -67,6 +68,8 @@ pub async fn stream(
 
     let events = async_stream::stream! {
         let _gauge = ConnectionGauge::open(state.hub.metrics(), "sse");
+        let expiry = tokio::time::sleep(remaining(exp));
+        tokio::pin!(expiry);
         let _permit = permit;
         let metrics = state.hub.metrics().clone();
         if let Some(oldest_seq) = started.reset {
@@ -100,6 +103,12 @@ pub async fn stream(
                     break;
                 }
                 _ = session.connection().overflowed() => break,
+                // Like a WebSocket's 4001: the client reconnects with a fresh token.
+                _ = &mut expiry => {
+                    let frame = ServerFrame::error(ErrorCode::Unauthorized, "token expired", Some(thread.as_str()));
+                    yield Ok(Event::default().event("error").data(frame.to_json()));
+                    break;
+                }
                 batch = outbox.next_batch() => batch,
             };
             if batch.is_empty() {
