@@ -78,6 +78,8 @@ pub enum EventError {
     Field { event: &'static str, field: &'static str, expected: &'static str },
     #[error("{event}: code must be one of failed, cancelled, timeout, worker_lost")]
     ErrorCode { event: &'static str },
+    #[error("{event}: field {field:?} is longer than {max} bytes")]
+    TooLong { event: &'static str, field: &'static str, max: usize },
     #[error("data must be a JSON object")]
     DataNotObject,
     #[error("event_id must be 1 to 128 characters")]
@@ -98,7 +100,7 @@ impl EventError {
     /// The client-facing code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::TooMany { .. } => ErrorCode::TooLarge,
+            Self::TooMany { .. } | Self::TooLong { .. } => ErrorCode::TooLarge,
             Self::At { source, .. } => source.code(),
             _ => ErrorCode::BadRequest,
         }

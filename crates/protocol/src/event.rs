@@ -11,6 +11,12 @@ use crate::error::EventError;
 
 /// Longest `event_id` accepted.
 pub const EVENT_ID_MAX: usize = 128;
+/// Longest name or id inside an event's data (`agent_name`, `tool_name`,
+/// `tool_call_id`, `message_id`, `code`), in bytes. Names are repeated in every
+/// legacy frame, run view and dashboard row; free text is bounded by the body limit.
+pub const NAME_MAX: usize = 256;
+/// The data fields that hold names or ids, bounded by [`NAME_MAX`].
+const NAME_FIELDS: [&str; 5] = ["agent_name", "tool_name", "tool_call_id", "message_id", "code"];
 
 /// What happened in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -85,6 +91,11 @@ impl EventKind {
         for &field in self.required() {
             if !data.get(field).is_some_and(Value::is_string) {
                 return Err(EventError::Field { event: self.as_str(), field, expected: "a string" });
+            }
+        }
+        for field in NAME_FIELDS {
+            if data.get(field).and_then(Value::as_str).is_some_and(|v| v.len() > NAME_MAX) {
+                return Err(EventError::TooLong { event: self.as_str(), field, max: NAME_MAX });
             }
         }
         if self == Self::AgentError

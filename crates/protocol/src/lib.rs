@@ -18,7 +18,7 @@ pub mod lifecycle;
 
 pub use envelope::{Envelope, EnvelopeType, Timestamp};
 pub use error::{ErrorCode, EventError, IdError, LifecycleError};
-pub use event::{EventKind, NewEvent, PublishLimits, parse_publish_body};
+pub use event::{EventKind, NAME_MAX, NewEvent, PublishLimits, parse_publish_body};
 pub use frame::{ClientFrame, ServerFrame, encode_events, json_array};
 pub use ids::{RunId, ThreadId, UserId, extract_thread_id};
 pub use lifecycle::{RunLifecycle, RunStatus};

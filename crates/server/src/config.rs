@@ -173,9 +173,11 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_WS_MESSAGE_RATE", default_value_t = 20)]
     pub ws_message_rate: u32,
 
-    /// Origins (comma-separated, e.g. `https://app.example.com`) allowed to open
-    /// WebSockets and streams from a browser; `*` allows any. Empty: the server's
-    /// own origin only. Requests without an Origin header (non-browser clients) pass.
+    /// Origins (comma-separated scheme://host:port, e.g. `https://app.example.com`)
+    /// allowed to open WebSockets and streams from a browser; `*` allows any. Besides
+    /// these, http(s) origins on the allowed hosts (and, listening on loopback, on the
+    /// loopback names with the bound port) pass. Requests without an Origin header
+    /// (non-browser clients) pass.
     #[arg(long, env = "AGENTWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
@@ -184,6 +186,13 @@ pub struct ServerConfig {
     /// `false`: only registered runs take events.
     #[arg(long, env = "AGENTWIRE_LEGACY_RUN_IDS", default_value_t = true, action = clap::ArgAction::Set)]
     pub legacy_run_ids: bool,
+
+    /// Host names (comma-separated, `host` or `host:port`; `*` for any) this server
+    /// answers to; a request with another `Host` gets `403`. Empty: any host, except
+    /// in dev mode, which answers only `localhost`, `127.0.0.1` and `[::1]` with its
+    /// port (against DNS rebinding). Browser origins on these hosts may connect.
+    #[arg(long, env = "AGENTWIRE_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
 
     /// Replace secret-looking tool arguments with "[REDACTED]" (PROTOCOL §8).
     #[arg(long, env = "AGENTWIRE_REDACT_SECRETS", default_value_t = true, action = clap::ArgAction::Set)]

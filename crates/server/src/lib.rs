@@ -153,6 +153,11 @@ impl Server {
                 "DEV MODE: no JWT secret on a loopback address; /dev/token hands out tokens to anyone and operator routes are open"
             );
         }
+        if !config.listen.ip().is_loopback() && config.allowed_hosts.is_empty() && config.allowed_origins.is_empty() {
+            tracing::warn!(
+                "no AGENTWIRE_ALLOWED_HOSTS or AGENTWIRE_ALLOWED_ORIGINS: browser pages (the chat page included) cannot open streams"
+            );
+        }
         if !auth.has_publish_keys() {
             tracing::warn!("no publish key is set (AGENTWIRE_PUBLISH_KEY): external publishers will be refused");
         }
@@ -217,6 +222,9 @@ impl Server {
             max_per_ip: state.config.max_http_connections_per_ip,
             write_timeouts: state.hub.metrics().slow_consumer_disconnects.clone(),
         };
+        if let Ok(addr) = listener.local_addr() {
+            state.limits.set_port(addr.port());
+        }
         let http = listener::serve(listener, routes::router(state.clone()), http_limits, state.closing.clone());
         let mut http = tokio::spawn(http);
 

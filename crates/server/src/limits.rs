@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Instant;
 
 use agentwire_protocol::{ErrorCode, UserId};
@@ -54,7 +55,18 @@ pub struct Limits {
     per_user: DashMap<UserId, usize>,
     per_ip: DashMap<IpAddr, usize>,
     allowed_origins: Vec<String>,
+    /// `AGENTWIRE_ALLOWED_HOSTS`, lower-cased (`host` or `host:port`).
+    allowed_hosts: Vec<String>,
+    /// Listening on loopback: the loopback names with the bound port are this server's own.
+    loopback: bool,
+    /// Dev mode: only loopback names may be in `Host` (no DNS rebinding).
+    dev_mode: bool,
+    /// The bound port, once known (the settings may say 0).
+    port: AtomicU16,
 }
+
+/// The names a loopback server is reached by.
+const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
 fn rate_limited(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::RateLimited, message)
@@ -71,7 +83,48 @@ impl Limits {
             per_user: DashMap::new(),
             per_ip: DashMap::new(),
             allowed_origins: config.allowed_origins.iter().map(|o| o.trim().trim_end_matches('/').to_owned()).collect(),
+            allowed_hosts: config.allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
+            loopback: config.listen.ip().is_loopback(),
+            dev_mode: config.dev_mode(),
+            port: AtomicU16::new(config.listen.port()),
         })
+    }
+
+    /// Records the port the listener was bound to.
+    pub fn set_port(&self, port: u16) {
+        self.port.store(port, Ordering::Relaxed);
+    }
+
+    /// Whether `authority` (`host[:port]`, lower-cased) names this server: one
+    /// of the allowed hosts (an entry without a port matches any port), or,
+    /// listening on loopback, a loopback name with the bound port.
+    fn is_own_authority(&self, authority: &str) -> bool {
+        let port = self.port.load(Ordering::Relaxed);
+        let loopback = self.loopback && LOOPBACK_NAMES.iter().any(|name| authority == format!("{name}:{port}"));
+        loopback
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|h| h == "*" || h == authority || authority.rsplit_once(':').is_some_and(|(host, _)| host == h))
+    }
+
+    /// `403` when the request's `Host` is not this server's, where that is
+    /// checked: always in dev mode (loopback names only, against DNS
+    /// rebinding), elsewhere when `AGENTWIRE_ALLOWED_HOSTS` is set. A request
+    /// without `Host` (not a browser) passes.
+    pub fn check_host(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if !self.dev_mode && self.allowed_hosts.is_empty() {
+            return Ok(());
+        }
+        let Some(host) = headers.get(header::HOST) else { return Ok(()) };
+        let host = host.to_str().unwrap_or_default().to_ascii_lowercase();
+        let allowed = if self.dev_mode {
+            let port = self.port.load(Ordering::Relaxed);
+            LOOPBACK_NAMES.iter().any(|name| host == format!("{name}:{port}") || host == *name && port == 80)
+        } else {
+            self.is_own_authority(&host)
+        };
+        if allowed { Ok(()) } else { Err(ApiError::new(ErrorCode::Forbidden, "this host name is not served here")) }
     }
 
     /// Counts one publish request of the key `key`; `429` past its rate.
@@ -110,17 +163,20 @@ impl Limits {
     }
 
     /// `403` when a browser request comes from an origin that is not allowed.
+    ///
+    /// Allowed: an origin listed in `AGENTWIRE_ALLOWED_ORIGINS` (scheme, host and
+    /// port; `*` for any), or an `http`/`https` origin whose host and port are
+    /// this server's own (see `is_own_authority`). Never compared with the
+    /// request's `Host`, which a rebinding attacker controls as well as `Origin`.
     pub fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else { return Ok(()) };
-        let origin = origin.trim_end_matches('/');
-        let allowed = if self.allowed_origins.is_empty() {
-            // Same origin: the Origin's authority is the Host the request was sent to.
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-            origin.split_once("://").is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
-        } else {
-            self.allowed_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+        let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/').to_ascii_lowercase();
+        let listed = self.allowed_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(&origin));
+        let own = match origin.split_once("://") {
+            Some(("http" | "https", authority)) => self.is_own_authority(authority),
+            _ => false,
         };
-        if allowed { Ok(()) } else { Err(ApiError::new(ErrorCode::Forbidden, "this origin may not connect")) }
+        if listed || own { Ok(()) } else { Err(ApiError::new(ErrorCode::Forbidden, "this origin may not connect")) }
     }
 }
 
@@ -181,13 +237,18 @@ mod tests {
     }
 
     #[test]
-    fn origins_are_checked_only_for_browsers() {
+    fn origins_are_checked_only_for_browsers_and_against_lists() {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, "agentwire.example:8080".parse().unwrap());
         let same_only = limits(|_| {});
         assert!(same_only.check_origin(&headers).is_ok(), "no Origin: not a browser");
+        // The Host header is not trusted: a rebinding attacker sets it with Origin.
         headers.insert(header::ORIGIN, "https://agentwire.example:8080".parse().unwrap());
-        assert!(same_only.check_origin(&headers).is_ok());
+        assert!(same_only.check_origin(&headers).is_err());
+        let hosts = limits(|c| c.allowed_hosts = vec!["agentwire.example".into()]);
+        assert!(hosts.check_origin(&headers).is_ok());
+        headers.insert(header::ORIGIN, "chrome-extension://agentwire.example:8080".parse().unwrap());
+        assert!(hosts.check_origin(&headers).is_err(), "scheme compared too");
         headers.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
         assert!(same_only.check_origin(&headers).is_err());
         let listed = limits(|c| c.allowed_origins = vec!["https://evil.example/".into()]);

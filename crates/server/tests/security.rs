@@ -631,3 +631,61 @@ async fn agui_streams_obey_the_connection_caps_and_the_origin_check_and_every_st
     let body = tokio::time::timeout(Duration::from_secs(10), resp.text()).await.expect("the stream ended").unwrap();
     assert!(body.contains("event: error") && body.contains("unauthorized"), "{body}");
 }
+
+#[tokio::test]
+async fn dev_mode_answers_only_loopback_hosts_and_origins_are_checked_by_list() {
+    // Issue 14: with Host and Origin both `attacker.example:PORT` (DNS rebinding),
+    // dev mode handed out tokens and served threads and the operator routes.
+    let mut config = test_config();
+    config.jwt_secret = None;
+    let server = TestServer::start_with(config).await;
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let attacker = format!("attacker.example:{port}");
+    let get = |path: &str, host: &str, origin: Option<String>| {
+        let mut req = server.http.get(format!("{}{path}", server.base)).header("host", host);
+        if let Some(origin) = origin {
+            req = req.header("origin", origin);
+        }
+        req.send()
+    };
+    for path in ["/dev/token?user=eve", "/v1/admin/stats", "/v1/threads/thread_x1/events", "/"] {
+        let resp = get(path, &attacker, Some(format!("http://{attacker}"))).await.unwrap();
+        assert_eq!(resp.status(), 403, "{path}");
+    }
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")] {
+        assert_eq!(get("/dev/token?user=eve", &host, None).await.unwrap().status(), 200, "{host}");
+    }
+    let (_, token) = server.get("/dev/token?user=eve", "").await;
+    let token = token["token"].as_str().unwrap().to_owned();
+    server.create_run("thread_eve1", "eve").await;
+    let stream = format!("/v1/threads/thread_eve1/stream?token={token}");
+    let own = format!("127.0.0.1:{port}");
+    // The origin is checked against a list, scheme included; not against Host.
+    for (origin, want) in [
+        (format!("http://127.0.0.1:{port}"), 200),
+        (format!("http://localhost:{port}"), 200),
+        (format!("chrome-extension://127.0.0.1:{port}"), 403),
+        (format!("http://127.0.0.1:{}", port.parse::<u16>().unwrap() + 1), 403),
+    ] {
+        assert_eq!(get(&stream, &own, Some(origin.clone())).await.unwrap().status(), want, "{origin}");
+    }
+}
+
+#[tokio::test]
+async fn names_in_events_and_runs_have_a_length_limit() {
+    // Issue 14: a publisher's agent_name of 500 KB was stored and served whole.
+    let server = TestServer::start().await;
+    let run = server.create_run("thread_names", "nell").await;
+    let long = "n".repeat(agentwire_protocol::NAME_MAX + 1);
+    for event in [
+        json!({"event":"agent_started","data":{"agent_name": long}}),
+        json!({"event":"tool_executing","data":{"tool_call_id":"c1","tool_name": long}}),
+    ] {
+        let (status, body) = server.publish(&run, event).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (413, Some("too_large")), "{body}");
+    }
+    let body = json!({"thread_id":"thread_names2","user_id":"nell","agent_name": long});
+    assert_eq!(server.post("/v1/runs", PUBLISH_KEY, body).await.0, 413);
+    let fits = "n".repeat(agentwire_protocol::NAME_MAX);
+    assert_eq!(server.publish(&run, json!({"event":"agent_started","data":{"agent_name": fits}})).await.0, 200);
+}

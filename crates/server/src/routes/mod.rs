@@ -45,7 +45,20 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::spec))
         .fallback(ops::fallback)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), host_guard))
         .with_state(state)
+}
+
+/// Refuses requests for a host name this server does not answer to (DNS rebinding).
+async fn host_guard(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match state.limits.check_host(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => axum::response::IntoResponse::into_response(e),
+    }
 }
 
 /// Counts an open connection for as long as it lives.

@@ -21,6 +21,10 @@ use crate::state::AppState;
 pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -> Result<impl IntoResponse, ApiError> {
     state.limits.allow_publish(caller.publisher()?)?;
     let req: CreateRun = body.json()?;
+    if req.agent_name.as_ref().is_some_and(|n| n.len() > agentwire_protocol::NAME_MAX) {
+        let message = format!("agent_name is longer than {} bytes", agentwire_protocol::NAME_MAX);
+        return Err(ApiError::new(agentwire_protocol::ErrorCode::TooLarge, message));
+    }
     let new = NewRun {
         thread_id: ThreadId::parse(&req.thread_id)?,
         owner: UserId::parse(&req.user_id)?,
