@@ -44,6 +44,8 @@ const SYNC_PAGE: usize = 1024;
 const MAX_VIEWS: usize = 50_000;
 /// Registrations cached (they never change once made).
 const MAX_REGISTRY: usize = 200_000;
+/// Thread records (owner, creator) cached per node; cleared when full, read again on demand.
+const MAX_METAS: usize = 200_000;
 /// Events read per round trip when retention looks for the age cut-off.
 const AGE_PAGE: usize = 256;
 
@@ -157,9 +159,19 @@ impl<B: Backbone> Inner<B> {
         }
         let meta = self.backbone.thread(thread).await.map_err(unavailable)?;
         if let Some(meta) = &meta {
-            self.metas.write().insert(thread.clone(), meta.clone());
+            self.remember_meta(thread.clone(), meta.clone());
         }
         Ok(meta)
+    }
+
+    /// Caches a thread's record; a thread's owner and creator never change, so
+    /// the cache only needs a bound, not invalidation.
+    fn remember_meta(&self, thread: ThreadId, meta: ThreadMeta) {
+        let mut metas = self.metas.write();
+        if metas.len() >= MAX_METAS {
+            metas.clear();
+        }
+        metas.insert(thread, meta);
     }
 
     async fn owner(&self, thread: &ThreadId) -> Result<Option<UserId>, LogError> {
@@ -173,7 +185,7 @@ impl<B: Backbone> Inner<B> {
             None => {
                 let meta = ThreadMeta { owner: owner.clone(), by_publisher };
                 if self.backbone.create_thread(thread, &meta).await.map_err(unavailable)? {
-                    self.metas.write().insert(thread.clone(), meta);
+                    self.remember_meta(thread.clone(), meta);
                     return Ok(());
                 }
                 // Another node created it just now.
@@ -492,7 +504,7 @@ impl<B: Backbone> Log for ClusterLog<B> {
         if !self.inner.backbone.create_thread(&id, &meta).await.map_err(unavailable)? {
             return Err(LogError::ThreadExists(id));
         }
-        self.inner.metas.write().insert(id.clone(), meta);
+        self.inner.remember_meta(id.clone(), meta);
         Ok(id)
     }
 
@@ -507,6 +519,8 @@ impl<B: Backbone> Log for ClusterLog<B> {
     async fn create_run(&self, new: NewRun) -> Result<RunInfo, LogError> {
         let inner = &self.inner;
         // Every check comes before anything is written: a refusal leaves no trace.
+        // A minted id is fresh; a chosen one may be taken, which must be known
+        // before the thread is made (the registration below is the atomic check).
         let run = match new.run_id {
             Some(chosen) => {
                 if let Some(named) = agentwire_log::foreign_pattern_thread(&chosen, &new.thread_id)
@@ -514,13 +528,13 @@ impl<B: Backbone> Log for ClusterLog<B> {
                 {
                     return Err(LogError::Forbidden);
                 }
+                if inner.registration(chosen.as_str()).await?.is_some() {
+                    return Err(LogError::RunExists(chosen.to_string()));
+                }
                 chosen
             }
             None => RunId::mint(&new.thread_id),
         };
-        if inner.registration(run.as_str()).await?.is_some() {
-            return Err(LogError::RunExists(run.to_string()));
-        }
         inner.ensure_thread(&new.thread_id, &new.owner, !new.in_process).await?;
         let node = new.in_process.then(|| inner.config.node_id.clone());
         let entry =

@@ -99,13 +99,23 @@ impl Limits {
     /// of the allowed hosts (an entry without a port matches any port), or,
     /// listening on loopback, a loopback name with the bound port.
     fn is_own_authority(&self, authority: &str) -> bool {
-        let port = self.port.load(Ordering::Relaxed);
-        let loopback = self.loopback && LOOPBACK_NAMES.iter().any(|name| authority == format!("{name}:{port}"));
-        loopback
+        (self.loopback && self.is_loopback_authority(authority))
             || self
                 .allowed_hosts
                 .iter()
                 .any(|h| h == "*" || h == authority || authority.rsplit_once(':').is_some_and(|(host, _)| host == h))
+    }
+
+    /// Whether `authority` is a loopback name with the bound port (the port may
+    /// be left out when it is 80). Compared in place: this runs on every request in dev mode.
+    fn is_loopback_authority(&self, authority: &str) -> bool {
+        let port = self.port.load(Ordering::Relaxed);
+        let (name, given) = match authority.rsplit_once(':') {
+            // `[::1]` alone has colons inside its brackets, not a port.
+            Some((name, p)) if !p.ends_with(']') => (name, p.parse::<u16>().ok()),
+            _ => (authority, (port == 80).then_some(80)),
+        };
+        given == Some(port) && LOOPBACK_NAMES.contains(&name)
     }
 
     /// `403` when the request's `Host` is not this server's, where that is
@@ -118,12 +128,7 @@ impl Limits {
         }
         let Some(host) = headers.get(header::HOST) else { return Ok(()) };
         let host = host.to_str().unwrap_or_default().to_ascii_lowercase();
-        let allowed = if self.dev_mode {
-            let port = self.port.load(Ordering::Relaxed);
-            LOOPBACK_NAMES.iter().any(|name| host == format!("{name}:{port}") || host == *name && port == 80)
-        } else {
-            self.is_own_authority(&host)
-        };
+        let allowed = if self.dev_mode { self.is_loopback_authority(&host) } else { self.is_own_authority(&host) };
         if allowed { Ok(()) } else { Err(ApiError::new(ErrorCode::Forbidden, "this host name is not served here")) }
     }
 
@@ -234,6 +239,20 @@ mod tests {
         assert!(limits.open_connection(&bob, ip).is_err(), "the address is full");
         drop(a1);
         assert!(limits.open_connection(&bob, ip).is_ok());
+    }
+
+    #[test]
+    fn loopback_authorities_need_the_bound_port() {
+        let limits = limits(|_| {});
+        limits.set_port(8080);
+        for ok in ["localhost:8080", "127.0.0.1:8080", "[::1]:8080"] {
+            assert!(limits.is_loopback_authority(ok), "{ok}");
+        }
+        for refused in ["localhost:8081", "localhost", "[::1]", "evil.example:8080", "127.0.0.2:8080", "[::1]:x"] {
+            assert!(!limits.is_loopback_authority(refused), "{refused}");
+        }
+        limits.set_port(80);
+        assert!(limits.is_loopback_authority("localhost") && limits.is_loopback_authority("[::1]"));
     }
 
     #[test]

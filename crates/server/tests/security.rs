@@ -461,6 +461,19 @@ fn stalled_request(i: usize, token: &str) -> String {
     }
 }
 
+/// `count` connections from 127.0.0.2, each left in one of the stalls of [`stalled_request`].
+async fn stalled_requests(server: &TestServer, count: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let token = server.token("slowpoke");
+    let mut held = Vec::new();
+    for i in 0..count {
+        let mut stream = raw_connection(server, "127.0.0.2").await;
+        let _ = stream.write_all(stalled_request(i, &token).as_bytes()).await;
+        held.push(stream);
+    }
+    held
+}
+
 #[tokio::test]
 async fn slow_clients_cannot_hold_the_server() {
     use tokio::io::AsyncWriteExt;
@@ -470,13 +483,7 @@ async fn slow_clients_cannot_hold_the_server() {
     config.max_http_connections_per_ip = 40;
     config.http_header_timeout = Duration::from_secs(60);
     let server = TestServer::start_with(config).await;
-    let token = server.token("slowpoke");
-    let mut held = Vec::new();
-    for i in 0..100 {
-        let mut stream = raw_connection(&server, "127.0.0.2").await;
-        let _ = stream.write_all(stalled_request(i, &token).as_bytes()).await;
-        held.push(stream);
-    }
+    let mut held = stalled_requests(&server, 100).await;
     // The first 40 are held; every one past the cap is closed at once.
     let mut closed = 0;
     for stream in &mut held[40..] {
@@ -493,13 +500,7 @@ async fn slow_clients_cannot_hold_the_server() {
     config.http_header_timeout = Duration::from_millis(500);
     config.http_body_timeout = Duration::from_millis(500);
     let server = TestServer::start_with(config).await;
-    let token = server.token("slowpoke");
-    let mut held = Vec::new();
-    for i in 0..200 {
-        let mut stream = raw_connection(&server, "127.0.0.2").await;
-        let _ = stream.write_all(stalled_request(i, &token).as_bytes()).await;
-        held.push(stream);
-    }
+    let mut held = stalled_requests(&server, 200).await;
     assert_eq!(status(&server, "GET", "/healthz", None, None).await.0, 200);
     for (i, stream) in held.iter_mut().enumerate() {
         assert!(closed_within(stream, WAIT).await, "stall kind {} stayed open", i % 4);

@@ -7,14 +7,13 @@
 //! [`AguiStream`]. Other watchers of the thread see the same run.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 
 use agentwire_agent::RunInput;
 use agentwire_hub::Session;
 use agentwire_log::NewRun;
 use agentwire_protocol::agui::AguiStream;
 use agentwire_protocol::{RunId, ThreadId};
-use std::net::SocketAddr;
-
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
