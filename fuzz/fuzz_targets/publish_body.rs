@@ -5,7 +5,7 @@ use agentwire_protocol::{EventKind, PublishLimits, parse_publish_body};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let limits = PublishLimits { max_events: 64, redact: true };
+    let limits = PublishLimits { max_events: 64 };
     if let Ok(events) = parse_publish_body(data, limits) {
         assert!(!events.is_empty() && events.len() <= 64);
         for e in &events {

@@ -75,10 +75,12 @@ fn check_size(expression: &str) -> Result<(), String> {
 
 /// `text` as quoted in thoughts and answers: whole when short, else its start,
 /// so a huge message does not become a huge answer streamed word by word.
+/// Redacted before it is cut: half a key no longer looks like one to the log's pass.
 fn shown(text: &str) -> String {
     const SHOWN: usize = 64;
+    let text = agentwire_protocol::redact::redact_text(text);
     if text.len() <= SHOWN {
-        return text.to_owned();
+        return text.into_owned();
     }
     let cut = (0..=SHOWN).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
     format!("{}… ({} characters)", &text[..cut], text.len())

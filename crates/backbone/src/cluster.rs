@@ -278,7 +278,8 @@ impl<B: Backbone> Inner<B> {
     }
 
     /// Appends under the thread's view: decide, compare-and-set, retry on a move.
-    async fn append_to(&self, run_id: &str, events: Vec<NewEvent>, cancel: bool) -> Result<Appended, LogError> {
+    async fn append_to(&self, run_id: &str, mut events: Vec<NewEvent>, cancel: bool) -> Result<Appended, LogError> {
+        self.config.log.prepare(&mut events);
         let (run, entry, thread) = self.resolve(run_id, !cancel).await?;
         let cell = self.cell(&thread);
         let mut view = cell.lock().await;

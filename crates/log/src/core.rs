@@ -476,9 +476,10 @@ impl<S: Store> StoredLog<S> {
     }
 
     /// Appends under the resolved thread's lock, then waits for durability.
-    async fn append_to(&self, run_id: &str, events: Vec<NewEvent>, cancel: bool) -> Result<Appended, LogError> {
+    async fn append_to(&self, run_id: &str, mut events: Vec<NewEvent>, cancel: bool) -> Result<Appended, LogError> {
         let core = &self.core;
         core.check_writable()?;
+        core.config.prepare(&mut events);
         let (run, entry) = core.resolve(run_id, !cancel)?;
         let (appended, ticket) = {
             let mut state = entry.state.lock();

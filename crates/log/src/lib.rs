@@ -173,11 +173,23 @@ pub struct LogConfig {
     /// there (PROTOCOL §1), into threads a publisher created; off, only the
     /// registry routes.
     pub pattern_routing: bool,
+    /// Whether events are redacted before they are stored (PROTOCOL §8). Every
+    /// source appends through a log, so this is the one place it happens.
+    pub redact: bool,
+}
+
+impl LogConfig {
+    /// Prepares a batch for storing: the redaction pass, when it is on.
+    pub fn prepare(&self, events: &mut [NewEvent]) {
+        if self.redact {
+            events.iter_mut().for_each(agentwire_protocol::redact::redact_event);
+        }
+    }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { run_idle_timeout: Duration::from_secs(300), pattern_routing: true }
+        Self { run_idle_timeout: Duration::from_secs(300), pattern_routing: true, redact: true }
     }
 }
 

@@ -16,7 +16,7 @@ pub const EVENT_ID_MAX: usize = 128;
 /// legacy frame, run view and dashboard row; free text is bounded by the body limit.
 pub const NAME_MAX: usize = 256;
 /// The data fields that hold names or ids, bounded by [`NAME_MAX`].
-const NAME_FIELDS: [&str; 5] = ["agent_name", "tool_name", "tool_call_id", "message_id", "code"];
+pub(crate) const NAME_FIELDS: [&str; 5] = ["agent_name", "tool_name", "tool_call_id", "message_id", "code"];
 
 /// What happened in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -142,21 +142,15 @@ impl NewEvent {
         self
     }
 
-    /// Checks kind-specific required fields and the `event_id`; redacts secret-looking
-    /// tool arguments when `redact` is on (PROTOCOL §8).
-    pub fn validate(mut self, redact: bool) -> Result<Self, EventError> {
+    /// Checks kind-specific required fields and the `event_id`. Redaction is the
+    /// log's, so that every source gets it ([`crate::redact`]).
+    pub fn validate(self) -> Result<Self, EventError> {
         if let Some(id) = &self.event_id
             && !(1..=EVENT_ID_MAX).contains(&id.len())
         {
             return Err(EventError::EventId);
         }
         self.kind.check_data(&self.data)?;
-        if redact
-            && self.kind == EventKind::ToolExecuting
-            && let Some(args) = self.data.get_mut("args")
-        {
-            redact_secrets(args);
-        }
         Ok(self)
     }
 }
@@ -189,12 +183,10 @@ struct RawBody {
 pub struct PublishLimits {
     /// Most events one body may carry.
     pub max_events: usize,
-    /// Redact secret-looking tool arguments.
-    pub redact: bool,
 }
 
 impl RawEvent {
-    fn into_new_event(self, redact: bool) -> Result<NewEvent, EventError> {
+    fn into_new_event(self) -> Result<NewEvent, EventError> {
         let kind = EventKind::from_name(&self.event).ok_or_else(|| EventError::UnknownEvent(self.event.clone()))?;
         if kind == EventKind::UserMessage {
             return Err(EventError::ServerOnly(kind.as_str()));
@@ -204,7 +196,7 @@ impl RawEvent {
             Some(Value::Object(map)) => map,
             Some(_) => return Err(EventError::DataNotObject),
         };
-        NewEvent { kind, data, event_id: self.event_id }.validate(redact)
+        NewEvent { kind, data, event_id: self.event_id }.validate()
     }
 }
 
@@ -226,39 +218,9 @@ pub fn parse_publish_body(body: &[u8], limits: PublishLimits) -> Result<Vec<NewE
     raws.into_iter()
         .enumerate()
         .map(|(index, raw)| {
-            raw.into_new_event(limits.redact)
-                .map_err(|e| if single { e } else { EventError::At { index, source: Box::new(e) } })
+            raw.into_new_event().map_err(|e| if single { e } else { EventError::At { index, source: Box::new(e) } })
         })
         .collect()
-}
-
-/// The words that make an argument key look secret (PROTOCOL §8).
-const SECRET_KEY_PARTS: [&str; 6] = ["password", "secret", "token", "auth", "credential", "key"];
-
-/// The value that replaces a secret-looking argument.
-pub const REDACTED: &str = "[REDACTED]";
-
-/// True when `key` contains one of the secret words, case-insensitively.
-pub fn is_secret_key(key: &str) -> bool {
-    let lower = key.to_ascii_lowercase();
-    SECRET_KEY_PARTS.iter().any(|part| lower.contains(part))
-}
-
-/// Replaces, at any depth, the value of every object key that looks secret.
-pub fn redact_secrets(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
-                if is_secret_key(key) {
-                    *v = Value::String(REDACTED.to_owned());
-                } else {
-                    redact_secrets(v);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(redact_secrets),
-        _ => {}
-    }
 }
 
 #[cfg(test)]
@@ -266,7 +228,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const LIMITS: PublishLimits = PublishLimits { max_events: 10, redact: true };
+    const LIMITS: PublishLimits = PublishLimits { max_events: 10 };
 
     fn parse(v: Value) -> Result<Vec<NewEvent>, EventError> {
         parse_publish_body(v.to_string().as_bytes(), LIMITS)
@@ -319,24 +281,5 @@ mod tests {
     fn batch_errors_name_the_index() {
         let err = parse(json!({"events":[{"event":"agent_completed"},{"event":"nope"}]})).unwrap_err();
         assert!(err.to_string().starts_with("event 1:"), "{err}");
-    }
-
-    #[test]
-    fn secret_arguments_are_redacted_at_any_depth() {
-        let evs = parse(json!({"event":"tool_executing","data":{"tool_call_id":"c","tool_name":"login",
-            "args":{"user":"bob","Password":"hunter2","nested":{"api_key":"k","list":[{"authToken":"t","q":1}]}}}}))
-        .unwrap();
-        assert_eq!(
-            evs[0].data["args"],
-            json!({"user":"bob","Password":REDACTED,"nested":{"api_key":REDACTED,"list":[{"authToken":REDACTED,"q":1}]}})
-        );
-        let kept = parse_publish_body(
-            json!({"event":"tool_executing","data":{"tool_call_id":"c","tool_name":"t","args":{"token":"x"}}})
-                .to_string()
-                .as_bytes(),
-            PublishLimits { redact: false, ..LIMITS },
-        )
-        .unwrap();
-        assert_eq!(kept[0].data["args"]["token"], "x");
     }
 }

@@ -3,7 +3,8 @@
 //! The contract of PROTOCOL.md as types and pure functions: ids and the thread
 //! extraction fallback ([`ids`]), event kinds and publish-body validation
 //! ([`event`]), the envelope every transport carries ([`envelope`]), WebSocket
-//! frames ([`frame`]) and the run lifecycle rules ([`lifecycle`]).
+//! frames ([`frame`]), the run lifecycle rules ([`lifecycle`]) and the
+//! redaction every stored event goes through ([`redact`]).
 //!
 //! Nothing here does I/O; every other crate builds on it.
 
@@ -15,6 +16,7 @@ pub mod frame;
 pub mod ids;
 pub mod legacy;
 pub mod lifecycle;
+pub mod redact;
 
 pub use envelope::{Envelope, EnvelopeType, Timestamp};
 pub use error::{ErrorCode, EventError, IdError, LifecycleError};

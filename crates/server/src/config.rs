@@ -194,7 +194,7 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
 
-    /// Replace secret-looking tool arguments with "[REDACTED]" (PROTOCOL §8).
+    /// Replace what looks secret in every event with "[REDACTED]" before it is stored (PROTOCOL §8).
     #[arg(long, env = "AGENTWIRE_REDACT_SECRETS", default_value_t = true, action = clap::ArgAction::Set)]
     pub redact_secrets: bool,
 

@@ -86,7 +86,11 @@ fn node_id(config: &ServerConfig) -> String {
 
 /// Opens the log the settings name.
 async fn open_log(config: &ServerConfig, node_id: &str, hub: Arc<Hub>) -> Result<Arc<dyn Log>, ServerError> {
-    let log_config = LogConfig { run_idle_timeout: config.run_idle_timeout, pattern_routing: config.legacy_run_ids };
+    let log_config = LogConfig {
+        run_idle_timeout: config.run_idle_timeout,
+        pattern_routing: config.legacy_run_ids,
+        redact: config.redact_secrets,
+    };
     let log: Arc<dyn Log> = match config.backbone.as_str() {
         "embedded" => {
             let log = EmbeddedLog::open_dir(&config.data_dir, log_config, hub)?;

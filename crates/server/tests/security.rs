@@ -690,3 +690,55 @@ async fn names_in_events_and_runs_have_a_length_limit() {
     let fits = "n".repeat(agentwire_protocol::NAME_MAX);
     assert_eq!(server.publish(&run, json!({"event":"agent_started","data":{"agent_name": fits}})).await.0, 200);
 }
+
+#[tokio::test]
+async fn secrets_are_redacted_for_every_source_and_in_every_format() {
+    // Issue 14: only keys inside tool_executing.args were redacted; everything
+    // below reached watchers in clear.
+    let server = TestServer::start().await;
+    let token = server.token("sam");
+    let secrets =
+        ["Zq9pw1", "Zq9pw2", "Zq9pw3x", "Zq9pw4", "Zq9pw5", "Zq9pw6", "Zq9pw7", "Zq9pw8", "Zq9pw9", "Zq9pwA", "Zq9pwB"];
+    let run = server.create_run("thread_leaky", "sam").await;
+    let mut legacy = {
+        let url = format!("{}/v1/ws?format=legacy&token={token}", server.ws_base);
+        Ws { stream: tokio_tungstenite::connect_async(url).await.unwrap().0 }
+    };
+    legacy.subscribe("thread_leaky", 0).await;
+    let body = json!({"events": [
+        {"event":"agent_started","data":{"agent_name":"t","input":"connect to postgres://app:Zq9pw1@db/x"}},
+        {"event":"tool_executing","data":{"tool_call_id":"c1","tool_name":"http",
+            "args":"{\"url\":\"https://h/cb?access_token=Zq9pw2\",\"passwd\":\"Zq9pw3x\"}"}},
+        {"event":"tool_completed","data":{"tool_call_id":"c1",
+            "result":{"headers":[["Authorization","Bearer Zq9pw4"],["Cookie","sid=Zq9pw5"]],"session_id":"Zq9pw6"}}},
+        {"event":"tool_executing","data":{"tool_call_id":"c2","tool_name":"sh","args":{"cmd":"export PGPASSWORD=Zq9pw7"}}},
+        {"event":"tool_completed","data":{"tool_call_id":"c2","error":"denied for sk-proj-Zq9pw8aaaaaaaaaaaaaaaa"}},
+    ]});
+    assert_eq!(server.publish(&run, body).await.0, 200);
+    // In-process agents and AG-UI: the user's own message carries the secret into
+    // user_message, agent_started.input and the demo agent's reply.
+    let (status, _) = server
+        .post("/v1/threads/thread_leaky2/messages", &token, json!({"text": "use ghp_Zq9pw9aaaaaaaaaaaaaaaaaa please"}))
+        .await;
+    assert_eq!(status, 202);
+    let input = json!({"threadId": "thread_leaky3", "runId": "run_leaky3_1",
+        "messages": [{"id": "1", "role": "user", "content": "my jwt is eyJhbGciOi.eyJzdWIiOiJ4Zq9pwA.c2ln and AKIAZQ9PWBAAAAAAAAAA"}]});
+    let resp =
+        server.http.post(format!("{}/v1/agui", server.base)).bearer_auth(&token).json(&input).send().await.unwrap();
+    let agui = resp.text().await.unwrap();
+    let mut frames = Vec::new();
+    while frames.len() < 5 {
+        frames.push(legacy.next_frame().await.to_string());
+    }
+    let mut seen = vec![agui, frames.join("\n")];
+    for thread in ["thread_leaky", "thread_leaky2", "thread_leaky3"] {
+        let (_, page) = server.get(&format!("/v1/threads/{thread}/events"), &token).await;
+        assert!(page["events"].as_array().is_some_and(|e| !e.is_empty()), "{page}");
+        seen.push(page.to_string());
+    }
+    let seen = seen.join("\n");
+    for secret in secrets.iter().copied().chain(["ZQ9PWB"]) {
+        assert!(!seen.contains(secret), "{secret} reached a watcher: {seen}");
+    }
+    assert!(seen.contains("[REDACTED]"));
+}

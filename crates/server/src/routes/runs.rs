@@ -49,7 +49,7 @@ pub async fn publish(
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
     state.limits.allow_publish(caller.publisher()?).inspect_err(|e| state.metrics.record_rejected(e.code, 1))?;
-    let limits = PublishLimits { max_events: state.config.max_events_per_publish, redact: state.config.redact_secrets };
+    let limits = PublishLimits { max_events: state.config.max_events_per_publish };
     let events = parse_publish_body(&body.0, limits).inspect_err(|e| state.metrics.record_rejected(e.code(), 1))?;
     let count = events.len() as u64;
     match state.log.append(&run_id, events).await {
