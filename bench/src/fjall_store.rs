@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use agentwire_log::StoredEvent;
 use agentwire_log::store::{Batch, RunRecord, Snapshot, Store, StoreError, ThreadExtent};
+use agentwire_log::{PageBudget, StoredEvent};
 use agentwire_protocol::{RunId, ThreadId};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
@@ -67,12 +67,20 @@ impl Store for FjallStore {
         write.commit().map_err(io)
     }
 
-    fn read(&self, thread: &ThreadId, after_seq: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+    fn read(
+        &self,
+        thread: &ThreadId,
+        after_seq: u64,
+        mut budget: PageBudget,
+    ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
         let from = event_key(thread.as_str(), after_seq.saturating_add(1));
         let to = event_key(thread.as_str(), u64::MAX);
         let mut out = Vec::new();
-        for item in self.events.range(from..=to).take(limit) {
+        for item in self.events.range(from..=to) {
             let value = item.value().map_err(io)?;
+            if !budget.admit(value.len()) {
+                break;
+            }
             let json = std::str::from_utf8(&value).map_err(io)?;
             out.push(Arc::new(StoredEvent::from_json(json).map_err(io)?));
         }

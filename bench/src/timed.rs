@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentwire_log::StoredEvent;
 use agentwire_log::store::{Batch, RunRecord, Snapshot, Store, StoreError, ThreadExtent};
+use agentwire_log::{PageBudget, StoredEvent};
 use agentwire_protocol::{RunId, ThreadId};
 use parking_lot::Mutex;
 
@@ -46,8 +46,8 @@ impl<S: Store> Store for Timed<S> {
         self.commits.samples.lock().push((began.elapsed(), events));
         result
     }
-    fn read(&self, thread: &ThreadId, after_seq: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
-        self.inner.read(thread, after_seq, limit)
+    fn read(&self, thread: &ThreadId, after_seq: u64, budget: PageBudget) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        self.inner.read(thread, after_seq, budget)
     }
     fn load(&self) -> Result<Snapshot, StoreError> {
         self.inner.load()

@@ -23,7 +23,8 @@ use std::time::Instant;
 use agentwire_log::retention::RetentionPolicy;
 use agentwire_log::store::ThreadExtent;
 use agentwire_log::{
-    Appended, FeedSink, Log, LogError, LogStats, NewRun, Page, RunInfo, StoredEvent, numbered, plan_append, retention,
+    Appended, FeedSink, Log, LogError, LogStats, NewRun, Page, PageBudget, RunInfo, StoredEvent, numbered, plan_append,
+    retention,
 };
 use agentwire_protocol::{EventKind, NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id};
 use async_trait::async_trait;
@@ -48,6 +49,19 @@ const MAX_REGISTRY: usize = 200_000;
 const MAX_METAS: usize = 200_000;
 /// Events read per round trip when retention looks for the age cut-off.
 const AGE_PAGE: usize = 256;
+/// Events asked of the backbone by a page's first read; later reads are sized
+/// by the page's byte budget and the events' average size so far.
+const FIRST_READ_CHUNK: usize = 16;
+/// Most events asked of the backbone at once for a page.
+const MAX_READ_CHUNK: usize = 1024;
+
+/// The average encoded size of `events` (1 when there are none).
+fn budget_average(events: &[Arc<StoredEvent>]) -> usize {
+    if events.is_empty() {
+        return 1;
+    }
+    events.iter().map(|e| e.json.len()).sum::<usize>() / events.len()
+}
 
 /// What a node knows of one run from its thread's history.
 #[derive(Debug, Default)]
@@ -578,9 +592,28 @@ impl<B: Backbone> Log for ClusterLog<B> {
         if wanted == 0 {
             return Ok(Page { events: Vec::new(), head_seq, oldest_seq });
         }
-        let after = Position { seq: after_seq, token: 0 };
-        let mut events = backbone.read(thread_id, after, wanted).await.map_err(unavailable)?.events;
-        events.retain(|e| e.seq() <= head_seq);
+        // Read in chunks sized by what the page budget has left, so a thread of
+        // large events is never fetched whole to answer one page.
+        let mut budget = PageBudget::new(wanted, self.inner.config.log.max_page_bytes);
+        let mut at = Position { seq: after_seq, token: 0 };
+        let mut events = Vec::new();
+        let mut chunk = FIRST_READ_CHUNK.min(wanted);
+        'read: loop {
+            let tail = backbone.read(thread_id, at, chunk).await.map_err(unavailable)?;
+            let got = tail.events.len();
+            for event in tail.events {
+                if event.seq() > head_seq || !budget.admit(event.json.len()) {
+                    break 'read;
+                }
+                events.push(event);
+            }
+            if got < chunk || budget.events_left() == 0 {
+                break;
+            }
+            at = tail.at;
+            let average = budget_average(&events);
+            chunk = (budget.bytes_left() / average.max(1)).clamp(1, MAX_READ_CHUNK).min(budget.events_left());
+        }
         Ok(Page { events, head_seq, oldest_seq })
     }
 

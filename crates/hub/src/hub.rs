@@ -2,14 +2,16 @@
 //!
 //! The log hands every appended event to [`Hub::deliver`] (the hub is the log's
 //! [`FeedSink`]). The hub looks up the thread's connections and pushes the shared
-//! event into each connection's **bounded** queue without waiting. A full queue
-//! means the connection cannot keep up: instead of growing memory or blocking the
+//! event into each connection's **bounded** queue without waiting. The queue is
+//! bounded twice: in events and in bytes, so a thread of large events cannot make
+//! a reader that stops reading hold megabytes per event. A full queue means the
+//! connection cannot keep up: instead of growing memory or blocking the
 //! publisher, the hub trips the connection's overflow token and its transport
 //! closes it with `4008`; the client resumes with `after_seq` and loses nothing.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use agentwire_log::{FeedSink, StoredEvent};
 use agentwire_protocol::ThreadId;
@@ -24,20 +26,46 @@ use crate::metrics::HubMetrics;
 pub struct HubConfig {
     /// Events a connection may have queued before it counts as a slow consumer.
     pub send_queue: usize,
+    /// Bytes of events a connection may have queued before it counts as a slow
+    /// consumer. One event larger than this still goes to an empty queue.
+    pub send_queue_bytes: usize,
     /// Most events sent in one `batch` frame.
     pub max_batch: usize,
+    /// A batch takes no more events once it holds this many bytes.
+    pub max_batch_bytes: usize,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
-        Self { send_queue: 4096, max_batch: 256 }
+        Self { send_queue: 4096, send_queue_bytes: 8 << 20, max_batch: 256, max_batch_bytes: 1 << 20 }
     }
 }
 
 struct Subscriber {
     conn: u64,
     tx: mpsc::Sender<Arc<StoredEvent>>,
+    /// Bytes queued for the connection (shared by its subscriptions and its outbox).
+    queued: Arc<AtomicUsize>,
     overflow: CancellationToken,
+}
+
+impl Subscriber {
+    /// Queues `event`, or answers `false` when the queue is full in events or in bytes.
+    fn offer(&self, event: &Arc<StoredEvent>, max_bytes: usize) -> Result<(), TrySendError<()>> {
+        let len = event.json.len();
+        let before = self.queued.fetch_add(len, Ordering::AcqRel);
+        if before > 0 && before + len > max_bytes {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            return Err(TrySendError::Full(()));
+        }
+        self.tx.try_send(event.clone()).map_err(|e| {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            match e {
+                TrySendError::Full(_) => TrySendError::Full(()),
+                TrySendError::Closed(_) => TrySendError::Closed(()),
+            }
+        })
+    }
 }
 
 /// Subscriptions of this node and the fan-out to them.
@@ -72,14 +100,23 @@ impl Hub {
     /// Opens a connection: a handle to subscribe with and the queue to send from.
     pub fn connect(self: &Arc<Self>) -> (Connection, Outbox) {
         let (tx, rx) = mpsc::channel(self.config.send_queue.max(1));
+        let queued = Arc::new(AtomicUsize::new(0));
         let conn = Connection {
             hub: self.clone(),
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             tx,
+            queued: queued.clone(),
             overflow: CancellationToken::new(),
             threads: HashSet::new(),
         };
-        (conn, Outbox { rx, max_batch: self.config.max_batch.max(1), queue_depth: self.metrics.queue_depth.clone() })
+        let outbox = Outbox {
+            rx,
+            queued,
+            max_batch: self.config.max_batch.max(1),
+            max_batch_bytes: self.config.max_batch_bytes,
+            queue_depth: self.metrics.queue_depth.clone(),
+        };
+        (conn, outbox)
     }
 
     fn remove(&self, thread: &ThreadId, conn: u64) {
@@ -101,7 +138,7 @@ impl FeedSink for Hub {
             let Some(subs) = self.threads.get(group[0].thread_id()) else { continue };
             for sub in subs.iter() {
                 for (i, event) in group.iter().enumerate() {
-                    match sub.tx.try_send(event.clone()) {
+                    match sub.offer(event, self.config.send_queue_bytes) {
                         Ok(()) => {}
                         Err(TrySendError::Full(_)) => {
                             if !sub.overflow.is_cancelled() {
@@ -125,6 +162,7 @@ pub struct Connection {
     hub: Arc<Hub>,
     id: u64,
     tx: mpsc::Sender<Arc<StoredEvent>>,
+    queued: Arc<AtomicUsize>,
     overflow: CancellationToken,
     threads: HashSet<ThreadId>,
 }
@@ -143,6 +181,7 @@ impl Connection {
         self.hub.threads.entry(thread.clone()).or_default().push(Subscriber {
             conn: self.id,
             tx: self.tx.clone(),
+            queued: self.queued.clone(),
             overflow: self.overflow.clone(),
         });
         self.hub.metrics.subscriptions.inc();
@@ -196,33 +235,47 @@ impl Drop for Connection {
 /// The receiving end of a connection's queue.
 pub struct Outbox {
     rx: mpsc::Receiver<Arc<StoredEvent>>,
+    queued: Arc<AtomicUsize>,
     max_batch: usize,
+    max_batch_bytes: usize,
     queue_depth: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Outbox {
     /// Waits for at least one event, then takes every event already queued, up
-    /// to the batch limit: events that are ready together go out together.
+    /// to the batch limits: events that are ready together go out together.
     pub async fn next_batch(&mut self) -> Vec<Arc<StoredEvent>> {
-        let mut batch = Vec::new();
-        // The hub holds no sender of its own, so `recv_many` only returns 0 after
+        // The hub holds no sender of its own, so `recv` only answers `None` after
         // every connection handle is gone; the caller has stopped by then.
-        self.rx.recv_many(&mut batch, self.max_batch).await;
+        let Some(first) = self.rx.recv().await else { return Vec::new() };
+        let mut batch = vec![first];
+        self.fill(&mut batch);
         self.queue_depth.observe((batch.len() + self.rx.len()) as f64);
         batch
     }
 
-    /// Takes what is already queued, up to the batch limit, without waiting
+    /// Takes what is already queued, up to the batch limits, without waiting
     /// (to flush before a close).
     pub fn ready_batch(&mut self) -> Vec<Arc<StoredEvent>> {
         let mut batch = Vec::new();
-        while batch.len() < self.max_batch {
+        self.fill(&mut batch);
+        batch
+    }
+
+    /// Adds queued events to `batch` until a limit is reached; what leaves the
+    /// queue leaves its byte count.
+    fn fill(&mut self, batch: &mut Vec<Arc<StoredEvent>>) {
+        let mut bytes: usize = batch.iter().map(|e| e.json.len()).sum();
+        while batch.len() < self.max_batch && bytes < self.max_batch_bytes {
             match self.rx.try_recv() {
-                Ok(event) => batch.push(event),
+                Ok(event) => {
+                    bytes += event.json.len();
+                    batch.push(event);
+                }
                 Err(_) => break,
             }
         }
-        batch
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     /// Events waiting in the queue.

@@ -121,9 +121,16 @@ impl Session {
             }
             if seq > last + 1 {
                 self.conn.hub().metrics().gap_fills.inc();
-                let missing = usize::try_from(seq - last - 1).unwrap_or(usize::MAX);
-                let page = self.log.read(thread, last, missing).await?;
-                out.extend(page.events.into_iter().filter(|e| e.seq() < seq));
+                // Pages stop at a byte budget: read until the gap is filled (or
+                // retention has removed the rest of it).
+                let mut at = last;
+                while at + 1 < seq {
+                    let missing = usize::try_from(seq - at - 1).unwrap_or(usize::MAX);
+                    let page = self.log.read(thread, at, missing).await?;
+                    let Some(end) = page.events.last().map(|e| e.seq()) else { break };
+                    at = end;
+                    out.extend(page.events.into_iter().filter(|e| e.seq() < seq));
+                }
             }
             self.sent.insert(thread.clone(), seq);
             out.push(event);

@@ -13,9 +13,18 @@ fn thinking(i: usize) -> NewEvent {
 }
 
 fn setup(config: HubConfig) -> (Arc<Hub>, Arc<dyn Log>) {
+    setup_with(config, LogConfig::default())
+}
+
+fn setup_with(config: HubConfig, log_config: LogConfig) -> (Arc<Hub>, Arc<dyn Log>) {
     let hub = Hub::new(config, HubMetrics::unregistered());
-    let log: Arc<dyn Log> = Arc::new(MemoryLog::new(LogConfig::default(), hub.clone()).unwrap());
+    let log: Arc<dyn Log> = Arc::new(MemoryLog::new(log_config, hub.clone()).unwrap());
     (hub, log)
+}
+
+/// An `agent_thinking` whose thought is `kb` kilobytes.
+fn large(kb: usize) -> NewEvent {
+    NewEvent::new(EventKind::AgentThinking, json!({"thought": "x".repeat(kb << 10)}).as_object().cloned().unwrap())
 }
 
 async fn start_run(log: &Arc<dyn Log>, thread: &ThreadId) -> String {
@@ -62,7 +71,7 @@ async fn collect(hub: Arc<Hub>, log: Arc<dyn Log>, thread: ThreadId, after_seq: 
 async fn subscribers_racing_publishers_see_every_seq_once_in_order() {
     const PUBLISHERS: usize = 4;
     const PER_PUBLISHER: usize = 500;
-    let (hub, log) = setup(HubConfig { send_queue: 100_000, max_batch: 64 });
+    let (hub, log) = setup(HubConfig { send_queue: 100_000, max_batch: 64, ..HubConfig::default() });
     let thread = ThreadId::parse("thread_race").unwrap();
     let run = start_run(&log, &thread).await;
     let last = 1 + (PUBLISHERS * PER_PUBLISHER) as u64;
@@ -105,7 +114,7 @@ async fn subscribers_racing_publishers_see_every_seq_once_in_order() {
 
 #[tokio::test]
 async fn a_slow_consumer_overflows_instead_of_growing() {
-    let (hub, log) = setup(HubConfig { send_queue: 8, max_batch: 4 });
+    let (hub, log) = setup(HubConfig { send_queue: 8, max_batch: 4, ..HubConfig::default() });
     let thread = ThreadId::parse("thread_slow").unwrap();
     let run = start_run(&log, &thread).await;
     let (conn, outbox) = hub.connect();
@@ -123,7 +132,7 @@ async fn a_slow_consumer_overflows_instead_of_growing() {
 
 #[tokio::test]
 async fn ready_events_come_out_as_one_batch_and_unsubscribed_threads_are_dropped() {
-    let (hub, log) = setup(HubConfig { send_queue: 64, max_batch: 5 });
+    let (hub, log) = setup(HubConfig { send_queue: 64, max_batch: 5, ..HubConfig::default() });
     let a = ThreadId::parse("thread_a").unwrap();
     let b = ThreadId::parse("thread_b").unwrap();
     let (ra, rb) = (start_run(&log, &a).await, start_run(&log, &b).await);
@@ -170,4 +179,61 @@ async fn after_seq_beyond_the_head_is_reset() {
     let started = session.subscribe(&thread, 40).await.unwrap();
     assert_eq!(started.reset, Some(1));
     assert_eq!(session.replay(&thread).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn queues_pages_and_batches_are_bounded_in_bytes_too() {
+    // Issue 14: counts alone let eight stalled readers of a thread of 1 MB events
+    // hold gigabytes. Budgets here: queue 256 KB, batch 100 KB, page 300 KB.
+    let hub_config = HubConfig { send_queue_bytes: 256 << 10, max_batch_bytes: 100 << 10, ..HubConfig::default() };
+    let log_config = LogConfig { max_page_bytes: 300 << 10, ..LogConfig::default() };
+    let (hub, log) = setup_with(hub_config, log_config);
+    let thread = ThreadId::parse("thread_big").unwrap();
+    let run = start_run(&log, &thread).await;
+
+    let (conn, mut reader) = hub.connect();
+    let mut session = Session::new(conn, log.clone(), 1000);
+    session.subscribe(&thread, 1).await.unwrap();
+    let (stalled_conn, stalled) = hub.connect();
+    let mut stalled_session = Session::new(stalled_conn, log.clone(), 1000);
+    stalled_session.subscribe(&thread, 1).await.unwrap();
+
+    // Three 64 KB events fit the queue; a batch stops once it holds 100 KB.
+    for _ in 0..3 {
+        log.append(&run, vec![large(64)]).await.unwrap();
+    }
+    let batch = reader.next_batch().await;
+    assert_eq!(batch.len(), 2, "64 KB + 64 KB passes 100 KB: the batch ends there");
+    assert_eq!(reader.ready_batch().len(), 1);
+    // The reader that read has room again; the stalled one overflows on bytes,
+    // long before its 4096-event queue would fill.
+    for _ in 0..2 {
+        log.append(&run, vec![large(64)]).await.unwrap();
+    }
+    assert!(!session.connection().is_overflowed());
+    assert!(stalled_session.connection().is_overflowed());
+    assert_eq!(stalled.len(), 3, "{} events queued", stalled.len());
+
+    // One event larger than the whole queue still reaches a reader that keeps up.
+    reader.ready_batch();
+    log.append(&run, vec![large(512)]).await.unwrap();
+    assert_eq!(reader.ready_batch().len(), 1);
+    assert!(!session.connection().is_overflowed());
+
+    // History: a page stops at 300 KB (never empty), and paging on reaches the head.
+    let page = log.read(&thread, 1, 1000).await.unwrap();
+    assert_eq!(page.events.iter().map(|e| e.seq()).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+    let big = log.read(&thread, 6, 1000).await.unwrap();
+    assert_eq!(big.events.len(), 1, "an event over the budget comes alone");
+    let replayed = collect(hub.clone(), log.clone(), thread.clone(), 1, 7).await;
+    assert_eq!(replayed, (2..=7).collect::<Vec<_>>());
+
+    // A gap wider than one page is filled whole.
+    let (gap_conn, _gap_outbox) = hub.connect();
+    let mut gap = Session::new(gap_conn, log.clone(), 1000);
+    gap.subscribe(&thread, 1).await.unwrap();
+    log.append(&run, vec![thinking(0)]).await.unwrap();
+    let eight = log.read(&thread, 7, 1).await.unwrap().events;
+    let sent = gap.live(eight).await.unwrap();
+    assert_eq!(sent.iter().map(|e| e.seq()).collect::<Vec<_>>(), (2..=8).collect::<Vec<_>>());
 }

@@ -29,7 +29,9 @@ use tokio::sync::oneshot;
 
 use crate::retention::{self, RetentionPolicy, Trim};
 use crate::store::{Batch, RunRecord, Snapshot, Store, StoreError, ThreadRecord};
-use crate::{Appended, FeedSink, Log, LogConfig, LogError, LogStats, NewRun, Page, RunInfo, numbered, plan_append};
+use crate::{
+    Appended, FeedSink, Log, LogConfig, LogError, LogStats, NewRun, Page, PageBudget, RunInfo, numbered, plan_append,
+};
 
 /// Decisions that may wait for the committer before appends are refused with `503`.
 const COMMIT_QUEUE: usize = 16 * 1024;
@@ -642,7 +644,8 @@ impl<S: Store> Log for StoredLog<S> {
             return Ok(Page { events: Vec::new(), head_seq, oldest_seq });
         }
         let (store, thread) = (self.core.store.clone(), thread_id.clone());
-        let events = tokio::task::spawn_blocking(move || store.read(&thread, after_seq, wanted))
+        let budget = PageBudget::new(wanted, self.core.config.max_page_bytes);
+        let events = tokio::task::spawn_blocking(move || store.read(&thread, after_seq, budget))
             .await
             .map_err(|e| LogError::Unavailable(format!("read task failed: {e}")))?
             .map_err(storage)?;

@@ -26,7 +26,7 @@ use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefini
 use crate::store::{
     Batch, LoadedRun, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadExtent, ThreadRecord,
 };
-use crate::{FeedSink, LogConfig, StoredEvent, StoredLog};
+use crate::{FeedSink, LogConfig, PageBudget, StoredEvent, StoredLog};
 
 const THREADS: TableDefinition<&str, &[u8]> = TableDefinition::new("threads");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
@@ -174,13 +174,22 @@ impl Store for EmbeddedStore {
         txn.commit().map_err(io)
     }
 
-    fn read(&self, thread: &ThreadId, after_seq: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+    fn read(
+        &self,
+        thread: &ThreadId,
+        after_seq: u64,
+        mut budget: PageBudget,
+    ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
         let txn = self.db.begin_read().map_err(io)?;
         let events = txn.open_table(EVENTS).map_err(io)?;
         let from = after_seq.saturating_add(1);
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for item in events.range((thread.as_str(), from)..=(thread.as_str(), u64::MAX)).map_err(io)?.take(limit) {
+        let mut out = Vec::with_capacity(budget.events_left().min(1024));
+        for item in events.range((thread.as_str(), from)..=(thread.as_str(), u64::MAX)).map_err(io)? {
             let (_, value) = item.map_err(io)?;
+            // Checked on the stored bytes, before decoding an event the page has no room for.
+            if !budget.admit(value.value().len()) {
+                break;
+            }
             out.push(self.event(value.value())?);
         }
         Ok(out)
@@ -316,7 +325,7 @@ impl EmbeddedStore {
         }
         let mut after = 0;
         loop {
-            let page = self.read(thread, after, 1000)?;
+            let page = self.read(thread, after, PageBudget::new(1000, crate::DEFAULT_PAGE_BYTES))?;
             let Some(last) = page.last() else { return Ok(true) };
             after = last.seq();
             for event in &page {

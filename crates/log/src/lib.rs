@@ -164,6 +164,47 @@ pub struct LogStats {
     pub runs_in_flight: u64,
 }
 
+/// Default of [`LogConfig::max_page_bytes`].
+pub const DEFAULT_PAGE_BYTES: usize = 4 << 20;
+
+/// How much one read may answer: at most `events` events, and no more events
+/// once their encoded size reaches `bytes`. The first event always fits, so a
+/// page is never empty while events remain (one event is bounded by the body limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageBudget {
+    events: usize,
+    bytes: usize,
+    taken: usize,
+    used: usize,
+}
+
+impl PageBudget {
+    /// A budget of `events` events and `bytes` bytes.
+    pub fn new(events: usize, bytes: usize) -> Self {
+        Self { events, bytes, taken: 0, used: 0 }
+    }
+
+    /// Counts an event of `len` bytes in, or answers `false` when it does not fit.
+    pub fn admit(&mut self, len: usize) -> bool {
+        if self.taken >= self.events || (self.taken > 0 && self.used.saturating_add(len) > self.bytes) {
+            return false;
+        }
+        self.taken += 1;
+        self.used = self.used.saturating_add(len);
+        true
+    }
+
+    /// Events still allowed.
+    pub fn events_left(&self) -> usize {
+        self.events - self.taken
+    }
+
+    /// Bytes still allowed.
+    pub fn bytes_left(&self) -> usize {
+        self.bytes.saturating_sub(self.used)
+    }
+}
+
 /// Settings every log shares.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -176,6 +217,9 @@ pub struct LogConfig {
     /// Whether events are redacted before they are stored (PROTOCOL §8). Every
     /// source appends through a log, so this is the one place it happens.
     pub redact: bool,
+    /// Most bytes of encoded events one read answers (history pages, replays):
+    /// what a reader holds in memory is bounded by bytes, not only by events.
+    pub max_page_bytes: usize,
 }
 
 impl LogConfig {
@@ -189,7 +233,12 @@ impl LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { run_idle_timeout: Duration::from_secs(300), pattern_routing: true, redact: true }
+        Self {
+            run_idle_timeout: Duration::from_secs(300),
+            pattern_routing: true,
+            redact: true,
+            max_page_bytes: DEFAULT_PAGE_BYTES,
+        }
     }
 }
 
@@ -231,7 +280,9 @@ pub trait Log: Send + Sync + 'static {
     /// Marks the run cancelled and appends `agent_error {code:"cancelled"}`.
     async fn cancel(&self, run_id: &str) -> Result<Appended, LogError>;
 
-    /// Events of a thread with `seq > after_seq`, at most `limit` of them.
+    /// Events of a thread with `seq > after_seq`, at most `limit` of them and
+    /// fewer when they reach [`LogConfig::max_page_bytes`] (never none while
+    /// events remain: page on with the last `seq`).
     async fn read(&self, thread_id: &ThreadId, after_seq: u64, limit: usize) -> Result<Page, LogError>;
 
     /// Ends every running run idle since before `now - run_idle_timeout` with

@@ -11,7 +11,7 @@ use agentwire_protocol::{RunId, ThreadId};
 use parking_lot::RwLock;
 
 use crate::store::{Batch, RunRecord, Snapshot, Store, StoreError, ThreadExtent};
-use crate::{FeedSink, LogConfig, StoredEvent, StoredLog};
+use crate::{FeedSink, LogConfig, PageBudget, StoredEvent, StoredLog};
 
 /// Events per thread; `events[t][i]` has `seq == oldest[t] + i`.
 #[derive(Default)]
@@ -47,12 +47,17 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn read(&self, thread: &ThreadId, after_seq: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+    fn read(
+        &self,
+        thread: &ThreadId,
+        after_seq: u64,
+        mut budget: PageBudget,
+    ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
         let threads = self.threads.read();
         let Some(events) = threads.get(thread) else { return Ok(Vec::new()) };
         let first = events.front().map_or(1, |e| e.seq());
         let skip = usize::try_from(after_seq.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
-        Ok(events.iter().skip(skip).take(limit).cloned().collect())
+        Ok(events.iter().skip(skip).take_while(|e| budget.admit(e.json.len())).cloned().collect())
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use agentwire_protocol::{RunId, RunLifecycle, ThreadId, UserId};
 use serde::{Deserialize, Serialize};
 
-use crate::StoredEvent;
+use crate::{PageBudget, StoredEvent};
 
 /// A store that could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -112,8 +112,8 @@ pub trait Store: Send + Sync + 'static {
     /// Makes `batches` durable, all or nothing, in one transaction.
     fn write(&self, batches: &[&Batch]) -> Result<(), StoreError>;
 
-    /// Stored events of `thread` with `seq > after_seq`, at most `limit`.
-    fn read(&self, thread: &ThreadId, after_seq: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, StoreError>;
+    /// Stored events of `thread` with `seq > after_seq`, as many as `budget` admits.
+    fn read(&self, thread: &ThreadId, after_seq: u64, budget: PageBudget) -> Result<Vec<Arc<StoredEvent>>, StoreError>;
 
     /// The working state to start from.
     fn load(&self) -> Result<Snapshot, StoreError>;

@@ -104,6 +104,50 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_SEND_QUEUE", default_value_t = 4096)]
     pub send_queue: usize,
 
+    /// Bytes of events a connection may have queued before it is closed as a slow
+    /// consumer (4008), whatever their count.
+    #[arg(long, env = "AGENTWIRE_SEND_QUEUE_BYTES", default_value_t = 8 << 20)]
+    pub send_queue_bytes: usize,
+
+    /// Most bytes of events one read of history answers (a history page, a replay
+    /// page); a page stops before the event that would pass it (never empty).
+    #[arg(long, env = "AGENTWIRE_MAX_PAGE_BYTES", default_value_t = 4 << 20)]
+    pub max_page_bytes: usize,
+
+    /// Threads one user may create per minute (0: no quota).
+    #[arg(long, env = "AGENTWIRE_USER_THREADS_PER_MINUTE", default_value_t = 60)]
+    pub quota_user_threads: u64,
+
+    /// Runs one user may start per minute: messages and AG-UI runs (0: no quota).
+    #[arg(long, env = "AGENTWIRE_USER_RUNS_PER_MINUTE", default_value_t = 30)]
+    pub quota_user_runs: u64,
+
+    /// Runs one publish key may register per minute (0: no quota).
+    #[arg(long, env = "AGENTWIRE_KEY_RUNS_PER_MINUTE", default_value_t = 60_000)]
+    pub quota_key_runs: u64,
+
+    /// Events one publish key may append per minute (0: no quota).
+    #[arg(long, env = "AGENTWIRE_KEY_EVENTS_PER_MINUTE", default_value_t = 6_000_000)]
+    pub quota_key_events: u64,
+
+    /// Bytes of publish bodies one publish key may send per minute (0: no quota).
+    #[arg(long, env = "AGENTWIRE_KEY_BYTES_PER_MINUTE", default_value_t = 4 << 30)]
+    pub quota_key_bytes: u64,
+
+    /// In-process runs one user may have going at once (more: 429; 0: no limit).
+    #[arg(long, env = "AGENTWIRE_MAX_RUNS_PER_USER", default_value_t = 4)]
+    pub max_runs_per_user: usize,
+
+    /// Longest an in-process run may go on; then it ends with `agent_error {code:"timeout"}` (0s: no limit).
+    #[arg(long, env = "AGENTWIRE_MAX_RUN_DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub max_run_duration: Duration,
+
+    /// An in-process run whose thread has had no watcher on this node for this long
+    /// is cancelled (0s: never). Off when several nodes share a backbone, since
+    /// watchers may be on another node.
+    #[arg(long, env = "AGENTWIRE_UNWATCHED_RUN_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub unwatched_run_timeout: Duration,
+
     /// Most events sent together in one `batch` frame.
     #[arg(long, env = "AGENTWIRE_MAX_BATCH", default_value_t = 256)]
     pub max_batch: usize,

@@ -90,6 +90,7 @@ async fn open_log(config: &ServerConfig, node_id: &str, hub: Arc<Hub>) -> Result
         run_idle_timeout: config.run_idle_timeout,
         pattern_routing: config.legacy_run_ids,
         redact: config.redact_secrets,
+        max_page_bytes: config.max_page_bytes,
     };
     let log: Arc<dyn Log> = match config.backbone.as_str() {
         "embedded" => {
@@ -147,7 +148,15 @@ impl Server {
         let mut registry = Registry::default();
         let hub_metrics = HubMetrics::register(&mut registry);
         let metrics = metrics::ServerMetrics::register(&mut registry);
-        let hub = Hub::new(HubConfig { send_queue: config.send_queue, max_batch: config.max_batch }, hub_metrics);
+        let hub = Hub::new(
+            HubConfig {
+                send_queue: config.send_queue,
+                send_queue_bytes: config.send_queue_bytes,
+                max_batch: config.max_batch,
+                ..HubConfig::default()
+            },
+            hub_metrics,
+        );
         let node_id = node_id(&config);
         let log = open_log(&config, &node_id, hub.clone()).await?;
         let engine = Arc::new(Engine::new(log.clone(), agent));

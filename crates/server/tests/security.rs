@@ -526,6 +526,23 @@ async fn stalled_reader(server: &TestServer, request: &str) -> tokio::net::TcpSt
     stream
 }
 
+/// A WebSocket upgrade request, written by hand for clients that never read.
+fn ws_upgrade(token: &str) -> String {
+    format!(
+        "GET /v1/ws?token={token} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// A masked text frame subscribing to `thread` from its first event.
+fn subscribe_frame(thread: &str) -> Vec<u8> {
+    let payload = format!(r#"{{"type":"subscribe","thread_id":"{thread}","after_seq":0}}"#);
+    assert!(payload.len() < 126, "one-byte payload length");
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload.as_bytes());
+    frame
+}
+
 fn slow_consumers(metrics: &str) -> u64 {
     metrics
         .lines()
@@ -546,22 +563,13 @@ async fn a_subscriber_that_stops_reading_is_closed_and_its_slot_freed() {
     let run = server.create_run("thread_stall", "stalled").await;
     server.publish(&run, json!({"event":"agent_started","data":{"agent_name":"a"}})).await;
     let thought = "x".repeat(60_000);
-    let requests = [
-        format!(
-            "GET /v1/ws?token={token} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        ),
-        format!("GET /v1/threads/thread_stall/stream?token={token} HTTP/1.1\r\nHost: x\r\n\r\n"),
-    ];
+    let requests =
+        [ws_upgrade(&token), format!("GET /v1/threads/thread_stall/stream?token={token} HTTP/1.1\r\nHost: x\r\n\r\n")];
     for (i, request) in requests.iter().enumerate() {
         let mut stalled = stalled_reader(&server, request).await;
         if i == 0 {
             use tokio::io::AsyncWriteExt;
-            // A masked text frame: {"type":"subscribe","thread_id":"thread_stall","after_seq":0}
-            let payload = br#"{"type":"subscribe","thread_id":"thread_stall","after_seq":0}"#;
-            let mut frame = vec![0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0];
-            frame.extend_from_slice(payload);
-            stalled.write_all(&frame).await.unwrap();
+            stalled.write_all(&subscribe_frame("thread_stall")).await.unwrap();
         }
         let before = slow_consumers(&server.get_text("/metrics").await);
         // The user's one connection slot is taken while the stalled reader lives...
@@ -741,4 +749,84 @@ async fn secrets_are_redacted_for_every_source_and_in_every_format() {
         assert!(!seen.contains(secret), "{secret} reached a watcher: {seen}");
     }
     assert!(seen.contains("[REDACTED]"));
+}
+
+/// This process's resident memory, in bytes (Linux).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The highest resident memory seen while `work` runs, sampled every 5 ms.
+async fn peak_rss_during<T>(work: impl std::future::Future<Output = T>) -> (T, u64) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = rss_bytes();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_bytes());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak.max(rss_bytes())
+        })
+    };
+    let out = work.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (out, sampler.join().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_of_large_events_cannot_take_the_servers_memory() {
+    // Issue 14: 100 publishes of 1 MB, then history pages of 10,000 events and
+    // WebSockets that replay from seq 0 and never read, took RSS past 4 GB: pages,
+    // replays and send queues were bounded by event count only.
+    const MB: u64 = 1 << 20;
+    let mut config = test_config();
+    config.write_timeout = Duration::from_secs(60); // the stalled readers stay for the whole test
+    let server = TestServer::start_with(config).await;
+    let token = server.token("greedy");
+    let run = server.create_run("thread_huge", "greedy").await;
+    server.publish(&run, json!({"event":"agent_started","data":{"agent_name":"a"}})).await;
+    let thought = "x".repeat(1_000_000);
+    for _ in 0..100 {
+        let (status, body) = server.publish(&run, json!({"event":"agent_thinking","data":{"thought": thought}})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let base = rss_bytes();
+    let (pages, peak) = peak_rss_during(async {
+        let url = format!("{}/v1/threads/thread_huge/events?limit=10000", server.base);
+        let reads = (0..4).map(|_| async {
+            let resp = server.http.get(&url).bearer_auth(&token).send().await.unwrap();
+            resp.json::<Value>().await.unwrap()
+        });
+        let pages = futures_util::future::join_all(reads).await;
+        let mut stalled = Vec::new();
+        for _ in 0..8 {
+            use tokio::io::AsyncWriteExt;
+            let mut reader = stalled_reader(&server, &ws_upgrade(&token)).await;
+            reader.write_all(&subscribe_frame("thread_huge")).await.unwrap();
+            stalled.push(reader);
+        }
+        // Long enough for every stalled replay to fill what the server lets it hold.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(stalled);
+        pages
+    })
+    .await;
+    for page in &pages {
+        let n = page["events"].as_array().map_or(0, Vec::len);
+        assert!((1..=5).contains(&n), "a page of {n} MB-sized events");
+        assert_eq!(page["head_seq"], 101);
+    }
+    // Without the byte budgets the same scenario grew by gigabytes (issue 14).
+    let grown = peak.saturating_sub(base);
+    eprintln!("RSS grew by {} MB (base {} MB)", grown / MB, base / MB);
+    assert!(grown < 256 * MB, "RSS grew by {} MB", grown / MB);
+    assert_eq!(status(&server, "GET", "/healthz", None, None).await.0, 200);
 }
