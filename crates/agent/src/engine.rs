@@ -5,6 +5,11 @@
 //! terminal event: `agent_completed` with what the agent returned, or
 //! `agent_error` when it failed, panicked, or the server shut down under it. A
 //! cancelled run is already ended by the log; the engine just stops it.
+//!
+//! Its [`EngineLimits`] bound what users can make it do: runs at once per user
+//! (a [`RunSlot`] is reserved before the run is registered, so a refusal leaves
+//! nothing behind), how long a run may last (`agent_error {code:"timeout"}`), and
+//! how long a run may go on while no one watches its thread (`cancelled`).
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -12,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentwire_log::{Log, RunInfo};
-use agentwire_protocol::{EventKind, NewEvent, RunId};
+use agentwire_protocol::{EventKind, NewEvent, RunId, ThreadId, UserId};
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use parking_lot::Mutex;
@@ -69,27 +74,100 @@ enum Outcome {
     Panicked(String),
     Stopped,
     ShuttingDown,
+    /// Ended by the engine: `agent_error {code, message}`.
+    Limited(&'static str, String),
+}
+
+/// Whether a thread has a watcher (the hub answers for its node).
+pub type Watched = Arc<dyn Fn(&ThreadId) -> bool + Send + Sync>;
+
+/// What the engine lets users make it do. The default limits nothing.
+#[derive(Clone, Default)]
+pub struct EngineLimits {
+    /// Runs one user may have going at once (0: no limit).
+    pub max_runs_per_user: usize,
+    /// Longest a run may go on before it ends with `timeout`.
+    pub max_duration: Option<Duration>,
+    /// A run whose thread has no watcher for this long is cancelled, as `watched` tells.
+    pub unwatched: Option<(Duration, Watched)>,
+}
+
+/// Why a run could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    #[error("at most {0} runs may be going at once per user")]
+    TooManyRuns(usize),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+type RunCounts = Arc<Mutex<HashMap<UserId, usize>>>;
+
+/// A place for one run of one user, reserved before the run is registered;
+/// dropping it (the run ended, or was never started) frees the place.
+pub struct RunSlot {
+    counts: RunCounts,
+    user: UserId,
+}
+
+impl Drop for RunSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        if let Some(n) = counts.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// Runs agents; owns their tasks and can stop them.
 pub struct Engine {
     log: Arc<dyn Log>,
     agent: Arc<dyn Agent>,
+    limits: EngineLimits,
     tasks: TaskTracker,
     running: Arc<Mutex<HashMap<RunId, CancellationToken>>>,
+    per_user: RunCounts,
     shutdown: CancellationToken,
 }
 
 impl Engine {
-    /// An engine that runs `agent`, appending to `log`.
+    /// An engine that runs `agent`, appending to `log`, with no limits.
     pub fn new(log: Arc<dyn Log>, agent: Arc<dyn Agent>) -> Self {
+        Self::with_limits(log, agent, EngineLimits::default())
+    }
+
+    /// An engine that runs `agent` within `limits`.
+    pub fn with_limits(log: Arc<dyn Log>, agent: Arc<dyn Agent>, limits: EngineLimits) -> Self {
         Self {
             log,
             agent,
+            limits,
             tasks: TaskTracker::new(),
             running: Arc::new(Mutex::new(HashMap::new())),
+            per_user: Arc::new(Mutex::new(HashMap::new())),
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Reserves a place for one more run of `user`, before its run is registered.
+    pub fn reserve(&self, user: &UserId) -> Result<RunSlot, StartError> {
+        if self.shutdown.is_cancelled() {
+            return Err(StartError::ShuttingDown);
+        }
+        let max = self.limits.max_runs_per_user;
+        let mut counts = self.per_user.lock();
+        let n = counts.entry(user.clone()).or_insert(0);
+        if max > 0 && *n >= max {
+            if *n == 0 {
+                counts.remove(user);
+            }
+            return Err(StartError::TooManyRuns(max));
+        }
+        *n += 1;
+        Ok(RunSlot { counts: self.per_user.clone(), user: user.clone() })
     }
 
     /// The configured agent's name.
@@ -102,8 +180,9 @@ impl Engine {
         self.running.lock().len()
     }
 
-    /// Starts `run` in a task of its own; `false` once the engine is shutting down.
-    pub fn start(&self, run: RunInfo, input: RunInput) -> bool {
+    /// Starts `run` in a task of its own, holding `slot` until it ends; `false`
+    /// once the engine is shutting down.
+    pub fn start(&self, slot: RunSlot, run: RunInfo, input: RunInput) -> bool {
         if self.shutdown.is_cancelled() {
             return false;
         }
@@ -111,10 +190,12 @@ impl Engine {
         self.running.lock().insert(run.run_id.clone(), stop.clone());
         let (log, agent, running, shutdown) =
             (self.log.clone(), self.agent.clone(), self.running.clone(), self.shutdown.clone());
+        let limits = self.limits.clone();
         self.tasks.spawn(async move {
             let run_id = run.run_id.clone();
-            drive(log, agent, run, input, stop, shutdown).await;
+            drive(log, agent, &limits, run, input, stop, shutdown).await;
             running.lock().remove(&run_id);
+            drop(slot);
         });
         true
     }
@@ -163,9 +244,37 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
+/// Resolves when the run has gone on for longer than the engine allows.
+async fn past_duration(limits: &EngineLimits) -> Outcome {
+    match limits.max_duration {
+        Some(max) => {
+            tokio::time::sleep(max).await;
+            Outcome::Limited("timeout", format!("the run went on for longer than {} s", max.as_secs_f64()))
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when `thread` has had no watcher for the engine's unwatched timeout.
+async fn unwatched_for(limits: &EngineLimits, thread: &ThreadId) -> Outcome {
+    let Some((timeout, watched)) = &limits.unwatched else { return std::future::pending().await };
+    let step = (*timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut alone_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(step).await;
+        if watched(thread) {
+            alone_since = None;
+        } else if alone_since.get_or_insert_with(Instant::now).elapsed() >= *timeout {
+            let message = format!("no one watched the thread for {} s", timeout.as_secs_f64());
+            return Outcome::Limited("cancelled", message);
+        }
+    }
+}
+
 async fn drive(
     log: Arc<dyn Log>,
     agent: Arc<dyn Agent>,
+    limits: &EngineLimits,
     run: RunInfo,
     input: RunInput,
     stop: CancellationToken,
@@ -186,6 +295,8 @@ async fn drive(
             },
             _ = stop.cancelled() => Outcome::Stopped,
             _ = shutdown.cancelled() => Outcome::ShuttingDown,
+            limited = past_duration(limits) => limited,
+            limited = unwatched_for(limits, &run.thread_id) => limited,
         }
         // The agent's future is dropped here: its open tool guards queue their completions.
     };
@@ -198,6 +309,7 @@ async fn drive(
         Outcome::Returned(Err(e)) => NewEvent::agent_error(e.code, e.message),
         Outcome::Panicked(message) => NewEvent::agent_error("failed", format!("the agent panicked: {message}")),
         Outcome::ShuttingDown => NewEvent::agent_error("worker_lost", "the server shut down during the run"),
+        Outcome::Limited(code, message) => NewEvent::agent_error(code, message),
         Outcome::Stopped => {
             // Ended from outside; flush what dropped guards left (the log refuses it if the run is over).
             let _ = ctx.emit_all(Vec::new()).await;

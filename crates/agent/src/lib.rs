@@ -34,4 +34,4 @@ mod engine;
 
 pub use context::{EmitError, MessageStream, RunContext, ToolGuard};
 pub use demo::DemoAgent;
-pub use engine::{Agent, AgentError, Engine, RunInput};
+pub use engine::{Agent, AgentError, Engine, EngineLimits, RunInput, RunSlot, StartError, Watched};

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentwire_agent::{Agent, AgentError, DemoAgent, Engine, RunContext, RunInput};
+use agentwire_agent::{Agent, AgentError, DemoAgent, Engine, EngineLimits, RunContext, RunInput, StartError};
 use agentwire_log::{Log, LogConfig, MemoryLog, NewRun, NoFeed, RunInfo};
 use agentwire_protocol::{EventKind, NewEvent, RunStatus, ThreadId, UserId};
 use async_trait::async_trait;
@@ -42,7 +42,8 @@ async fn new_run(thread: &str) -> (Arc<dyn Log>, ThreadId, RunInfo) {
 async fn run_to_end(agent: Arc<dyn Agent>, text: &str) -> (Vec<(EventKind, Value)>, RunInfo) {
     let (log, thread, run) = new_run("thread_engine").await;
     let engine = Engine::new(log.clone(), agent);
-    assert!(engine.start(run.clone(), RunInput { user_message: Some(text.into()), extra: Value::Null }));
+    let slot = engine.reserve(&run.owner).unwrap();
+    assert!(engine.start(slot, run.clone(), RunInput { user_message: Some(text.into()), extra: Value::Null }));
     for _ in 0..500 {
         if engine.running() == 0 {
             break;
@@ -147,7 +148,8 @@ async fn an_agent_cannot_complete_with_a_tool_call_leaked_open() {
 async fn cancelling_stops_the_agent_without_a_second_terminal_event() {
     let (log, thread, run) = new_run("thread_cancel").await;
     let engine = Engine::new(log.clone(), Arc::new(DemoAgent { step_delay: Duration::from_millis(200) }));
-    engine.start(run.clone(), RunInput { user_message: Some("1+1".into()), extra: Value::Null });
+    let slot = engine.reserve(&run.owner).unwrap();
+    engine.start(slot, run.clone(), RunInput { user_message: Some("1+1".into()), extra: Value::Null });
     tokio::time::sleep(Duration::from_millis(50)).await;
     log.cancel(run.run_id.as_str()).await.unwrap();
     assert!(engine.stop(run.run_id.as_str()));
@@ -165,10 +167,74 @@ async fn cancelling_stops_the_agent_without_a_second_terminal_event() {
 async fn shutdown_ends_running_runs_with_worker_lost() {
     let (log, thread, run) = new_run("thread_shutdown").await;
     let engine = Engine::new(log.clone(), Arc::new(DemoAgent { step_delay: Duration::from_secs(60) }));
-    engine.start(run.clone(), RunInput::default());
+    engine.start(engine.reserve(&run.owner).unwrap(), run.clone(), RunInput::default());
     tokio::time::sleep(Duration::from_millis(30)).await;
     engine.shutdown(Duration::from_secs(5)).await;
     let events = log.read(&thread, 0, 100).await.unwrap().events;
     assert_eq!(events.last().unwrap().envelope.data["code"], "worker_lost");
-    assert!(!engine.start(run, RunInput::default()), "no new runs after shutdown");
+    assert_eq!(engine.reserve(&run.owner).err(), Some(StartError::ShuttingDown), "no new runs after shutdown");
+}
+
+/// Waits until `engine` runs nothing, then answers the run's last event's data.
+async fn last_event_when_done(engine: &Engine, log: &Arc<dyn Log>, thread: &ThreadId) -> Value {
+    for _ in 0..400 {
+        if engine.running() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(engine.running(), 0, "the run did not end");
+    let events = log.read(thread, 0, 1000).await.unwrap().events;
+    assert_eq!(events.iter().filter(|e| e.envelope.event.is_terminal()).count(), 1);
+    Value::Object(events.last().unwrap().envelope.data.clone())
+}
+
+#[tokio::test]
+async fn runs_per_user_are_capped_and_their_places_given_back() {
+    let (log, thread, run) = new_run("thread_capped").await;
+    let limits = EngineLimits { max_runs_per_user: 2, ..EngineLimits::default() };
+    let engine =
+        Engine::with_limits(log.clone(), Arc::new(DemoAgent { step_delay: Duration::from_millis(20) }), limits);
+    let (first, second) = (engine.reserve(&run.owner).unwrap(), engine.reserve(&run.owner).unwrap());
+    assert_eq!(engine.reserve(&run.owner).err(), Some(StartError::TooManyRuns(2)));
+    assert!(engine.reserve(&UserId::parse("other").unwrap()).is_ok(), "another user has places of their own");
+    drop(second); // a run refused after reserving gives its place back
+    let third = engine.reserve(&run.owner).unwrap();
+    drop(third);
+    assert!(engine.start(first, run.clone(), RunInput { user_message: Some("1+1".into()), extra: Value::Null }));
+    let _held = engine.reserve(&run.owner).unwrap();
+    assert!(engine.reserve(&run.owner).is_err(), "the started run holds its place");
+    last_event_when_done(&engine, &log, &thread).await;
+    assert!(engine.reserve(&run.owner).is_ok(), "an ended run gives its place back");
+}
+
+#[tokio::test]
+async fn a_run_past_its_longest_duration_ends_with_timeout() {
+    let (log, thread, run) = new_run("thread_long").await;
+    let limits = EngineLimits { max_duration: Some(Duration::from_millis(100)), ..EngineLimits::default() };
+    let engine = Engine::with_limits(log.clone(), Arc::new(DemoAgent { step_delay: Duration::from_secs(60) }), limits);
+    engine.start(engine.reserve(&run.owner).unwrap(), run.clone(), RunInput::default());
+    let last = last_event_when_done(&engine, &log, &thread).await;
+    assert_eq!(last["code"], "timeout", "{last}");
+}
+
+#[tokio::test]
+async fn a_run_no_one_watches_is_cancelled_and_a_watched_one_goes_on() {
+    let watched = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = watched.clone();
+    let limits = EngineLimits {
+        unwatched: Some((
+            Duration::from_millis(100),
+            Arc::new(move |_: &ThreadId| flag.load(std::sync::atomic::Ordering::Relaxed)),
+        )),
+        ..EngineLimits::default()
+    };
+    let (log, thread, run) = new_run("thread_alone").await;
+    let engine = Engine::with_limits(log.clone(), Arc::new(DemoAgent { step_delay: Duration::from_secs(60) }), limits);
+    engine.start(engine.reserve(&run.owner).unwrap(), run.clone(), RunInput::default());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(engine.running(), 1, "watched: still going");
+    watched.store(false, std::sync::atomic::Ordering::Relaxed);
+    let last = last_event_when_done(&engine, &log, &thread).await;
+    assert_eq!(last["code"], "cancelled", "{last}");
 }

@@ -97,6 +97,11 @@ impl Hub {
         self.threads.len()
     }
 
+    /// Whether `thread` has a subscriber on this node.
+    pub fn is_watched(&self, thread: &ThreadId) -> bool {
+        self.threads.contains_key(thread)
+    }
+
     /// Opens a connection: a handle to subscribe with and the queue to send from.
     pub fn connect(self: &Arc<Self>) -> (Connection, Outbox) {
         let (tx, rx) = mpsc::channel(self.config.send_queue.max(1));

@@ -13,11 +13,19 @@ use crate::auth::AuthError;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds after which the request may succeed (`Retry-After`, with `429`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), retry_after: None }
+    }
+
+    /// Says when to try again.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -41,7 +49,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -60,6 +72,17 @@ impl From<EventError> for ApiError {
 impl From<IdError> for ApiError {
     fn from(e: IdError) -> Self {
         Self::bad_request(e.to_string())
+    }
+}
+
+impl From<agentwire_agent::StartError> for ApiError {
+    fn from(e: agentwire_agent::StartError) -> Self {
+        match e {
+            agentwire_agent::StartError::TooManyRuns(_) => {
+                Self::new(ErrorCode::RateLimited, e.to_string()).retry_after(1)
+            }
+            agentwire_agent::StartError::ShuttingDown => Self::unavailable(e.to_string()),
+        }
     }
 }
 

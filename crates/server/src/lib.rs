@@ -18,12 +18,13 @@ pub mod extract;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod quota;
 pub mod routes;
 pub mod state;
 
 use std::sync::Arc;
 
-use agentwire_agent::{Agent, Engine};
+use agentwire_agent::{Agent, Engine, EngineLimits, Watched};
 use agentwire_backbone::ClusterConfig;
 use agentwire_hub::{Hub, HubConfig, HubMetrics};
 use agentwire_log::{EmbeddedLog, Log, LogConfig, MemoryLog, retention, watchdog};
@@ -63,6 +64,34 @@ async fn reload_publish_keys(auth: Arc<Auth>, stop: CancellationToken) {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not reload publish keys; keeping the old ones"),
         }
+    }
+}
+
+/// Forgets refilled quota buckets once a minute, so the quota maps hold only
+/// the users and keys active in the last minute.
+async fn sweep_quotas(quotas: Arc<quota::Quotas>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => quotas.sweep(),
+        }
+    }
+}
+
+/// What the in-process engine lets users make it do. Watchers are counted on
+/// this node only, so with a shared backbone the unwatched timeout is off.
+fn engine_limits(config: &ServerConfig, hub: &Arc<Hub>) -> EngineLimits {
+    let shared = config.backbone != "embedded" && config.backbone != "memory";
+    let unwatched = (!config.unwatched_run_timeout.is_zero() && !shared).then(|| {
+        let hub = hub.clone();
+        let watched: Watched = Arc::new(move |thread| hub.is_watched(thread));
+        (config.unwatched_run_timeout, watched)
+    });
+    EngineLimits {
+        max_runs_per_user: config.max_runs_per_user,
+        max_duration: (!config.max_run_duration.is_zero()).then_some(config.max_run_duration),
+        unwatched,
     }
 }
 
@@ -159,7 +188,7 @@ impl Server {
         );
         let node_id = node_id(&config);
         let log = open_log(&config, &node_id, hub.clone()).await?;
-        let engine = Arc::new(Engine::new(log.clone(), agent));
+        let engine = Arc::new(Engine::with_limits(log.clone(), agent, engine_limits(&config, &hub)));
         let auth = Arc::new(Auth::from_config(&config).map_err(|e| ServerError::Config(e.to_string()))?);
         if auth.dev_mode() {
             tracing::warn!(
@@ -175,6 +204,7 @@ impl Server {
             tracing::warn!("no publish key is set (AGENTWIRE_PUBLISH_KEY): external publishers will be refused");
         }
         let limits = limits::Limits::new(&config);
+        let quotas = Arc::new(quota::Quotas::new(&config));
         let node = Arc::new(NodeInfo { id: node_id, started_at: Timestamp::now() });
         let state = AppState {
             node,
@@ -184,6 +214,7 @@ impl Server {
             engine,
             auth,
             limits,
+            quotas,
             metrics,
             registry: Arc::new(registry),
             closing: CancellationToken::new(),
@@ -229,6 +260,7 @@ impl Server {
         ));
 
         background.spawn(reload_publish_keys(state.auth.clone(), stop_background.clone()));
+        background.spawn(sweep_quotas(state.quotas.clone(), stop_background.clone()));
         let http_limits = listener::HttpLimits {
             header_timeout: state.config.http_header_timeout,
             write_timeout: state.config.write_timeout,

@@ -14,6 +14,7 @@ use crate::auth::Auth;
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
+use crate::quota::Charge;
 
 /// Who this node is, for the dashboard.
 #[derive(Debug, Clone)]
@@ -32,6 +33,7 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Arc<Auth>,
     pub limits: Arc<crate::limits::Limits>,
+    pub quotas: Arc<crate::quota::Quotas>,
     pub metrics: ServerMetrics,
     pub registry: Arc<Registry>,
     /// Cancelled when long-lived connections must close (shutdown).
@@ -41,6 +43,19 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// What starting a run for `user` in `thread` costs: one run, and one thread
+    /// when the thread is new. Kept by the caller once the run has started.
+    pub async fn user_run_charges(
+        &self,
+        user: &UserId,
+        thread: &ThreadId,
+    ) -> Result<(Charge<'_, UserId>, Charge<'_, UserId>), ApiError> {
+        let runs = self.quotas.user_runs.charge(user, 1)?;
+        let new_thread = self.log.thread_owner(thread).await?.is_none();
+        let threads = self.quotas.user_threads.charge(user, u64::from(new_thread))?;
+        Ok((runs, threads))
+    }
+
     /// `Ok` when `user` owns `thread`: `404` if it does not exist, `403` if it is someone else's.
     pub async fn check_owner(&self, user: &UserId, thread: &ThreadId) -> Result<(), ApiError> {
         match self.log.thread_owner(thread).await? {

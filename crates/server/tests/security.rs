@@ -830,3 +830,74 @@ async fn a_thread_of_large_events_cannot_take_the_servers_memory() {
     assert!(grown < 256 * MB, "RSS grew by {} MB", grown / MB);
     assert_eq!(status(&server, "GET", "/healthz", None, None).await.0, 200);
 }
+
+#[tokio::test]
+async fn quotas_answer_429_with_retry_after_and_leave_nothing_behind() {
+    // Issue 14: 2,000 threads from one user in 0.8 s, and 100 messages that kept
+    // the demo agent busy at 4,600 events/s; nothing counted per user or per key.
+    let mut config = test_config();
+    config.quota_user_threads = 5;
+    config.quota_user_runs = 3;
+    config.max_runs_per_user = 2;
+    config.quota_key_events = 10;
+    config.demo_step_delay = Duration::from_secs(30);
+    let server = TestServer::start_with(config).await;
+    let token = server.token("quincy");
+    let threads_before = server.state.log.stats().threads;
+
+    let mut created = 0;
+    let mut refused = None;
+    for i in 0..20 {
+        let resp = server
+            .http
+            .post(format!("{}/v1/threads", server.base))
+            .bearer_auth(&token)
+            .json(&json!({"thread_id": format!("thread_q{i}")}))
+            .send()
+            .await
+            .unwrap();
+        match resp.status().as_u16() {
+            201 => created += 1,
+            429 => refused = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok()),
+            other => panic!("thread {i}: {other}"),
+        }
+    }
+    assert_eq!(created, 5);
+    assert!(refused.is_some_and(|s| (1..=60).contains(&s)), "Retry-After: {refused:?}");
+    assert_eq!(server.state.log.stats().threads, threads_before + 5, "refused threads left nothing");
+    // A refusal for another reason does not use the quota up: another user's
+    // thread id is 403 and costs nothing.
+    let other = server.token("rita");
+    assert_eq!(server.post("/v1/threads", &other, json!({"thread_id":"thread_r1"})).await.0, 201);
+    for _ in 0..10 {
+        assert_eq!(server.post("/v1/threads", &other, json!({"thread_id":"thread_r1"})).await.0, 409);
+    }
+    assert_eq!(server.post("/v1/threads", &other, json!({"thread_id":"thread_r2"})).await.0, 201);
+
+    // Runs: two at once (the demo agent is slow here), then 429 with nothing registered.
+    let post = |text: &str| server.post("/v1/threads/thread_q0/messages", &token, json!({"text": text}));
+    assert_eq!(post("one").await.0, 202);
+    assert_eq!(post("two").await.0, 202);
+    let (status, body) = post("three").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("rate_limited")), "{body}");
+    let user_messages = || async {
+        let (_, page) = server.get("/v1/threads/thread_q0/events", &token).await;
+        page["events"].as_array().unwrap().iter().filter(|e| e["event"] == "user_message").count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while user_messages().await < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(user_messages().await, 2, "the refused message was not appended");
+
+    // A publish key past its events per minute: 429, and the events are not stored.
+    let run = server.create_run("thread_keyq", "quincy").await;
+    let batch = |n: usize| json!({"events": vec![json!({"event":"agent_thinking","data":{"thought":"t"}}); n]});
+    server.publish(&run, json!({"event":"agent_started","data":{"agent_name":"a"}})).await;
+    assert_eq!(server.publish(&run, batch(9)).await.0, 200);
+    let (status, body) = server.publish(&run, batch(2)).await;
+    assert_eq!(status, 429, "{body}");
+    let (_, page) = server.get("/v1/threads/thread_keyq/events", &token).await;
+    assert_eq!(page["head_seq"], 10);
+}

@@ -72,7 +72,8 @@ fn sse(event: &Value) -> Result<Event, Infallible> {
     responses((status = 200, description = "AG-UI events, one JSON object per `data:` line", content_type = "text/event-stream"),
         (status = 400, body = crate::routes::schema::ErrorBody), (status = 401, body = crate::routes::schema::ErrorBody),
         (status = 403, body = crate::routes::schema::ErrorBody), (status = 409, body = crate::routes::schema::ErrorBody),
-        (status = 413, body = crate::routes::schema::ErrorBody), (status = 503, body = crate::routes::schema::ErrorBody)))]
+        (status = 413, body = crate::routes::schema::ErrorBody), (status = 429, body = crate::routes::schema::ErrorBody),
+        (status = 503, body = crate::routes::schema::ErrorBody)))]
 pub async fn run(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -90,6 +91,8 @@ pub async fn run(
     let run_id = RunId::parse(&input.run_id)?;
     let text = last_user_text(&input.messages)
         .ok_or_else(|| ApiError::bad_request("no user message with text in messages"))?;
+    let (runs, threads) = state.user_run_charges(&user, &thread).await?;
+    let slot = state.engine.reserve(&user)?;
     state.log.ensure_thread(&thread, &user).await?;
 
     // Watch the thread from its current head before the run exists, so none of its events can be missed.
@@ -111,9 +114,11 @@ pub async fn run(
         "state": input.state,
         "forwardedProps": input.forwarded_props,
     });
-    if !state.engine.start(run, RunInput { user_message: Some(text), extra }) {
+    if !state.engine.start(slot, run, RunInput { user_message: Some(text), extra }) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
+    runs.keep();
+    threads.keep();
 
     let keep_alive = KeepAlive::new().interval(state.config.sse_keepalive).text("ping");
     let events = async_stream::stream! {

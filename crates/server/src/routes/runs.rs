@@ -32,7 +32,9 @@ pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -
         in_process: false,
         run_id: req.run_id.as_deref().map(RunId::parse).transpose()?,
     };
+    let charge = state.quotas.key_runs.charge(&caller.publisher()?, 1)?;
     let run = state.log.create_run(new).await?;
+    charge.keep();
     Ok((StatusCode::CREATED, Json(RunCreated { run_id: run.run_id.to_string(), thread_id: run.thread_id.to_string() })))
 }
 
@@ -48,12 +50,23 @@ pub async fn publish(
     Path(run_id): Path<String>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.limits.allow_publish(caller.publisher()?).inspect_err(|e| state.metrics.record_rejected(e.code, 1))?;
+    let key = caller.publisher()?;
+    state.limits.allow_publish(key).inspect_err(|e| state.metrics.record_rejected(e.code, 1))?;
     let limits = PublishLimits { max_events: state.config.max_events_per_publish };
     let events = parse_publish_body(&body.0, limits).inspect_err(|e| state.metrics.record_rejected(e.code(), 1))?;
     let count = events.len() as u64;
+    let quotas = &state.quotas;
+    let charges = quotas
+        .key_events
+        .charge(&key, count)
+        .and_then(|events| Ok((events, quotas.key_bytes.charge(&key, body.0.len() as u64)?)))
+        .inspect_err(|e| state.metrics.record_rejected(e.code, count))?;
     match state.log.append(&run_id, events).await {
-        Ok(appended) => Ok(Json(Seqs { seqs: appended.seqs })),
+        Ok(appended) => {
+            charges.0.keep();
+            charges.1.keep();
+            Ok(Json(Seqs { seqs: appended.seqs }))
+        }
         Err(e) => {
             state.metrics.record_rejected(e.code(), count);
             if e.code() == agentwire_protocol::ErrorCode::NotFound {

@@ -23,12 +23,15 @@ pub const DEFAULT_PAGE: usize = 1_000;
 /// `POST /v1/threads`: a new thread owned by the caller.
 #[utoipa::path(post, path = "/v1/threads", tag = "threads", request_body = CreateThread,
     responses((status = 201, body = ThreadCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -> Result<impl IntoResponse, ApiError> {
     let user = caller.user()?;
     let req: CreateThread = body.json()?;
     let wanted = req.thread_id.as_deref().map(ThreadId::parse).transpose()?;
+    let charge = state.quotas.user_threads.charge(user, 1)?;
     let thread = state.log.create_thread(wanted, user).await?;
+    charge.keep();
     Ok((StatusCode::CREATED, Json(ThreadCreated { thread_id: thread.to_string() })))
 }
 
@@ -36,7 +39,8 @@ pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -
 #[utoipa::path(post, path = "/v1/threads/{thread_id}/messages", tag = "threads", request_body = PostMessage,
     params(("thread_id" = String, Path, description = "the thread; created for the caller if new")),
     responses((status = 202, body = MessageAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn post_message(
     State(state): State<AppState>,
     caller: Caller,
@@ -51,6 +55,9 @@ pub async fn post_message(
         .as_str()
         .filter(|t| !t.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("text must be a non-empty string"))?;
+    // Every quota and the engine's place first: a refusal leaves nothing behind.
+    let (runs, threads) = state.user_run_charges(user, &thread).await?;
+    let slot = state.engine.reserve(user)?;
     state.log.ensure_thread(&thread, user).await?;
     let new = NewRun {
         thread_id: thread,
@@ -61,9 +68,11 @@ pub async fn post_message(
     };
     let run = state.log.create_run(new).await?;
     let run_id = run.run_id.clone();
-    if !state.engine.start(run, RunInput { user_message: Some(text.to_owned()), extra: Value::Null }) {
+    if !state.engine.start(slot, run, RunInput { user_message: Some(text.to_owned()), extra: Value::Null }) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
+    runs.keep();
+    threads.keep();
     Ok((StatusCode::ACCEPTED, Json(MessageAccepted { run_id: run_id.to_string() })))
 }
 
