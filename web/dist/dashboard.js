@@ -77,7 +77,9 @@ function show(frame) {
     drawChart();
 }
 async function operatorKey() {
-    let key = new URLSearchParams(location.search).get("token") ?? sessionStorage.getItem("agentwire.admin") ?? "";
+    // The key stays out of URLs (they end up in logs and history): it is asked for,
+    // kept for the tab, and sent in the Authorization header.
+    let key = sessionStorage.getItem("agentwire.admin") ?? "";
     for (;;) {
         const resp = await fetch("/v1/admin/stats", { headers: key ? { authorization: `Bearer ${key}` } : {} });
         if (resp.ok)
@@ -85,19 +87,46 @@ async function operatorKey() {
         key = await askForSecret("agentwire.admin");
     }
 }
+/** Reads `stats` events from the stream until it ends; the frames go to `show`. */
+async function follow(key, conn) {
+    // fetch, not EventSource: EventSource cannot send the Authorization header.
+    const resp = await fetch("/v1/admin/stream", { headers: key ? { authorization: `Bearer ${key}` } : {} });
+    if (!resp.ok || !resp.body)
+        throw new Error(`HTTP ${resp.status}`);
+    conn.dataset.state = "open";
+    conn.textContent = "live";
+    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+        const { value, done } = await reader.read();
+        if (done)
+            return;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+            const message = buffer.slice(0, end);
+            buffer = buffer.slice(end + 2);
+            const lines = message.split("\n");
+            if (!lines.includes("event: stats"))
+                continue;
+            const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart());
+            show(JSON.parse(data.join("\n")));
+        }
+    }
+}
 async function start() {
     const key = await operatorKey();
-    const url = key ? `/v1/admin/stream?token=${encodeURIComponent(key)}` : "/v1/admin/stream";
-    const source = new EventSource(url);
     const conn = $("conn");
-    source.onopen = () => {
-        conn.dataset.state = "open";
-        conn.textContent = "live";
-    };
-    source.onerror = () => {
+    for (;;) {
+        try {
+            await follow(key, conn);
+        }
+        catch {
+            // Reconnect below, as EventSource would.
+        }
         conn.dataset.state = "closed";
         conn.textContent = "reconnecting…";
-    };
-    source.addEventListener("stats", (ev) => show(JSON.parse(ev.data)));
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
 }
 void start();

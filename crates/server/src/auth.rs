@@ -81,7 +81,12 @@ pub struct Auth {
     keys_file: Option<KeysFile>,
     admin_key: Option<Vec<u8>>,
     dev_mode: bool,
+    /// The furthest `exp` accepted, in seconds from now.
+    max_lifetime: u64,
 }
+
+/// Shortest HS256 secret accepted: guessing it must be out of reach.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -145,6 +150,12 @@ impl Auth {
             }
         } else {
             let secret = match &config.jwt_secret {
+                Some(s) if s.len() < MIN_SECRET_BYTES => {
+                    return Err(AuthError::Config(format!(
+                        "the JWT secret is {} bytes; it must be at least {MIN_SECRET_BYTES} random bytes",
+                        s.len()
+                    )));
+                }
                 Some(s) => s.as_bytes().to_vec(),
                 None => rand::random::<[u8; 32]>().to_vec(),
             };
@@ -176,6 +187,7 @@ impl Auth {
             keys_file: config.publish_keys_file.clone().map(|path| KeysFile { path, modified: Mutex::new(None) }),
             admin_key: config.admin_key.as_ref().filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()),
             dev_mode,
+            max_lifetime: config.jwt_max_lifetime.as_secs(),
         };
         auth.reload_publish_keys()?;
         Ok(auth)
@@ -241,6 +253,9 @@ impl Auth {
         }
         let data = jsonwebtoken::decode::<Claims>(token, self.decoding_key(token)?, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if data.claims.exp > now_secs().saturating_add(self.max_lifetime) {
+            return Err(AuthError::Invalid(format!("exp is more than {} s away", self.max_lifetime)));
+        }
         let id = UserId::parse(&data.claims.sub).map_err(|e| AuthError::Invalid(e.to_string()))?;
         Ok(Principal::User { id, exp: data.claims.exp })
     }
@@ -286,7 +301,7 @@ mod tests {
 
     #[test]
     fn tells_users_publishers_and_operators_apart() {
-        let auth = Auth::from_config(&config(Some("s3cret"), "0.0.0.0:1")).unwrap();
+        let auth = Auth::from_config(&config(Some("s3cret-s3cret-s3cret-s3cret-s3cret"), "0.0.0.0:1")).unwrap();
         assert!(!auth.dev_mode());
         let alice = UserId::parse("alice").unwrap();
         let (token, exp) = auth.issue(&alice, Duration::from_secs(60)).unwrap();
@@ -299,9 +314,25 @@ mod tests {
     }
 
     #[test]
+    fn short_secrets_and_far_expiries_are_refused() {
+        let short = Auth::from_config(&config(Some("x"), "0.0.0.0:1"));
+        assert!(matches!(short, Err(AuthError::Config(m)) if m.contains("at least 32")));
+        let auth = Auth::from_config(&config(Some("s3cret-s3cret-s3cret-s3cret-s3cret"), "0.0.0.0:1")).unwrap();
+        let sign = |exp: u64| {
+            let claims = Claims { sub: "bob".into(), exp, iat: None };
+            let key = EncodingKey::from_secret(b"s3cret-s3cret-s3cret-s3cret-s3cret").unwrap();
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+        };
+        let week = 7 * 24 * 3600;
+        assert!(auth.authenticate(Some(&sign(now_secs() + week - 60))).is_ok());
+        assert!(auth.authenticate(Some(&sign(now_secs() + week + 60))).is_err());
+        assert!(auth.authenticate(Some(&sign(now_secs() + 1_000_000 * 365 * 24 * 3600))).is_err());
+    }
+
+    #[test]
     fn refuses_forged_and_expired_tokens() {
-        let auth = Auth::from_config(&config(Some("s3cret"), "0.0.0.0:1")).unwrap();
-        let other = Auth::from_config(&config(Some("another"), "0.0.0.0:1")).unwrap();
+        let auth = Auth::from_config(&config(Some("s3cret-s3cret-s3cret-s3cret-s3cret"), "0.0.0.0:1")).unwrap();
+        let other = Auth::from_config(&config(Some("another-another-another-another-another"), "0.0.0.0:1")).unwrap();
         let bob = UserId::parse("bob").unwrap();
         let (forged, _) = other.issue(&bob, Duration::from_secs(60)).unwrap();
         assert!(auth.authenticate(Some(&forged)).is_err());
@@ -309,7 +340,7 @@ mod tests {
         let expired = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
-            &EncodingKey::from_secret(b"s3cret").unwrap(),
+            &EncodingKey::from_secret(b"s3cret-s3cret-s3cret-s3cret-s3cret").unwrap(),
         )
         .unwrap();
         assert!(auth.authenticate(Some(&expired)).is_err());
@@ -323,7 +354,9 @@ mod tests {
         assert!(dev.dev_mode());
         assert!(matches!(dev.authenticate(Some(DEV_PUBLISH_KEY)).unwrap(), Principal::Publisher { .. }));
         assert!(dev.is_operator(None));
-        assert!(!Auth::from_config(&config(Some("s"), "127.0.0.1:0")).unwrap().dev_mode());
+        assert!(
+            !Auth::from_config(&config(Some("s3cret-s3cret-s3cret-s3cret-s3cret"), "127.0.0.1:0")).unwrap().dev_mode()
+        );
     }
 
     #[test]
@@ -331,7 +364,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys");
         std::fs::write(&path, "# rotated weekly\nold-key\n").unwrap();
-        let mut c = config(Some("s"), "0.0.0.0:1");
+        let mut c = config(Some("s3cret-s3cret-s3cret-s3cret-s3cret"), "0.0.0.0:1");
         c.publish_keys.clear();
         c.publish_keys_file = Some(path.clone());
         let auth = Auth::from_config(&c).unwrap();

@@ -25,9 +25,14 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_NODE_ID")]
     pub node_id: Option<String>,
 
-    /// HS256 secret that subscriber JWTs are signed with. Required outside loopback.
+    /// HS256 secret that subscriber JWTs are signed with, at least 32 bytes. Required outside loopback.
     #[arg(long, env = "AGENTWIRE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// Tokens whose `exp` is further away than this are refused (a stolen token
+    /// must not be good for years).
+    #[arg(long, env = "AGENTWIRE_JWT_MAX_LIFETIME", default_value = "7d", value_parser = parse_duration)]
+    pub jwt_max_lifetime: Duration,
 
     /// PEM public key (RSA → RS256, EC P-256 → ES256) that subscriber JWTs are verified with.
     #[arg(long, env = "AGENTWIRE_JWT_PUBLIC_KEY")]

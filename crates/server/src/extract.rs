@@ -11,14 +11,25 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The bearer token of a request: `Authorization: Bearer …`, else `?token=…`
-/// (browsers cannot set headers on WebSocket and EventSource requests).
+/// The bearer token of a request: `Authorization: Bearer …`, else `?token=…` on
+/// the two streaming routes a browser cannot set headers for (`GET /v1/ws` and
+/// `GET /v1/threads/{id}/stream`). Nowhere else: a token in a URL ends up in
+/// logs and history, and a query token on a `POST` would let another site's
+/// form (`text/plain`, no preflight) act with it.
 #[derive(Debug, Clone, Default)]
 pub struct Token(pub Option<String>);
 
 #[derive(serde::Deserialize)]
 struct TokenQuery {
     token: Option<String>,
+}
+
+/// Whether a request may carry its token in the query (see [`Token`]).
+fn takes_query_token(method: &axum::http::Method, path: &str) -> bool {
+    let stream = path.strip_prefix("/v1/threads/").is_some_and(|rest| {
+        rest.strip_suffix("/stream").is_some_and(|thread| !thread.is_empty() && !thread.contains('/'))
+    });
+    method == axum::http::Method::GET && (path == "/v1/ws" || stream)
 }
 
 fn query_token(uri: &axum::http::Uri) -> Option<String> {
@@ -35,7 +46,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Token {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(|v| v.trim().to_owned());
-        Ok(Self(from_header.or_else(|| query_token(&parts.uri))))
+        let from_query = || query_token(&parts.uri).filter(|_| takes_query_token(&parts.method, parts.uri.path()));
+        Ok(Self(from_header.or_else(from_query)))
     }
 }
 
@@ -116,6 +128,25 @@ impl Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_streaming_routes_take_a_query_token() {
+        use axum::http::Method;
+        assert!(takes_query_token(&Method::GET, "/v1/ws"));
+        assert!(takes_query_token(&Method::GET, "/v1/threads/thread_a/stream"));
+        for (method, path) in [
+            (Method::POST, "/v1/ws"),
+            (Method::POST, "/v1/threads/thread_a/messages"),
+            (Method::GET, "/v1/threads/thread_a/events"),
+            (Method::GET, "/v1/admin/stream"),
+            (Method::GET, "/v1/admin/stats"),
+            (Method::POST, "/v1/agui"),
+            (Method::GET, "/v1/threads//stream"),
+            (Method::GET, "/v1/threads/a/b/stream"),
+        ] {
+            assert!(!takes_query_token(&method, path), "{method} {path}");
+        }
+    }
 
     #[test]
     fn tokens_come_from_the_query_when_there_is_no_header() {

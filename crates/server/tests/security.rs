@@ -70,7 +70,7 @@ async fn every_route_refuses_the_wrong_credentials_and_leaks_nothing() {
     let alice = server.token("alice");
     let bob = server.token("bob");
     let forged = hs256("not-the-secret", json!({"sub":"alice","exp": now() + 600}));
-    let expired = hs256("test-secret", json!({"sub":"alice","exp": now() - 600}));
+    let expired = hs256("test-secret-that-is-32-bytes-long", json!({"sub":"alice","exp": now() - 600}));
     let run = server.create_run("thread_secret1", "alice").await;
     server.publish(&run, json!({"event":"agent_started","data":{"agent_name":"private-agent"}})).await;
 
@@ -632,7 +632,7 @@ async fn agui_streams_obey_the_connection_caps_and_the_origin_check_and_every_st
     drop((_a, _b));
 
     // An SSE stream ends, with an `error` event, when its token expires.
-    let short = hs256("test-secret", json!({"sub": "capped", "exp": now() + 2}));
+    let short = hs256("test-secret-that-is-32-bytes-long", json!({"sub": "capped", "exp": now() + 2}));
     server.create_run("thread_expiring", "capped").await;
     let url = format!("{}/v1/threads/thread_expiring/stream?token={short}", server.base);
     let resp = server.http.get(url).send().await.unwrap();
@@ -900,4 +900,36 @@ async fn quotas_answer_429_with_retry_after_and_leave_nothing_behind() {
     assert_eq!(status, 429, "{body}");
     let (_, page) = server.get("/v1/threads/thread_keyq/events", &token).await;
     assert_eq!(page["head_seq"], 10);
+}
+
+#[tokio::test]
+async fn tokens_in_urls_only_open_streams_and_ping_floods_close_the_socket() {
+    // Issue 14, lower items: `?token=` worked on POST and operator routes (so a
+    // cross-origin text/plain form could post as the user), and pings were free.
+    let mut config = test_config();
+    config.ws_message_rate = 5;
+    let server = TestServer::start_with(config).await;
+    let token = server.token("tess");
+    let post = server
+        .http
+        .post(format!("{}/v1/threads/thread_form/messages?token={token}", server.base))
+        .header("content-type", "text/plain")
+        .header("origin", "https://evil.example")
+        .body(r#"{"text":"posted by another site"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 401);
+    assert_eq!(server.state.log.thread_owner(&"thread_form".parse().unwrap()).await.unwrap(), None);
+    let admin = server.http.get(format!("{}/v1/admin/stats?token=test-admin", server.base)).send().await.unwrap();
+    assert_eq!(admin.status(), 401);
+    let events = format!("{}/v1/threads/thread_form/events?token={token}", server.base);
+    assert_eq!(server.http.get(events).send().await.unwrap().status(), 401);
+    // The streaming routes still take it: browsers cannot set headers there.
+    let mut ws = server.ws(&token).await;
+    for _ in 0..50 {
+        ws.stream.send(Message::Ping(Default::default())).await.unwrap();
+    }
+    // `next` passes over the pongs answered before the limit.
+    assert_eq!(close_code(ws.next().await), Some(1008), "a ping flood closes the socket");
 }

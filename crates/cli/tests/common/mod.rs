@@ -11,7 +11,7 @@ use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 
 pub const KEY: &str = "crash-publish-key";
-pub const SECRET: &str = "crash-secret";
+pub const SECRET: &str = "crash-secret-that-is-32-bytes-long";
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct Node {

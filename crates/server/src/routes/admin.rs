@@ -2,7 +2,7 @@
 //!
 //! `GET /v1/admin/stats` answers one snapshot; `GET /v1/admin/stream` pushes one
 //! every second over SSE, with the delivery-lag percentiles of that second.
-//! Both need the admin key (`Authorization: Bearer` or `?token=`), except in dev mode.
+//! Both need the admin key in `Authorization: Bearer` (never in the URL), except in dev mode.
 
 use std::convert::Infallible;
 use std::time::Duration;

@@ -70,7 +70,9 @@ pub async fn publish(
         Err(e) => {
             state.metrics.record_rejected(e.code(), count);
             if e.code() == agentwire_protocol::ErrorCode::NotFound {
-                tracing::warn!(%run_id, "rejected events of an unroutable run");
+                // Debug-formatted: the id is the caller's raw path segment, and a
+                // newline or escape sequence in it must not forge log lines.
+                tracing::warn!(run_id = ?run_id, "rejected events of an unroutable run");
             }
             Err(e.into())
         }

@@ -36,6 +36,7 @@ const WS_READ_BUFFER: usize = 1024;
 /// Close codes of PROTOCOL §4.
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
     pub const UNAUTHORIZED: u16 = 4001;
@@ -287,8 +288,12 @@ async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64, legac
                     None => break None,
                 };
                 last_heard = Instant::now();
-                let counted = matches!(msg, Message::Text(_) | Message::Binary(_));
+                // Pings count too: each one makes the server write a pong.
+                let counted = matches!(msg, Message::Text(_) | Message::Binary(_) | Message::Ping(_));
                 if counted && !rate.try_take() {
+                    if matches!(msg, Message::Ping(_)) {
+                        break Some((close::POLICY, "too many pings"));
+                    }
                     if !told_rate_limited {
                         told_rate_limited = true;
                         let limit = format!("more than {} messages per second; ignored", client.state.config.ws_message_rate);

@@ -36,7 +36,7 @@ pub fn test_config() -> ServerConfig {
     let mut config = ServerConfig::from_env().expect("default settings");
     config.backbone = "embedded".into();
     config.listen = "127.0.0.1:0".parse().unwrap();
-    config.jwt_secret = Some("test-secret".into());
+    config.jwt_secret = Some("test-secret-that-is-32-bytes-long".into());
     config.publish_keys = vec![PUBLISH_KEY.into()];
     config.admin_key = Some("test-admin".into());
     config.demo_step_delay = Duration::ZERO;
