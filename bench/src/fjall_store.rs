@@ -91,6 +91,10 @@ impl Store for FjallStore {
         Ok(Snapshot::default())
     }
 
+    fn keeps_runs(&self) -> bool {
+        true
+    }
+
     fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
         match self.runs.get(run_id).map_err(io)? {
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(io),

@@ -1,4 +1,6 @@
-//! A [`Store`] wrapper that times every group commit, to see where append latency goes.
+//! A [`Store`] wrapper that times every group commit, to see where append latency
+//! goes, and can make the log keep ended runs in memory (the behaviour before
+//! eviction) for a same-run comparison.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +38,15 @@ impl CommitLog {
 pub struct Timed<S> {
     pub inner: S,
     pub commits: Arc<CommitLog>,
+    /// Claim not to keep runs, so the log holds every run in memory.
+    pub forget_runs: bool,
+}
+
+impl<S> Timed<S> {
+    /// Times `inner`, otherwise unchanged.
+    pub fn new(inner: S) -> Self {
+        Self { inner, commits: Arc::default(), forget_runs: false }
+    }
 }
 
 impl<S: Store> Store for Timed<S> {
@@ -54,6 +65,9 @@ impl<S: Store> Store for Timed<S> {
     }
     fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
         self.inner.run(run_id)
+    }
+    fn keeps_runs(&self) -> bool {
+        !self.forget_runs && self.inner.keeps_runs()
     }
     fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError> {
         self.inner.event_seq(run, event_id)

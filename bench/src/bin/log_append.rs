@@ -150,7 +150,7 @@ struct Args {
 /// A log over `store`, its commits timed.
 fn timed_log<S: Store>(store: S, config: &LogConfig) -> (Arc<dyn Log>, Arc<CommitLog>) {
     let commits = Arc::new(CommitLog::default());
-    let store = Timed { inner: store, commits: commits.clone() };
+    let store = Timed { inner: store, commits: commits.clone(), forget_runs: false };
     let log = StoredLog::open(store, config.clone(), Arc::new(NoFeed)).expect("open log");
     (Arc::new(log), commits)
 }

@@ -15,6 +15,12 @@
 //!
 //! If a commit fails the log stops taking writes (`503`) and reports unready:
 //! its working state ran ahead of the disk, and a restart reloads the truth.
+//!
+//! The working state follows what is live, not history: once a run's end is
+//! durable the committer evicts the run and its `event_id`s (when the store
+//! keeps runs, see [`Store::keeps_runs`]). An ended run never changes again, so
+//! a later lookup (a retried publish, `GET /v1/runs/{id}`) reads it from the
+//! store without bringing it back into memory.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,8 +89,13 @@ struct Pending {
     heads: Vec<(Arc<ThreadEntry>, u64)>,
     /// New oldest retained seqs, after retention removed events.
     oldest: Vec<(Arc<ThreadEntry>, u64)>,
+    /// A run this decision ended, to evict from the working state once durable.
+    ended: Option<(Arc<ThreadEntry>, RunId)>,
     done: oneshot::Sender<Result<(), LogError>>,
 }
+
+/// run → thread for every run in the working state.
+type Registry = RwLock<HashMap<RunId, ThreadId>>;
 
 enum Work {
     Commit(Pending),
@@ -95,8 +106,7 @@ struct Core<S: Store> {
     config: LogConfig,
     store: Arc<S>,
     threads: RwLock<HashMap<ThreadId, Arc<ThreadEntry>>>,
-    /// run → thread for every run in the working state.
-    registry: RwLock<HashMap<RunId, ThreadId>>,
+    registry: Arc<Registry>,
     runs_in_flight: AtomicU64,
     commits: SyncSender<Work>,
     failed: Arc<AtomicBool>,
@@ -149,18 +159,19 @@ impl<S: Store> StoredLog<S> {
         }
         let (commits, work) = sync_channel(COMMIT_QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
+        let registry = Arc::new(RwLock::new(registry));
         let committer = {
-            let (store, failed) = (store.clone(), failed.clone());
+            let (store, failed, registry) = (store.clone(), failed.clone(), registry.clone());
             std::thread::Builder::new()
                 .name("agentwire-committer".into())
-                .spawn(move || commit_loop(&*store, &work, &*sink, &failed))
+                .spawn(move || commit_loop(&*store, &work, &*sink, &failed, &registry))
                 .map_err(|e| StoreError::Io(format!("cannot start the committer: {e}")))?
         };
         let core = Core {
             config,
             store,
             threads: RwLock::new(entries),
-            registry: RwLock::new(registry),
+            registry,
             runs_in_flight: AtomicU64::new(runs_in_flight),
             commits,
             failed,
@@ -173,11 +184,23 @@ impl<S: Store> StoredLog<S> {
     pub fn store(&self) -> &Arc<S> {
         &self.core.store
     }
+
+    /// Runs held in the working state (running ones, and ended ones whose
+    /// eviction is not yet durable, or all of them on a store that does not keep runs).
+    pub fn runs_in_memory(&self) -> usize {
+        self.core.registry.read().len()
+    }
 }
 
 /// The committer: groups waiting decisions, writes them in one transaction,
 /// then publishes heads, feeds events and answers, in order.
-fn commit_loop<S: Store>(store: &S, work: &Receiver<Work>, sink: &dyn FeedSink, failed: &AtomicBool) {
+fn commit_loop<S: Store>(
+    store: &S,
+    work: &Receiver<Work>,
+    sink: &dyn FeedSink,
+    failed: &AtomicBool,
+    registry: &Registry,
+) {
     let mut group = Vec::new();
     let mut stop = false;
     while !stop {
@@ -217,6 +240,9 @@ fn commit_loop<S: Store>(store: &S, work: &Receiver<Work>, sink: &dyn FeedSink, 
                             sink.deliver(thread_events);
                         }
                     }
+                    if let Some((entry, run)) = &p.ended {
+                        evict(entry, run, registry);
+                    }
                     let _ = p.done.send(Ok(()));
                 }
             }
@@ -229,6 +255,17 @@ fn commit_loop<S: Store>(store: &S, work: &Receiver<Work>, sink: &dyn FeedSink, 
                 }
             }
         }
+    }
+}
+
+/// Drops an ended run, now durable, from the working state: the store answers
+/// for it from here on. Registry first, so a lookup that misses it finds it in
+/// the store (where it already is), never nowhere.
+fn evict(entry: &ThreadEntry, run: &RunId, registry: &Registry) {
+    let mut state = entry.state.lock();
+    if state.runs.get(run).is_some_and(|r| r.record.lifecycle.ended()) {
+        registry.write().remove(run);
+        state.runs.remove(run);
     }
 }
 
@@ -284,7 +321,7 @@ impl<S: Store> Core<S> {
     }
 
     fn submit(&self, batch: Batch, heads: Vec<(Arc<ThreadEntry>, u64)>) -> Result<Ticket, LogError> {
-        self.submit_with(batch, heads, Vec::new())
+        self.submit_with(batch, heads, Vec::new(), None)
     }
 
     fn submit_with(
@@ -292,9 +329,10 @@ impl<S: Store> Core<S> {
         batch: Batch,
         heads: Vec<(Arc<ThreadEntry>, u64)>,
         oldest: Vec<(Arc<ThreadEntry>, u64)>,
+        ended: Option<(Arc<ThreadEntry>, RunId)>,
     ) -> Result<Ticket, LogError> {
         let (done, ticket) = oneshot::channel();
-        match self.commits.try_send(Work::Commit(Pending { batch, heads, oldest, done })) {
+        match self.commits.try_send(Work::Commit(Pending { batch, heads, oldest, ended, done })) {
             Ok(()) => Ok(ticket),
             Err(TrySendError::Full(_)) => Err(LogError::Unavailable("the log is saturated; retry shortly".into())),
             Err(TrySendError::Disconnected(_)) => Err(LogError::Unavailable("the log is closed".into())),
@@ -366,17 +404,15 @@ impl<S: Store> Core<S> {
         Ok((run, thread))
     }
 
-    /// The run's state in `state`, loading an ended run from the store. `None`
-    /// if unknown; [`LogError::RunExists`] if the store has it in another thread.
-    fn load_run<'s>(&self, state: &'s mut ThreadState, run: &RunId) -> Result<Option<&'s mut RunState>, LogError> {
-        if !state.runs.contains_key(run) {
-            let Some(record) = self.store.run(run.as_str()).map_err(storage)? else { return Ok(None) };
-            if record.thread_id != state.id {
-                return Err(LogError::RunExists(run.to_string()));
-            }
-            state.runs.insert(run.clone(), RunState { record, event_ids: None });
+    /// A run of `state`'s thread that is not in the working state, read from
+    /// the store and not kept (an ended run, evicted). `None` if unknown;
+    /// [`LogError::RunExists`] if the store has it in another thread.
+    fn stored_run(&self, state: &ThreadState, run: &RunId) -> Result<Option<RunState>, LogError> {
+        let Some(record) = self.store.run(run.as_str()).map_err(storage)? else { return Ok(None) };
+        if record.thread_id != state.id {
+            return Err(LogError::RunExists(run.to_string()));
         }
-        Ok(state.runs.get_mut(run))
+        Ok(Some(RunState { record, event_ids: None }))
     }
 
     /// Decides an append under the thread's lock and queues it for commit.
@@ -392,15 +428,21 @@ impl<S: Store> Core<S> {
         let mut batch = Batch::default();
         // A run first seen here (through extraction) is registered only if its
         // events are accepted: a refused first publish leaves no phantom run behind.
-        let mut fresh = match self.load_run(state, run)? {
-            Some(_) => None,
-            None if self.registry.read().contains_key(run) => return Err(LogError::RunExists(run.to_string())),
-            None => Some(RunState::new(state.id.clone(), None, false, now)),
+        // One not in the working state but in the store (ended, evicted) is read
+        // for this decision only.
+        let mut outside = if state.runs.contains_key(run) {
+            None
+        } else {
+            match self.stored_run(state, run)? {
+                Some(stored) => Some((stored, false)),
+                None if self.registry.read().contains_key(run) => return Err(LogError::RunExists(run.to_string())),
+                None => Some((RunState::new(state.id.clone(), None, false, now), true)),
+            }
         };
         let head = state.head;
         let thread_id = state.id.clone();
-        let run_state = match fresh.as_mut() {
-            Some(new) => new,
+        let run_state = match outside.as_mut() {
+            Some((run_state, _)) => run_state,
             None => state.runs.get_mut(run).ok_or_else(|| LogError::RunNotFound(run.to_string()))?,
         };
         let plan = {
@@ -444,18 +486,19 @@ impl<S: Store> Core<S> {
         let remembered: Vec<(String, u64)> = event_ids.iter().map(|(_, id, seq)| (id.clone(), *seq)).collect();
         batch.runs.push((run.clone(), record.clone()));
         batch.event_ids = event_ids;
-        let ticket = self.submit(batch, vec![(entry.clone(), new_head)])?;
+        let ended_now = record.lifecycle.ended();
+        let evict = (ended_now && self.store.keeps_runs()).then(|| (entry.clone(), run.clone()));
+        let ticket = self.submit_with(batch, vec![(entry.clone(), new_head)], Vec::new(), evict)?;
         // Queued: now the working state may move on.
         if let Some(map) = run_state.event_ids.as_mut() {
             map.extend(remembered);
         }
-        let ended_now = record.lifecycle.ended();
         run_state.record = record;
         state.head = new_head;
-        if let Some(new) = fresh {
+        if let Some((run_state, fresh)) = outside {
             self.registry.write().insert(run.clone(), state.id.clone());
-            state.runs.insert(run.clone(), new);
-            if !ended_now {
+            state.runs.insert(run.clone(), run_state);
+            if fresh && !ended_now {
                 self.runs_in_flight.fetch_add(1, Ordering::Relaxed);
             }
         } else if was_running && ended_now {
@@ -466,15 +509,15 @@ impl<S: Store> Core<S> {
 }
 
 impl<S: Store> StoredLog<S> {
-    fn info(state: &ThreadState, run: &RunId) -> Option<RunInfo> {
-        state.runs.get(run).map(|r| RunInfo {
+    fn info(state: &ThreadState, run: &RunId, record: &RunRecord) -> RunInfo {
+        RunInfo {
             run_id: run.clone(),
             thread_id: state.id.clone(),
             owner: state.owner.clone(),
-            agent_name: r.record.agent_name.clone(),
-            status: r.record.lifecycle.status(),
-            cancel_requested: r.record.cancel_requested,
-        })
+            agent_name: record.agent_name.clone(),
+            status: record.lifecycle.status(),
+            cancel_requested: record.cancel_requested,
+        }
     }
 
     /// Appends under the resolved thread's lock, then waits for durability.
@@ -603,9 +646,9 @@ impl<S: Store> Log for StoredLog<S> {
             let ticket = core.submit(batch, Vec::new())?;
             // Queued: now the working state may show it.
             registry.insert(run.clone(), state.id.clone());
-            state.runs.insert(run.clone(), run_state);
             core.runs_in_flight.fetch_add(1, Ordering::Relaxed);
-            let info = Self::info(&state, &run).ok_or_else(|| LogError::RunNotFound(run.to_string()))?;
+            let info = Self::info(&state, &run, &run_state.record);
+            state.runs.insert(run.clone(), run_state);
             drop((registry, state));
             target.publish();
             (info, ticket)
@@ -617,9 +660,11 @@ impl<S: Store> Log for StoredLog<S> {
     async fn run(&self, run_id: &str) -> Result<Option<RunInfo>, LogError> {
         match self.core.resolve(run_id, false) {
             Ok((run, entry)) => {
-                let mut state = entry.state.lock();
-                self.core.load_run(&mut state, &run)?;
-                Ok(Self::info(&state, &run))
+                let state = entry.state.lock();
+                if let Some(live) = state.runs.get(&run) {
+                    return Ok(Some(Self::info(&state, &run, &live.record)));
+                }
+                Ok(self.core.stored_run(&state, &run)?.map(|stored| Self::info(&state, &run, &stored.record)))
             }
             Err(LogError::RunNotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -713,7 +758,7 @@ impl<S: Store> Log for StoredLog<S> {
                 batch.threads.push((trim.thread.clone(), record));
                 oldest.push((entry, trim.keep_from));
             }
-            durable(core.submit_with(batch, Vec::new(), oldest)?).await?;
+            durable(core.submit_with(batch, Vec::new(), oldest, None)?).await?;
         }
         Ok(removed)
     }

@@ -40,6 +40,11 @@ const FORMAT: u64 = 1;
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "agentwire.redb";
 
+/// Memory redb may use to cache pages. Its default (1 GiB) makes resident memory
+/// grow with history until it is reached; appends write the newest pages and
+/// reads mostly want the newest, so a small cache loses little.
+pub const CACHE_BYTES: usize = 32 << 20;
+
 /// The redb-backed [`Store`].
 pub struct EmbeddedStore {
     db: Database,
@@ -84,7 +89,7 @@ impl EmbeddedStore {
                 });
             }
         }
-        let db = Database::create(&path).map_err(|e| match e {
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(&path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
                 StoreError::Locked(data_dir.display().to_string())
             }
@@ -235,6 +240,10 @@ impl Store for EmbeddedStore {
             running.push(LoadedRun { id, record, event_ids: ids });
         }
         Ok(Snapshot { threads, running })
+    }
+
+    fn keeps_runs(&self) -> bool {
+        true
     }
 
     fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {

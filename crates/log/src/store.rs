@@ -121,6 +121,14 @@ pub trait Store: Send + Sync + 'static {
     /// A run's record, for runs not in the log's working state.
     fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;
 
+    /// Whether what [`Store::run`] and [`Store::event_seq`] answer is what was
+    /// written. When it is, the log evicts ended runs and their event ids from
+    /// its working state once they are durable, and reads them back on demand;
+    /// a store that only keeps events (the memory store) keeps them in the log.
+    fn keeps_runs(&self) -> bool {
+        false
+    }
+
     /// The `seq` stored for `event_id` in `run`.
     fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError>;
 

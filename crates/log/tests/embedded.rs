@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentwire_log::{EmbeddedLog, Log, LogConfig, LogError, NewRun, NoFeed, StoreError};
-use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunStatus, ThreadId, Timestamp, UserId};
+use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
 use serde_json::{Value, json};
 
 fn ev(kind: EventKind, data: Value) -> NewEvent {
@@ -257,4 +257,57 @@ async fn a_refused_registration_for_a_new_thread_does_not_break_the_next_start()
     let page = log.read(&ThreadId::parse("thread_two").unwrap(), 0, 10).await.unwrap();
     assert_eq!(page.head_seq, 1);
     assert_eq!(log.thread_owner(&ThreadId::parse("thread_two").unwrap()).await.unwrap(), Some(alice.clone()));
+}
+
+#[tokio::test]
+async fn ended_runs_leave_the_working_state_and_still_answer_from_the_store() {
+    // Issue 13: every ended run and its event ids stayed in memory for good.
+    let dir = tempfile::tempdir().unwrap();
+    let hour = Duration::from_secs(3600);
+    let log = open(dir.path(), hour);
+    let alice = UserId::parse("alice").unwrap();
+    let mut runs = Vec::new();
+    for i in 0..50 {
+        let run = log.create_run(external_run(&format!("thread_evict{}", i % 5), &alice, None)).await.unwrap().run_id;
+        let events = vec![
+            ev(EventKind::AgentStarted, json!({"agent_name":"a"})).with_event_id("start"),
+            ev(EventKind::AgentThinking, json!({"thought":"t"})).with_event_id("think"),
+            ev(EventKind::AgentCompleted, json!({})).with_event_id("end"),
+        ];
+        let seqs = log.append(run.as_str(), events).await.unwrap().seqs;
+        runs.push((run, seqs));
+    }
+    let open_run = log.create_run(external_run("thread_evict0", &alice, None)).await.unwrap().run_id;
+    assert_eq!(log.runs_in_memory(), 1, "only the running run is held");
+    check_ended_runs(&log, &runs, &open_run, &alice).await;
+    let log = reopen(log, dir.path(), hour).await;
+    check_ended_runs(&log, &runs, &open_run, &alice).await;
+}
+
+/// What the ended `runs` still answer, with only `open_run` in memory.
+async fn check_ended_runs(log: &EmbeddedLog, runs: &[(RunId, Vec<u64>)], open_run: &RunId, alice: &UserId) {
+    for (run, seqs) in runs {
+        let info = log.run(run.as_str()).await.unwrap().unwrap();
+        assert_eq!(info.status, RunStatus::Completed);
+        // A retried publish still answers its first seqs, from the store.
+        let retry = vec![ev(EventKind::AgentThinking, json!({"thought":"t"})).with_event_id("think")];
+        assert_eq!(log.append(run.as_str(), retry).await.unwrap().seqs, vec![seqs[1]]);
+        let late = vec![ev(EventKind::AgentThinking, json!({"thought":"late"}))];
+        assert!(matches!(log.append(run.as_str(), late).await, Err(LogError::Lifecycle(LifecycleError::Ended))));
+        let again = external_run("thread_other", alice, Some(run.clone()));
+        assert!(matches!(log.create_run(again).await, Err(LogError::RunExists(_))));
+    }
+    assert!(log.run(open_run.as_str()).await.unwrap().is_some());
+    assert_eq!(log.runs_in_memory(), 1, "lookups do not bring ended runs back");
+}
+
+/// A run an external publisher registers in `thread` for `owner`.
+fn external_run(thread: &str, owner: &UserId, run_id: Option<RunId>) -> NewRun {
+    NewRun {
+        thread_id: ThreadId::parse(thread).unwrap(),
+        owner: owner.clone(),
+        agent_name: None,
+        in_process: false,
+        run_id,
+    }
 }
