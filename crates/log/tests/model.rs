@@ -1,0 +1,564 @@
+//! The log against a plain model of its rules (`../shared/ENDURANCE.md`).
+//!
+//! Random sequences of every operation a caller can make (threads and runs with
+//! colliding ids, client-chosen and pattern-named run ids, publishes with
+//! repeated `event_id`s that the lifecycle accepts or refuses, cancels, run
+//! lookups, reads) run against the real log and, beside it, a model made of
+//! plain maps. After every step their answers must agree; a restart (close and
+//! reopen the same files) may happen anywhere, after which the log must hold
+//! exactly what it acknowledged. A fault may be injected anywhere too: the next
+//! commit fails, so that operation is `503`, and the log takes no writes until
+//! it is restarted; what the failed operation decided must not be on disk. (Between
+//! the failure and the restart reads are not compared: the working state may
+//! already show the decision whose commit failed.) The same sequences run on the
+//! memory log, without restarts.
+//!
+//! `PROPTEST_CASES=2000 cargo test -p agentwire-log --test model` runs more.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use agentwire_log::store::{Batch, RunRecord, Snapshot, Store, StoreError, ThreadExtent};
+use agentwire_log::{
+    EmbeddedStore, Log, LogConfig, LogError, MemoryStore, NewRun, NoFeed, PageBudget, StoredEvent, StoredLog,
+};
+use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunId, RunStatus, ThreadId, UserId};
+use proptest::prelude::*;
+use serde_json::json;
+
+const THREADS: u8 = 3;
+const USERS: u8 = 2;
+
+/// A run an operation names.
+#[derive(Debug, Clone)]
+enum RunRef {
+    /// The n-th run the model knows (modulo how many there are).
+    Known(u8),
+    /// An id nobody registered and that names no thread.
+    Unknown,
+    /// `run_thread_m{thread}_p{n}`: names a thread by its pattern (PROTOCOL §1).
+    Pattern(u8, u8),
+}
+
+#[derive(Debug, Clone)]
+struct Ev {
+    kind: u8,
+    tool: u8,
+    id: Option<u8>,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    CreateThread { thread: u8, user: u8 },
+    CreateRun { thread: u8, user: u8, chosen: Option<u8> },
+    Append { run: RunRef, events: Vec<Ev> },
+    Cancel { run: RunRef },
+    RunInfo { run: RunRef },
+    Read { thread: u8 },
+    Restart,
+    FailNextCommit,
+}
+
+fn run_ref() -> impl Strategy<Value = RunRef> {
+    prop_oneof![
+        6 => any::<u8>().prop_map(RunRef::Known),
+        1 => Just(RunRef::Unknown),
+        2 => (0..THREADS, 0..2u8).prop_map(|(t, n)| RunRef::Pattern(t, n)),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let ev = (0..6u8, 0..2u8, prop::option::of(0..3u8)).prop_map(|(kind, tool, id)| Ev { kind, tool, id });
+    prop_oneof![
+        2 => (0..THREADS, 0..USERS).prop_map(|(thread, user)| Op::CreateThread { thread, user }),
+        4 => (0..THREADS, 0..USERS, prop::option::of(0..4u8))
+            .prop_map(|(thread, user, chosen)| Op::CreateRun { thread, user, chosen }),
+        10 => (run_ref(), prop::collection::vec(ev, 1..4)).prop_map(|(run, events)| Op::Append { run, events }),
+        1 => run_ref().prop_map(|run| Op::Cancel { run }),
+        1 => run_ref().prop_map(|run| Op::RunInfo { run }),
+        2 => (0..THREADS).prop_map(|thread| Op::Read { thread }),
+        1 => Just(Op::Restart),
+        1 => Just(Op::FailNextCommit),
+    ]
+}
+
+fn thread_name(t: u8) -> String {
+    format!("thread_m{t}")
+}
+
+/// The run ids a caller may choose: two plain ones and two that name a thread by pattern.
+fn chosen_name(n: u8) -> String {
+    match n {
+        0 | 1 => format!("run_c{n}"),
+        _ => format!("run_thread_m{}_p0", n - 2),
+    }
+}
+
+fn event(e: &Ev) -> NewEvent {
+    let tool = format!("c{}", e.tool);
+    let (kind, data) = match e.kind {
+        0 => (EventKind::AgentStarted, json!({"agent_name":"a"})),
+        1 => (EventKind::AgentThinking, json!({"thought":"t"})),
+        2 => (EventKind::ToolExecuting, json!({"tool_call_id": tool, "tool_name":"t"})),
+        3 => (EventKind::ToolCompleted, json!({"tool_call_id": tool})),
+        4 => (EventKind::AgentCompleted, json!({})),
+        _ => (EventKind::AgentError, json!({"code":"failed","message":"m"})),
+    };
+    let event = NewEvent::new(kind, data.as_object().cloned().unwrap_or_default());
+    match e.id {
+        Some(id) => event.with_event_id(format!("e{id}")),
+        None => event,
+    }
+}
+
+/// An answer, as comparable between the log and the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    Seqs(Vec<u64>),
+    Created,
+    Run(Option<RunStatus>),
+    Events(Vec<(u64, EventKind, String)>),
+    Refused(&'static str),
+}
+
+fn refused(e: &LogError) -> Answer {
+    Answer::Refused(match e {
+        LogError::ThreadNotFound(_) => "thread_not_found",
+        LogError::RunNotFound(_) => "run_not_found",
+        LogError::Forbidden => "forbidden",
+        LogError::ThreadExists(_) => "thread_exists",
+        LogError::RunExists(_) => "run_exists",
+        LogError::Lifecycle(l) => match l {
+            LifecycleError::NotStarted => "not_started",
+            LifecycleError::AlreadyStarted => "already_started",
+            LifecycleError::Ended => "ended",
+            LifecycleError::UnknownToolCall(_) => "unknown_tool_call",
+            LifecycleError::ToolCallAlreadyOpen(_) => "tool_call_open",
+            LifecycleError::ToolCallsOpen(_) => "tool_calls_open",
+        },
+        LogError::Unavailable(_) => "unavailable",
+    })
+}
+
+/// A run's lifecycle, written out plainly.
+#[derive(Debug, Clone, Default)]
+struct Life {
+    started: bool,
+    status: Option<RunStatus>,
+    open: BTreeSet<String>,
+}
+
+impl Life {
+    fn apply(&mut self, e: &NewEvent) -> Result<(), &'static str> {
+        if self.status.is_some() {
+            return Err("ended");
+        }
+        let tool = || e.data.get("tool_call_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        match e.kind {
+            EventKind::AgentStarted if self.started => return Err("already_started"),
+            EventKind::AgentStarted => self.started = true,
+            EventKind::AgentError => self.status = Some(RunStatus::Error),
+            _ if !self.started => return Err("not_started"),
+            EventKind::ToolExecuting if !self.open.insert(tool()) => return Err("tool_call_open"),
+            EventKind::ToolCompleted if !self.open.remove(&tool()) => return Err("unknown_tool_call"),
+            EventKind::AgentCompleted if !self.open.is_empty() => return Err("tool_calls_open"),
+            EventKind::AgentCompleted => self.status = Some(RunStatus::Completed),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Model {
+    /// thread → (owner, created by a publisher)
+    threads: HashMap<String, (u8, bool)>,
+    /// Registered runs, in order, with their thread.
+    runs: Vec<(String, String)>,
+    life: HashMap<String, Life>,
+    ids: HashMap<(String, String), u64>,
+    events: HashMap<String, Vec<(u64, EventKind, String)>>,
+    /// The next commit fails.
+    armed: bool,
+    /// A commit failed: writes are refused until a restart.
+    failed: bool,
+}
+
+impl Model {
+    fn thread_of(&self, run: &str) -> Option<String> {
+        self.runs.iter().find(|(r, _)| r == run).map(|(_, t)| t.clone())
+    }
+
+    /// The run id an operation names.
+    fn name(&self, run: &RunRef) -> String {
+        match run {
+            RunRef::Known(i) if !self.runs.is_empty() => self.runs[usize::from(*i) % self.runs.len()].0.clone(),
+            RunRef::Known(_) | RunRef::Unknown => "run:nobody".into(),
+            RunRef::Pattern(t, n) => format!("run_thread_m{t}_p{n}"),
+        }
+    }
+
+    fn create_thread(&mut self, thread: u8, user: u8) -> Answer {
+        let name = thread_name(thread);
+        if self.threads.contains_key(&name) {
+            return Answer::Refused("thread_exists");
+        }
+        self.threads.insert(name.clone(), (user, false));
+        self.events.insert(name, Vec::new());
+        Answer::Created
+    }
+
+    /// Checks a run registration; `Ok` with the chosen id (if any) when it may go ahead.
+    fn check_run(&self, thread: u8, user: u8, chosen: Option<u8>) -> Result<Option<String>, Answer> {
+        let name = thread_name(thread);
+        let chosen = chosen.map(chosen_name);
+        if let Some(id) = &chosen {
+            if let Some(named) = agentwire_protocol::extract_thread_id(id).map(|t| t.to_string())
+                && named != name
+                && self.threads.get(&named).is_none_or(|(owner, _)| *owner != user)
+            {
+                return Err(Answer::Refused("forbidden"));
+            }
+            if self.thread_of(id).is_some() {
+                return Err(Answer::Refused("run_exists"));
+            }
+        }
+        if self.threads.get(&name).is_some_and(|(owner, _)| *owner != user) {
+            return Err(Answer::Refused("forbidden"));
+        }
+        Ok(chosen)
+    }
+
+    fn register(&mut self, run: String, thread: u8, user: u8) {
+        let name = thread_name(thread);
+        self.threads.entry(name.clone()).or_insert((user, true));
+        self.events.entry(name.clone()).or_default();
+        self.runs.push((run.clone(), name));
+        self.life.insert(run, Life::default());
+    }
+
+    fn append(&mut self, run: &str, events: &[NewEvent], cancel: bool) -> Answer {
+        let fresh = self.thread_of(run).is_none();
+        let thread = match self.thread_of(run) {
+            Some(t) => t,
+            None if cancel => return Answer::Refused("run_not_found"),
+            None => match agentwire_protocol::extract_thread_id(run).map(|t| t.to_string()) {
+                Some(t) if self.threads.get(&t).is_some_and(|(_, by_publisher)| *by_publisher) => t,
+                _ => return Answer::Refused("run_not_found"),
+            },
+        };
+        let mut life = self.life.get(run).cloned().unwrap_or_default();
+        let head = self.events[&thread].len() as u64;
+        let mut seqs = Vec::new();
+        let mut new: Vec<&NewEvent> = Vec::new();
+        let mut in_batch: HashMap<String, u64> = HashMap::new();
+        for e in events {
+            if let Some(id) = &e.event_id {
+                if let Some(&seq) = self.ids.get(&(run.to_owned(), id.clone())) {
+                    seqs.push(seq);
+                    continue;
+                }
+                if let Some(&seq) = in_batch.get(id) {
+                    seqs.push(seq);
+                    continue;
+                }
+                in_batch.insert(id.clone(), head + 1 + new.len() as u64);
+            }
+            seqs.push(head + 1 + new.len() as u64);
+            new.push(e);
+        }
+        for e in &new {
+            if let Err(why) = life.apply(e) {
+                return Answer::Refused(why);
+            }
+        }
+        if new.is_empty() {
+            return Answer::Seqs(seqs);
+        }
+        if fresh {
+            self.runs.push((run.to_owned(), thread.clone()));
+        }
+        self.life.insert(run.to_owned(), life);
+        let log = self.events.entry(thread).or_default();
+        for (i, e) in new.iter().enumerate() {
+            let seq = head + 1 + i as u64;
+            log.push((seq, e.kind, run.to_owned()));
+            if let Some(id) = &e.event_id {
+                self.ids.insert((run.to_owned(), id.clone()), seq);
+            }
+        }
+        Answer::Seqs(seqs)
+    }
+
+    fn read(&self, thread: u8) -> Answer {
+        match self.events.get(&thread_name(thread)) {
+            Some(events) => Answer::Events(events.clone()),
+            None => Answer::Refused("thread_not_found"),
+        }
+    }
+}
+
+/// A store whose next commit fails when told to.
+struct Faulty<S> {
+    inner: S,
+    fail_next: Arc<AtomicBool>,
+}
+
+impl<S: Store> Store for Faulty<S> {
+    fn write(&self, batches: &[&Batch]) -> Result<(), StoreError> {
+        if self.fail_next.swap(false, Ordering::AcqRel) {
+            return Err(StoreError::Io("injected: the disk said no".into()));
+        }
+        self.inner.write(batches)
+    }
+    fn read(&self, thread: &ThreadId, after: u64, budget: PageBudget) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        self.inner.read(thread, after, budget)
+    }
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.inner.load()
+    }
+    fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.inner.run(run_id)
+    }
+    fn keeps_runs(&self) -> bool {
+        self.inner.keeps_runs()
+    }
+    fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.event_seq(run, event_id)
+    }
+    fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError> {
+        self.inner.thread_extents()
+    }
+    fn last_seq_at_or_before(&self, thread: &ThreadId, ts_ms: i64) -> Result<Option<u64>, StoreError> {
+        self.inner.last_seq_at_or_before(thread, ts_ms)
+    }
+}
+
+/// The log under test, how to inject a fault, and how to restart it.
+struct Subject {
+    /// The embedded store's directory; `None` for the memory log (no restarts).
+    dir: Option<tempfile::TempDir>,
+    log: Option<Box<dyn Log>>,
+    fail_next: Arc<AtomicBool>,
+}
+
+impl Subject {
+    fn open(dir: Option<tempfile::TempDir>) -> Self {
+        let mut subject = Self { dir, log: None, fail_next: Arc::new(AtomicBool::new(false)) };
+        subject.log = Some(subject.open_log());
+        subject
+    }
+
+    fn open_log(&self) -> Box<dyn Log> {
+        let fail_next = self.fail_next.clone();
+        let (config, sink) = (LogConfig::default(), Arc::new(NoFeed));
+        match &self.dir {
+            Some(dir) => {
+                let inner = EmbeddedStore::open(dir.path()).expect("open the store");
+                Box::new(StoredLog::open(Faulty { inner, fail_next }, config, sink).expect("open the log"))
+            }
+            None => Box::new(
+                StoredLog::open(Faulty { inner: MemoryStore::default(), fail_next }, config, sink).expect("log"),
+            ),
+        }
+    }
+
+    fn log(&self) -> &dyn Log {
+        self.log.as_deref().expect("open log")
+    }
+
+    /// Closes and reopens the same files; the memory log cannot restart.
+    async fn restart(&mut self) -> bool {
+        if self.dir.is_none() {
+            return false;
+        }
+        if let Some(old) = self.log.take() {
+            old.close().await;
+        }
+        self.fail_next.store(false, Ordering::Release);
+        self.log = Some(self.open_log());
+        true
+    }
+}
+
+fn user(u: u8) -> UserId {
+    UserId::parse(&format!("u{u}")).expect("user id")
+}
+
+async fn read_all(log: &dyn Log, thread: u8) -> Answer {
+    let Ok(thread) = ThreadId::parse(&thread_name(thread)) else { return Answer::Refused("bad id") };
+    match log.read(&thread, 0, 10_000).await {
+        Ok(page) => Answer::Events(
+            page.events.iter().map(|e| (e.seq(), e.envelope.event, e.envelope.run_id.to_string())).collect(),
+        ),
+        Err(e) => refused(&e),
+    }
+}
+
+/// Whether `op` asks the log to write.
+fn writes(op: &Op) -> bool {
+    matches!(op, Op::CreateThread { .. } | Op::CreateRun { .. } | Op::Append { .. } | Op::Cancel { .. })
+}
+
+/// Runs a write on the log and answers what the log said.
+async fn write(subject: &Subject, model: &Model, op: &Op) -> (Answer, Option<RunId>) {
+    let log = subject.log();
+    let answer = |r: Result<Vec<u64>, LogError>| r.map_or_else(|e| refused(&e), Answer::Seqs);
+    match op {
+        Op::CreateThread { thread, user: u } => {
+            let id = ThreadId::parse(&thread_name(*thread)).expect("thread id");
+            (log.create_thread(Some(id), &user(*u)).await.map_or_else(|e| refused(&e), |_| Answer::Created), None)
+        }
+        Op::CreateRun { thread, user: u, chosen } => {
+            let new = NewRun {
+                thread_id: ThreadId::parse(&thread_name(*thread)).expect("thread id"),
+                owner: user(*u),
+                agent_name: None,
+                in_process: false,
+                run_id: chosen.map(|c| RunId::parse(&chosen_name(c)).expect("run id")),
+            };
+            match log.create_run(new).await {
+                Ok(info) => (Answer::Created, Some(info.run_id)),
+                Err(e) => (refused(&e), None),
+            }
+        }
+        Op::Append { run, events } => {
+            let events: Vec<NewEvent> = events.iter().map(event).collect();
+            (answer(log.append(&model.name(run), events).await.map(|a| a.seqs)), None)
+        }
+        Op::Cancel { run } => (answer(log.cancel(&model.name(run)).await.map(|a| a.seqs)), None),
+        _ => (Answer::Refused("not a write"), None),
+    }
+}
+
+/// What the model answers to a write, on `next` (a copy of the model), and whether it commits.
+fn expect_write(next: &mut Model, op: &Op, minted: Option<&RunId>) -> (Answer, bool) {
+    match op {
+        Op::CreateThread { thread, user } => {
+            let answer = next.create_thread(*thread, *user);
+            let commits = answer == Answer::Created;
+            (answer, commits)
+        }
+        Op::CreateRun { thread, user, chosen } => match next.check_run(*thread, *user, *chosen) {
+            Ok(chosen) => {
+                // The model cannot guess a minted id: it takes the log's (checked below).
+                let id = chosen.or_else(|| minted.map(ToString::to_string)).unwrap_or_else(|| "run:minted".into());
+                next.register(id, *thread, *user);
+                (Answer::Created, true)
+            }
+            Err(answer) => (answer, false),
+        },
+        Op::Append { run, events } => {
+            let id = next.name(run);
+            let events: Vec<NewEvent> = events.iter().map(event).collect();
+            let before: usize = next.events.values().map(Vec::len).sum();
+            let answer = next.append(&id, &events, false);
+            let commits = next.events.values().map(Vec::len).sum::<usize>() > before;
+            (answer, commits)
+        }
+        Op::Cancel { run } => {
+            let id = next.name(run);
+            let answer = next.append(&id, &[NewEvent::agent_error("cancelled", "the run was cancelled")], true);
+            let commits = matches!(answer, Answer::Seqs(_));
+            (answer, commits)
+        }
+        _ => (Answer::Refused("not a write"), false),
+    }
+}
+
+async fn step(subject: &mut Subject, model: &mut Model, op: &Op) -> Result<(), TestCaseError> {
+    if writes(op) {
+        let (real, minted) = write(subject, model, op).await;
+        if model.failed {
+            prop_assert_eq!(real, Answer::Refused("unavailable"), "{:?} after a failed commit", op);
+            return Ok(());
+        }
+        let mut next = model.clone();
+        let (expected, commits) = expect_write(&mut next, op, minted.as_ref());
+        if commits && model.armed {
+            // The injected failure: 503, and the decision must not survive a restart.
+            prop_assert_eq!(real, Answer::Refused("unavailable"), "{:?} with a failing commit", op);
+            model.armed = false;
+            model.failed = true;
+            return Ok(());
+        }
+        if let (Op::CreateRun { chosen: Some(c), .. }, Some(minted)) = (op, &minted) {
+            let wanted = chosen_name(*c);
+            prop_assert_eq!(minted.as_str(), wanted.as_str());
+        }
+        prop_assert_eq!(real, expected, "{:?}", op);
+        *model = next;
+        return Ok(());
+    }
+    match op {
+        Op::RunInfo { run } => {
+            let id = model.name(run);
+            let real = match subject.log().run(&id).await {
+                Ok(info) => Answer::Run(info.map(|i| i.status)),
+                Err(e) => refused(&e),
+            };
+            let expected = Answer::Run(model.life.get(&id).map(|l| l.status.unwrap_or(RunStatus::Running)));
+            if !model.failed {
+                prop_assert_eq!(real, expected, "{:?} ({})", op, id);
+            }
+        }
+        Op::Read { thread } => {
+            let real = read_all(subject.log(), *thread).await;
+            if !model.failed {
+                prop_assert_eq!(real, model.read(*thread), "{:?}", op);
+            }
+        }
+        // The memory log cannot restart: it stays as it is.
+        Op::Restart if subject.restart().await => {
+            model.armed = false;
+            model.failed = false;
+            // After a restart the log holds exactly what it acknowledged.
+            for thread in 0..THREADS {
+                prop_assert_eq!(read_all(subject.log(), thread).await, model.read(thread), "after a restart");
+            }
+        }
+        Op::FailNextCommit => {
+            subject.fail_next.store(true, Ordering::Release);
+            model.armed = true;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn check(ops: &[Op], embedded: bool) -> Result<(), TestCaseError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let dir = embedded.then(|| tempfile::tempdir().expect("temp dir"));
+        let mut subject = Subject::open(dir);
+        let mut model = Model::default();
+        for op in ops {
+            step(&mut subject, &mut model, op).await?;
+        }
+        // The last word: once restarted, every thread reads as the model says.
+        if subject.restart().await {
+            for thread in 0..THREADS {
+                prop_assert_eq!(read_all(subject.log(), thread).await, model.read(thread), "at the end");
+            }
+        }
+        if let Some(log) = subject.log.take() {
+            log.close().await;
+        }
+        Ok(())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_embedded_log_follows_the_model(ops in prop::collection::vec(op(), 1..60)) {
+        check(&ops, true)?;
+    }
+
+    #[test]
+    fn the_memory_log_follows_the_model(ops in prop::collection::vec(op(), 1..60)) {
+        check(&ops, false)?;
+    }
+}
