@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use agentwire_bench::timed::Timed;
 use agentwire_log::{EmbeddedStore, Log, LogConfig, NewRun, NoFeed, Store, StoredLog};
-use agentwire_protocol::{EventKind, NewEvent, ThreadId, UserId};
+use agentwire_protocol::{EventKind, NewEvent, ThreadId, Timestamp, UserId};
 use serde_json::json;
 
 #[global_allocator]
@@ -70,6 +70,8 @@ struct Outcome {
     runs_per_sec: f64,
     disk_bytes: u64,
     in_memory: usize,
+    /// The watchdog tick's duration after each tenth, in µs.
+    ticks: Vec<f64>,
 }
 
 impl Outcome {
@@ -90,6 +92,7 @@ async fn soak<S: Store>(store: S, runs: usize, threads: usize, dir: &std::path::
     let owner = UserId::parse("soak").expect("user id");
     let next = Arc::new(AtomicUsize::new(0));
     let mut samples = Vec::new();
+    let mut ticks = Vec::new();
     let began = Instant::now();
     for tenth in 1..=SAMPLES {
         let until = runs * tenth / SAMPLES;
@@ -118,13 +121,19 @@ async fn soak<S: Store>(store: S, runs: usize, threads: usize, dir: &std::path::
         }
         while tasks.join_next().await.is_some() {}
         samples.push((until, rss_bytes()));
-        eprintln!("  {until:>9} runs  RSS {:>7.1} MB", rss_bytes() as f64 / 1e6);
+        // One watchdog tick, as the server makes once a second: its cost must not grow with history.
+        let tick = Instant::now();
+        log.expire_idle_runs(Timestamp::now()).await.expect("watchdog tick");
+        let tick_us = tick.elapsed().as_secs_f64() * 1e6;
+        ticks.push(tick_us);
+        eprintln!("  {until:>9} runs  RSS {:>7.1} MB  watchdog tick {tick_us:>8.1} µs", rss_bytes() as f64 / 1e6);
     }
     let runs_per_sec = runs as f64 / began.elapsed().as_secs_f64();
     let in_memory = log.runs_in_memory();
+    assert_eq!(log.idle_index_len(), 0, "no run is running: the watchdog has nothing to watch");
     log.close().await;
     drop(log);
-    Outcome { samples, runs_per_sec, disk_bytes: dir_bytes(dir), in_memory }
+    Outcome { samples, runs_per_sec, disk_bytes: dir_bytes(dir), in_memory, ticks }
 }
 
 #[tokio::main]
@@ -145,18 +154,20 @@ async fn main() {
         outcomes.push((variant, outcome));
     }
     println!(
-        "| variant | runs/s | RSS after warm-up → end (MB) | growth per ended run after warm-up | runs held in memory at the end | disk per event |"
+        "| variant | runs/s | RSS after warm-up → end (MB) | growth per ended run after warm-up | runs held in memory at the end | disk per event | watchdog tick, first → last tenth (µs) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for (variant, o) in &outcomes {
         let warm = o.samples[SAMPLES / 5 - 1].1 as f64 / 1e6;
         let end = o.samples.last().map_or(0.0, |s| s.1 as f64 / 1e6);
         println!(
-            "| {variant} | {:.0} | {warm:.1} → {end:.1} | {:.1} B | {} | {:.0} B |",
+            "| {variant} | {:.0} | {warm:.1} → {end:.1} | {:.1} B | {} | {:.0} B | {:.1} → {:.1} |",
             o.runs_per_sec,
             o.slope(),
             o.in_memory,
-            o.disk_bytes as f64 / (runs * 10) as f64
+            o.disk_bytes as f64 / (runs * 10) as f64,
+            o.ticks.first().copied().unwrap_or(0.0),
+            o.ticks.last().copied().unwrap_or(0.0),
         );
     }
     let (evicting, keeping) = (&outcomes[0].1, &outcomes[1].1);

@@ -21,8 +21,14 @@
 //! keeps runs, see [`Store::keeps_runs`]). An ended run never changes again, so
 //! a later lookup (a retried publish, `GET /v1/runs/{id}`) reads it from the
 //! store without bringing it back into memory.
+//!
+//! The idle watchdog does not walk threads: every running run has an entry in an
+//! ordered index of idle deadlines, written when the run is registered. A tick
+//! takes the entries that are due and looks at those runs only; one that was
+//! active since goes back in at its new deadline (so an append never touches the
+//! index), one that ended is dropped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -51,6 +57,8 @@ struct RunState {
     record: RunRecord,
     /// `event_id → seq`; `None` for an ended run loaded from the store, whose ids are looked up there.
     event_ids: Option<HashMap<String, u64>>,
+    /// The deadline under which a running run is in the idle index.
+    due_ms: Option<i64>,
 }
 
 struct ThreadState {
@@ -97,6 +105,10 @@ struct Pending {
 /// run → thread for every run in the working state.
 type Registry = RwLock<HashMap<RunId, ThreadId>>;
 
+/// Running runs by the time they would be idle for too long, as of when the entry
+/// was written: (deadline in ms, run) → thread.
+type Deadlines = Mutex<BTreeMap<(i64, RunId), ThreadId>>;
+
 enum Work {
     Commit(Pending),
     Stop,
@@ -107,6 +119,7 @@ struct Core<S: Store> {
     store: Arc<S>,
     threads: RwLock<HashMap<ThreadId, Arc<ThreadEntry>>>,
     registry: Arc<Registry>,
+    deadlines: Deadlines,
     runs_in_flight: AtomicU64,
     commits: SyncSender<Work>,
     failed: Arc<AtomicBool>,
@@ -116,6 +129,11 @@ struct Core<S: Store> {
 /// The log over a store. See the module docs.
 pub struct StoredLog<S: Store> {
     core: Arc<Core<S>>,
+}
+
+/// The idle timeout in milliseconds.
+fn idle_millis(config: &LogConfig) -> i64 {
+    i64::try_from(config.run_idle_timeout.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn storage(e: StoreError) -> LogError {
@@ -132,7 +150,7 @@ impl RunState {
             last_activity_ms: now.millis(),
             in_process,
         };
-        Self { record, event_ids: Some(HashMap::new()) }
+        Self { record, event_ids: Some(HashMap::new()), due_ms: None }
     }
 }
 
@@ -146,6 +164,8 @@ impl<S: Store> StoredLog<S> {
             .map(|t| (t.id.clone(), Arc::new(ThreadEntry::new(t.id, &t.record, t.head_seq))))
             .collect();
         let mut registry = HashMap::new();
+        let mut deadlines = BTreeMap::new();
+        let idle_ms = idle_millis(&config);
         let runs_in_flight = running.len() as u64;
         for run in running {
             let Some(entry) = entries.get_mut(&run.record.thread_id) else {
@@ -155,7 +175,10 @@ impl<S: Store> StoredLog<S> {
                 });
             };
             registry.insert(run.id.clone(), run.record.thread_id.clone());
-            entry.state.lock().runs.insert(run.id, RunState { record: run.record, event_ids: Some(run.event_ids) });
+            let due = run.record.last_activity_ms.saturating_add(idle_ms);
+            deadlines.insert((due, run.id.clone()), run.record.thread_id.clone());
+            let run_state = RunState { record: run.record, event_ids: Some(run.event_ids), due_ms: Some(due) };
+            entry.state.lock().runs.insert(run.id, run_state);
         }
         let (commits, work) = sync_channel(COMMIT_QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
@@ -172,6 +195,7 @@ impl<S: Store> StoredLog<S> {
             store,
             threads: RwLock::new(entries),
             registry,
+            deadlines: Mutex::new(deadlines),
             runs_in_flight: AtomicU64::new(runs_in_flight),
             commits,
             failed,
@@ -189,6 +213,11 @@ impl<S: Store> StoredLog<S> {
     /// eviction is not yet durable, or all of them on a store that does not keep runs).
     pub fn runs_in_memory(&self) -> usize {
         self.core.registry.read().len()
+    }
+
+    /// Entries in the idle-deadline index (one per running run).
+    pub fn idle_index_len(&self) -> usize {
+        self.core.deadlines.lock().len()
     }
 }
 
@@ -339,6 +368,13 @@ impl<S: Store> Core<S> {
         }
     }
 
+    /// Puts a running run in the deadline index, as active at `active_ms`; answers its deadline.
+    fn watch_idle(&self, run: &RunId, thread: &ThreadId, active_ms: i64) -> i64 {
+        let due = active_ms.saturating_add(idle_millis(&self.config));
+        self.deadlines.lock().insert((due, run.clone()), thread.clone());
+        due
+    }
+
     fn thread(&self, id: &ThreadId) -> Option<Arc<ThreadEntry>> {
         self.threads.read().get(id).cloned()
     }
@@ -412,7 +448,7 @@ impl<S: Store> Core<S> {
         if record.thread_id != state.id {
             return Err(LogError::RunExists(run.to_string()));
         }
-        Ok(Some(RunState { record, event_ids: None }))
+        Ok(Some(RunState { record, event_ids: None, due_ms: None }))
     }
 
     /// Decides an append under the thread's lock and queues it for commit.
@@ -500,9 +536,17 @@ impl<S: Store> Core<S> {
             state.runs.insert(run.clone(), run_state);
             if fresh && !ended_now {
                 self.runs_in_flight.fetch_add(1, Ordering::Relaxed);
+                let due = self.watch_idle(run, &state.id, now.millis());
+                if let Some(r) = state.runs.get_mut(run) {
+                    r.due_ms = Some(due);
+                }
             }
         } else if was_running && ended_now {
             self.runs_in_flight.fetch_sub(1, Ordering::Relaxed);
+            // An ended run leaves the idle index now, not at its deadline.
+            if let Some(due) = state.runs.get_mut(run).and_then(|r| r.due_ms.take()) {
+                self.deadlines.lock().remove(&(due, run.clone()));
+            }
         }
         Ok((appended, ticket))
     }
@@ -647,6 +691,8 @@ impl<S: Store> Log for StoredLog<S> {
             // Queued: now the working state may show it.
             registry.insert(run.clone(), state.id.clone());
             core.runs_in_flight.fetch_add(1, Ordering::Relaxed);
+            let mut run_state = run_state;
+            run_state.due_ms = Some(core.watch_idle(&run, &state.id, run_state.record.last_activity_ms));
             let info = Self::info(&state, &run, &run_state.record);
             state.runs.insert(run.clone(), run_state);
             drop((registry, state));
@@ -698,10 +744,67 @@ impl<S: Store> Log for StoredLog<S> {
     }
 
     async fn expire_idle_runs(&self, now: Timestamp) -> Result<Vec<RunId>, LogError> {
-        let timeout = self.core.config.run_idle_timeout;
-        let idle_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        let idle = |r: &RunRecord| r.last_activity_ms.saturating_add(idle_ms) <= now.millis();
-        self.end_runs_where(idle, "timeout", &format!("no event for {} s", timeout.as_secs_f64())).await
+        let core = &self.core;
+        core.check_writable()?;
+        let idle_ms = idle_millis(&core.config);
+        let message = format!("no event for {} s", core.config.run_idle_timeout.as_secs_f64());
+        let due: Vec<(RunId, ThreadId)> = {
+            let mut deadlines = core.deadlines.lock();
+            let mut due = Vec::new();
+            while let Some(first) = deadlines.first_entry() {
+                if first.key().0 > now.millis() {
+                    break;
+                }
+                let ((_, run), thread) = first.remove_entry();
+                due.push((run, thread));
+            }
+            due
+        };
+        let mut ended = Vec::new();
+        let mut tickets = Vec::new();
+        let mut failure = None;
+        for (run, thread) in due {
+            let Some(entry) = core.thread(&thread) else { continue };
+            let mut state = entry.state.lock();
+            let Some(last_activity) =
+                state.runs.get(&run).filter(|r| !r.record.lifecycle.ended()).map(|r| r.record.last_activity_ms)
+            else {
+                continue; // ended (or evicted) since: nothing to watch
+            };
+            if last_activity.saturating_add(idle_ms) > now.millis() {
+                // Active since: back in at its new deadline.
+                let due = core.watch_idle(&run, &thread, last_activity);
+                if let Some(r) = state.runs.get_mut(&run) {
+                    r.due_ms = Some(due);
+                }
+                continue;
+            }
+            if let Some(r) = state.runs.get_mut(&run) {
+                r.due_ms = None; // taken out of the index above
+            }
+            let error = NewEvent::agent_error("timeout", message.clone());
+            match core.append_locked(&entry, &mut state, &run, vec![error], false) {
+                Ok((_, ticket)) => {
+                    tickets.push(ticket);
+                    ended.push(run);
+                }
+                Err(e) => {
+                    // Not ended: keep watching it (and the rest), and say why once what was queued is done.
+                    let due = core.watch_idle(&run, &thread, last_activity);
+                    if let Some(r) = state.runs.get_mut(&run) {
+                        r.due_ms = Some(due);
+                    }
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        for ticket in tickets {
+            durable(ticket).await?;
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(ended)
     }
 
     async fn end_orphaned_runs(&self) -> Result<Vec<RunId>, LogError> {

@@ -299,6 +299,7 @@ async fn check_ended_runs(log: &EmbeddedLog, runs: &[(RunId, Vec<u64>)], open_ru
     }
     assert!(log.run(open_run.as_str()).await.unwrap().is_some());
     assert_eq!(log.runs_in_memory(), 1, "lookups do not bring ended runs back");
+    assert_eq!(log.idle_index_len(), 1, "the watchdog watches the running run only");
 }
 
 /// A run an external publisher registers in `thread` for `owner`.

@@ -3,7 +3,7 @@
 //! Random sequences of every operation a caller can make (threads and runs with
 //! colliding ids, client-chosen and pattern-named run ids, publishes with
 //! repeated `event_id`s that the lifecycle accepts or refuses, cancels, run
-//! lookups, reads) run against the real log and, beside it, a model made of
+//! lookups, reads, watchdog ticks) run against the real log and, beside it, a model made of
 //! plain maps. After every step their answers must agree; a restart (close and
 //! reopen the same files) may happen anywhere, after which the log must hold
 //! exactly what it acknowledged. A fault may be injected anywhere too: the next
@@ -23,11 +23,13 @@ use agentwire_log::store::{Batch, RunRecord, Snapshot, Store, StoreError, Thread
 use agentwire_log::{
     EmbeddedStore, Log, LogConfig, LogError, MemoryStore, NewRun, NoFeed, PageBudget, StoredEvent, StoredLog,
 };
-use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunId, RunStatus, ThreadId, UserId};
+use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
 use proptest::prelude::*;
 use serde_json::json;
 
 const THREADS: u8 = 3;
+/// The idle timeout of the logs under test; only `ExpireAll` gets past it.
+const IDLE_MS: i64 = 3_600_000;
 const USERS: u8 = 2;
 
 /// A run an operation names.
@@ -50,14 +52,32 @@ struct Ev {
 
 #[derive(Debug, Clone)]
 enum Op {
-    CreateThread { thread: u8, user: u8 },
-    CreateRun { thread: u8, user: u8, chosen: Option<u8> },
-    Append { run: RunRef, events: Vec<Ev> },
-    Cancel { run: RunRef },
-    RunInfo { run: RunRef },
-    Read { thread: u8 },
+    CreateThread {
+        thread: u8,
+        user: u8,
+    },
+    CreateRun {
+        thread: u8,
+        user: u8,
+        chosen: Option<u8>,
+    },
+    Append {
+        run: RunRef,
+        events: Vec<Ev>,
+    },
+    Cancel {
+        run: RunRef,
+    },
+    RunInfo {
+        run: RunRef,
+    },
+    Read {
+        thread: u8,
+    },
     Restart,
     FailNextCommit,
+    /// A watchdog tick two idle timeouts from now: every running run is idle.
+    ExpireAll,
 }
 
 fn run_ref() -> impl Strategy<Value = RunRef> {
@@ -80,6 +100,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..THREADS).prop_map(|thread| Op::Read { thread }),
         1 => Just(Op::Restart),
         1 => Just(Op::FailNextCommit),
+        1 => Just(Op::ExpireAll),
     ]
 }
 
@@ -352,7 +373,8 @@ impl Subject {
 
     fn open_log(&self) -> Box<dyn Log> {
         let fail_next = self.fail_next.clone();
-        let (config, sink) = (LogConfig::default(), Arc::new(NoFeed));
+        let idle = std::time::Duration::from_millis(IDLE_MS as u64);
+        let (config, sink) = (LogConfig { run_idle_timeout: idle, ..LogConfig::default() }, Arc::new(NoFeed));
         match &self.dir {
             Some(dir) => {
                 let inner = EmbeddedStore::open(dir.path()).expect("open the store");
@@ -521,6 +543,35 @@ async fn step(subject: &mut Subject, model: &mut Model, op: &Op) -> Result<(), T
         Op::FailNextCommit => {
             subject.fail_next.store(true, Ordering::Release);
             model.armed = true;
+        }
+        Op::ExpireAll => {
+            let later = Timestamp(Timestamp::now().millis() + 2 * IDLE_MS);
+            let real = subject.log().expire_idle_runs(later).await;
+            let mut running: Vec<String> =
+                model.life.iter().filter(|(_, life)| life.status.is_none()).map(|(run, _)| run.clone()).collect();
+            running.sort();
+            // After a failure nothing is written; an armed failure hits the first timeout's commit.
+            let fails_now = model.armed && !running.is_empty();
+            if model.failed || fails_now {
+                prop_assert_eq!(real.map_err(|e| refused(&e)), Err(Answer::Refused("unavailable")), "{:?}", op);
+                if fails_now {
+                    model.armed = false;
+                    model.failed = true;
+                }
+                return Ok(());
+            }
+            let ended: Vec<String> = match real {
+                Ok(ended) => ended.iter().map(ToString::to_string).collect(),
+                Err(e) => return Err(TestCaseError::fail(format!("{op:?}: {e}"))),
+            };
+            let mut sorted = ended.clone();
+            sorted.sort();
+            prop_assert_eq!(&sorted, &running, "the runs ended as idle");
+            // In the order the log ended them, which fixes their seqs in each thread.
+            for run in ended {
+                let error = NewEvent::agent_error("timeout", "idle");
+                model.append(&run, &[error], true);
+            }
         }
         _ => {}
     }
