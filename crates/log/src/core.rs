@@ -20,7 +20,9 @@
 //! durable the committer evicts the run and its `event_id`s (when the store
 //! keeps runs, see [`Store::keeps_runs`]). An ended run never changes again, so
 //! a later lookup (a retried publish, `GET /v1/runs/{id}`) reads it from the
-//! store without bringing it back into memory.
+//! store without bringing it back into memory. Such reads happen before the
+//! thread's lock is taken, on a blocking thread, so a slow disk holds up that
+//! request and not the async runtime.
 //!
 //! The idle watchdog does not walk threads: every running run has an entry in an
 //! ordered index of idle deadlines, written when the run is registered. A tick
@@ -105,6 +107,37 @@ struct Pending {
 /// run → thread for every run in the working state.
 type Registry = RwLock<HashMap<RunId, ThreadId>>;
 
+/// A run that is not in the working state, as the store has it, read off the
+/// async runtime before the thread's lock is taken: its record and the `seq`s of
+/// the `event_id`s the operation carries.
+struct Stored {
+    record: RunRecord,
+    seqs: HashMap<String, u64>,
+}
+
+/// What was learnt about a run before the thread's lock was taken.
+struct Lookup {
+    stored: Option<Stored>,
+    /// [`Core::evictions`] before the lookups: if it moved by the time the
+    /// thread's lock is held, a run missing from the working state may have just
+    /// been evicted, and only the store can tell.
+    evictions: u64,
+}
+
+impl Lookup {
+    /// For a run picked from the working state under the lock it is appended under.
+    fn live() -> Self {
+        Self { stored: None, evictions: u64::MAX }
+    }
+}
+
+/// Where an operation on a run goes.
+struct Resolved {
+    run: RunId,
+    entry: Arc<ThreadEntry>,
+    lookup: Lookup,
+}
+
 /// Running runs by the time they would be idle for too long, as of when the entry
 /// was written: (deadline in ms, run) → thread.
 type Deadlines = Mutex<BTreeMap<(i64, RunId), ThreadId>>;
@@ -119,6 +152,8 @@ struct Core<S: Store> {
     store: Arc<S>,
     threads: RwLock<HashMap<ThreadId, Arc<ThreadEntry>>>,
     registry: Arc<Registry>,
+    /// Ended runs evicted so far (see [`Resolved::evictions`]).
+    evictions: Arc<AtomicU64>,
     deadlines: Deadlines,
     runs_in_flight: AtomicU64,
     commits: SyncSender<Work>,
@@ -183,11 +218,13 @@ impl<S: Store> StoredLog<S> {
         let (commits, work) = sync_channel(COMMIT_QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
         let registry = Arc::new(RwLock::new(registry));
+        let evictions = Arc::new(AtomicU64::new(0));
         let committer = {
-            let (store, failed, registry) = (store.clone(), failed.clone(), registry.clone());
+            let (store, failed) = (store.clone(), failed.clone());
+            let evicted = Evicted { registry: registry.clone(), count: evictions.clone() };
             std::thread::Builder::new()
                 .name("agentwire-committer".into())
-                .spawn(move || commit_loop(&*store, &work, &*sink, &failed, &registry))
+                .spawn(move || commit_loop(&*store, &work, &*sink, &failed, &evicted))
                 .map_err(|e| StoreError::Io(format!("cannot start the committer: {e}")))?
         };
         let core = Core {
@@ -195,6 +232,7 @@ impl<S: Store> StoredLog<S> {
             store,
             threads: RwLock::new(entries),
             registry,
+            evictions,
             deadlines: Mutex::new(deadlines),
             runs_in_flight: AtomicU64::new(runs_in_flight),
             commits,
@@ -228,7 +266,7 @@ fn commit_loop<S: Store>(
     work: &Receiver<Work>,
     sink: &dyn FeedSink,
     failed: &AtomicBool,
-    registry: &Registry,
+    evicted: &Evicted,
 ) {
     let mut group = Vec::new();
     let mut stop = false;
@@ -270,7 +308,7 @@ fn commit_loop<S: Store>(
                         }
                     }
                     if let Some((entry, run)) = &p.ended {
-                        evict(entry, run, registry);
+                        evicted.evict(entry, run);
                     }
                     let _ = p.done.send(Ok(()));
                 }
@@ -287,14 +325,23 @@ fn commit_loop<S: Store>(
     }
 }
 
-/// Drops an ended run, now durable, from the working state: the store answers
-/// for it from here on. Registry first, so a lookup that misses it finds it in
-/// the store (where it already is), never nowhere.
-fn evict(entry: &ThreadEntry, run: &RunId, registry: &Registry) {
-    let mut state = entry.state.lock();
-    if state.runs.get(run).is_some_and(|r| r.record.lifecycle.ended()) {
-        registry.write().remove(run);
-        state.runs.remove(run);
+/// What the committer needs to evict ended runs.
+struct Evicted {
+    registry: Arc<Registry>,
+    count: Arc<AtomicU64>,
+}
+
+impl Evicted {
+    /// Drops an ended run, now durable, from the working state: the store answers
+    /// for it from here on. Registry first, so a lookup that misses it finds it in
+    /// the store (where it already is), never nowhere.
+    fn evict(&self, entry: &ThreadEntry, run: &RunId) {
+        let mut state = entry.state.lock();
+        if state.runs.get(run).is_some_and(|r| r.record.lifecycle.ended()) {
+            self.count.fetch_add(1, Ordering::AcqRel);
+            self.registry.write().remove(run);
+            state.runs.remove(run);
+        }
     }
 }
 
@@ -400,11 +447,34 @@ impl<S: Store> Core<S> {
     }
 
     /// Whether `run` is registered anywhere (working state or store).
-    fn run_taken(&self, run: &RunId) -> Result<bool, LogError> {
+    async fn run_taken(&self, run: &RunId) -> Result<bool, LogError> {
         if self.registry.read().contains_key(run) {
             return Ok(true);
         }
-        Ok(self.store.run(run.as_str()).map_err(storage)?.is_some())
+        Ok(self.stored(run, Vec::new()).await?.is_some())
+    }
+
+    /// A run as the store has it, with the `seq`s of `event_ids`, read on a
+    /// blocking thread: store reads never hold up the async runtime.
+    async fn stored(&self, run: &RunId, event_ids: Vec<String>) -> Result<Option<Stored>, LogError> {
+        if !self.store.keeps_runs() {
+            return Ok(None); // every run of such a store stays in the working state
+        }
+        let (store, run) = (self.store.clone(), run.clone());
+        let read = move || -> Result<Option<Stored>, StoreError> {
+            let Some(record) = store.run(run.as_str())? else { return Ok(None) };
+            let mut seqs = HashMap::new();
+            for id in event_ids {
+                if let Some(seq) = store.event_seq(&run, &id)? {
+                    seqs.insert(id, seq);
+                }
+            }
+            Ok(Some(Stored { record, seqs }))
+        };
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| LogError::Unavailable(format!("store read failed: {e}")))?
+            .map_err(storage)
     }
 
     /// Refuses a caller-chosen run id that names, by its pattern, a thread that
@@ -418,37 +488,51 @@ impl<S: Store> Core<S> {
     }
 
     /// The run's thread: working state, then the store, then extraction (PROTOCOL §1).
-    fn resolve(&self, run_id: &str, allow_fallback: bool) -> Result<(RunId, Arc<ThreadEntry>), LogError> {
+    /// A run found in the store comes with the `seq`s of the `event_id`s of `events`.
+    async fn resolve(&self, run_id: &str, allow_fallback: bool, events: &[NewEvent]) -> Result<Resolved, LogError> {
         let not_found = || LogError::RunNotFound(run_id.to_owned());
+        let evictions = self.evictions.load(Ordering::Acquire);
         let known = self.registry.read().get_key_value(run_id).map(|(r, t)| (r.clone(), t.clone()));
         if let Some((run, thread)) = known {
-            return Ok((run, self.thread(&thread).ok_or_else(not_found)?));
+            let entry = self.thread(&thread).ok_or_else(not_found)?;
+            return Ok(Resolved { run, entry, lookup: Lookup { stored: None, evictions } });
         }
         let run = RunId::parse(run_id).map_err(|_| not_found())?;
-        if let Some(record) = self.store.run(run_id).map_err(storage)? {
-            return Ok((run, self.thread(&record.thread_id).ok_or_else(not_found)?));
+        let event_ids = events.iter().filter_map(|e| e.event_id.clone()).collect();
+        if let Some(stored) = self.stored(&run, event_ids).await? {
+            let entry = self.thread(&stored.record.thread_id).ok_or_else(not_found)?;
+            return Ok(Resolved { run, entry, lookup: Lookup { stored: Some(stored), evictions } });
         }
         if !allow_fallback {
             return Err(not_found());
         }
         // Pattern routing reaches only threads a publisher created (PROTOCOL §1).
-        let thread = extract_thread_id(run_id)
+        let entry = extract_thread_id(run_id)
             .filter(|_| self.config.pattern_routing)
             .and_then(|t| self.thread(&t))
             .filter(|entry| entry.state.lock().by_publisher)
             .ok_or_else(not_found)?;
-        Ok((run, thread))
+        Ok(Resolved { run, entry, lookup: Lookup { stored: None, evictions } })
     }
 
-    /// A run of `state`'s thread that is not in the working state, read from
-    /// the store and not kept (an ended run, evicted). `None` if unknown;
-    /// [`LogError::RunExists`] if the store has it in another thread.
-    fn stored_run(&self, state: &ThreadState, run: &RunId) -> Result<Option<RunState>, LogError> {
-        let Some(record) = self.store.run(run.as_str()).map_err(storage)? else { return Ok(None) };
+    /// A run of `state`'s thread that is not in the working state (an ended run,
+    /// evicted), for this decision only: from what [`Core::resolve`] read, or, if
+    /// an eviction may have happened since, from the store under the lock (rare).
+    /// `None` if unknown; [`LogError::RunExists`] if it belongs to another thread.
+    fn outside_run(&self, state: &ThreadState, run: &RunId, lookup: Lookup) -> Result<Option<RunState>, LogError> {
+        let Lookup { stored, evictions } = lookup;
+        let (record, event_ids) = match stored {
+            Some(Stored { record, seqs }) => (record, Some(seqs)),
+            None if self.evictions.load(Ordering::Acquire) == evictions => return Ok(None),
+            None => match self.store.run(run.as_str()).map_err(storage)? {
+                Some(record) => (record, None),
+                None => return Ok(None),
+            },
+        };
         if record.thread_id != state.id {
             return Err(LogError::RunExists(run.to_string()));
         }
-        Ok(Some(RunState { record, event_ids: None, due_ms: None }))
+        Ok(Some(RunState { record, event_ids, due_ms: None }))
     }
 
     /// Decides an append under the thread's lock and queues it for commit.
@@ -459,6 +543,7 @@ impl<S: Store> Core<S> {
         run: &RunId,
         events: Vec<NewEvent>,
         cancel: bool,
+        lookup: Lookup,
     ) -> Result<(Appended, Ticket), LogError> {
         let now = Timestamp::now();
         let mut batch = Batch::default();
@@ -469,7 +554,7 @@ impl<S: Store> Core<S> {
         let mut outside = if state.runs.contains_key(run) {
             None
         } else {
-            match self.stored_run(state, run)? {
+            match self.outside_run(state, run, lookup)? {
                 Some(stored) => Some((stored, false)),
                 None if self.registry.read().contains_key(run) => return Err(LogError::RunExists(run.to_string())),
                 None => Some((RunState::new(state.id.clone(), None, false, now), true)),
@@ -569,10 +654,10 @@ impl<S: Store> StoredLog<S> {
         let core = &self.core;
         core.check_writable()?;
         core.config.prepare(&mut events);
-        let (run, entry) = core.resolve(run_id, !cancel)?;
+        let Resolved { run, entry, lookup } = core.resolve(run_id, !cancel, &events).await?;
         let (appended, ticket) = {
             let mut state = entry.state.lock();
-            core.append_locked(&entry, &mut state, &run, events, cancel)?
+            core.append_locked(&entry, &mut state, &run, events, cancel, lookup)?
         };
         durable(ticket).await?;
         Ok(appended)
@@ -600,7 +685,7 @@ impl<S: Store> StoredLog<S> {
                 .collect();
             for run in chosen {
                 let error = NewEvent::agent_error(code, message);
-                let (_, ticket) = core.append_locked(&entry, &mut state, &run, vec![error], false)?;
+                let (_, ticket) = core.append_locked(&entry, &mut state, &run, vec![error], false, Lookup::live())?;
                 tickets.push(ticket);
                 ended.push(run);
             }
@@ -672,7 +757,7 @@ impl<S: Store> Log for StoredLog<S> {
             }
             None => RunId::mint(&new.thread_id),
         };
-        if core.run_taken(&run)? {
+        if core.run_taken(&run).await? {
             return Err(LogError::RunExists(run.to_string()));
         }
         let (info, ticket) = {
@@ -704,13 +789,14 @@ impl<S: Store> Log for StoredLog<S> {
     }
 
     async fn run(&self, run_id: &str) -> Result<Option<RunInfo>, LogError> {
-        match self.core.resolve(run_id, false) {
-            Ok((run, entry)) => {
+        match self.core.resolve(run_id, false, &[]).await {
+            Ok(Resolved { run, entry, lookup }) => {
                 let state = entry.state.lock();
                 if let Some(live) = state.runs.get(&run) {
                     return Ok(Some(Self::info(&state, &run, &live.record)));
                 }
-                Ok(self.core.stored_run(&state, &run)?.map(|stored| Self::info(&state, &run, &stored.record)))
+                let outside = self.core.outside_run(&state, &run, lookup)?;
+                Ok(outside.map(|stored| Self::info(&state, &run, &stored.record)))
             }
             Err(LogError::RunNotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -783,7 +869,7 @@ impl<S: Store> Log for StoredLog<S> {
                 r.due_ms = None; // taken out of the index above
             }
             let error = NewEvent::agent_error("timeout", message.clone());
-            match core.append_locked(&entry, &mut state, &run, vec![error], false) {
+            match core.append_locked(&entry, &mut state, &run, vec![error], false, Lookup::live()) {
                 Ok((_, ticket)) => {
                     tickets.push(ticket);
                     ended.push(run);

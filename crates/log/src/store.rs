@@ -107,7 +107,9 @@ pub struct Snapshot {
 }
 
 /// Durable keeping of a log's records. Methods block; the log calls `write`
-/// from its committer thread and the lookups from short critical sections.
+/// from its committer thread and the lookups from the runtime's blocking
+/// threads (`spawn_blocking`), never from its async workers, except in the rare
+/// case where a run was evicted between that lookup and the thread's lock.
 pub trait Store: Send + Sync + 'static {
     /// Makes `batches` durable, all or nothing, in one transaction.
     fn write(&self, batches: &[&Batch]) -> Result<(), StoreError>;
