@@ -53,6 +53,8 @@ const COMMIT_QUEUE: usize = 16 * 1024;
 const MAX_GROUP: usize = 4096;
 /// Threads trimmed per retention commit, so a sweep never holds the committer long.
 const RETENTION_GROUP: usize = 64;
+/// Runs whose event ids are forgotten per commit, for the same reason.
+const FORGET_GROUP: usize = 1024;
 
 /// A run in the working state.
 struct RunState {
@@ -142,6 +144,8 @@ struct Resolved {
 /// was written: (deadline in ms, run) → thread.
 type Deadlines = Mutex<BTreeMap<(i64, RunId), ThreadId>>;
 
+// `Stop` is sent once; boxing every decision instead would cost an allocation per append.
+#[allow(clippy::large_enum_variant)]
 enum Work {
     Commit(Pending),
     Stop,
@@ -950,6 +954,31 @@ impl<S: Store> Log for StoredLog<S> {
             durable(core.submit_with(batch, Vec::new(), oldest, None)?).await?;
         }
         Ok(removed)
+    }
+
+    async fn forget_event_ids(&self, now: Timestamp) -> Result<u64, LogError> {
+        let core = &self.core;
+        core.check_writable()?;
+        let window = i64::try_from(core.config.dedup_window.as_millis()).unwrap_or(i64::MAX);
+        let before = now.millis().saturating_sub(window);
+        let mut forgotten = 0;
+        loop {
+            let store = core.store.clone();
+            let due = tokio::task::spawn_blocking(move || store.runs_ended_before(before, FORGET_GROUP))
+                .await
+                .map_err(|e| LogError::Unavailable(format!("de-duplication sweep failed: {e}")))?
+                .map_err(storage)?;
+            if due.is_empty() {
+                return Ok(forgotten);
+            }
+            let full = due.len() == FORGET_GROUP;
+            forgotten += due.len() as u64;
+            let batch = Batch { forget: due, ..Batch::default() };
+            durable(core.submit(batch, Vec::new())?).await?;
+            if !full {
+                return Ok(forgotten);
+            }
+        }
     }
 
     async fn close(&self) {

@@ -34,6 +34,8 @@ const RUNNING: TableDefinition<&str, ()> = TableDefinition::new("running");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 const EVENT_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("event_ids");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Ended runs whose event ids are kept, by end time: (ms, run) → ().
+const RUN_ENDS: TableDefinition<(i64, &str), ()> = TableDefinition::new("run_ends");
 
 /// The on-disk layout version this build reads and writes.
 const FORMAT: u64 = 1;
@@ -151,6 +153,7 @@ impl Store for EmbeddedStore {
             let mut running = txn.open_table(RUNNING).map_err(io)?;
             let mut events = txn.open_table(EVENTS).map_err(io)?;
             let mut event_ids = txn.open_table(EVENT_IDS).map_err(io)?;
+            let mut run_ends = txn.open_table(RUN_ENDS).map_err(io)?;
             for batch in batches {
                 for (id, record) in &batch.threads {
                     threads.insert(id.as_str(), json(record)?.as_slice()).map_err(io)?;
@@ -164,6 +167,10 @@ impl Store for EmbeddedStore {
                     } else if !record.lifecycle.ended() && !indexed {
                         running.insert(id.as_str(), ()).map_err(io)?;
                     }
+                    // An ended record is written once, when the run ends: its ids' clock starts.
+                    if record.lifecycle.ended() {
+                        run_ends.insert((record.last_activity_ms, id.as_str()), ()).map_err(io)?;
+                    }
                 }
                 for event in &batch.events {
                     events.insert((event.thread_id().as_str(), event.seq()), event.json.as_bytes()).map_err(io)?;
@@ -173,6 +180,12 @@ impl Store for EmbeddedStore {
                 }
                 for (thread, below) in &batch.trims {
                     events.retain_in((thread.as_str(), 0)..(thread.as_str(), *below), |_, _| false).map_err(io)?;
+                }
+                for (ended_ms, run) in &batch.forget {
+                    // Every (run, id) key sorts between (run, "") and (run + "\0", "").
+                    let past = format!("{run}\0");
+                    event_ids.retain_in((run.as_str(), "")..(past.as_str(), ""), |_, _| false).map_err(io)?;
+                    run_ends.remove((*ended_ms, run.as_str())).map_err(io)?;
                 }
             }
         }
@@ -244,6 +257,24 @@ impl Store for EmbeddedStore {
 
     fn keeps_runs(&self) -> bool {
         true
+    }
+
+    fn runs_ended_before(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, RunId)>, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let run_ends = match txn.open_table(RUN_ENDS) {
+            Ok(table) => table,
+            // A file written before the table existed: nothing ended since.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(io(e)),
+        };
+        let mut out = Vec::new();
+        for item in run_ends.range((i64::MIN, "")..(before_ms, "")).map_err(io)?.take(limit) {
+            let (key, _) = item.map_err(io)?;
+            let (ended_ms, run) = key.value();
+            let run = RunId::parse(run).map_err(|e| self.corrupt(format!("run key: {e}")))?;
+            out.push((ended_ms, run));
+        }
+        Ok(out)
     }
 
     fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {

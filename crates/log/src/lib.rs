@@ -220,6 +220,9 @@ pub struct LogConfig {
     /// Most bytes of encoded events one read answers (history pages, replays):
     /// what a reader holds in memory is bounded by bytes, not only by events.
     pub max_page_bytes: usize,
+    /// How long after its run ends an `event_id` is still recognised as a repeat
+    /// (PROTOCOL §2); then it is forgotten, on disk too.
+    pub dedup_window: Duration,
 }
 
 impl LogConfig {
@@ -238,6 +241,7 @@ impl Default for LogConfig {
             pattern_routing: true,
             redact: true,
             max_page_bytes: DEFAULT_PAGE_BYTES,
+            dedup_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -304,6 +308,12 @@ pub trait Log: Send + Sync + 'static {
 
     /// Removes events past `policy` (measured at `now`); answers how many went.
     async fn enforce_retention(&self, _policy: &RetentionPolicy, _now: Timestamp) -> Result<u64, LogError> {
+        Ok(0)
+    }
+
+    /// Forgets the `event_id`s of runs that ended more than the de-duplication
+    /// window before `now`; answers for how many runs.
+    async fn forget_event_ids(&self, _now: Timestamp) -> Result<u64, LogError> {
         Ok(0)
     }
 

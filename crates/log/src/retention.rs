@@ -85,11 +85,10 @@ pub fn plan(
         .collect()
 }
 
-/// Sweeps every `interval` until `shutdown` is cancelled.
+/// Sweeps every `interval` until `shutdown` is cancelled: removes events past
+/// `policy` (when it limits anything) and forgets event ids past the
+/// de-duplication window.
 pub async fn run(log: Arc<dyn Log>, policy: RetentionPolicy, interval: Duration, shutdown: CancellationToken) {
-    if !policy.is_active() {
-        return;
-    }
     let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -97,10 +96,17 @@ pub async fn run(log: Arc<dyn Log>, policy: RetentionPolicy, interval: Duration,
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        match log.enforce_retention(&policy, Timestamp::now()).await {
+        if policy.is_active() {
+            match log.enforce_retention(&policy, Timestamp::now()).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "retention removed old events"),
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            }
+        }
+        match log.forget_event_ids(Timestamp::now()).await {
             Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "retention removed old events"),
-            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            Ok(runs) => tracing::debug!(runs, "forgot the event ids of runs past the de-duplication window"),
+            Err(e) => tracing::warn!(error = %e, "could not forget old event ids"),
         }
     }
 }

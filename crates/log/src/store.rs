@@ -68,6 +68,9 @@ pub struct Batch {
     pub event_ids: Vec<(RunId, String, u64)>,
     /// Remove the events of a thread with `seq` below this (retention).
     pub trims: Vec<(ThreadId, u64)>,
+    /// Ended runs whose `event_id`s are forgotten (the de-duplication window
+    /// passed), as [`Store::runs_ended_before`] named them: (end time in ms, run).
+    pub forget: Vec<(i64, RunId)>,
 }
 
 impl Batch {
@@ -78,6 +81,7 @@ impl Batch {
             && self.events.is_empty()
             && self.event_ids.is_empty()
             && self.trims.is_empty()
+            && self.forget.is_empty()
     }
 }
 
@@ -133,6 +137,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The `seq` stored for `event_id` in `run`.
     fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Up to `limit` ended runs, oldest end first, that ended before `before_ms`
+    /// and whose `event_id`s are still kept. Only as costly as what it answers.
+    fn runs_ended_before(&self, _before_ms: i64, _limit: usize) -> Result<Vec<(i64, RunId)>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// Every thread with its oldest stored event's time (for retention).
     fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError>;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentwire_log::{EmbeddedLog, Log, LogConfig, LogError, NewRun, NoFeed, StoreError};
+use agentwire_log::{EmbeddedLog, Log, LogConfig, LogError, NewRun, NoFeed, Store, StoreError};
 use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
 use serde_json::{Value, json};
 
@@ -311,4 +311,37 @@ fn external_run(thread: &str, owner: &UserId, run_id: Option<RunId>) -> NewRun {
         in_process: false,
         run_id,
     }
+}
+
+#[tokio::test]
+async fn event_ids_are_forgotten_a_window_after_their_run_ends_on_disk_too() {
+    // Issue 13: event-id entries were kept for ever.
+    let dir = tempfile::tempdir().unwrap();
+    let window = Duration::from_millis(200);
+    let config = LogConfig { dedup_window: window, ..Default::default() };
+    let log = EmbeddedLog::open_dir(dir.path(), config, Arc::new(NoFeed)).unwrap();
+    let alice = UserId::parse("alice").unwrap();
+    let ended = log.create_run(external_run("thread_window", &alice, None)).await.unwrap().run_id;
+    let running = log.create_run(external_run("thread_window", &alice, None)).await.unwrap().run_id;
+    let start = |id: &str| vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"})).with_event_id(id)];
+    log.append(ended.as_str(), start("s")).await.unwrap();
+    log.append(ended.as_str(), vec![ev(EventKind::AgentCompleted, json!({})).with_event_id("end")]).await.unwrap();
+    log.append(running.as_str(), start("s")).await.unwrap();
+    let retry = || vec![ev(EventKind::AgentCompleted, json!({})).with_event_id("end")];
+
+    // Within the window a repeat answers its first seq.
+    assert_eq!(log.forget_event_ids(Timestamp::now()).await.unwrap(), 0);
+    assert_eq!(log.append(ended.as_str(), retry()).await.unwrap().seqs, vec![2]);
+    // Past it, the ended run's ids are gone from the store; the run still refuses more events.
+    let later = Timestamp(Timestamp::now().millis() + 1_000);
+    assert_eq!(log.forget_event_ids(later).await.unwrap(), 1);
+    assert_eq!(log.store().event_seq(&ended, "end").unwrap(), None);
+    assert!(matches!(log.append(ended.as_str(), retry()).await, Err(LogError::Lifecycle(LifecycleError::Ended))));
+    // A running run's ids stay, and a second sweep finds nothing more.
+    assert_eq!(log.store().event_seq(&running, "s").unwrap(), Some(3));
+    assert_eq!(log.forget_event_ids(later).await.unwrap(), 0);
+    // And after a restart.
+    let log = reopen(log, dir.path(), Duration::from_secs(3600)).await;
+    assert_eq!(log.store().event_seq(&ended, "s").unwrap(), None);
+    assert_eq!(log.append(running.as_str(), start("s")).await.unwrap().seqs, vec![3]);
 }

@@ -348,6 +348,9 @@ impl<S: Store> Store for Faulty<S> {
     fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError> {
         self.inner.event_seq(run, event_id)
     }
+    fn runs_ended_before(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, RunId)>, StoreError> {
+        self.inner.runs_ended_before(before_ms, limit)
+    }
     fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError> {
         self.inner.thread_extents()
     }

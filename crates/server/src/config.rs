@@ -89,6 +89,11 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_RUN_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub run_idle_timeout: Duration,
 
+    /// How long after its run ends an `event_id` is still recognised as a repeat;
+    /// then it is forgotten, on disk too (PROTOCOL §2).
+    #[arg(long, env = "AGENTWIRE_DEDUP_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub dedup_window: Duration,
+
     /// Retention: most events kept per thread (0: no limit).
     #[arg(long, env = "AGENTWIRE_RETENTION_THREAD_EVENTS", default_value_t = 0)]
     pub retention_thread_events: u64,

@@ -120,6 +120,7 @@ async fn open_log(config: &ServerConfig, node_id: &str, hub: Arc<Hub>) -> Result
         pattern_routing: config.legacy_run_ids,
         redact: config.redact_secrets,
         max_page_bytes: config.max_page_bytes,
+        dedup_window: config.dedup_window,
     };
     let log: Arc<dyn Log> = match config.backbone.as_str() {
         "embedded" => {
