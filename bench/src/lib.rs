@@ -6,5 +6,6 @@
 
 pub mod fjall_store;
 pub mod load;
+pub mod soak;
 pub mod stats;
 pub mod timed;

@@ -73,6 +73,12 @@ impl EmbeddedStore {
     /// file, a file that is not agentwire's, or one in use, is an error: the
     /// server never starts empty by mistake.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(data_dir, CACHE_BYTES)
+    }
+
+    /// [`EmbeddedStore::open`] with a page cache of `cache_bytes` (tests and
+    /// benchmarks that must see a steady state sooner).
+    pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
         let shown = || path.display().to_string();
         std::fs::create_dir_all(data_dir)
@@ -91,7 +97,7 @@ impl EmbeddedStore {
                 });
             }
         }
-        let db = Database::builder().set_cache_size(CACHE_BYTES).create(&path).map_err(|e| match e {
+        let db = Database::builder().set_cache_size(cache_bytes).create(&path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
                 StoreError::Locked(data_dir.display().to_string())
             }

@@ -1,0 +1,123 @@
+//! The soak's workload and measurements, shared by `bin/soak.rs` (by hand, long)
+//! and `tests/soak.rs` (in the test suite, short): a steady stream of short runs
+//! through agentwire's log, with resident memory sampled as it goes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use agentwire_log::{Log, LogConfig, NewRun, NoFeed, Store, StoredLog};
+use agentwire_protocol::{EventKind, NewEvent, ThreadId, Timestamp, UserId};
+use serde_json::json;
+
+/// Runs going at once.
+pub const PUBLISHERS: usize = 64;
+/// RSS samples per soak (one after each tenth of the runs).
+pub const SAMPLES: usize = 10;
+
+fn event(kind: EventKind, id: String, data: serde_json::Value) -> NewEvent {
+    NewEvent::new(kind, data.as_object().cloned().unwrap_or_default()).with_event_id(id)
+}
+
+/// The ten events of one run.
+fn run_events() -> Vec<NewEvent> {
+    let mut events = vec![event(EventKind::AgentStarted, "e0".into(), json!({"agent_name":"soak"}))];
+    for i in 1..=8 {
+        let thought = format!("step {i}: reading the results and deciding what to do next");
+        events.push(event(EventKind::AgentThinking, format!("e{i}"), json!({"thought": thought, "step": i})));
+    }
+    events.push(event(EventKind::AgentCompleted, "e9".into(), json!({"result":"ok"})));
+    events
+}
+
+/// This process's resident memory, in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Bytes of the files in `dir`.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+/// What a soak measured.
+pub struct Outcome {
+    /// (runs done, RSS) after each tenth.
+    pub samples: Vec<(usize, u64)>,
+    pub runs_per_sec: f64,
+    pub disk_bytes: u64,
+    pub in_memory: usize,
+    /// The watchdog tick's duration after each tenth, in µs.
+    pub ticks: Vec<f64>,
+}
+
+impl Outcome {
+    /// Bytes of RSS per ended run after the warm-up (least squares over the samples past it).
+    pub fn slope(&self) -> f64 {
+        let points: Vec<(f64, f64)> =
+            self.samples.iter().skip(SAMPLES / 5).map(|&(runs, rss)| (runs as f64, rss as f64)).collect();
+        let n = points.len() as f64;
+        let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+        let num: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+        let den: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+        if den == 0.0 { 0.0 } else { num / den }
+    }
+}
+
+/// Runs `runs` runs of ten events over `threads` threads through a log over
+/// `store` (whose files are in `dir`), sampling as it goes.
+pub async fn soak<S: Store>(store: S, runs: usize, threads: usize, dir: &std::path::Path) -> Outcome {
+    let log = Arc::new(StoredLog::open(store, LogConfig::default(), Arc::new(NoFeed)).expect("open the log"));
+    let owner = UserId::parse("soak").expect("user id");
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut samples = Vec::new();
+    let mut ticks = Vec::new();
+    let began = Instant::now();
+    for tenth in 1..=SAMPLES {
+        let until = runs * tenth / SAMPLES;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..PUBLISHERS {
+            let (log, next, owner) = (log.clone(), next.clone(), owner.clone());
+            tasks.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= until {
+                        next.fetch_min(until, Ordering::Relaxed);
+                        break;
+                    }
+                    let thread = ThreadId::parse(&format!("thread_soak{}", i % threads)).expect("thread id");
+                    let new = NewRun {
+                        thread_id: thread,
+                        owner: owner.clone(),
+                        agent_name: None,
+                        in_process: false,
+                        run_id: None,
+                    };
+                    let run = log.create_run(new).await.expect("create run").run_id;
+                    log.append(run.as_str(), run_events()).await.expect("append");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        samples.push((until, rss_bytes()));
+        // One watchdog tick, as the server makes once a second: its cost must not grow with history.
+        let tick = Instant::now();
+        log.expire_idle_runs(Timestamp::now()).await.expect("watchdog tick");
+        let tick_us = tick.elapsed().as_secs_f64() * 1e6;
+        ticks.push(tick_us);
+        eprintln!("  {until:>9} runs  RSS {:>7.1} MB  watchdog tick {tick_us:>8.1} µs", rss_bytes() as f64 / 1e6);
+    }
+    let runs_per_sec = runs as f64 / began.elapsed().as_secs_f64();
+    let in_memory = log.runs_in_memory();
+    assert_eq!(log.idle_index_len(), 0, "no run is running: the watchdog has nothing to watch");
+    log.close().await;
+    drop(log);
+    Outcome { samples, runs_per_sec, disk_bytes: dir_bytes(dir), in_memory, ticks }
+}
