@@ -3,8 +3,9 @@
 //! de-duplication, lifecycle and ownership rules, cancel, idle expiry,
 //! retention, and a feed on each node with every event in order.
 //!
-//! Needs Redis on 127.0.0.1:6379 and NATS with JetStream on 127.0.0.1:4222;
-//! fails when they are missing. Every test works under a prefix of its own.
+//! Needs Redis and NATS with JetStream: the test run's own, which `scripts/test`
+//! starts on free ports (`AGENTWIRE_TEST_REDIS`, `AGENTWIRE_TEST_NATS`), else the
+//! default ports; fails when they are missing. Every test works under a prefix of its own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +16,15 @@ use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunId, RunStatus, 
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-const REDIS: &str = "redis://127.0.0.1:6379";
-const NATS: &str = "nats://127.0.0.1:4222";
+/// The test run's Redis (`scripts/engines.sh` starts one), else the default port.
+fn redis() -> String {
+    std::env::var("AGENTWIRE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The test run's NATS with JetStream, else the default port.
+fn nats() -> String {
+    std::env::var("AGENTWIRE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
 
 /// Records what the feed hands over.
 #[derive(Default)]
@@ -191,30 +199,30 @@ async fn idle_runs_expire_and_retention_trims(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_concurrent_appends_from_two_nodes_stay_gap_free() {
-    concurrent_appends_from_two_nodes_stay_gap_free(REDIS).await;
+    concurrent_appends_from_two_nodes_stay_gap_free(&redis()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_concurrent_appends_from_two_nodes_stay_gap_free() {
-    concurrent_appends_from_two_nodes_stay_gap_free(NATS).await;
+    concurrent_appends_from_two_nodes_stay_gap_free(&nats()).await;
 }
 
 #[tokio::test]
 async fn redis_rules_hold_across_nodes() {
-    rules_hold_across_nodes(REDIS).await;
+    rules_hold_across_nodes(&redis()).await;
 }
 
 #[tokio::test]
 async fn nats_rules_hold_across_nodes() {
-    rules_hold_across_nodes(NATS).await;
+    rules_hold_across_nodes(&nats()).await;
 }
 
 #[tokio::test]
 async fn redis_idle_runs_expire_and_retention_trims() {
-    idle_runs_expire_and_retention_trims(REDIS).await;
+    idle_runs_expire_and_retention_trims(&redis()).await;
 }
 
 #[tokio::test]
 async fn nats_idle_runs_expire_and_retention_trims() {
-    idle_runs_expire_and_retention_trims(NATS).await;
+    idle_runs_expire_and_retention_trims(&nats()).await;
 }

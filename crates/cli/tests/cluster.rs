@@ -1,4 +1,4 @@
-//! Several `agentwire` nodes over the real Redis and NATS of this machine.
+//! Several `agentwire` nodes over a real Redis and NATS.
 //!
 //! Three nodes share one backbone (each test under a prefix of its own, so runs
 //! never collide). Publishers spread over every node, subscribers sit on two of
@@ -7,8 +7,10 @@
 //! once and in order, repeats sent to other nodes answer their first `seq`, and
 //! the demo run the killed node was executing ends with `worker_lost`.
 //!
-//! These tests need Redis on 127.0.0.1:6379 and NATS with JetStream on
-//! 127.0.0.1:4222, and fail (they do not skip) when either is missing.
+//! These tests need Redis and NATS with JetStream: the test run's own, which
+//! `scripts/test` starts on free ports (`AGENTWIRE_TEST_REDIS`,
+//! `AGENTWIRE_TEST_NATS`), else the default ports; they fail (they do not skip)
+//! when either is missing.
 
 mod common;
 
@@ -20,8 +22,15 @@ use common::*;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-const REDIS: &str = "redis://127.0.0.1:6379";
-const NATS: &str = "nats://127.0.0.1:4222";
+/// The test run's Redis (`scripts/engines.sh` starts one), else the default port.
+fn redis() -> String {
+    std::env::var("AGENTWIRE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The test run's NATS with JetStream, else the default port.
+fn nats() -> String {
+    std::env::var("AGENTWIRE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
 const RUNS: usize = 3;
 const THOUGHTS: usize = 60;
 /// Each run: `agent_started`, the thoughts, `agent_completed`.
@@ -215,10 +224,10 @@ async fn get(http: &reqwest::Client, url: String) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_on_redis_lose_nothing_when_one_dies() {
-    three_nodes_lose_nothing(REDIS).await;
+    three_nodes_lose_nothing(&redis()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_on_nats_lose_nothing_when_one_dies() {
-    three_nodes_lose_nothing(NATS).await;
+    three_nodes_lose_nothing(&nats()).await;
 }
