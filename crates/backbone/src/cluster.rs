@@ -125,7 +125,11 @@ pub struct ClusterLog<B> {
 }
 
 fn unavailable(e: BackboneError) -> LogError {
-    LogError::Unavailable(e.to_string())
+    match e {
+        // Permanent: a retry would be refused the same way, so not a `503`.
+        BackboneError::TooLarge(why) => LogError::TooLarge(why),
+        e => LogError::Unavailable(e.to_string()),
+    }
 }
 
 impl<B: Backbone> ClusterLog<B> {

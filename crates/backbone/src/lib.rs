@@ -55,6 +55,9 @@ pub enum BackboneError {
     /// The engine answered something agentwire did not write.
     #[error("backbone data is corrupt: {0}")]
     Corrupt(String),
+    /// The engine refuses a message this large, now and on every retry; nothing was stored.
+    #[error("too large for the backbone: {0}")]
+    TooLarge(String),
 }
 
 /// Where a thread's history ends: the last `seq`, and the backbone's own

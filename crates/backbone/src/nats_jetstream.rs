@@ -52,6 +52,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const INDEX_PER_THREAD: usize = 4096;
 const LAST_SEQ: &str = "Aw-Last-Seq";
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+/// Room left in a message for its subject and headers, which count against max_payload too.
+const HEADER_ALLOWANCE: usize = 512;
 
 /// A thread's record in the `P_threads` bucket.
 #[derive(Debug, Serialize, Deserialize)]
@@ -330,6 +332,14 @@ impl Backbone for NatsBackbone {
             payload.extend_from_slice(event.json.as_bytes());
         }
         payload.push(b']');
+        // JetStream refuses a message over the server's max_payload, every time:
+        // say so (413) rather than let the publisher retry a 503 for ever.
+        let max = self.client.server_info().max_payload;
+        if payload.len() + HEADER_ALLOWANCE > max {
+            let why =
+                format!("{} bytes of events in one append; this NATS takes at most {max} per message", payload.len());
+            return Err(BackboneError::TooLarge(why));
+        }
         let mut headers = HeaderMap::new();
         headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE, at.token.to_string().as_str());
         headers.insert(LAST_SEQ, last.seq().to_string().as_str());

@@ -226,3 +226,18 @@ async fn redis_idle_runs_expire_and_retention_trims() {
 async fn nats_idle_runs_expire_and_retention_trims() {
     idle_runs_expire_and_retention_trims(&nats()).await;
 }
+
+#[tokio::test]
+async fn nats_refuses_an_append_over_its_max_payload_with_413_and_stores_nothing() {
+    // Issue 15: such an append got a 503, which a publisher retries for ever.
+    let p = prefix("big");
+    let (a, _) = node(&nats(), &p, "a", Duration::from_secs(60)).await;
+    let (owner, thread) = (UserId::parse("bea").unwrap(), ThreadId::parse("thread_big").unwrap());
+    let run = a.create_run(new_run(&thread, &owner)).await.unwrap().run_id;
+    a.append(run.as_str(), vec![started()]).await.unwrap();
+    // Over the default max_payload of 1 MB (an HTTP body this large is refused earlier).
+    let err = a.append(run.as_str(), vec![thought(&"x".repeat(2 << 20))]).await.unwrap_err();
+    assert_eq!(err.code(), agentwire_protocol::ErrorCode::TooLarge, "{err}");
+    assert_eq!(a.read(&thread, 0, 10).await.unwrap().head_seq, 1);
+    assert_eq!(a.append(run.as_str(), vec![thought("small")]).await.unwrap().seqs, vec![2]);
+}

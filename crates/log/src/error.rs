@@ -21,6 +21,9 @@ pub enum LogError {
     /// The store could not be reached or did not confirm: nothing was stored.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store refuses something this large, on every retry: nothing was stored.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl LogError {
@@ -32,6 +35,7 @@ impl LogError {
             Self::ThreadExists(_) | Self::RunExists(_) => ErrorCode::Conflict,
             Self::Lifecycle(_) => ErrorCode::LifecycleViolation,
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::TooLarge(_) => ErrorCode::TooLarge,
         }
     }
 }

@@ -159,6 +159,7 @@ fn refused(e: &LogError) -> Answer {
             LifecycleError::ToolCallsOpen(_) => "tool_calls_open",
         },
         LogError::Unavailable(_) => "unavailable",
+        LogError::TooLarge(_) => "too_large",
     })
 }
 
