@@ -9,7 +9,7 @@
 //! | `P:threads` | set | every thread id (retention sweeps) |
 //! | `P:run:{run}` | string | the run's registration (JSON) |
 //! | `P:running` | hash | run → running entry (JSON) |
-//! | `P:node:{node}` | string | a node's heartbeat, expiring after the node TTL |
+//! | `P:nodes` | sorted set | node → the time (Redis's clock, ms) its heartbeat expires; live nodes are one range read, never a keyspace scan |
 //! | `P:feed` | stream | one entry per append: `t` = thread, `e` = its events (JSON array), capped with `MAXLEN ~` |
 //!
 //! One stream per thread keeps reads of a thread's history a single `XRANGE`
@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, Tail, ThreadMeta,
-    decode, decode_events, encode, from_key_safe,
+    decode, decode_events, encode,
 };
 
 /// Feed entries kept for nodes that fall behind (roughly: Redis trims lazily).
@@ -95,6 +95,23 @@ end
 return 0
 "#;
 
+/// KEYS: nodes sorted set. ARGV: node, TTL in ms. On Redis's own clock, so
+/// nodes with skewed clocks still agree on who is alive.
+const HEARTBEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"#;
+
+/// KEYS: nodes sorted set. Drops the expired, answers the live.
+const LIVE_NODES: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+"#;
+
 /// The Redis Streams backbone. See the module docs.
 pub struct RedisBackbone {
     client: redis::Client,
@@ -103,6 +120,8 @@ pub struct RedisBackbone {
     append: Script,
     register: Script,
     create_thread: Script,
+    heartbeat: Script,
+    live_nodes: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> BackboneError {
@@ -150,6 +169,8 @@ impl RedisBackbone {
             append: Script::new(APPEND),
             register: Script::new(REGISTER),
             create_thread: Script::new(CREATE_THREAD),
+            heartbeat: Script::new(HEARTBEAT),
+            live_nodes: Script::new(LIVE_NODES),
         })
     }
 
@@ -362,27 +383,22 @@ impl Backbone for RedisBackbone {
 
     async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), BackboneError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let () = self
-            .conn()
-            .pset_ex(format!("{}:node:{}", self.prefix, crate::key_safe(node)), 1, ttl_ms)
+        let _: i64 = self
+            .heartbeat
+            .key(self.key("nodes"))
+            .arg(node)
+            .arg(ttl_ms)
+            .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
     async fn live_nodes(&self) -> Result<HashSet<String>, BackboneError> {
-        let pattern = format!("{}:node:*", self.prefix);
-        let mut conn = self.conn();
-        let keys: Vec<String> = {
-            let mut iter = conn.scan_match::<_, String>(&pattern).await.map_err(unavailable)?;
-            let mut keys = Vec::new();
-            while let Some(key) = futures_util::StreamExt::next(&mut iter).await {
-                keys.push(key.map_err(unavailable)?);
-            }
-            keys
-        };
-        let strip = format!("{}:node:", self.prefix);
-        Ok(keys.iter().filter_map(|k| k.strip_prefix(&strip)).filter_map(from_key_safe).collect())
+        // One range read of a set as large as the nodes, whatever the keyspace holds.
+        let live: Vec<String> =
+            self.live_nodes.key(self.key("nodes")).invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+        Ok(live.into_iter().collect())
     }
 
     async fn follow(&self, follower: Arc<dyn Follower>, stop: CancellationToken) {

@@ -241,3 +241,19 @@ async fn nats_refuses_an_append_over_its_max_payload_with_413_and_stores_nothing
     assert_eq!(a.read(&thread, 0, 10).await.unwrap().head_seq, 1);
     assert_eq!(a.append(run.as_str(), vec![thought("small")]).await.unwrap().seqs, vec![2]);
 }
+
+#[tokio::test]
+async fn redis_finds_live_nodes_in_one_sorted_set_on_its_own_clock() {
+    // Issue 15: live peers were found with a SCAN over the whole keyspace, which
+    // slowed with every run key until healthy nodes were declared dead.
+    use agentwire_backbone::{Backbone, RedisBackbone};
+    let backbone = RedisBackbone::connect(&redis(), &prefix("live")).await.unwrap();
+    backbone.heartbeat("node-a", Duration::from_millis(300)).await.unwrap();
+    backbone.heartbeat("node:b", Duration::from_secs(30)).await.unwrap();
+    let live = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<std::collections::HashSet<_>>();
+    assert_eq!(backbone.live_nodes().await.unwrap(), live(&["node-a", "node:b"]));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(backbone.live_nodes().await.unwrap(), live(&["node:b"]), "an expired heartbeat is a dead node");
+    backbone.heartbeat("node-a", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(backbone.live_nodes().await.unwrap(), live(&["node-a", "node:b"]), "and it comes back");
+}
