@@ -26,6 +26,15 @@ pub async fn start(data_dir: &std::path::Path) -> Node {
 
 /// Starts `agentwire serve` on a free loopback port over `data_dir`, with `extra` arguments.
 pub async fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> Node {
+    spawn(data_dir, extra, Stdio::inherit()).await
+}
+
+/// Like [`start`], with the server's log (stderr) piped to `node.child.stderr`.
+pub async fn start_logging(data_dir: &std::path::Path) -> Node {
+    spawn(data_dir, &[], Stdio::piped()).await
+}
+
+async fn spawn(data_dir: &std::path::Path, extra: &[&str], stderr: Stdio) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentwire"))
         .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--publish-key", KEY])
         // A demo run stays in flight long enough to be cut by a kill.
@@ -35,7 +44,7 @@ pub async fn start_with(data_dir: &std::path::Path, extra: &[&str]) -> Node {
         .args(extra)
         .env("AGENTWIRE_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("spawn agentwire");
