@@ -50,7 +50,7 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    /// Queues `event`, or answers `false` when the queue is full in events or in bytes.
+    /// Queues `event`; `Full` when the queue is full in events or in bytes (nothing is queued then).
     fn offer(&self, event: &Arc<StoredEvent>, max_bytes: usize) -> Result<(), TrySendError<()>> {
         let len = event.json.len();
         let before = self.queued.fetch_add(len, Ordering::AcqRel);
