@@ -131,3 +131,36 @@ def test_the_seed_bridge_never_adopts_a_run_of_another_thread(server):
 
     assert asyncio.run(main()) is False
     assert history(server, named, "mallory") == [] and history(server, other, "mallory") == []
+
+
+def test_the_seed_bridge_takes_every_seed_signature(server):
+    # Issue 17: the seed's own calls raised TypeError or did not exist.
+    thread = fresh_thread()
+    run_id = f"run_{thread}_{uuid.uuid4().hex[:8]}"
+    died = f"run_{thread}_{uuid.uuid4().hex[:8]}"
+    trace = {"trace_id": "abc", "span_id": "def"}
+
+    async def main():
+        bridge = AgentWebSocketBridge(server, KEY, user_for_thread=lambda t: "erin")
+        results = [
+            await bridge.notify_agent_started(run_id, "triage", {"query": "rust"}, trace_context=trace),
+            await bridge.notify_agent_thinking(run_id, "triage", "Searching", 1, 40, trace_context=trace),
+            await bridge.notify_progress_update(run_id, "triage", {"percentage": 60, "message": "half way", "current_step": 3}),
+            await bridge.notify_custom(run_id, "triage", "plan_ready", {"steps": 3}),
+            await bridge.notify_agent_error(
+                run_id, "triage", "it broke", {"error_type": "Timeout", "agent_step": "search"}, trace
+            ),
+            await bridge.notify_agent_started(died, "triage"),
+            await bridge.notify_agent_death(died, "triage", "no_heartbeat", {"last_seen": 3}),
+        ]
+        await bridge.aclose()
+        return results
+
+    assert asyncio.run(main()) == [True] * 7
+    events = history(server, thread, "erin")
+    assert kinds(events) == ["agent_started", "agent_thinking", "agent_thinking", "agent_thinking", "agent_error", "agent_started", "agent_error"]
+    assert events[1]["data"]["progress_percentage"] == 40
+    assert events[2]["data"]["progress_percentage"] == 60 and events[2]["data"]["thought"] == "half way"
+    assert events[3]["data"]["custom_type"] == "plan_ready"
+    assert events[4]["data"]["error_context"]["error_type"] == "Timeout"
+    assert events[6]["data"]["code"] == "worker_lost" and events[6]["data"]["death_cause"] == "no_heartbeat"

@@ -33,7 +33,11 @@ pub fn encode(envelope: &Envelope, cx: LegacyContext<'_>) -> Value {
         EventKind::AgentThinking => (
             "thinking",
             format!("{agent} is thinking"),
-            json!({ "reasoning": get(d, "thought"), "step_number": get(d, "step") }),
+            json!({
+                "reasoning": get(d, "thought"),
+                "step_number": get(d, "step"),
+                "progress_percentage": get(d, "progress_percentage"),
+            }),
         ),
         EventKind::ToolExecuting => {
             let tool = text("tool_name");
@@ -69,7 +73,12 @@ pub fn encode(envelope: &Envelope, cx: LegacyContext<'_>) -> Value {
         EventKind::AgentError => (
             "error",
             format!("{agent} failed: {}", text("message")),
-            json!({ "error_message": get(d, "message"), "error_code": get(d, "code") }),
+            json!({
+                "error_message": get(d, "message"),
+                "error_code": get(d, "code"),
+                // The seed's frontend reads `error_context.error_type`; `{}` when none was given, as the seed sent.
+                "error_context": d.get("error_context").filter(|c| c.is_object()).cloned().unwrap_or_else(|| json!({})),
+            }),
         ),
         EventKind::UserMessage => ("received", text("text"), json!({ "text": get(d, "text") })),
     };
@@ -112,7 +121,8 @@ mod tests {
             thinking,
             json!({"type":"agent_thinking","run_id":"run_thread_old_1","agent_name":"triage",
                 "timestamp":"1970-01-01T00:00:00.000Z","thread_id":"thread_old","seq":4,
-                "payload":{"reasoning":"hm","step_number":2,"status":"thinking","message":"triage is thinking"}})
+                "payload":{"reasoning":"hm","step_number":2,"progress_percentage":null,"status":"thinking",
+                    "message":"triage is thinking"}})
         );
         let done =
             encode(&envelope(EventKind::ToolCompleted, json!({"tool_call_id":"c","result":[1],"duration_ms":7})), cx);
@@ -122,6 +132,14 @@ mod tests {
         );
         let failed = encode(&envelope(EventKind::AgentError, json!({"code":"failed","message":"boom"})), cx);
         assert_eq!(failed["payload"]["error_message"], "boom");
+        assert_eq!(failed["payload"]["error_context"], json!({}));
+        let typed = json!({"code":"failed","message":"boom","error_context":{"error_type":"Timeout"}});
+        assert_eq!(
+            encode(&envelope(EventKind::AgentError, typed), cx)["payload"]["error_context"]["error_type"],
+            "Timeout"
+        );
+        let progress = json!({"thought":"hm","progress_percentage":40});
+        assert_eq!(encode(&envelope(EventKind::AgentThinking, progress), cx)["payload"]["progress_percentage"], 40);
         let exec = encode(
             &envelope(EventKind::ToolExecuting, json!({"tool_call_id":"c","tool_name":"search","args":{"q":1}})),
             cx,

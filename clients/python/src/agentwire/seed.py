@@ -16,6 +16,18 @@ or any id containing ``thread_…``) are resolved by agentwire (PROTOCOL §1); t
 first event of a run registers it for the thread's user, so the thread need not
 exist beforehand when ``user_for_thread`` can name its owner. The seed had no
 tool call ids: a completion is paired with the oldest open call of the same tool.
+
+Every signature of the seed bridge is accepted, ``trace_context`` included (it
+is not sent). The seed's extra notifications map onto agentwire's events:
+
+- ``notify_progress_update(run_id, agent_name, progress)``: ``agent_thinking``
+  whose thought is ``progress["message"]``, with ``progress`` and its ``percentage``
+  as ``progress_percentage``;
+- ``notify_custom(run_id, agent_name, notification_type, data)``: ``agent_thinking``
+  with ``custom_type`` and ``data`` (agentwire has no free-form event kind);
+- ``notify_agent_death(run_id, agent_name, death_cause, death_context)``:
+  ``agent_error`` (code ``timeout`` for a timeout, ``cancelled`` for a
+  cancellation, ``worker_lost`` otherwise) with ``death_cause`` and ``death_context``.
 """
 
 from __future__ import annotations
@@ -91,7 +103,13 @@ class AgentWebSocketBridge:
                 raise AgentwireError(409, "conflict", f"run id {run_id} is registered to another thread") from exc
         self._registered.add(run_id)
 
-    async def notify_agent_started(self, run_id: str, agent_name: str, context: Optional[Dict[str, Any]] = None) -> bool:
+    async def notify_agent_started(
+        self,
+        run_id: str,
+        agent_name: str,
+        context: Optional[Dict[str, Any]] = None,
+        trace_context: Optional[Dict[str, Any]] = None,
+    ) -> bool:
         return await self._send(run_id, agent_name, Event("agent_started", {"agent_name": agent_name, "input": context}))
 
     async def notify_agent_thinking(
@@ -101,6 +119,7 @@ class AgentWebSocketBridge:
         reasoning: str,
         step_number: Optional[int] = None,
         progress_percentage: Optional[float] = None,
+        trace_context: Optional[Dict[str, Any]] = None,
     ) -> bool:
         data: Dict[str, Any] = {"thought": reasoning}
         if step_number is not None:
@@ -110,7 +129,12 @@ class AgentWebSocketBridge:
         return await self._send(run_id, agent_name, Event("agent_thinking", data))
 
     async def notify_tool_executing(
-        self, run_id: str, agent_name: str, tool_name: str, parameters: Optional[Dict[str, Any]] = None
+        self,
+        run_id: str,
+        agent_name: str,
+        tool_name: str,
+        parameters: Optional[Dict[str, Any]] = None,
+        trace_context: Optional[Dict[str, Any]] = None,
     ) -> bool:
         call_id = f"{tool_name}-{uuid.uuid4().hex[:8]}"
         self._open_calls[run_id][tool_name].append(call_id)
@@ -124,6 +148,7 @@ class AgentWebSocketBridge:
         tool_name: str,
         result: Any = None,
         execution_time_ms: Optional[float] = None,
+        trace_context: Optional[Dict[str, Any]] = None,
     ) -> bool:
         open_calls = self._open_calls[run_id]
         queue = open_calls.get(tool_name) or next((q for q in open_calls.values() if q), None)
@@ -134,13 +159,75 @@ class AgentWebSocketBridge:
         return await self._send(run_id, agent_name, Event("tool_completed", data))
 
     async def notify_agent_completed(
-        self, run_id: str, agent_name: str, result: Any = None, execution_time_ms: Optional[float] = None
+        self,
+        run_id: str,
+        agent_name: str,
+        result: Any = None,
+        execution_time_ms: Optional[float] = None,
+        trace_context: Optional[Dict[str, Any]] = None,
     ) -> bool:
         done = await self._send(run_id, agent_name, Event("agent_completed", {"result": result, "duration_ms": execution_time_ms}))
         self._open_calls.pop(run_id, None)
         return done
 
-    async def notify_agent_error(self, run_id: str, agent_name: str, error: str) -> bool:
-        done = await self._send(run_id, agent_name, Event("agent_error", {"code": "failed", "message": str(error)}))
+    async def notify_agent_error(
+        self,
+        run_id: str,
+        agent_name: str,
+        error: str,
+        error_context: Optional[Dict[str, Any]] = None,
+        trace_context: Optional[Dict[str, Any]] = None,
+    ) -> bool:
+        data: Dict[str, Any] = {"code": "failed", "message": str(error)}
+        if isinstance(error_context, dict):
+            data["error_context"] = error_context
+        return await self._end(run_id, agent_name, data)
+
+    async def notify_agent_death(
+        self,
+        run_id: str,
+        agent_name: str,
+        death_cause: str,
+        death_context: Optional[Dict[str, Any]] = None,
+        trace_context: Optional[Dict[str, Any]] = None,
+    ) -> bool:
+        code = {"timeout": "timeout", "cancelled": "cancelled"}.get(death_cause, "worker_lost")
+        data = {
+            "code": code,
+            "message": f"the {agent_name} agent stopped: {death_cause}",
+            "death_cause": death_cause,
+            "death_context": death_context or {},
+        }
+        return await self._end(run_id, agent_name, data)
+
+    async def notify_progress_update(
+        self,
+        run_id: str,
+        agent_name: str,
+        progress: Optional[Dict[str, Any]] = None,
+        trace_context: Optional[Dict[str, Any]] = None,
+    ) -> bool:
+        progress = progress if isinstance(progress, dict) else {}
+        data: Dict[str, Any] = {"thought": str(progress.get("message") or f"{agent_name} is making progress")}
+        data["progress"] = progress
+        if progress.get("percentage") is not None:
+            data["progress_percentage"] = progress["percentage"]
+        return await self._send(run_id, agent_name, Event("agent_thinking", data))
+
+    async def notify_custom(
+        self,
+        run_id: str,
+        agent_name: str,
+        notification_type: str,
+        data: Optional[Dict[str, Any]] = None,
+        trace_context: Optional[Dict[str, Any]] = None,
+    ) -> bool:
+        data = data if isinstance(data, dict) else {}
+        thought = str(data.get("message") or notification_type)
+        event = Event("agent_thinking", {"thought": thought, "custom_type": notification_type, "data": data})
+        return await self._send(run_id, agent_name, event)
+
+    async def _end(self, run_id: str, agent_name: str, data: Dict[str, Any]) -> bool:
+        done = await self._send(run_id, agent_name, Event("agent_error", data))
         self._open_calls.pop(run_id, None)
         return done
