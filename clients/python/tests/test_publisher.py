@@ -95,15 +95,14 @@ def test_the_seed_bridge_is_a_drop_in(server):
             await bridge.notify_tool_completed(run_id, "triage", "search", result=["a"], execution_time_ms=5),
             await bridge.notify_tool_completed(run_id, "triage", "search", result=["b"], execution_time_ms=6),
             await bridge.notify_agent_completed(run_id, "triage", result="done", execution_time_ms=30),
-            # After the end nothing more is accepted, and the bridge says so instead of raising.
-            await bridge.notify_agent_thinking(run_id, "triage", "too late"),
+            # A run id with no thread in it cannot be routed: the bridge says so instead of raising.
             await bridge.notify_agent_started("run_without_a_thread", "triage"),
         ]
         await bridge.aclose()
         return results
 
     results = asyncio.run(main())
-    assert results == [True] * 7 + [False, False]
+    assert results == [True] * 7 + [False]
     events = history(server, thread, "erin")
     assert kinds(events) == ["agent_started", "agent_thinking", "tool_executing", "tool_executing", "tool_completed", "tool_completed", "agent_completed"]
     first_call = events[2]["data"]["tool_call_id"]
@@ -164,3 +163,37 @@ def test_the_seed_bridge_takes_every_seed_signature(server):
     assert events[3]["data"]["custom_type"] == "plan_ready"
     assert events[4]["data"]["error_context"]["error_type"] == "Timeout"
     assert events[6]["data"]["code"] == "worker_lost" and events[6]["data"]["death_cause"] == "no_heartbeat"
+
+
+def test_the_seed_bridge_adapts_agents_that_break_the_lifecycle(server):
+    # Issue 17: seed agents think before starting and run start → complete several
+    # times on one run id; agentwire refused two thirds of what they said.
+    thread = fresh_thread()
+    run_id = f"run_{thread}_{uuid.uuid4().hex[:8]}"
+
+    async def main():
+        bridge = AgentWebSocketBridge(server, KEY, user_for_thread=lambda t: "erin")
+        results = [
+            await bridge.notify_agent_thinking(run_id, "triage", "no start first"),
+            await bridge.notify_agent_completed(run_id, "triage", result="one"),
+            await bridge.notify_agent_started(run_id, "triage"),
+            await bridge.notify_tool_executing(run_id, "triage", "search", {"q": 1}),
+            await bridge.notify_tool_completed(run_id, "triage", "search", ["r"]),
+            await bridge.notify_agent_completed(run_id, "triage", result="two"),
+            await bridge.notify_agent_thinking(run_id, "triage", "after the end"),
+            await bridge.notify_agent_error(run_id, "triage", "three failed"),
+        ]
+        await bridge.aclose()
+        return results
+
+    assert asyncio.run(main()) == [True] * 8
+    events = history(server, thread, "erin")
+    assert kinds(events) == [
+        "agent_started", "agent_thinking", "agent_completed",
+        "agent_started", "tool_executing", "tool_completed", "agent_completed",
+        "agent_started", "agent_thinking", "agent_error",
+    ]
+    runs = [e["run_id"] for e in events]
+    assert runs[:3] == [run_id] * 3
+    assert runs[3:7] == [f"{run_id}_1"] * 4
+    assert runs[7:] == [f"{run_id}_2"] * 3

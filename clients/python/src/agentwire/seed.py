@@ -17,6 +17,16 @@ first event of a run registers it for the thread's user, so the thread need not
 exist beforehand when ``user_for_thread`` can name its owner. The seed had no
 tool call ids: a completion is paired with the oldest open call of the same tool.
 
+Seed agents did things agentwire's lifecycle refuses; the bridge adapts them so
+they work unchanged:
+
+- an event on a run that never had ``agent_started`` (other than an error) is
+  preceded by one, sent by the bridge;
+- an event after the run ended, or a second ``agent_started``, opens a new run
+  for the same legacy run id: agentwire run ``{run_id}_{n}``, in the same thread.
+
+The bridge remembers this for the last 10,000 run ids it saw.
+
 Every signature of the seed bridge is accepted, ``trace_context`` included (it
 is not sent). The seed's extra notifications map onto agentwire's events:
 
@@ -35,8 +45,9 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections import defaultdict, deque
-from typing import Any, Callable, Deque, Dict, Optional
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 from .client import AgentwireError, AsyncPublisher, Event
 
@@ -55,6 +66,30 @@ def extract_thread_id(run_id: str) -> Optional[str]:
     return match.group(1) if match and len(match.group(1)) <= len("thread_") + 64 else None
 
 
+# How many legacy run ids the bridge remembers (least recently used go first).
+_TRACKED = 10_000
+
+
+@dataclass
+class _LegacyRun:
+    """What the bridge knows of one legacy run id."""
+
+    current: str  # the agentwire run its events go to now
+    generation: int = 0
+    registered: bool = False
+    started: bool = False
+    ended: bool = False
+    # tool name → open call ids, oldest first (the seed had no call ids)
+    open_calls: Dict[str, Deque[str]] = field(default_factory=dict)
+
+    def roll_over(self, legacy: str) -> None:
+        """A new agentwire run for the same legacy id, in the same thread."""
+        self.generation += 1
+        self.current = f"{legacy}_{self.generation}"
+        self.registered = self.started = self.ended = False
+        self.open_calls = {}
+
+
 class AgentWebSocketBridge:
     """The seed bridge's ``notify_*`` methods, publishing to agentwire."""
 
@@ -68,24 +103,47 @@ class AgentWebSocketBridge:
     ) -> None:
         self._publisher = AsyncPublisher(base_url, publish_key, retries=retries)
         self._user_for_thread = user_for_thread
-        self._registered: set = set()
-        self._open_calls: Dict[str, Dict[str, Deque[str]]] = defaultdict(lambda: defaultdict(deque))
+        self._runs: "OrderedDict[str, _LegacyRun]" = OrderedDict()
 
     async def aclose(self) -> None:
         await self._publisher.aclose()
 
+    def _run(self, legacy: str) -> _LegacyRun:
+        run = self._runs.get(legacy)
+        if run is None:
+            run = self._runs[legacy] = _LegacyRun(current=legacy)
+            if len(self._runs) > _TRACKED:
+                self._runs.popitem(last=False)
+        self._runs.move_to_end(legacy)
+        return run
+
+    def _current(self, run_id: str, event: str) -> _LegacyRun:
+        """The legacy run, rolled over to a new agentwire run if `event` cannot go on the current one."""
+        run = self._run(run_id)
+        if run.ended or (event == "agent_started" and run.started):
+            run.roll_over(run_id)
+        return run
+
     async def _send(self, run_id: str, agent_name: str, event: Event) -> bool:
+        run = self._current(run_id, event.event)
+        events: List[Event] = [event]
+        if not run.started and event.event not in ("agent_started", "agent_error"):
+            events.insert(0, Event("agent_started", {"agent_name": agent_name}))
         try:
-            await self._ensure_run(run_id, agent_name)
-            await self._publisher.publish(run_id, [event])
-            return True
+            if not run.registered:
+                await self._ensure_run(run.current, agent_name)
+                run.registered = True
+            await self._publisher.publish(run.current, events)
         except Exception as exc:  # the seed's contract: report, never raise
-            log.warning("agentwire refused %s for run %s: %s", event.event, run_id, exc)
+            log.warning("agentwire refused %s for run %s: %s", event.event, run.current, exc)
             return False
+        run.started = run.started or events[0].event == "agent_started"
+        run.ended = event.event in ("agent_completed", "agent_error")
+        return True
 
     async def _ensure_run(self, run_id: str, agent_name: str) -> None:
         """Registers a seed-style run for its thread's user the first time it is seen."""
-        if run_id in self._registered or self._user_for_thread is None:
+        if self._user_for_thread is None:
             return
         thread_id = extract_thread_id(run_id)
         if thread_id is None:
@@ -101,7 +159,6 @@ class AgentWebSocketBridge:
             existing = await self._publisher.get_run(run_id)
             if existing.get("thread_id") != thread_id:
                 raise AgentwireError(409, "conflict", f"run id {run_id} is registered to another thread") from exc
-        self._registered.add(run_id)
 
     async def notify_agent_started(
         self,
@@ -137,7 +194,7 @@ class AgentWebSocketBridge:
         trace_context: Optional[Dict[str, Any]] = None,
     ) -> bool:
         call_id = f"{tool_name}-{uuid.uuid4().hex[:8]}"
-        self._open_calls[run_id][tool_name].append(call_id)
+        self._current(run_id, "tool_executing").open_calls.setdefault(tool_name, deque()).append(call_id)
         data = {"tool_call_id": call_id, "tool_name": tool_name, "args": parameters}
         return await self._send(run_id, agent_name, Event("tool_executing", data))
 
@@ -150,7 +207,7 @@ class AgentWebSocketBridge:
         execution_time_ms: Optional[float] = None,
         trace_context: Optional[Dict[str, Any]] = None,
     ) -> bool:
-        open_calls = self._open_calls[run_id]
+        open_calls = self._run(run_id).open_calls
         queue = open_calls.get(tool_name) or next((q for q in open_calls.values() if q), None)
         if not queue:
             log.warning("tool_completed for %s in run %s without a matching tool_executing", tool_name, run_id)
@@ -166,9 +223,8 @@ class AgentWebSocketBridge:
         execution_time_ms: Optional[float] = None,
         trace_context: Optional[Dict[str, Any]] = None,
     ) -> bool:
-        done = await self._send(run_id, agent_name, Event("agent_completed", {"result": result, "duration_ms": execution_time_ms}))
-        self._open_calls.pop(run_id, None)
-        return done
+        data = {"result": result, "duration_ms": execution_time_ms}
+        return await self._send(run_id, agent_name, Event("agent_completed", data))
 
     async def notify_agent_error(
         self,
@@ -228,6 +284,4 @@ class AgentWebSocketBridge:
         return await self._send(run_id, agent_name, event)
 
     async def _end(self, run_id: str, agent_name: str, data: Dict[str, Any]) -> bool:
-        done = await self._send(run_id, agent_name, Event("agent_error", data))
-        self._open_calls.pop(run_id, None)
-        return done
+        return await self._send(run_id, agent_name, Event("agent_error", data))
