@@ -55,6 +55,16 @@ const FIRST_READ_CHUNK: usize = 16;
 /// Most events asked of the backbone at once for a page.
 const MAX_READ_CHUNK: usize = 1024;
 
+/// Inserts into a per-node cache of at most `max` entries, emptying it when full
+/// (what it held is read again from the backbone on demand).
+fn insert_capped<K: std::hash::Hash + Eq, V>(cache: &RwLock<HashMap<K, V>>, max: usize, key: K, value: V) {
+    let mut cache = cache.write();
+    if cache.len() >= max {
+        cache.clear();
+    }
+    cache.insert(key, value);
+}
+
 /// The average encoded size of `events` (1 when there are none).
 fn budget_average(events: &[Arc<StoredEvent>]) -> usize {
     if events.is_empty() {
@@ -185,11 +195,7 @@ impl<B: Backbone> Inner<B> {
     /// Caches a thread's record; a thread's owner and creator never change, so
     /// the cache only needs a bound, not invalidation.
     fn remember_meta(&self, thread: ThreadId, meta: ThreadMeta) {
-        let mut metas = self.metas.write();
-        if metas.len() >= MAX_METAS {
-            metas.clear();
-        }
-        metas.insert(thread, meta);
+        insert_capped(&self.metas, MAX_METAS, thread, meta);
     }
 
     async fn owner(&self, thread: &ThreadId) -> Result<Option<UserId>, LogError> {
@@ -225,11 +231,7 @@ impl<B: Backbone> Inner<B> {
     }
 
     fn remember(&self, run: RunId, entry: RunEntry) {
-        let mut registry = self.registry.write();
-        if registry.len() >= MAX_REGISTRY {
-            registry.clear();
-        }
-        registry.insert(run, entry);
+        insert_capped(&self.registry, MAX_REGISTRY, run, entry);
     }
 
     /// The run's thread: registry, then (for appends) extraction (PROTOCOL §1).
