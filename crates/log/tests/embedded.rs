@@ -44,14 +44,7 @@ async fn threads_runs_events_and_event_ids_survive_a_restart() {
         ev(EventKind::ToolExecuting, json!({"tool_call_id":"c1","tool_name":"t"})).with_event_id("x"),
     ];
     assert_eq!(log.append(run.as_str(), first).await.unwrap().seqs, vec![1, 2]);
-    let ended = log.create_run(NewRun {
-        thread_id: thread.clone(),
-        owner: alice.clone(),
-        agent_name: None,
-        in_process: false,
-        run_id: None,
-    });
-    let ended = ended.await.unwrap().run_id;
+    let ended = log.create_run(external_run(thread.as_str(), &alice, None)).await.unwrap().run_id;
     let done = vec![
         ev(EventKind::AgentStarted, json!({"agent_name":"b"})),
         ev(EventKind::AgentCompleted, json!({})).with_event_id("fin"),
@@ -95,14 +88,7 @@ async fn the_idle_clock_survives_a_restart() {
     let idle = Duration::from_millis(200);
     let log = open(dir.path(), idle);
     let thread = ThreadId::parse("thread_idle").unwrap();
-    let new = NewRun {
-        thread_id: thread.clone(),
-        owner: UserId::parse("u").unwrap(),
-        agent_name: None,
-        in_process: false,
-        run_id: None,
-    };
-    let run = log.create_run(new).await.unwrap().run_id;
+    let run = log.create_run(external_run(thread.as_str(), &UserId::parse("u").unwrap(), None)).await.unwrap().run_id;
     let log = reopen(log, dir.path(), idle).await;
     assert_eq!(log.stats().runs_in_flight, 1);
     assert!(log.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty());
@@ -139,14 +125,7 @@ async fn retention_removes_old_events_and_what_is_left_survives_a_restart() {
     let hour = Duration::from_secs(3600);
     let log = open(dir.path(), hour);
     let (user, thread) = (UserId::parse("r").unwrap(), ThreadId::parse("thread_keepfew").unwrap());
-    let run = log.create_run(NewRun {
-        thread_id: thread.clone(),
-        owner: user,
-        agent_name: None,
-        in_process: false,
-        run_id: None,
-    });
-    let run = run.await.unwrap().run_id;
+    let run = log.create_run(external_run(thread.as_str(), &user, None)).await.unwrap().run_id;
     log.append(run.as_str(), vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"}))]).await.unwrap();
     for i in 0..9 {
         log.append(run.as_str(), vec![ev(EventKind::AgentThinking, json!({"thought": format!("t{i}")}))])
@@ -184,14 +163,7 @@ async fn a_thread_exported_and_imported_elsewhere_reads_and_goes_on_the_same() {
     let hour = Duration::from_secs(3600);
     let log = open(from.path(), hour);
     let thread = ThreadId::parse("thread_moved").unwrap();
-    let run = log.create_run(NewRun {
-        thread_id: thread.clone(),
-        owner: UserId::parse("m").unwrap(),
-        agent_name: None,
-        in_process: false,
-        run_id: None,
-    });
-    let run = run.await.unwrap().run_id;
+    let run = log.create_run(external_run(thread.as_str(), &UserId::parse("m").unwrap(), None)).await.unwrap().run_id;
     let events = vec![
         ev(EventKind::AgentStarted, json!({"agent_name":"a"})).with_event_id("s"),
         ev(EventKind::ToolExecuting, json!({"tool_call_id":"c","tool_name":"t"})),
@@ -241,13 +213,8 @@ async fn a_refused_registration_for_a_new_thread_does_not_break_the_next_start()
     let hour = Duration::from_secs(3600);
     let log = open(dir.path(), hour);
     let alice = UserId::parse("alice").unwrap();
-    let new = |thread: &str, run_id: Option<&str>| NewRun {
-        thread_id: ThreadId::parse(thread).unwrap(),
-        owner: alice.clone(),
-        agent_name: None,
-        in_process: false,
-        run_id: run_id.map(|r| agentwire_protocol::RunId::parse(r).unwrap()),
-    };
+    let new =
+        |thread: &str, run_id: Option<&str>| external_run(thread, &alice, run_id.map(|r| RunId::parse(r).unwrap()));
     log.create_run(new("thread_one", Some("job-1"))).await.unwrap();
     assert!(matches!(log.create_run(new("thread_two", Some("job-1"))).await, Err(LogError::RunExists(_))));
     let run = log.create_run(new("thread_two", None)).await.unwrap().run_id;
