@@ -42,17 +42,67 @@ function saveThread(id, title) {
     localStorage.setItem(threadsKey(), JSON.stringify(threads.slice(0, 50)));
     drawThreadList();
 }
+function forgetThread(id) {
+    localStorage.setItem(threadsKey(), JSON.stringify(loadThreads().filter((t) => t.id !== id)));
+    if (id === current) {
+        subscription?.unsubscribe();
+        subscription = null;
+        current = null;
+        clearTimeline();
+        text.disabled = true;
+        send.disabled = true;
+        $("empty").hidden = false;
+        history.replaceState(null, "", location.pathname + location.search);
+    }
+    drawThreadList();
+}
+/** Deletes a thread on the server (everything in it, for every tab); asks once more first. */
+function deleteButton(t) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "delete-thread";
+    button.textContent = "×";
+    button.title = `Delete “${t.title}”`;
+    button.setAttribute("aria-label", button.title);
+    let armed = false;
+    button.onclick = async () => {
+        if (!armed) {
+            armed = true;
+            button.textContent = "delete?";
+            button.classList.add("armed");
+            setTimeout(() => {
+                armed = false;
+                button.textContent = "×";
+                button.classList.remove("armed");
+            }, 4000);
+            return;
+        }
+        try {
+            await api(`/v1/threads/${t.id}`, undefined, "DELETE");
+            forgetThread(t.id);
+        }
+        catch (e) {
+            // Already gone elsewhere: nothing left to delete.
+            if (e.status === 404)
+                forgetThread(t.id);
+            else
+                timeline.append(el("div", "notice", `could not delete: ${e.message}`));
+        }
+    };
+    return button;
+}
 function drawThreadList() {
     const list = $("thread-list");
     list.replaceChildren(...loadThreads().map((t) => {
         const li = document.createElement("li");
+        li.dataset.thread = t.id;
         const a = document.createElement("a");
         a.href = `#${t.id}`;
         a.textContent = t.title;
         a.title = t.id;
         if (t.id === current)
             li.classList.add("active");
-        li.append(a);
+        li.append(a, deleteButton(t));
         return li;
     }));
 }
@@ -65,16 +115,24 @@ async function fetchToken() {
         return (await resp.json()).token;
     return askForSecret("agentwire.token");
 }
-async function api(path, body) {
+/** A refused request: the server's message, and the status. */
+class ApiFailure extends Error {
+    status;
+    constructor(message, status) {
+        super(message);
+        this.status = status;
+    }
+}
+async function api(path, body, method = "POST") {
     const resp = await fetch(path, {
-        method: "POST",
+        method,
         headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
-        body: JSON.stringify(body),
+        body: body === undefined ? undefined : JSON.stringify(body),
     });
     const json = (await resp.json().catch(() => ({})));
     if (!resp.ok) {
         const error = json.error;
-        throw new Error(error?.message ?? `HTTP ${resp.status}`);
+        throw new ApiFailure(error?.message ?? `HTTP ${resp.status}`, resp.status);
     }
     return json;
 }
@@ -209,6 +267,11 @@ function open(threadId) {
         onReset: () => clearTimeline(),
         onError: (code, message) => {
             timeline.append(el("div", "notice", `${code}: ${message}`));
+            // Deleted in another tab or by an operator: it no longer belongs in the list.
+            if (code === "not_found") {
+                localStorage.setItem(threadsKey(), JSON.stringify(loadThreads().filter((t) => t.id !== threadId)));
+                drawThreadList();
+            }
         },
     });
     text.focus();

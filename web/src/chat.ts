@@ -62,17 +62,66 @@ function saveThread(id: string, title?: string): void {
   drawThreadList();
 }
 
+function forgetThread(id: string): void {
+  localStorage.setItem(threadsKey(), JSON.stringify(loadThreads().filter((t) => t.id !== id)));
+  if (id === current) {
+    subscription?.unsubscribe();
+    subscription = null;
+    current = null;
+    clearTimeline();
+    text.disabled = true;
+    send.disabled = true;
+    $<HTMLDivElement>("empty").hidden = false;
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  drawThreadList();
+}
+
+/** Deletes a thread on the server (everything in it, for every tab); asks once more first. */
+function deleteButton(t: ThreadEntry): HTMLButtonElement {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "delete-thread";
+  button.textContent = "×";
+  button.title = `Delete “${t.title}”`;
+  button.setAttribute("aria-label", button.title);
+  let armed = false;
+  button.onclick = async () => {
+    if (!armed) {
+      armed = true;
+      button.textContent = "delete?";
+      button.classList.add("armed");
+      setTimeout(() => {
+        armed = false;
+        button.textContent = "×";
+        button.classList.remove("armed");
+      }, 4000);
+      return;
+    }
+    try {
+      await api(`/v1/threads/${t.id}`, undefined, "DELETE");
+      forgetThread(t.id);
+    } catch (e) {
+      // Already gone elsewhere: nothing left to delete.
+      if ((e as ApiFailure).status === 404) forgetThread(t.id);
+      else timeline.append(el("div", "notice", `could not delete: ${(e as Error).message}`));
+    }
+  };
+  return button;
+}
+
 function drawThreadList(): void {
   const list = $<HTMLUListElement>("thread-list");
   list.replaceChildren(
     ...loadThreads().map((t) => {
       const li = document.createElement("li");
+      li.dataset.thread = t.id;
       const a = document.createElement("a");
       a.href = `#${t.id}`;
       a.textContent = t.title;
       a.title = t.id;
       if (t.id === current) li.classList.add("active");
-      li.append(a);
+      li.append(a, deleteButton(t));
       return li;
     }),
   );
@@ -86,16 +135,26 @@ async function fetchToken(): Promise<string> {
   return askForSecret("agentwire.token");
 }
 
-async function api(path: string, body: unknown): Promise<Record<string, unknown>> {
+/** A refused request: the server's message, and the status. */
+class ApiFailure extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+  ) {
+    super(message);
+  }
+}
+
+async function api(path: string, body: unknown, method = "POST"): Promise<Record<string, unknown>> {
   const resp = await fetch(path, {
-    method: "POST",
+    method,
     headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
-    body: JSON.stringify(body),
+    body: body === undefined ? undefined : JSON.stringify(body),
   });
   const json = (await resp.json().catch(() => ({}))) as Record<string, unknown>;
   if (!resp.ok) {
     const error = json.error as { message?: string } | undefined;
-    throw new Error(error?.message ?? `HTTP ${resp.status}`);
+    throw new ApiFailure(error?.message ?? `HTTP ${resp.status}`, resp.status);
   }
   return json;
 }
@@ -245,6 +304,11 @@ function open(threadId: string): void {
     onReset: () => clearTimeline(),
     onError: (code, message) => {
       timeline.append(el("div", "notice", `${code}: ${message}`));
+      // Deleted in another tab or by an operator: it no longer belongs in the list.
+      if (code === "not_found") {
+        localStorage.setItem(threadsKey(), JSON.stringify(loadThreads().filter((t) => t.id !== threadId)));
+        drawThreadList();
+      }
     },
   });
   text.focus();

@@ -79,6 +79,37 @@ test("a message on the chat page shows the whole run as it happens, in every tab
   await page.close();
 });
 
+test("deleting a thread removes it on the server and from every tab watching it", async () => {
+  const page = await browser.newPage({ viewport: { width: 1180, height: 820 } });
+  await page.goto(`${base()}/?user=deleter`);
+  await page.click("#new-thread");
+  await page.waitForFunction(() => location.hash.startsWith("#thread_"));
+  const hash = await page.evaluate(() => location.hash);
+  const id = hash.slice(1);
+  await ask(page, "what is 2 + 2?");
+  await page.waitForSelector("article.run .status.completed", { timeout: WAIT });
+  const tab = await browser.newPage();
+  await tab.goto(`${base()}/?user=deleter${hash}`);
+  await tab.waitForSelector("article.run .status.completed", { timeout: WAIT });
+
+  // One click arms the button, the second deletes.
+  const button = page.locator(`li[data-thread="${id}"] .delete-thread`);
+  await button.click();
+  assert.equal(await button.textContent(), "delete?");
+  await button.click();
+  await page.waitForFunction((t) => !document.querySelector(`li[data-thread="${t}"]`), id, { timeout: WAIT });
+  assert.equal(await page.locator("article.run").count(), 0, "the deleting tab no longer shows the thread");
+  // The other tab is told by the server, not by the first tab.
+  await tab.waitForSelector(".notice", { timeout: WAIT });
+  assert.match(await tab.locator(".notice").last().textContent(), /deleted/);
+  await tab.waitForFunction((t) => !document.querySelector(`li[data-thread="${t}"]`), id, { timeout: WAIT });
+  const token = await page.evaluate(async () => (await (await fetch("/dev/token?user=deleter")).json()).token);
+  const resp = await fetch(`${base()}/v1/threads/${id}/events`, { headers: { authorization: `Bearer ${token}` } });
+  assert.equal(resp.status, 404, "the thread is gone on the server");
+  await tab.close();
+  await page.close();
+});
+
 test("dropped connections and a server restart resume with every event shown once", async () => {
   const page = await browser.newPage();
   await page.goto(`${base()}/?user=resumer`);

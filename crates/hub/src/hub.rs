@@ -8,14 +8,20 @@
 //! connection cannot keep up: instead of growing memory or blocking the
 //! publisher, the hub trips the connection's overflow token and its transport
 //! closes it with `4008`; the client resumes with `after_seq` and loses nothing.
+//!
+//! When a thread is deleted, the log tells the hub after the thread's last
+//! events were handed over; the hub drops the thread's subscribers and leaves
+//! each connection a notice, which its [`crate::Feed`] reports after the events
+//! queued before it.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use agentwire_log::{FeedSink, StoredEvent};
 use agentwire_protocol::ThreadId;
 use dashmap::DashMap;
+use tokio::sync::Notify;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -41,12 +47,36 @@ impl Default for HubConfig {
     }
 }
 
+/// Threads deleted under a connection's subscriptions, waiting for its feed.
+#[derive(Default)]
+pub(crate) struct Notices {
+    deleted: Mutex<Vec<ThreadId>>,
+    notify: Notify,
+}
+
+impl Notices {
+    fn push(&self, thread: ThreadId) {
+        self.deleted.lock().unwrap_or_else(|e| e.into_inner()).push(thread);
+        // A stored permit if nobody waits: the notice is seen on the next wait.
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn take(&self) -> Vec<ThreadId> {
+        std::mem::take(&mut *self.deleted.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(crate) async fn arrived(&self) {
+        self.notify.notified().await;
+    }
+}
+
 struct Subscriber {
     conn: u64,
     tx: mpsc::Sender<Arc<StoredEvent>>,
     /// Bytes queued for the connection (shared by its subscriptions and its outbox).
     queued: Arc<AtomicUsize>,
     overflow: CancellationToken,
+    notices: Arc<Notices>,
 }
 
 impl Subscriber {
@@ -112,6 +142,7 @@ impl Hub {
             tx,
             queued: queued.clone(),
             overflow: CancellationToken::new(),
+            notices: Arc::new(Notices::default()),
             threads: HashSet::new(),
         };
         let outbox = Outbox {
@@ -135,6 +166,14 @@ impl Hub {
 }
 
 impl FeedSink for Hub {
+    fn thread_deleted(&self, thread: &ThreadId) {
+        if let Some((_, subs)) = self.threads.remove(thread) {
+            for sub in subs {
+                sub.notices.push(thread.clone());
+            }
+        }
+    }
+
     fn deliver(&self, events: &[Arc<StoredEvent>]) {
         for e in events {
             self.metrics.appended.get(e.envelope.event).inc();
@@ -169,6 +208,7 @@ pub struct Connection {
     tx: mpsc::Sender<Arc<StoredEvent>>,
     queued: Arc<AtomicUsize>,
     overflow: CancellationToken,
+    notices: Arc<Notices>,
     threads: HashSet<ThreadId>,
 }
 
@@ -188,6 +228,7 @@ impl Connection {
             tx: self.tx.clone(),
             queued: self.queued.clone(),
             overflow: self.overflow.clone(),
+            notices: self.notices.clone(),
         });
         self.hub.metrics.subscriptions.inc();
     }
@@ -220,6 +261,16 @@ impl Connection {
     /// Whether the connection's queue has overflowed.
     pub fn is_overflowed(&self) -> bool {
         self.overflow.is_cancelled()
+    }
+
+    /// The overflow signal, to wait on apart from the connection.
+    pub(crate) fn overflow_token(&self) -> CancellationToken {
+        self.overflow.clone()
+    }
+
+    /// Where the hub leaves notices of deleted threads for this connection.
+    pub(crate) fn notices(&self) -> Arc<Notices> {
+        self.notices.clone()
     }
 
     /// The hub this connection belongs to.

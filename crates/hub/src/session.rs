@@ -110,11 +110,18 @@ impl Session {
     /// Turns a batch from the hub queue into what to send, in order: drops events
     /// of threads no longer subscribed and events already sent, and fills any gap
     /// from the log so the client never sees a skipped `seq`.
-    pub async fn live(&mut self, batch: Vec<Arc<StoredEvent>>) -> Result<Vec<Arc<StoredEvent>>, LogError> {
+    ///
+    /// Cancel-safe: how far each thread was sent changes only once the whole
+    /// batch is decided, so a caller that drops this future may call it again
+    /// with the same batch.
+    pub async fn live(&mut self, batch: &[Arc<StoredEvent>]) -> Result<Vec<Arc<StoredEvent>>, LogError> {
         let mut out = Vec::with_capacity(batch.len());
+        // thread → last seq of this batch's output, applied at the end.
+        let mut moved: HashMap<&ThreadId, u64> = HashMap::new();
         for event in batch {
             let thread = event.thread_id();
-            let Some(&last) = self.sent.get(thread) else { continue };
+            let Some(&sent) = self.sent.get(thread) else { continue };
+            let last = moved.get(thread).copied().unwrap_or(sent);
             let seq = event.seq();
             if seq <= last {
                 continue;
@@ -132,8 +139,11 @@ impl Session {
                     out.extend(page.events.into_iter().filter(|e| e.seq() < seq));
                 }
             }
+            moved.insert(thread, seq);
+            out.push(event.clone());
+        }
+        for (thread, seq) in moved {
             self.sent.insert(thread.clone(), seq);
-            out.push(event);
         }
         Ok(out)
     }

@@ -62,7 +62,7 @@ async fn collect(hub: Arc<Hub>, log: Arc<dyn Log>, thread: ThreadId, after_seq: 
     while seen.last().copied().unwrap_or(after_seq) < last {
         let batch = tokio::time::timeout(Duration::from_secs(10), outbox.next_batch()).await.expect("live events");
         assert!(!session.connection().is_overflowed());
-        seen.extend(session.live(batch).await.unwrap().iter().map(|e| e.seq()));
+        seen.extend(session.live(&batch).await.unwrap().iter().map(|e| e.seq()));
     }
     seen
 }
@@ -147,7 +147,7 @@ async fn ready_events_come_out_as_one_batch_and_unsubscribed_threads_are_dropped
     assert_eq!(first.len(), 5, "everything ready, up to max_batch");
     assert!(session.unsubscribe(&b));
     let rest = tokio::time::timeout(Duration::from_secs(5), outbox.next_batch()).await.unwrap();
-    let rest = session.live(rest).await.unwrap();
+    let rest = session.live(&rest).await.unwrap();
     assert!(rest.iter().all(|e| e.thread_id() == &a));
     assert!(!session.unsubscribe(&b));
 }
@@ -165,7 +165,7 @@ async fn a_live_event_that_skips_ahead_is_preceded_by_the_gap_from_the_log() {
     session.subscribe(&thread, 2).await.unwrap();
     // Pretend the feed lost seqs 3..=5 and only seq 6 arrived.
     let six = log.read(&thread, 5, 1).await.unwrap().events;
-    let sent = session.live(six).await.unwrap();
+    let sent = session.live(&six).await.unwrap();
     assert_eq!(sent.iter().map(|e| e.seq()).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
 }
 
@@ -234,6 +234,6 @@ async fn queues_pages_and_batches_are_bounded_in_bytes_too() {
     gap.subscribe(&thread, 1).await.unwrap();
     log.append(&run, vec![thinking(0)]).await.unwrap();
     let eight = log.read(&thread, 7, 1).await.unwrap().events;
-    let sent = gap.live(eight).await.unwrap();
+    let sent = gap.live(&eight).await.unwrap();
     assert_eq!(sent.iter().map(|e| e.seq()).collect::<Vec<_>>(), (2..=8).collect::<Vec<_>>());
 }

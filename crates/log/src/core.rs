@@ -73,6 +73,9 @@ struct ThreadState {
     /// The last `seq` given out (committed or on its way).
     head: u64,
     runs: HashMap<RunId, RunState>,
+    /// Deleted: an operation that took this entry before the delete finds it
+    /// here, under the lock, and does nothing.
+    deleted: bool,
 }
 
 /// A thread of the working state and how far the disk has caught up with it.
@@ -87,7 +90,7 @@ impl ThreadEntry {
     fn new(id: ThreadId, record: &ThreadRecord, head: u64) -> Self {
         let (owner, by_publisher, oldest) = (record.owner.clone(), record.by_publisher, record.oldest_seq);
         Self {
-            state: Mutex::new(ThreadState { id, owner, by_publisher, head, runs: HashMap::new() }),
+            state: Mutex::new(ThreadState { id, owner, by_publisher, head, runs: HashMap::new(), deleted: false }),
             committed: AtomicU64::new(head),
             oldest: AtomicU64::new(oldest),
         }
@@ -103,6 +106,8 @@ struct Pending {
     oldest: Vec<(Arc<ThreadEntry>, u64)>,
     /// A run this decision ended, to evict from the working state once durable.
     ended: Option<(Arc<ThreadEntry>, RunId)>,
+    /// A thread this decision deleted: its subscribers are told once it is durable.
+    deleted: Option<ThreadId>,
     done: oneshot::Sender<Result<(), LogError>>,
 }
 
@@ -314,6 +319,9 @@ fn commit_loop<S: Store>(
                     if let Some((entry, run)) = &p.ended {
                         evicted.evict(entry, run);
                     }
+                    if let Some(thread) = &p.deleted {
+                        sink.thread_deleted(thread);
+                    }
                     let _ = p.done.send(Ok(()));
                 }
             }
@@ -412,7 +420,12 @@ impl<S: Store> Core<S> {
         ended: Option<(Arc<ThreadEntry>, RunId)>,
     ) -> Result<Ticket, LogError> {
         let (done, ticket) = oneshot::channel();
-        match self.commits.try_send(Work::Commit(Pending { batch, heads, oldest, ended, done })) {
+        let pending = Pending { batch, heads, oldest, ended, deleted: None, done };
+        self.send(pending, ticket)
+    }
+
+    fn send(&self, pending: Pending, ticket: Ticket) -> Result<Ticket, LogError> {
+        match self.commits.try_send(Work::Commit(pending)) {
             Ok(()) => Ok(ticket),
             Err(TrySendError::Full(_)) => Err(LogError::Unavailable("the log is saturated; retry shortly".into())),
             Err(TrySendError::Disconnected(_)) => Err(LogError::Unavailable("the log is closed".into())),
@@ -435,7 +448,13 @@ impl<S: Store> Core<S> {
     /// is queued ([`Target::publish`]). [`LogError::Forbidden`] if it is someone else's.
     fn target(&self, id: &ThreadId, owner: &UserId, by_publisher: bool) -> Result<Target<'_>, LogError> {
         let owned = |entry: Arc<ThreadEntry>| {
-            if &entry.state.lock().owner == owner { Ok(Target::Existing(entry)) } else { Err(LogError::Forbidden) }
+            let state = entry.state.lock();
+            if state.deleted {
+                return Err(LogError::Unavailable("the thread is being deleted; retry".into()));
+            }
+            let mine = &state.owner == owner;
+            drop(state);
+            if mine { Ok(Target::Existing(entry)) } else { Err(LogError::Forbidden) }
         };
         if let Some(entry) = self.thread(id) {
             return owned(entry);
@@ -549,6 +568,9 @@ impl<S: Store> Core<S> {
         cancel: bool,
         lookup: Lookup,
     ) -> Result<(Appended, Ticket), LogError> {
+        if state.deleted {
+            return Err(LogError::RunNotFound(run.to_string()));
+        }
         let now = Timestamp::now();
         let mut batch = Batch::default();
         // A run first seen here (through extraction) is registered only if its
@@ -747,7 +769,10 @@ impl<S: Store> Log for StoredLog<S> {
     }
 
     async fn thread_owner(&self, thread_id: &ThreadId) -> Result<Option<UserId>, LogError> {
-        Ok(self.core.thread(thread_id).map(|t| t.state.lock().owner.clone()))
+        Ok(self.core.thread(thread_id).and_then(|t| {
+            let state = t.state.lock();
+            (!state.deleted).then(|| state.owner.clone())
+        }))
     }
 
     async fn create_run(&self, new: NewRun) -> Result<RunInfo, LogError> {
@@ -796,6 +821,9 @@ impl<S: Store> Log for StoredLog<S> {
         match self.core.resolve(run_id, false, &[]).await {
             Ok(Resolved { run, entry, lookup }) => {
                 let state = entry.state.lock();
+                if state.deleted {
+                    return Ok(None);
+                }
                 if let Some(live) = state.runs.get(&run) {
                     return Ok(Some(Self::info(&state, &run, &live.record)));
                 }
@@ -940,6 +968,9 @@ impl<S: Store> Log for StoredLog<S> {
                 let Some(entry) = core.thread(&trim.thread) else { continue };
                 let record = {
                     let state = entry.state.lock();
+                    if state.deleted {
+                        continue;
+                    }
                     ThreadRecord {
                         owner: state.owner.clone(),
                         oldest_seq: trim.keep_from,
@@ -979,6 +1010,56 @@ impl<S: Store> Log for StoredLog<S> {
                 return Ok(forgotten);
             }
         }
+    }
+
+    async fn delete_thread(&self, thread_id: &ThreadId, owner: Option<&UserId>) -> Result<Vec<RunId>, LogError> {
+        let core = &self.core;
+        core.check_writable()?;
+        let mut tickets = Vec::new();
+        let mut cancelled = Vec::new();
+        {
+            let mut threads = core.threads.write();
+            let entry = threads.get(thread_id).cloned().ok_or_else(|| LogError::ThreadNotFound(thread_id.clone()))?;
+            let mut state = entry.state.lock();
+            if owner.is_some_and(|owner| owner != &state.owner) {
+                return Err(LogError::Forbidden);
+            }
+            // Running runs end first, so their watchers see why.
+            let running: Vec<RunId> =
+                state.runs.iter().filter(|(_, r)| !r.record.lifecycle.ended()).map(|(id, _)| id.clone()).collect();
+            for run in running {
+                let error = NewEvent::agent_error("cancelled", "the thread was deleted");
+                let (_, ticket) = core.append_locked(&entry, &mut state, &run, vec![error], true, Lookup::live())?;
+                tickets.push(ticket);
+                cancelled.push(run);
+            }
+            let batch = Batch { deletes: vec![thread_id.clone()], ..Batch::default() };
+            let (done, ticket) = oneshot::channel();
+            let pending = Pending {
+                batch,
+                heads: Vec::new(),
+                oldest: Vec::new(),
+                ended: None,
+                deleted: Some(thread_id.clone()),
+                done,
+            };
+            tickets.push(core.send(pending, ticket)?);
+            // Queued: the working state lets go of the thread and its runs.
+            state.deleted = true;
+            let mut registry = core.registry.write();
+            for (run, run_state) in state.runs.drain() {
+                registry.remove(&run);
+                if let Some(due) = run_state.due_ms {
+                    core.deadlines.lock().remove(&(due, run));
+                }
+            }
+            drop((registry, state));
+            threads.remove(thread_id);
+        }
+        for ticket in tickets {
+            durable(ticket).await?;
+        }
+        Ok(cancelled)
     }
 
     async fn close(&self) {

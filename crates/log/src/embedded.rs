@@ -11,6 +11,8 @@
 //! | `running` | run id | `()`: the runs to load at start-up |
 //! | `events` | (thread id, seq) | the envelope's JSON, as sent to clients |
 //! | `event_ids` | (run id, event id) | seq |
+//! | `thread_runs` | (thread id, run id) | `()`: a thread's runs, to delete them with it |
+//! | `run_ends` | (end time in ms, run id) | `()`: ended runs whose event ids are kept |
 //! | `meta` | name | number (`format`) |
 //!
 //! The file is locked by redb while open, so a second server on the same data
@@ -37,8 +39,12 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Ended runs whose event ids are kept, by end time: (ms, run) → ().
 const RUN_ENDS: TableDefinition<(i64, &str), ()> = TableDefinition::new("run_ends");
 
-/// The on-disk layout version this build reads and writes.
-const FORMAT: u64 = 1;
+/// A thread's runs: (thread, run) → ().
+const THREAD_RUNS: TableDefinition<(&str, &str), ()> = TableDefinition::new("thread_runs");
+
+/// The on-disk layout version this build reads and writes. Version 1 had no
+/// `thread_runs`; it is built from `runs` when such a file is opened.
+const FORMAT: u64 = 2;
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "agentwire.redb";
 
@@ -108,7 +114,8 @@ impl EmbeddedStore {
         Ok(store)
     }
 
-    /// Creates the tables on first use and refuses a file of another layout.
+    /// Creates the tables on first use, upgrades a version 1 file, and refuses
+    /// a file of another layout.
     fn check_format(&self) -> Result<(), StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt { path: self.path.display().to_string(), detail };
         let txn = self.db.begin_write().map_err(io)?;
@@ -116,18 +123,27 @@ impl EmbeddedStore {
             let mut meta = txn.open_table(META).map_err(|e| corrupt(e.to_string()))?;
             let found = meta.get("format").map_err(|e| corrupt(e.to_string()))?.map(|v| v.value());
             match found {
-                Some(FORMAT) => {}
-                Some(other) => return Err(corrupt(format!("layout version {other}, this build reads {FORMAT}"))),
-                None => {
-                    meta.insert("format", FORMAT).map_err(io)?;
+                Some(FORMAT) | None => {}
+                Some(1) => {
+                    let runs = txn.open_table(RUNS).map_err(|e| corrupt(e.to_string()))?;
+                    let mut thread_runs = txn.open_table(THREAD_RUNS).map_err(io)?;
+                    for item in runs.iter().map_err(io)? {
+                        let (key, value) = item.map_err(io)?;
+                        let record: RunRecord = self.decode("run", value.value())?;
+                        thread_runs.insert((record.thread_id.as_str(), key.value()), ()).map_err(io)?;
+                    }
+                    tracing::info!(path = %self.path.display(), "upgraded the store to layout version {FORMAT}");
                 }
+                Some(other) => return Err(corrupt(format!("layout version {other}, this build reads {FORMAT}"))),
             }
+            meta.insert("format", FORMAT).map_err(io)?;
             for table in [THREADS, RUNS] {
                 txn.open_table(table).map_err(|e| corrupt(e.to_string()))?;
             }
             txn.open_table(RUNNING).map_err(|e| corrupt(e.to_string()))?;
             txn.open_table(EVENTS).map_err(|e| corrupt(e.to_string()))?;
             txn.open_table(EVENT_IDS).map_err(|e| corrupt(e.to_string()))?;
+            txn.open_table(THREAD_RUNS).map_err(|e| corrupt(e.to_string()))?;
         }
         txn.commit().map_err(io)
     }
@@ -160,12 +176,17 @@ impl Store for EmbeddedStore {
             let mut events = txn.open_table(EVENTS).map_err(io)?;
             let mut event_ids = txn.open_table(EVENT_IDS).map_err(io)?;
             let mut run_ends = txn.open_table(RUN_ENDS).map_err(io)?;
+            let mut thread_runs = txn.open_table(THREAD_RUNS).map_err(io)?;
             for batch in batches {
                 for (id, record) in &batch.threads {
                     threads.insert(id.as_str(), json(record)?.as_slice()).map_err(io)?;
                 }
                 for (id, record) in &batch.runs {
-                    runs.insert(id.as_str(), json(record)?.as_slice()).map_err(io)?;
+                    let before = runs.insert(id.as_str(), json(record)?.as_slice()).map_err(io)?;
+                    if before.is_none() {
+                        drop(before);
+                        thread_runs.insert((record.thread_id.as_str(), id.as_str()), ()).map_err(io)?;
+                    }
                     // Touch the index only when it changes: a write copies pages, a read does not.
                     let indexed = running.get(id.as_str()).map_err(io)?.is_some();
                     if record.lifecycle.ended() && indexed {
@@ -192,6 +213,34 @@ impl Store for EmbeddedStore {
                     let past = format!("{run}\0");
                     event_ids.retain_in((run.as_str(), "")..(past.as_str(), ""), |_, _| false).map_err(io)?;
                     run_ends.remove((*ended_ms, run.as_str())).map_err(io)?;
+                }
+                for thread in &batch.deletes {
+                    let id = thread.as_str();
+                    threads.remove(id).map_err(io)?;
+                    events.retain_in((id, 0)..=(id, u64::MAX), |_, _| false).map_err(io)?;
+                    let owned: Vec<String> = thread_runs
+                        .range((id, "")..)
+                        .map_err(io)?
+                        .map_while(|item| match item {
+                            Ok((key, _)) => (key.value().0 == id).then(|| Ok(key.value().1.to_owned())),
+                            Err(e) => Some(Err(io(e))),
+                        })
+                        .collect::<Result<_, _>>()?;
+                    for run in &owned {
+                        let removed = runs.remove(run.as_str()).map_err(io)?;
+                        let ended = match removed {
+                            Some(bytes) => Some(self.decode::<RunRecord>("run", bytes.value())?),
+                            None => None,
+                        }
+                        .filter(|r| r.lifecycle.ended());
+                        if let Some(record) = ended {
+                            run_ends.remove((record.last_activity_ms, run.as_str())).map_err(io)?;
+                        }
+                        running.remove(run.as_str()).map_err(io)?;
+                        let past = format!("{run}\0");
+                        event_ids.retain_in((run.as_str(), "")..(past.as_str(), ""), |_, _| false).map_err(io)?;
+                        thread_runs.remove((id, run.as_str())).map_err(io)?;
+                    }
                 }
             }
         }
@@ -359,14 +408,18 @@ impl EmbeddedStore {
         {
             let txn = self.db.begin_read().map_err(io)?;
             let runs = txn.open_table(RUNS).map_err(io)?;
-            for item in runs.iter().map_err(io)? {
-                let (key, value) = item.map_err(io)?;
-                let record: RunRecord = self.decode("run", value.value())?;
-                if &record.thread_id == thread {
-                    let run_id = RunId::parse(key.value()).map_err(|e| self.corrupt(format!("run key: {e}")))?;
-                    let line = BackupLine::Run { run_id, record };
-                    write(&serde_json::to_string(&line).map_err(|e| StoreError::Io(e.to_string()))?)?;
+            let thread_runs = txn.open_table(THREAD_RUNS).map_err(io)?;
+            for item in thread_runs.range((thread.as_str(), "")..).map_err(io)? {
+                let (key, _) = item.map_err(io)?;
+                let (owner, run) = key.value();
+                if owner != thread.as_str() {
+                    break;
                 }
+                let Some(bytes) = runs.get(run).map_err(io)? else { continue };
+                let record: RunRecord = self.decode("run", bytes.value())?;
+                let run_id = RunId::parse(run).map_err(|e| self.corrupt(format!("run key: {e}")))?;
+                let line = BackupLine::Run { run_id, record };
+                write(&serde_json::to_string(&line).map_err(|e| StoreError::Io(e.to_string()))?)?;
             }
         }
         let mut after = 0;

@@ -24,6 +24,9 @@ pub enum LogError {
     /// The store refuses something this large, on every retry: nothing was stored.
     #[error("{0}")]
     TooLarge(String),
+    /// This log does not do that (on every retry): nothing changed.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl LogError {
@@ -36,6 +39,7 @@ impl LogError {
             Self::Lifecycle(_) => ErrorCode::LifecycleViolation,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::TooLarge(_) => ErrorCode::TooLarge,
+            Self::Unsupported(_) => ErrorCode::Unsupported,
         }
     }
 }

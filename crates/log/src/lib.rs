@@ -104,6 +104,10 @@ pub fn numbered(
 /// of one thread in `seq` order; it must not block.
 pub trait FeedSink: Send + Sync + 'static {
     fn deliver(&self, events: &[Arc<StoredEvent>]);
+
+    /// The thread was deleted, after its last events were delivered: its
+    /// subscriptions end.
+    fn thread_deleted(&self, _thread: &ThreadId) {}
 }
 
 /// A sink that delivers nowhere (a log without subscribers, e.g. in tools).
@@ -315,6 +319,15 @@ pub trait Log: Send + Sync + 'static {
     /// window before `now`; answers for how many runs.
     async fn forget_event_ids(&self, _now: Timestamp) -> Result<u64, LogError> {
         Ok(0)
+    }
+
+    /// Deletes a thread: ends its running runs with `agent_error {code:"cancelled"}`
+    /// (answered, so their agents can be stopped), then removes the thread, its
+    /// events, runs and event ids; its subscriptions end. The id is free again.
+    /// With `owner`, [`LogError::Forbidden`] if the thread is someone else's.
+    async fn delete_thread(&self, thread_id: &ThreadId, owner: Option<&UserId>) -> Result<Vec<RunId>, LogError> {
+        let _ = (thread_id, owner);
+        Err(LogError::Unsupported("this log cannot delete threads".into()))
     }
 
     /// Writes what is queued and stops background work; later writes are refused.

@@ -43,6 +43,9 @@ impl Store for MemoryStore {
                     }
                 }
             }
+            for thread in &batch.deletes {
+                threads.remove(thread);
+            }
         }
         Ok(())
     }

@@ -71,6 +71,9 @@ pub struct Batch {
     /// Ended runs whose `event_id`s are forgotten (the de-duplication window
     /// passed), as [`Store::runs_ended_before`] named them: (end time in ms, run).
     pub forget: Vec<(i64, RunId)>,
+    /// Threads deleted, with everything of theirs: events, runs, event ids.
+    /// Applied after the rest of the batch.
+    pub deletes: Vec<ThreadId>,
 }
 
 impl Batch {
@@ -82,6 +85,7 @@ impl Batch {
             && self.event_ids.is_empty()
             && self.trims.is_empty()
             && self.forget.is_empty()
+            && self.deletes.is_empty()
     }
 }
 

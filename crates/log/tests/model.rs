@@ -3,7 +3,7 @@
 //! Random sequences of every operation a caller can make (threads and runs with
 //! colliding ids, client-chosen and pattern-named run ids, publishes with
 //! repeated `event_id`s that the lifecycle accepts or refuses, cancels, run
-//! lookups, reads, watchdog ticks) run against the real log and, beside it, a model made of
+//! lookups, reads, watchdog ticks, thread deletes) run against the real log and, beside it, a model made of
 //! plain maps. After every step their answers must agree; a restart (close and
 //! reopen the same files) may happen anywhere, after which the log must hold
 //! exactly what it acknowledged. A fault may be injected anywhere too: the next
@@ -74,6 +74,11 @@ enum Op {
     Read {
         thread: u8,
     },
+    DeleteThread {
+        thread: u8,
+        /// The user asking; `None`: the operator.
+        user: Option<u8>,
+    },
     Restart,
     FailNextCommit,
     /// A watchdog tick two idle timeouts from now: every running run is idle.
@@ -98,6 +103,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => run_ref().prop_map(|run| Op::Cancel { run }),
         1 => run_ref().prop_map(|run| Op::RunInfo { run }),
         2 => (0..THREADS).prop_map(|thread| Op::Read { thread }),
+        1 => (0..THREADS, prop::option::of(0..USERS)).prop_map(|(thread, user)| Op::DeleteThread { thread, user }),
         1 => Just(Op::Restart),
         1 => Just(Op::FailNextCommit),
         1 => Just(Op::ExpireAll),
@@ -140,6 +146,8 @@ enum Answer {
     Created,
     Run(Option<RunStatus>),
     Events(Vec<(u64, EventKind, String)>),
+    /// A deleted thread's runs that were running, sorted.
+    Deleted(Vec<String>),
     Refused(&'static str),
 }
 
@@ -160,6 +168,7 @@ fn refused(e: &LogError) -> Answer {
         },
         LogError::Unavailable(_) => "unavailable",
         LogError::TooLarge(_) => "too_large",
+        LogError::Unsupported(_) => "unsupported",
     })
 }
 
@@ -313,6 +322,29 @@ impl Model {
         Answer::Seqs(seqs)
     }
 
+    /// Deletes a thread with its runs, their lifecycles and event ids.
+    fn delete_thread(&mut self, thread: u8, user: Option<u8>) -> Answer {
+        let name = thread_name(thread);
+        match (self.threads.get(&name), user) {
+            (None, _) => return Answer::Refused("thread_not_found"),
+            (Some((owner, _)), Some(user)) if *owner != user => return Answer::Refused("forbidden"),
+            _ => {}
+        }
+        self.threads.remove(&name);
+        self.events.remove(&name);
+        let gone: Vec<String> = self.runs.iter().filter(|(_, t)| *t == name).map(|(r, _)| r.clone()).collect();
+        self.runs.retain(|(_, t)| *t != name);
+        let mut running = Vec::new();
+        for run in &gone {
+            if self.life.remove(run).is_some_and(|life| life.status.is_none()) {
+                running.push(run.clone());
+            }
+        }
+        self.ids.retain(|(run, _), _| !gone.contains(run));
+        running.sort();
+        Answer::Deleted(running)
+    }
+
     fn read(&self, thread: u8) -> Answer {
         match self.events.get(&thread_name(thread)) {
             Some(events) => Answer::Events(events.clone()),
@@ -424,7 +456,14 @@ async fn read_all(log: &dyn Log, thread: u8) -> Answer {
 
 /// Whether `op` asks the log to write.
 fn writes(op: &Op) -> bool {
-    matches!(op, Op::CreateThread { .. } | Op::CreateRun { .. } | Op::Append { .. } | Op::Cancel { .. })
+    matches!(
+        op,
+        Op::CreateThread { .. }
+            | Op::CreateRun { .. }
+            | Op::Append { .. }
+            | Op::Cancel { .. }
+            | Op::DeleteThread { .. }
+    )
 }
 
 /// Runs a write on the log and answers what the log said.
@@ -454,6 +493,15 @@ async fn write(subject: &Subject, model: &Model, op: &Op) -> (Answer, Option<Run
             (answer(log.append(&model.name(run), events).await.map(|a| a.seqs)), None)
         }
         Op::Cancel { run } => (answer(log.cancel(&model.name(run)).await.map(|a| a.seqs)), None),
+        Op::DeleteThread { thread, user: u } => {
+            let id = ThreadId::parse(&thread_name(*thread)).expect("thread id");
+            let deleted = log.delete_thread(&id, u.map(user).as_ref()).await.map(|runs| {
+                let mut runs: Vec<String> = runs.iter().map(ToString::to_string).collect();
+                runs.sort();
+                Answer::Deleted(runs)
+            });
+            (deleted.unwrap_or_else(|e| refused(&e)), None)
+        }
         _ => (Answer::Refused("not a write"), None),
     }
 }
@@ -487,6 +535,11 @@ fn expect_write(next: &mut Model, op: &Op, minted: Option<&RunId>) -> (Answer, b
             let id = next.name(run);
             let answer = next.append(&id, &[NewEvent::agent_error("cancelled", "the run was cancelled")], true);
             let commits = matches!(answer, Answer::Seqs(_));
+            (answer, commits)
+        }
+        Op::DeleteThread { thread, user } => {
+            let answer = next.delete_thread(*thread, *user);
+            let commits = matches!(answer, Answer::Deleted(_));
             (answer, commits)
         }
         _ => (Answer::Refused("not a write"), false),

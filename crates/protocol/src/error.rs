@@ -19,6 +19,8 @@ pub enum ErrorCode {
     /// A request body that did not arrive in time (`408`).
     Timeout,
     Internal,
+    /// What this deployment's log cannot do (`501`).
+    Unsupported,
 }
 
 impl ErrorCode {
@@ -36,6 +38,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::Timeout => "timeout",
             Self::Internal => "internal",
+            Self::Unsupported => "unsupported",
         }
     }
 
@@ -52,6 +55,7 @@ impl ErrorCode {
             Self::RateLimited => 429,
             Self::Unavailable => 503,
             Self::Internal => 500,
+            Self::Unsupported => 501,
         }
     }
 }

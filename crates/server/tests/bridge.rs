@@ -514,3 +514,71 @@ async fn the_legacy_format_speaks_the_seed_frontends_language() {
     assert_eq!(frames[4]["payload"]["result"], "ok");
     assert!(frames.iter().all(|f| f["payload"]["message"].is_string() && f["timestamp"].is_string()));
 }
+
+#[tokio::test]
+async fn deleting_a_thread_ends_its_runs_closes_its_streams_and_frees_its_id() {
+    let server = TestServer::start().await;
+    let (alice, bob) = (server.token("alice"), server.token("bob"));
+    let run = server.create_run("thread_gone", "alice").await;
+    let ended = server.create_run("thread_gone", "alice").await;
+    server.publish(&run, full_run("d")[0].clone()).await;
+    server.publish(&ended, json!({"events": full_run("e")})).await;
+    let mut ws = server.ws(&alice).await;
+    ws.subscribe("thread_gone", 0).await;
+    ws.events_until("thread_gone", 7).await;
+    let sse = server
+        .http
+        .get(format!("{}/v1/threads/thread_gone/stream", server.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+
+    // Only the owner or an operator.
+    assert_eq!(server.delete("/v1/threads/thread_gone", &bob).await.0, 403);
+    assert_eq!(server.delete("/v1/threads/thread_gone", PUBLISH_KEY).await.0, 403);
+    assert_eq!(server.delete("/v1/threads/thread_nothing", &alice).await.0, 404);
+    assert_eq!(server.get("/v1/threads/thread_gone/events", &alice).await.1["head_seq"], 7, "refusals change nothing");
+
+    let (status, body) = server.delete("/v1/threads/thread_gone", &alice).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"thread_id": "thread_gone", "cancelled": [run]}));
+
+    // The running run ended as cancelled, then the subscription closed with a clear frame.
+    let events = ws.events_until("thread_gone", 8).await;
+    let last = &events[events.len() - 1];
+    assert_eq!((last["event"].as_str(), last["data"]["code"].as_str()), (Some("agent_error"), Some("cancelled")));
+    let frame = ws.next_frame().await;
+    assert_eq!(
+        (frame["type"].as_str(), frame["code"].as_str(), frame["thread_id"].as_str()),
+        (Some("error"), Some("not_found"), Some("thread_gone")),
+        "{frame}"
+    );
+    let sse_text = tokio::time::timeout(WAIT, sse.text()).await.expect("the SSE stream ends").unwrap();
+    assert!(sse_text.contains("event: error") && sse_text.contains("the thread was deleted"), "{sse_text}");
+    assert!(sse_text.contains("\"code\":\"cancelled\""), "the cancel came first: {sse_text}");
+
+    // Nothing of it is left: not the thread, its runs, nor their event ids.
+    assert_eq!(server.get("/v1/threads/thread_gone/events", &alice).await.0, 404);
+    for old in [&run, &ended] {
+        assert_eq!(server.get(&format!("/v1/runs/{old}"), PUBLISH_KEY).await.0, 404);
+    }
+    assert_eq!(server.publish(&run, full_run("d")[1].clone()).await.0, 404);
+    ws.send(json!({"type":"subscribe","thread_id":"thread_gone","after_seq":0})).await;
+    assert_eq!(ws.next_frame().await["code"], "not_found");
+
+    // The id can be claimed again, by anyone, and shows nothing of the old thread.
+    let (status, _) = server.post("/v1/threads", &bob, json!({"thread_id": "thread_gone"})).await;
+    assert_eq!(status, 201);
+    let (status, page) = server.get("/v1/threads/thread_gone/events", &bob).await;
+    assert_eq!((status, page["head_seq"].as_u64(), page["events"].as_array().map(Vec::len)), (200, Some(0), Some(0)));
+    assert_eq!(server.get("/v1/threads/thread_gone/events", &alice).await.0, 403);
+    // The old run id is free too: a publisher may register it in the new thread.
+    let (status, _) = server
+        .post("/v1/runs", PUBLISH_KEY, json!({"thread_id": "thread_gone", "user_id": "bob", "run_id": ended}))
+        .await;
+    assert_eq!(status, 201);
+    // An operator may delete any thread.
+    assert_eq!(server.delete("/v1/threads/thread_gone", "test-admin").await.0, 200);
+}

@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use agentwire_agent::RunInput;
-use agentwire_hub::Session;
+use agentwire_hub::{End, Feed, Next};
 use agentwire_log::NewRun;
 use agentwire_protocol::agui::AguiStream;
 use agentwire_protocol::{RunId, ThreadId};
@@ -96,10 +96,11 @@ pub async fn run(
     state.log.ensure_thread(&thread, &user).await?;
 
     // Watch the thread from its current head before the run exists, so none of its events can be missed.
-    let (conn, mut outbox) = state.hub.connect();
-    let mut session = Session::new(conn, state.log.clone(), state.config.replay_page);
+    let (conn, outbox) = state.hub.connect();
+    let (log, page, closing) = (state.log.clone(), state.config.replay_page, state.closing.clone());
+    let mut feed = Feed::new(conn, outbox, log, page, closing, remaining(exp));
     let head = state.log.read(&thread, 0, 0).await?.head_seq;
-    session.subscribe(&thread, head).await?;
+    feed.subscribe(&thread, head).await?;
     let new = NewRun {
         thread_id: thread.clone(),
         owner: user,
@@ -124,26 +125,24 @@ pub async fn run(
     let events = async_stream::stream! {
         let _gauge = ConnectionGauge::open(state.hub.metrics(), "agui");
         let _permit = permit;
-        let expiry = tokio::time::sleep(remaining(exp));
-        tokio::pin!(expiry);
         let mut agui = AguiStream::new(thread.as_str(), run_id.as_str());
         yield sse(&agui.started());
         while !agui.ended() {
-            let batch = tokio::select! {
-                batch = outbox.next_batch() => batch,
-                _ = session.connection().overflowed() => break,
-                // The run goes on; this watcher's token ended, as on every transport.
-                _ = &mut expiry => break,
-                _ = state.closing.cancelled() => break,
+            // The run goes on whatever ends this stream (like any watcher's): the
+            // server shutting down, a slow consumer, the token expiring, the thread deleted.
+            let (events, last) = match feed.next().await {
+                Next::Replay(events) | Next::Live(events) => (events, false),
+                // What was appended before shutdown still goes out.
+                Next::End(End::Shutdown(events)) => (events, true),
+                Next::Deleted(_) | Next::End(_) => break,
             };
-            if batch.is_empty() {
-                break;
-            }
-            let Ok(live) = session.live(batch).await else { break };
-            for stored in &live {
+            for stored in &events {
                 for event in agui.encode(&stored.envelope) {
                     yield sse(&event);
                 }
+            }
+            if last {
+                break;
             }
         }
     };

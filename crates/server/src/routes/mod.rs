@@ -14,7 +14,7 @@ pub mod ws;
 use agentwire_hub::{HubMetrics, TransportLabel};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::state::AppState;
@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
         .route("/v1/threads", post(threads::create))
+        .route("/v1/threads/{thread_id}", delete(threads::delete))
         .route("/v1/threads/{thread_id}/messages", post(threads::post_message))
         .route("/v1/threads/{thread_id}/events", get(threads::events))
         .route("/v1/threads/{thread_id}/stream", get(sse::stream))

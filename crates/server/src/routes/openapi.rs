@@ -14,14 +14,14 @@ use crate::routes::{admin, agui, ops, runs, sse, threads, ws};
 #[openapi(
     info(title = "agentwire", description = "The real-time bridge between AI agents and the people watching them (PROTOCOL.md)."),
     paths(
-        threads::create, threads::post_message, threads::events, sse::stream,
+        threads::create, threads::delete, threads::post_message, threads::events, sse::stream,
         runs::create, runs::publish, runs::get, runs::cancel,
         agui::run, ws::upgrade,
         ops::healthz, ops::readyz, ops::metrics, ops::dev_token,
         admin::stats, admin::stream,
     ),
     components(schemas(
-        schema::CreateThread, schema::ThreadCreated, schema::CreateRun, schema::RunCreated,
+        schema::CreateThread, schema::ThreadCreated, schema::ThreadDeleted, schema::CreateRun, schema::RunCreated,
         schema::PublishedEvent, schema::PublishBody, schema::Seqs, schema::RunView, schema::Cancelled,
         schema::PostMessage, schema::MessageAccepted, schema::EnvelopeSchema, schema::HistoryPage,
         schema::ErrorBody, schema::ErrorDetail, schema::DevToken, schema::Status,

@@ -20,6 +20,14 @@ pub struct ThreadCreated {
     pub thread_id: String,
 }
 
+/// A thread that was deleted, and its runs that were running (each ended with
+/// `agent_error {code:"cancelled"}` before the delete).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ThreadDeleted {
+    pub thread_id: String,
+    pub cancelled: Vec<String>,
+}
+
 /// `POST /v1/runs`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateRun {

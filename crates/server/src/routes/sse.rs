@@ -2,12 +2,13 @@
 //!
 //! Ownership is checked and the subscription started before the response
 //! begins, so refusals are ordinary HTTP errors. Resumes from `Last-Event-ID`
-//! (which wins) or `?after_seq=`.
+//! (which wins) or `?after_seq=`. What is sent is the hub [`Feed`]'s steps, one
+//! SSE event per stored event.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use agentwire_hub::Session;
+use agentwire_hub::{End, Feed, Next};
 use agentwire_log::StoredEvent;
 use agentwire_protocol::{ErrorCode, ServerFrame, ThreadId};
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -61,15 +62,14 @@ pub async fn stream(
     state.limits.check_origin(&headers)?;
     state.check_owner(user, &thread).await?;
     let permit = state.limits.open_connection(user, peer.ip())?;
-    let (conn, mut outbox) = state.hub.connect();
-    let mut session = Session::new(conn, state.log.clone(), state.config.replay_page);
-    let started = session.subscribe(&thread, after_seq).await?;
+    let (conn, outbox) = state.hub.connect();
+    let (log, page, closing) = (state.log.clone(), state.config.replay_page, state.closing.clone());
+    let mut feed = Feed::new(conn, outbox, log, page, closing, remaining(exp));
+    let started = feed.subscribe(&thread, after_seq).await?;
     let keep_alive = KeepAlive::new().interval(state.config.sse_keepalive).text("ping");
 
     let events = async_stream::stream! {
         let _gauge = ConnectionGauge::open(state.hub.metrics(), "sse");
-        let expiry = tokio::time::sleep(remaining(exp));
-        tokio::pin!(expiry);
         let _permit = permit;
         let metrics = state.hub.metrics().clone();
         if let Some(oldest_seq) = started.reset {
@@ -77,55 +77,37 @@ pub async fn stream(
             yield Ok(Event::default().event("reset").data(frame.to_json()));
         }
         loop {
-            match session.replay(&thread).await {
-                Ok(page) if page.is_empty() => break,
-                Ok(page) => {
-                    for e in &page {
-                        yield Ok(sse_event(e));
-                    }
-                    metrics.record_sent(&page, false);
-                }
-                Err(e) => {
-                    tracing::warn!(%thread, error = %e, "SSE replay failed; the client will resume");
-                    return;
-                }
-            }
-        }
-        loop {
-            let batch = tokio::select! {
+            let (events, live) = match feed.next().await {
+                Next::Replay(events) => (events, false),
+                Next::Live(events) => (events, true),
                 // What was appended before shutdown still goes out before the stream ends.
-                _ = state.closing.cancelled() => {
-                    if let Ok(live) = session.live(outbox.ready_batch()).await {
-                        for e in &live {
-                            yield Ok(sse_event(e));
-                        }
+                Next::End(End::Shutdown(events)) => {
+                    for e in &events {
+                        yield Ok(sse_event(e));
                     }
                     break;
                 }
-                _ = session.connection().overflowed() => break,
+                Next::Deleted(_) => {
+                    let frame = ServerFrame::error(ErrorCode::NotFound, "the thread was deleted", Some(thread.as_str()));
+                    yield Ok(Event::default().event("error").data(frame.to_json()));
+                    break;
+                }
                 // Like a WebSocket's 4001: the client reconnects with a fresh token.
-                _ = &mut expiry => {
+                Next::End(End::TokenExpired) => {
                     let frame = ServerFrame::error(ErrorCode::Unauthorized, "token expired", Some(thread.as_str()));
                     yield Ok(Event::default().event("error").data(frame.to_json()));
                     break;
                 }
-                batch = outbox.next_batch() => batch,
-            };
-            if batch.is_empty() {
-                break;
-            }
-            match session.live(batch).await {
-                Ok(live) => {
-                    for e in &live {
-                        yield Ok(sse_event(e));
-                    }
-                    metrics.record_sent(&live, true);
-                }
-                Err(e) => {
-                    tracing::warn!(%thread, error = %e, "SSE gap fill failed; the client will resume");
+                Next::End(End::ReadFailed(e)) => {
+                    tracing::warn!(%thread, error = %e, "SSE read failed; the client will resume");
                     break;
                 }
+                Next::End(End::SlowConsumer | End::Gone) => break,
+            };
+            for e in &events {
+                yield Ok(sse_event(e));
             }
+            metrics.record_sent(&events, live);
         }
     };
     Ok(Sse::new(events).keep_alive(keep_alive))

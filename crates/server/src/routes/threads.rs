@@ -1,4 +1,4 @@
-//! User routes on threads: create one, post a message to the agent, read history.
+//! User routes on threads: create one, post a message to the agent, read history, delete.
 
 use agentwire_agent::RunInput;
 use agentwire_log::NewRun;
@@ -10,9 +10,12 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{Body, Caller};
-use crate::routes::schema::{CreateThread, ErrorBody, HistoryPage, MessageAccepted, PostMessage, ThreadCreated};
+use crate::routes::schema::{
+    CreateThread, ErrorBody, HistoryPage, MessageAccepted, PostMessage, ThreadCreated, ThreadDeleted,
+};
 use crate::state::AppState;
 
 /// Most events one history page may hold.
@@ -33,6 +36,33 @@ pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -
     let thread = state.log.create_thread(wanted, user).await?;
     charge.keep();
     Ok((StatusCode::CREATED, Json(ThreadCreated { thread_id: thread.to_string() })))
+}
+
+/// `DELETE /v1/threads/{thread_id}`: the owner (or an operator) deletes a
+/// thread. Its running runs end with `agent_error {code:"cancelled"}` first (and
+/// in-process ones stop); then its events, runs and event ids are removed and
+/// its subscriptions end. The id may be claimed again.
+#[utoipa::path(delete, path = "/v1/threads/{thread_id}", tag = "threads", params(("thread_id" = String, Path)),
+    responses((status = 200, body = ThreadDeleted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 501, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(thread_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let thread = ThreadId::parse(&thread_id)?;
+    let owner = match &caller.0 {
+        Principal::User { id, .. } => Some(id),
+        Principal::Operator => None,
+        Principal::Publisher { .. } => return Err(ApiError::forbidden()),
+    };
+    let cancelled = state.log.delete_thread(&thread, owner).await?;
+    for run in &cancelled {
+        state.engine.stop(run.as_str());
+    }
+    let cancelled = cancelled.iter().map(ToString::to_string).collect();
+    Ok(Json(ThreadDeleted { thread_id: thread.to_string(), cancelled }))
 }
 
 /// `POST /v1/threads/{thread_id}/messages`: appends `user_message` and starts the agent.

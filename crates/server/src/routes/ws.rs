@@ -1,15 +1,15 @@
-//! The WebSocket transport (PROTOCOL §4): a thin loop around a hub [`Session`].
+//! The WebSocket transport (PROTOCOL §4): a thin loop around a hub [`Feed`].
 //!
-//! One task per connection waits on whichever comes first: a client frame, a
-//! batch from the connection's hub queue, the ping timer, the token's expiry,
-//! the queue overflowing (close `4008`) or shutdown (close `1001`). Events that
-//! are ready together leave as one `batch` frame.
+//! One task per connection waits on whichever comes first: a client frame, the
+//! next step of its feed (replay, live events, a deleted thread, or the end:
+//! shutdown `1001`, slow consumer `4008`, token expired `4001`), or the ping
+//! timer. Events that are ready together leave as one `batch` frame.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use agentwire_hub::Session;
+use agentwire_hub::{End as FeedEnd, Feed, Next};
 use agentwire_log::StoredEvent;
 use agentwire_protocol::legacy::{self, LegacyContext};
 use agentwire_protocol::{
@@ -182,50 +182,71 @@ impl Client {
         legacy::encode(envelope, LegacyContext { agent_name: agent_name.as_deref(), tool_name })
     }
 
-    async fn subscribe(&mut self, session: &mut Session, thread_id: String, after_seq: u64) -> Result<(), End> {
+    /// Starts a subscription; its replay follows from the feed.
+    async fn subscribe(&mut self, feed: &mut Feed, thread_id: String, after_seq: u64) -> Result<(), End> {
         let thread = match ThreadId::parse(&thread_id) {
             Ok(t) => t,
             Err(e) => return self.send_error(ErrorCode::BadRequest, e.to_string(), Some(&thread_id)).await,
         };
         let limit = self.state.config.max_subscriptions_per_connection;
-        if !session.is_subscribed(&thread) && session.subscription_count() >= limit {
+        if !feed.is_subscribed(&thread) && feed.subscription_count() >= limit {
             let message = format!("at most {limit} subscriptions per connection");
             return self.send_error(ErrorCode::TooLarge, message, Some(&thread_id)).await;
         }
         if let Err(e) = self.state.check_owner(&self.user, &thread).await {
             return self.send_error(e.code, e.message, Some(&thread_id)).await;
         }
-        let started = match session.subscribe(&thread, after_seq).await {
+        let started = match feed.subscribe(&thread, after_seq).await {
             Ok(s) => s,
             Err(e) => return self.send_error(e.code(), e.to_string(), Some(&thread_id)).await,
         };
         self.send_frame(ServerFrame::Subscribed { thread_id: thread_id.clone(), head_seq: started.head_seq }).await?;
         if let Some(oldest_seq) = started.reset {
-            self.send_frame(ServerFrame::Reset { thread_id: thread_id.clone(), oldest_seq }).await?;
+            self.send_frame(ServerFrame::Reset { thread_id, oldest_seq }).await?;
         }
-        loop {
-            match session.replay(&thread).await {
-                Ok(page) if page.is_empty() => return Ok(()),
-                Ok(page) => self.send_events(&page, false).await?,
-                Err(e) => {
-                    tracing::warn!(%thread, error = %e, "replay failed");
-                    return Err(Some((close::INTERNAL, "could not read the thread's history; resume with after_seq")));
-                }
+        Ok(())
+    }
+
+    /// Sends one step of the feed; `Err` when the connection is to close.
+    async fn step(&mut self, step: Next) -> Result<(), End> {
+        match step {
+            Next::Replay(events) => self.send_events(&events, false).await,
+            Next::Live(events) => self.send_events(&events, true).await,
+            Next::Deleted(thread) => {
+                self.send_error(ErrorCode::NotFound, "the thread was deleted", Some(thread.as_str())).await
             }
+            Next::End(FeedEnd::Shutdown(events)) => {
+                // What was appended before shutdown still goes out before the close,
+                // unless the peer does not read: then shutdown does not wait for it.
+                let flush = self.send_events(&events, true);
+                if tokio::time::timeout(SHUTDOWN_FLUSH, flush).await.is_err() {
+                    return Err(None);
+                }
+                Err(Some((close::GOING_AWAY, "server shutting down")))
+            }
+            Next::End(FeedEnd::SlowConsumer) => {
+                Err(Some((close::SLOW_CONSUMER, "slow consumer: reconnect and resume with after_seq")))
+            }
+            Next::End(FeedEnd::TokenExpired) => Err(Some((close::UNAUTHORIZED, "token expired"))),
+            Next::End(FeedEnd::ReadFailed(e)) => {
+                tracing::warn!(error = %e, "could not read the log for a subscriber");
+                Err(Some((close::INTERNAL, "could not read the log; resume with after_seq")))
+            }
+            Next::End(FeedEnd::Gone) => Err(None),
         }
     }
 
     /// Handles one client frame; returns the token's new expiry when it was refreshed.
-    async fn handle(&mut self, session: &mut Session, text: &str) -> Result<Option<u64>, End> {
+    async fn handle(&mut self, feed: &mut Feed, text: &str) -> Result<Option<u64>, End> {
         let frame = match ClientFrame::parse(text) {
             Ok(f) => f,
             Err(message) => return self.send_error(ErrorCode::BadRequest, message, None).await.map(|()| None),
         };
         match frame {
-            ClientFrame::Subscribe { thread_id, after_seq } => self.subscribe(session, thread_id, after_seq).await?,
+            ClientFrame::Subscribe { thread_id, after_seq } => self.subscribe(feed, thread_id, after_seq).await?,
             ClientFrame::Unsubscribe { thread_id } => {
                 if let Ok(thread) = ThreadId::parse(&thread_id) {
-                    session.unsubscribe(&thread);
+                    feed.unsubscribe(&thread);
                 }
                 self.send_frame(ServerFrame::Unsubscribed { thread_id }).await?;
             }
@@ -245,13 +266,11 @@ impl Client {
 
 async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64, legacy: bool) {
     let _gauge = ConnectionGauge::open(state.hub.metrics(), "ws");
-    let (conn, mut outbox) = state.hub.connect();
-    let mut session = Session::new(conn, state.log.clone(), state.config.replay_page);
+    let (conn, outbox) = state.hub.connect();
+    let (log, page, closing) = (state.log.clone(), state.config.replay_page, state.closing.clone());
+    let mut feed = Feed::new(conn, outbox, log, page, closing, remaining(exp));
     let ping_every = state.config.ws_ping_interval.max(Duration::from_millis(10));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    let expiry = tokio::time::sleep(remaining(exp));
-    tokio::pin!(expiry);
-    let closing = state.closing.clone();
     let legacy = legacy.then(LegacyNames::default);
     let mut client = Client { socket, state, user, legacy };
     let mut last_heard = Instant::now();
@@ -261,25 +280,6 @@ async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64, legac
 
     let end: End = loop {
         tokio::select! {
-            biased;
-            _ = closing.cancelled() => {
-                // What was appended before shutdown still goes out before the close,
-                // unless the peer does not read: then shutdown does not wait for it.
-                let flush = async {
-                    let ready = outbox.ready_batch();
-                    if let Ok(events) = session.live(ready).await {
-                        let _ = client.send_events(&events, true).await;
-                    }
-                };
-                if tokio::time::timeout(SHUTDOWN_FLUSH, flush).await.is_err() {
-                    break None;
-                }
-                break Some((close::GOING_AWAY, "server shutting down"))
-            }
-            _ = session.connection().overflowed() => {
-                break Some((close::SLOW_CONSUMER, "slow consumer: reconnect and resume with after_seq"))
-            }
-            _ = &mut expiry => break Some((close::UNAUTHORIZED, "token expired")),
             msg = client.socket.recv() => {
                 let msg = match msg {
                     Some(Ok(msg)) => msg,
@@ -305,9 +305,9 @@ async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64, legac
                 }
                 told_rate_limited &= !counted;
                 let handled = match msg {
-                    // Boxed, like the live batch below: an idle connection's task is sized for
-                    // its largest await, and these bodies (subscribe, replay) are most of it.
-                    Message::Text(text) => Box::pin(client.handle(&mut session, text.as_str())).await,
+                    // Boxed, like the feed's step below: an idle connection's task is sized for
+                    // its largest await, and these bodies are most of it.
+                    Message::Text(text) => Box::pin(client.handle(&mut feed, text.as_str())).await,
                     Message::Binary(_) => {
                         client.send_error(ErrorCode::BadRequest, "frames are JSON text", None).await.map(|()| None)
                     }
@@ -315,25 +315,14 @@ async fn serve(socket: WebSocket, state: AppState, user: UserId, exp: u64, legac
                     Message::Ping(_) | Message::Pong(_) => Ok(None),
                 };
                 match handled {
-                    Ok(Some(new_exp)) => expiry.as_mut().reset(tokio::time::Instant::now() + remaining(new_exp)),
+                    Ok(Some(new_exp)) => feed.renew(remaining(new_exp)),
                     Ok(None) => {}
                     Err(end) => break end,
                 }
             }
-            batch = outbox.next_batch() => {
-                if batch.is_empty() {
-                    break None;
-                }
-                match Box::pin(session.live(batch)).await {
-                    Ok(events) => {
-                        if let Err(end) = Box::pin(client.send_events(&events, true)).await {
-                            break end;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not fill a gap in a live stream");
-                        break Some((close::INTERNAL, "could not read the log; resume with after_seq"));
-                    }
+            step = Box::pin(feed.next()) => {
+                if let Err(end) = Box::pin(client.step(step)).await {
+                    break end;
                 }
             }
             _ = ping.tick() => {

@@ -118,6 +118,12 @@ impl TestServer {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn delete(&self, path: &str, bearer: &str) -> (u16, Value) {
+        let resp = self.http.delete(format!("{}{path}", self.base)).bearer_auth(bearer).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// Registers a run for `user` on `thread` and answers its id.
     pub async fn create_run(&self, thread: &str, user: &str) -> String {
         let (status, body) = self
