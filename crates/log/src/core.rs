@@ -13,8 +13,14 @@
 //! - nothing is seen before it is durable: the feed and reads only ever show
 //!   committed events, and a publisher's `200` waits for its commit.
 //!
-//! If a commit fails the log stops taking writes (`503`) and reports unready:
-//! its working state ran ahead of the disk, and a restart reloads the truth.
+//! If a commit fails (a full disk, say) the log stops taking writes (`503`) and
+//! reports unready: its working state ran ahead of the disk. The committer then
+//! asks the store to recover every [`LogConfig::retry_after_failure`]; once a
+//! write reaches the disk again, it reloads the working state from the store
+//! (what was acknowledged, nothing else) and the log takes writes again. Every
+//! decision taken before the reload belongs to an older **epoch** and is
+//! refused, and every thread entry of the old working state is marked stale, so
+//! nothing decided on the old state can reach the disk.
 //!
 //! The working state follows what is live, not history: once a run's end is
 //! durable the committer evicts the run and its `event_id`s (when the store
@@ -31,10 +37,11 @@
 //! index), one that ended is dropped.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use agentwire_protocol::{NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id};
 use async_trait::async_trait;
@@ -76,6 +83,18 @@ struct ThreadState {
     /// Deleted: an operation that took this entry before the delete finds it
     /// here, under the lock, and does nothing.
     deleted: bool,
+    /// Replaced by a reload after a failed commit: likewise.
+    stale: bool,
+}
+
+impl ThreadState {
+    /// Refuses to decide on an entry that is no longer the thread's.
+    fn check_current(&self) -> Result<(), LogError> {
+        if self.deleted || self.stale {
+            return Err(LogError::Unavailable("the thread changed under this request; retry".into()));
+        }
+        Ok(())
+    }
 }
 
 /// A thread of the working state and how far the disk has caught up with it.
@@ -90,7 +109,15 @@ impl ThreadEntry {
     fn new(id: ThreadId, record: &ThreadRecord, head: u64) -> Self {
         let (owner, by_publisher, oldest) = (record.owner.clone(), record.by_publisher, record.oldest_seq);
         Self {
-            state: Mutex::new(ThreadState { id, owner, by_publisher, head, runs: HashMap::new(), deleted: false }),
+            state: Mutex::new(ThreadState {
+                id,
+                owner,
+                by_publisher,
+                head,
+                runs: HashMap::new(),
+                deleted: false,
+                stale: false,
+            }),
             committed: AtomicU64::new(head),
             oldest: AtomicU64::new(oldest),
         }
@@ -108,6 +135,8 @@ struct Pending {
     ended: Option<(Arc<ThreadEntry>, RunId)>,
     /// A thread this decision deleted: its subscribers are told once it is durable.
     deleted: Option<ThreadId>,
+    /// The working state's epoch when this was decided (see the module docs).
+    epoch: u64,
     done: oneshot::Sender<Result<(), LogError>>,
 }
 
@@ -153,6 +182,8 @@ type Deadlines = Mutex<BTreeMap<(i64, RunId), ThreadId>>;
 #[allow(clippy::large_enum_variant)]
 enum Work {
     Commit(Pending),
+    /// Try to recover from a failed commit now; answered whether it did.
+    Recover(oneshot::Sender<Result<(), LogError>>),
     Stop,
 }
 
@@ -167,7 +198,46 @@ struct Core<S: Store> {
     runs_in_flight: AtomicU64,
     commits: SyncSender<Work>,
     failed: Arc<AtomicBool>,
+    /// Bumped by every reload of the working state.
+    epoch: Arc<AtomicU64>,
     committer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A working state as the store holds it.
+struct Working {
+    threads: HashMap<ThreadId, Arc<ThreadEntry>>,
+    registry: HashMap<RunId, ThreadId>,
+    deadlines: BTreeMap<(i64, RunId), ThreadId>,
+    runs_in_flight: u64,
+}
+
+impl Working {
+    /// The working state to start from: every thread, and the runs still running.
+    fn load<S: Store>(store: &S, config: &LogConfig) -> Result<Self, StoreError> {
+        let Snapshot { threads, running } = store.load()?;
+        let mut entries: HashMap<ThreadId, Arc<ThreadEntry>> = threads
+            .into_iter()
+            .map(|t| (t.id.clone(), Arc::new(ThreadEntry::new(t.id, &t.record, t.head_seq))))
+            .collect();
+        let mut registry = HashMap::new();
+        let mut deadlines = BTreeMap::new();
+        let idle_ms = idle_millis(config);
+        let runs_in_flight = running.len() as u64;
+        for run in running {
+            let Some(entry) = entries.get_mut(&run.record.thread_id) else {
+                return Err(StoreError::Corrupt {
+                    path: "runs".into(),
+                    detail: format!("run {} names a thread that is not stored", run.id),
+                });
+            };
+            registry.insert(run.id.clone(), run.record.thread_id.clone());
+            let due = run.record.last_activity_ms.saturating_add(idle_ms);
+            deadlines.insert((due, run.id.clone()), run.record.thread_id.clone());
+            let run_state = RunState { record: run.record, event_ids: Some(run.event_ids), due_ms: Some(due) };
+            entry.state.lock().runs.insert(run.id, run_state);
+        }
+        Ok(Self { threads: entries, registry, deadlines, runs_in_flight })
+    }
 }
 
 /// The log over a store. See the module docs.
@@ -202,53 +272,53 @@ impl<S: Store> StoredLog<S> {
     /// Opens a log over `store`: loads its working state and starts the committer.
     pub fn open(store: S, config: LogConfig, sink: Arc<dyn FeedSink>) -> Result<Self, StoreError> {
         let store = Arc::new(store);
-        let Snapshot { threads, running } = store.load()?;
-        let mut entries: HashMap<ThreadId, Arc<ThreadEntry>> = threads
-            .into_iter()
-            .map(|t| (t.id.clone(), Arc::new(ThreadEntry::new(t.id, &t.record, t.head_seq))))
-            .collect();
-        let mut registry = HashMap::new();
-        let mut deadlines = BTreeMap::new();
-        let idle_ms = idle_millis(&config);
-        let runs_in_flight = running.len() as u64;
-        for run in running {
-            let Some(entry) = entries.get_mut(&run.record.thread_id) else {
-                return Err(StoreError::Corrupt {
-                    path: "runs".into(),
-                    detail: format!("run {} names a thread that is not stored", run.id),
-                });
-            };
-            registry.insert(run.id.clone(), run.record.thread_id.clone());
-            let due = run.record.last_activity_ms.saturating_add(idle_ms);
-            deadlines.insert((due, run.id.clone()), run.record.thread_id.clone());
-            let run_state = RunState { record: run.record, event_ids: Some(run.event_ids), due_ms: Some(due) };
-            entry.state.lock().runs.insert(run.id, run_state);
-        }
+        let working = Working::load(&*store, &config)?;
         let (commits, work) = sync_channel(COMMIT_QUEUE);
         let failed = Arc::new(AtomicBool::new(false));
-        let registry = Arc::new(RwLock::new(registry));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let registry = Arc::new(RwLock::new(working.registry));
         let evictions = Arc::new(AtomicU64::new(0));
-        let committer = {
-            let (store, failed) = (store.clone(), failed.clone());
-            let evicted = Evicted { registry: registry.clone(), count: evictions.clone() };
-            std::thread::Builder::new()
+        let mut spawned = Ok(());
+        let core = Arc::new_cyclic(|core: &Weak<Core<S>>| {
+            let committer = Committer {
+                store: store.clone(),
+                work,
+                sink,
+                failed: failed.clone(),
+                epoch: epoch.clone(),
+                evicted: Evicted { registry: registry.clone(), count: evictions.clone() },
+                core: core.clone(),
+                retry_every: config.retry_after_failure,
+            };
+            let handle = std::thread::Builder::new()
                 .name("agentwire-committer".into())
-                .spawn(move || commit_loop(&*store, &work, &*sink, &failed, &evicted))
-                .map_err(|e| StoreError::Io(format!("cannot start the committer: {e}")))?
-        };
-        let core = Core {
-            config,
-            store,
-            threads: RwLock::new(entries),
-            registry,
-            evictions,
-            deadlines: Mutex::new(deadlines),
-            runs_in_flight: AtomicU64::new(runs_in_flight),
-            commits,
-            failed,
-            committer: Mutex::new(Some(committer)),
-        };
-        Ok(Self { core: Arc::new(core) })
+                .spawn(move || committer.run())
+                .map_err(|e| spawned = Err(StoreError::Io(format!("cannot start the committer: {e}"))))
+                .ok();
+            Core {
+                config,
+                store,
+                threads: RwLock::new(working.threads),
+                registry,
+                evictions,
+                deadlines: Mutex::new(working.deadlines),
+                runs_in_flight: AtomicU64::new(working.runs_in_flight),
+                commits,
+                failed,
+                epoch,
+                committer: Mutex::new(handle),
+            }
+        });
+        spawned?;
+        Ok(Self { core })
+    }
+
+    /// Asks the committer to recover from a failed commit now, instead of at
+    /// its next retry; `Ok` when the log takes writes (again).
+    pub async fn recover(&self) -> Result<(), LogError> {
+        let (done, answer) = oneshot::channel();
+        self.core.commits.try_send(Work::Recover(done)).map_err(|_| LogError::Unavailable("the log is busy".into()))?;
+        answer.await.unwrap_or_else(|_| Err(LogError::Unavailable("the log is shutting down".into())))
     }
 
     /// The store under this log.
@@ -268,39 +338,92 @@ impl<S: Store> StoredLog<S> {
     }
 }
 
-/// The committer: groups waiting decisions, writes them in one transaction,
-/// then publishes heads, feeds events and answers, in order.
-fn commit_loop<S: Store>(
-    store: &S,
-    work: &Receiver<Work>,
-    sink: &dyn FeedSink,
-    failed: &AtomicBool,
-    evicted: &Evicted,
-) {
-    let mut group = Vec::new();
-    let mut stop = false;
-    while !stop {
-        match work.recv() {
-            Ok(Work::Commit(p)) => group.push(p),
-            Ok(Work::Stop) | Err(_) => break,
-        }
-        while group.len() < MAX_GROUP {
-            match work.try_recv() {
-                Ok(Work::Commit(p)) => group.push(p),
-                Ok(Work::Stop) => {
-                    stop = true;
-                    break;
+/// The committer thread: what it needs to write, answer, and recover.
+struct Committer<S: Store> {
+    store: Arc<S>,
+    work: Receiver<Work>,
+    sink: Arc<dyn FeedSink>,
+    failed: Arc<AtomicBool>,
+    epoch: Arc<AtomicU64>,
+    evicted: Evicted,
+    /// To reload the working state after a failed commit.
+    core: Weak<Core<S>>,
+    retry_every: std::time::Duration,
+}
+
+impl<S: Store> Committer<S> {
+    /// Groups waiting decisions, writes them in one transaction, then publishes
+    /// heads, feeds events and answers, in order. After a failed commit, tries
+    /// to recover every `retry_every` (and whenever asked).
+    fn run(self) {
+        let mut group = Vec::new();
+        let mut recover_asked = Vec::new();
+        let mut next_try = Instant::now();
+        let mut stop = false;
+        while !stop {
+            if self.failed.load(Ordering::Acquire) && Instant::now() >= next_try {
+                let _ = self.recover();
+                next_try = Instant::now() + self.retry_every;
+            }
+            let first = if self.failed.load(Ordering::Acquire) {
+                match self.work.recv_timeout(next_try.saturating_duration_since(Instant::now())) {
+                    Ok(work) => work,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
-                Err(_) => break,
+            } else {
+                match self.work.recv() {
+                    Ok(work) => work,
+                    Err(_) => break,
+                }
+            };
+            match first {
+                Work::Commit(p) => group.push(p),
+                Work::Recover(done) => recover_asked.push(done),
+                Work::Stop => break,
+            }
+            while group.len() < MAX_GROUP {
+                match self.work.try_recv() {
+                    Ok(Work::Commit(p)) => group.push(p),
+                    Ok(Work::Recover(done)) => recover_asked.push(done),
+                    Ok(Work::Stop) => {
+                        stop = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if self.commit(&mut group) {
+                next_try = Instant::now() + self.retry_every;
+            }
+            for done in recover_asked.drain(..) {
+                let _ = done.send(self.recover());
+                next_try = Instant::now() + self.retry_every;
             }
         }
+    }
+
+    /// Commits `group`; answers whether this commit is the one that failed.
+    fn commit(&self, group: &mut Vec<Pending>) -> bool {
+        if group.is_empty() {
+            return false;
+        }
+        // Decided on a working state that a reload has replaced since: refused.
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if group.iter().any(|p| p.epoch != epoch) {
+            let (current, stale): (Vec<Pending>, Vec<Pending>) = group.drain(..).partition(|p| p.epoch == epoch);
+            for p in stale {
+                let _ = p.done.send(Err(LogError::Unavailable("the log recovered from a failed write; retry".into())));
+            }
+            *group = current;
+        }
         let batches: Vec<&Batch> = group.iter().map(|p| &p.batch).filter(|b| !b.is_empty()).collect();
-        let written = if failed.load(Ordering::Acquire) {
-            Err(StoreError::Io("an earlier commit failed; restart to reload from disk".into()))
+        let written = if self.failed.load(Ordering::Acquire) {
+            Err(StoreError::Io("an earlier commit failed and the store has not recovered yet".into()))
         } else if batches.is_empty() {
             Ok(())
         } else {
-            store.write(&batches)
+            self.store.write(&batches)
         };
         match written {
             Ok(()) => {
@@ -313,27 +436,47 @@ fn commit_loop<S: Store>(
                     }
                     if !p.batch.events.is_empty() {
                         for thread_events in p.batch.events.chunk_by(|a, b| a.thread_id() == b.thread_id()) {
-                            sink.deliver(thread_events);
+                            self.sink.deliver(thread_events);
                         }
                     }
                     if let Some((entry, run)) = &p.ended {
-                        evicted.evict(entry, run);
+                        self.evicted.evict(entry, run);
                     }
                     if let Some(thread) = &p.deleted {
-                        sink.thread_deleted(thread);
+                        self.sink.thread_deleted(thread);
                     }
                     let _ = p.done.send(Ok(()));
                 }
+                false
             }
             Err(e) => {
-                if !failed.swap(true, Ordering::AcqRel) {
-                    tracing::error!(error = %e, "commit failed: the log stops taking writes until restarted");
+                let newly = !self.failed.swap(true, Ordering::AcqRel);
+                if newly {
+                    tracing::error!(error = %e, "commit failed: the log takes no writes until the store recovers");
                 }
                 for p in group.drain(..) {
                     let _ = p.done.send(Err(storage(e.clone())));
                 }
+                newly
             }
         }
+    }
+
+    /// After a failed commit: once the store takes a write again, reloads the
+    /// working state from it and takes writes again.
+    fn recover(&self) -> Result<(), LogError> {
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let core = self.core.upgrade().ok_or_else(|| LogError::Unavailable("the log is closed".into()))?;
+        let recovered = self.store.recover().and_then(|()| core.reload());
+        if let Err(e) = recovered {
+            tracing::debug!(error = %e, "the store has not recovered yet");
+            return Err(storage(e));
+        }
+        self.failed.store(false, Ordering::Release);
+        tracing::info!("the store takes writes again; the log resumed from what it holds");
+        Ok(())
     }
 }
 
@@ -403,8 +546,26 @@ async fn durable(ticket: Ticket) -> Result<(), LogError> {
 impl<S: Store> Core<S> {
     fn check_writable(&self) -> Result<(), LogError> {
         if self.failed.load(Ordering::Acquire) {
-            return Err(LogError::Unavailable("the log failed to commit; it takes no writes until restarted".into()));
+            return Err(LogError::Unavailable(
+                "the log failed to commit; it takes writes again once the store does".into(),
+            ));
         }
+        Ok(())
+    }
+
+    /// Replaces the working state with what the store holds (after a failed
+    /// commit; called by the committer, so nothing is being written).
+    fn reload(&self) -> Result<(), StoreError> {
+        let working = Working::load(&*self.store, &self.config)?;
+        let mut threads = self.threads.write();
+        for entry in threads.values() {
+            entry.state.lock().stale = true;
+        }
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        *self.registry.write() = working.registry;
+        *self.deadlines.lock() = working.deadlines;
+        self.runs_in_flight.store(working.runs_in_flight, Ordering::Relaxed);
+        *threads = working.threads;
         Ok(())
     }
 
@@ -420,11 +581,12 @@ impl<S: Store> Core<S> {
         ended: Option<(Arc<ThreadEntry>, RunId)>,
     ) -> Result<Ticket, LogError> {
         let (done, ticket) = oneshot::channel();
-        let pending = Pending { batch, heads, oldest, ended, deleted: None, done };
+        let pending = Pending { batch, heads, oldest, ended, deleted: None, epoch: 0, done };
         self.send(pending, ticket)
     }
 
-    fn send(&self, pending: Pending, ticket: Ticket) -> Result<Ticket, LogError> {
+    fn send(&self, mut pending: Pending, ticket: Ticket) -> Result<Ticket, LogError> {
+        pending.epoch = self.epoch.load(Ordering::Acquire);
         match self.commits.try_send(Work::Commit(pending)) {
             Ok(()) => Ok(ticket),
             Err(TrySendError::Full(_)) => Err(LogError::Unavailable("the log is saturated; retry shortly".into())),
@@ -449,9 +611,7 @@ impl<S: Store> Core<S> {
     fn target(&self, id: &ThreadId, owner: &UserId, by_publisher: bool) -> Result<Target<'_>, LogError> {
         let owned = |entry: Arc<ThreadEntry>| {
             let state = entry.state.lock();
-            if state.deleted {
-                return Err(LogError::Unavailable("the thread is being deleted; retry".into()));
-            }
+            state.check_current()?;
             let mine = &state.owner == owner;
             drop(state);
             if mine { Ok(Target::Existing(entry)) } else { Err(LogError::Forbidden) }
@@ -571,6 +731,7 @@ impl<S: Store> Core<S> {
         if state.deleted {
             return Err(LogError::RunNotFound(run.to_string()));
         }
+        state.check_current()?;
         let now = Timestamp::now();
         let mut batch = Batch::default();
         // A run first seen here (through extraction) is registered only if its
@@ -793,6 +954,7 @@ impl<S: Store> Log for StoredLog<S> {
             let target = core.target(&new.thread_id, &new.owner, !new.in_process)?;
             let entry = target.entry().clone();
             let mut state = entry.state.lock();
+            state.check_current()?;
             let mut registry = core.registry.write();
             if registry.contains_key(&run) {
                 return Err(LogError::RunExists(run.to_string()));
@@ -968,7 +1130,7 @@ impl<S: Store> Log for StoredLog<S> {
                 let Some(entry) = core.thread(&trim.thread) else { continue };
                 let record = {
                     let state = entry.state.lock();
-                    if state.deleted {
+                    if state.check_current().is_err() {
                         continue;
                     }
                     ThreadRecord {
@@ -1021,6 +1183,7 @@ impl<S: Store> Log for StoredLog<S> {
             let mut threads = core.threads.write();
             let entry = threads.get(thread_id).cloned().ok_or_else(|| LogError::ThreadNotFound(thread_id.clone()))?;
             let mut state = entry.state.lock();
+            state.check_current()?;
             if owner.is_some_and(|owner| owner != &state.owner) {
                 return Err(LogError::Forbidden);
             }
@@ -1041,6 +1204,7 @@ impl<S: Store> Log for StoredLog<S> {
                 oldest: Vec::new(),
                 ended: None,
                 deleted: Some(thread_id.clone()),
+                epoch: 0,
                 done,
             };
             tickets.push(core.send(pending, ticket)?);

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use agentwire_protocol::{RunId, ThreadId};
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::store::{
@@ -55,8 +56,10 @@ pub const CACHE_BYTES: usize = 32 << 20;
 
 /// The redb-backed [`Store`].
 pub struct EmbeddedStore {
-    db: Database,
+    /// `None` only while [`Store::recover`] reopens the file (or could not).
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+    cache_bytes: usize,
 }
 
 /// The log over the embedded store.
@@ -67,6 +70,16 @@ impl StoredLog<EmbeddedStore> {
     pub fn open_dir(data_dir: &Path, config: LogConfig, sink: Arc<dyn FeedSink>) -> Result<Self, StoreError> {
         Self::open(EmbeddedStore::open(data_dir)?, config, sink)
     }
+}
+
+/// Opens (or creates) the database file; a file another process holds is [`StoreError::Locked`].
+fn open_database(path: &Path, cache_bytes: usize, data_dir: &Path) -> Result<Database, StoreError> {
+    Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| match e {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            StoreError::Locked(data_dir.display().to_string())
+        }
+        other => StoreError::Corrupt { path: path.display().to_string(), detail: other.to_string() },
+    })
 }
 
 fn io(e: impl Into<redb::Error>) -> StoreError {
@@ -86,7 +99,6 @@ impl EmbeddedStore {
     /// benchmarks that must see a steady state sooner).
     pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
-        let shown = || path.display().to_string();
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Io(format!("cannot create data directory {}: {e}", data_dir.display())))?;
         if !path.exists() {
@@ -103,22 +115,24 @@ impl EmbeddedStore {
                 });
             }
         }
-        let db = Database::builder().set_cache_size(cache_bytes).create(&path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
-                StoreError::Locked(data_dir.display().to_string())
-            }
-            other => StoreError::Corrupt { path: shown(), detail: other.to_string() },
-        })?;
-        let store = Self { db, path };
+        let db = open_database(&path, cache_bytes, data_dir)?;
+        let store = Self { db: RwLock::new(Some(db)), path, cache_bytes };
         store.check_format()?;
         Ok(store)
+    }
+
+    /// The open database, held for as long as the guard lives: a reopen waits for it.
+    fn db(&self) -> Result<MappedRwLockReadGuard<'_, Database>, StoreError> {
+        RwLockReadGuard::try_map(self.db.read(), Option::as_ref)
+            .map_err(|_| StoreError::Io("the store is being reopened after a failed write".into()))
     }
 
     /// Creates the tables on first use, upgrades a version 1 file, and refuses
     /// a file of another layout.
     fn check_format(&self) -> Result<(), StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt { path: self.path.display().to_string(), detail };
-        let txn = self.db.begin_write().map_err(io)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(io)?;
         {
             let mut meta = txn.open_table(META).map_err(|e| corrupt(e.to_string()))?;
             let found = meta.get("format").map_err(|e| corrupt(e.to_string()))?.map(|v| v.value());
@@ -168,7 +182,8 @@ fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 
 impl Store for EmbeddedStore {
     fn write(&self, batches: &[&Batch]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(io)?;
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(io)?;
         {
             let mut threads = txn.open_table(THREADS).map_err(io)?;
             let mut runs = txn.open_table(RUNS).map_err(io)?;
@@ -253,7 +268,8 @@ impl Store for EmbeddedStore {
         after_seq: u64,
         mut budget: PageBudget,
     ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(io)?;
         let events = txn.open_table(EVENTS).map_err(io)?;
         let from = after_seq.saturating_add(1);
         let mut out = Vec::with_capacity(budget.events_left().min(1024));
@@ -269,7 +285,8 @@ impl Store for EmbeddedStore {
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(io)?;
         let threads_table = txn.open_table(THREADS).map_err(io)?;
         let events = txn.open_table(EVENTS).map_err(io)?;
         let mut threads = Vec::new();
@@ -314,8 +331,27 @@ impl Store for EmbeddedStore {
         true
     }
 
+    fn recover(&self) -> Result<(), StoreError> {
+        // redb refuses every operation after a failed write until the file is
+        // closed and opened again (which repairs it if it must).
+        let mut db = self.db.write();
+        drop(db.take());
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let reopened = open_database(&self.path, self.cache_bytes, dir)?;
+        // A write that reaches the disk, or the store is not back yet.
+        let probe = reopened.begin_write().map_err(io)?;
+        {
+            let mut meta = probe.open_table(META).map_err(io)?;
+            meta.insert("format", FORMAT).map_err(io)?;
+        }
+        probe.commit().map_err(io)?;
+        *db = Some(reopened);
+        Ok(())
+    }
+
     fn runs_ended_before(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, RunId)>, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(io)?;
         let run_ends = match txn.open_table(RUN_ENDS) {
             Ok(table) => table,
             // A file written before the table existed: nothing ended since.
@@ -333,20 +369,23 @@ impl Store for EmbeddedStore {
     }
 
     fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(io)?;
         let runs = txn.open_table(RUNS).map_err(io)?;
         let found = runs.get(run_id).map_err(io)?;
         found.map(|bytes| self.decode("run", bytes.value())).transpose()
     }
 
     fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(io)?;
         let ids = txn.open_table(EVENT_IDS).map_err(io)?;
         Ok(ids.get((run.as_str(), event_id)).map_err(io)?.map(|v| v.value()))
     }
 
     fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(io)?;
         let threads = txn.open_table(THREADS).map_err(io)?;
         let events = txn.open_table(EVENTS).map_err(io)?;
         let mut out = Vec::new();
@@ -367,7 +406,8 @@ impl Store for EmbeddedStore {
     }
 
     fn last_seq_at_or_before(&self, thread: &ThreadId, ts_ms: i64) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(io)?;
         let events = txn.open_table(EVENTS).map_err(io)?;
         let mut last = None;
         // Events are in append order, so times only rise along a thread: stop at the first younger one.
@@ -398,7 +438,8 @@ impl EmbeddedStore {
         let mut write =
             |line: &str| writeln!(out, "{line}").map_err(|e| StoreError::Io(format!("cannot write the export: {e}")));
         let record = {
-            let txn = self.db.begin_read().map_err(io)?;
+            let db = self.db()?;
+            let txn = db.begin_read().map_err(io)?;
             let threads = txn.open_table(THREADS).map_err(io)?;
             let Some(bytes) = threads.get(thread.as_str()).map_err(io)? else { return Ok(false) };
             self.decode::<ThreadRecord>("thread", bytes.value())?
@@ -406,7 +447,8 @@ impl EmbeddedStore {
         let header = BackupLine::Thread { thread_id: thread.clone(), record };
         write(&serde_json::to_string(&header).map_err(|e| StoreError::Io(e.to_string()))?)?;
         {
-            let txn = self.db.begin_read().map_err(io)?;
+            let db = self.db()?;
+            let txn = db.begin_read().map_err(io)?;
             let runs = txn.open_table(RUNS).map_err(io)?;
             let thread_runs = txn.open_table(THREAD_RUNS).map_err(io)?;
             for item in thread_runs.range((thread.as_str(), "")..).map_err(io)? {
@@ -483,7 +525,8 @@ impl EmbeddedStore {
     }
 
     fn thread_exists(&self, thread: &ThreadId) -> Result<bool, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(io)?;
         let threads = txn.open_table(THREADS).map_err(io)?;
         Ok(threads.get(thread.as_str()).map_err(io)?.is_some())
     }

@@ -227,6 +227,9 @@ pub struct LogConfig {
     /// How long after its run ends an `event_id` is still recognised as a repeat
     /// (PROTOCOL §2); then it is forgotten, on disk too.
     pub dedup_window: Duration,
+    /// After a failed commit (a full disk), how often the store is asked
+    /// whether it takes writes again; the log resumes by itself once it does.
+    pub retry_after_failure: Duration,
 }
 
 impl LogConfig {
@@ -246,6 +249,7 @@ impl Default for LogConfig {
             redact: true,
             max_page_bytes: DEFAULT_PAGE_BYTES,
             dedup_window: Duration::from_secs(24 * 3600),
+            retry_after_failure: Duration::from_secs(1),
         }
     }
 }

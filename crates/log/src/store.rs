@@ -139,6 +139,15 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// Gets ready to write again after a failed [`Store::write`] (a full disk,
+    /// say): `Ok` once a write reaches the disk. What is stored is what the
+    /// last successful write left, and [`Store::load`] must answer all of it,
+    /// since the log reloads its working state from there; a store that cannot
+    /// (one that does not keep runs) does not recover, and is restarted.
+    fn recover(&self) -> Result<(), StoreError> {
+        Err(StoreError::Io("this store does not recover from a failed write; restart the server".into()))
+    }
+
     /// The `seq` stored for `event_id` in `run`.
     fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError>;
 

@@ -8,10 +8,12 @@
 //! reopen the same files) may happen anywhere, after which the log must hold
 //! exactly what it acknowledged. A fault may be injected anywhere too: the next
 //! commit fails, so that operation is `503`, and the log takes no writes until
-//! it is restarted; what the failed operation decided must not be on disk. (Between
-//! the failure and the restart reads are not compared: the working state may
-//! already show the decision whose commit failed.) The same sequences run on the
-//! memory log, without restarts.
+//! the store recovers (`Recover`, as the committer does by itself once a write
+//! reaches the disk again) or it is restarted; what the failed operation decided
+//! must not be on disk, nor in the working state once it has recovered. (Between
+//! the failure and the recovery run lookups are not compared: the working state
+//! may still show the decision whose commit failed.) The same sequences run on
+//! the memory log, without restarts.
 //!
 //! `PROPTEST_CASES=2000 cargo test -p agentwire-log --test model` runs more.
 
@@ -81,6 +83,8 @@ enum Op {
     },
     Restart,
     FailNextCommit,
+    /// The store takes writes again: the log recovers (as it would by itself).
+    Recover,
     /// A watchdog tick two idle timeouts from now: every running run is idle.
     ExpireAll,
 }
@@ -106,6 +110,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..THREADS, prop::option::of(0..USERS)).prop_map(|(thread, user)| Op::DeleteThread { thread, user }),
         1 => Just(Op::Restart),
         1 => Just(Op::FailNextCommit),
+        1 => Just(Op::Recover),
         1 => Just(Op::ExpireAll),
     ]
 }
@@ -354,12 +359,12 @@ impl Model {
 }
 
 /// A store whose next commit fails when told to.
-struct Faulty<S> {
-    inner: S,
+struct Faulty {
+    inner: Box<dyn Store>,
     fail_next: Arc<AtomicBool>,
 }
 
-impl<S: Store> Store for Faulty<S> {
+impl Store for Faulty {
     fn write(&self, batches: &[&Batch]) -> Result<(), StoreError> {
         if self.fail_next.swap(false, Ordering::AcqRel) {
             return Err(StoreError::Io("injected: the disk said no".into()));
@@ -377,6 +382,9 @@ impl<S: Store> Store for Faulty<S> {
     }
     fn keeps_runs(&self) -> bool {
         self.inner.keeps_runs()
+    }
+    fn recover(&self) -> Result<(), StoreError> {
+        self.inner.recover()
     }
     fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError> {
         self.inner.event_seq(run, event_id)
@@ -396,7 +404,7 @@ impl<S: Store> Store for Faulty<S> {
 struct Subject {
     /// The embedded store's directory; `None` for the memory log (no restarts).
     dir: Option<tempfile::TempDir>,
-    log: Option<Box<dyn Log>>,
+    log: Option<StoredLog<Faulty>>,
     fail_next: Arc<AtomicBool>,
 }
 
@@ -407,23 +415,21 @@ impl Subject {
         subject
     }
 
-    fn open_log(&self) -> Box<dyn Log> {
+    fn open_log(&self) -> StoredLog<Faulty> {
         let fail_next = self.fail_next.clone();
         let idle = std::time::Duration::from_millis(IDLE_MS as u64);
-        let (config, sink) = (LogConfig { run_idle_timeout: idle, ..LogConfig::default() }, Arc::new(NoFeed));
-        match &self.dir {
-            Some(dir) => {
-                let inner = EmbeddedStore::open(dir.path()).expect("open the store");
-                Box::new(StoredLog::open(Faulty { inner, fail_next }, config, sink).expect("open the log"))
-            }
-            None => Box::new(
-                StoredLog::open(Faulty { inner: MemoryStore::default(), fail_next }, config, sink).expect("log"),
-            ),
-        }
+        // Recovery happens only when a step says so.
+        let never = std::time::Duration::from_secs(24 * 3600);
+        let config = LogConfig { run_idle_timeout: idle, retry_after_failure: never, ..LogConfig::default() };
+        let inner: Box<dyn Store> = match &self.dir {
+            Some(dir) => Box::new(EmbeddedStore::open(dir.path()).expect("open the store")),
+            None => Box::new(MemoryStore::default()),
+        };
+        StoredLog::open(Faulty { inner, fail_next }, config, Arc::new(NoFeed)).expect("open the log")
     }
 
     fn log(&self) -> &dyn Log {
-        self.log.as_deref().expect("open log")
+        self.log.as_ref().expect("open log")
     }
 
     /// Closes and reopens the same files; the memory log cannot restart.
@@ -601,6 +607,27 @@ async fn step(subject: &mut Subject, model: &mut Model, op: &Op) -> Result<(), T
             subject.fail_next.store(true, Ordering::Release);
             model.armed = true;
         }
+        Op::Recover => {
+            let recovered = subject.log.as_ref().expect("open log").recover().await;
+            if model.failed && subject.dir.is_none() {
+                // The memory store keeps no runs to reload: only a restart would do.
+                prop_assert!(recovered.is_err(), "the memory log cannot recover");
+                return Ok(());
+            }
+            prop_assert!(recovered.is_ok(), "recovery: {:?}", recovered);
+            model.failed = false;
+            // The working state is what the store holds: exactly what was acknowledged.
+            for thread in 0..THREADS {
+                prop_assert_eq!(read_all(subject.log(), thread).await, model.read(thread), "after recovering");
+            }
+            let chosen = (0..4).map(chosen_name);
+            let names: BTreeSet<String> = model.runs.iter().map(|(run, _)| run.clone()).chain(chosen).collect();
+            for run in &names {
+                let real = subject.log().run(run).await.map(|info| info.map(|i| i.status));
+                let expected = model.life.get(run).map(|l| l.status.unwrap_or(RunStatus::Running));
+                prop_assert_eq!(real.map_err(|e| refused(&e)), Ok(expected), "run {} after recovering", run);
+            }
+        }
         Op::ExpireAll => {
             let later = Timestamp(Timestamp::now().millis() + 2 * IDLE_MS);
             let real = subject.log().expire_idle_runs(later).await;
@@ -608,7 +635,7 @@ async fn step(subject: &mut Subject, model: &mut Model, op: &Op) -> Result<(), T
                 model.life.iter().filter(|(_, life)| life.status.is_none()).map(|(run, _)| run.clone()).collect();
             running.sort();
             // After a failure nothing is written; an armed failure hits the first timeout's commit.
-            let fails_now = model.armed && !running.is_empty();
+            let fails_now = !model.failed && model.armed && !running.is_empty();
             if model.failed || fails_now {
                 prop_assert_eq!(real.map_err(|e| refused(&e)), Err(Answer::Refused("unavailable")), "{:?}", op);
                 if fails_now {
