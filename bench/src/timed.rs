@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentwire_log::store::{Batch, RunRecord, Snapshot, Store, StoreError, ThreadExtent};
+use agentwire_log::store::{Batch, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadExtent};
 use agentwire_log::{PageBudget, StoredEvent};
 use agentwire_protocol::{RunId, ThreadId};
 use parking_lot::Mutex;
@@ -38,7 +38,7 @@ impl CommitLog {
 pub struct Timed<S> {
     pub inner: S,
     pub commits: Arc<CommitLog>,
-    /// Claim not to keep runs, so the log holds every run in memory.
+    /// Claim not to keep runs (nor threads), so the log holds them all in memory.
     pub forget_runs: bool,
 }
 
@@ -68,6 +68,12 @@ impl<S: Store> Store for Timed<S> {
     }
     fn keeps_runs(&self) -> bool {
         !self.forget_runs && self.inner.keeps_runs()
+    }
+    fn keeps_threads(&self) -> bool {
+        !self.forget_runs && self.inner.keeps_threads()
+    }
+    fn thread(&self, thread: &ThreadId) -> Result<Option<LoadedThread>, StoreError> {
+        self.inner.thread(thread)
     }
     fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError> {
         self.inner.event_seq(run, event_id)

@@ -36,7 +36,7 @@
 //! active since goes back in at its new deadline (so an append never touches the
 //! index), one that ended is dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Weak};
@@ -49,7 +49,7 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use tokio::sync::oneshot;
 
 use crate::retention::{self, RetentionPolicy, Trim};
-use crate::store::{Batch, RunRecord, Snapshot, Store, StoreError, ThreadRecord};
+use crate::store::{Batch, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadRecord};
 use crate::{
     Appended, FeedSink, Log, LogConfig, LogError, LogStats, NewRun, Page, PageBudget, RunInfo, numbered, plan_append,
 };
@@ -124,6 +124,89 @@ impl ThreadEntry {
     }
 }
 
+/// The threads of the working state. On a store that keeps threads it is a cache:
+/// a thread is loaded from the store when an operation needs it, and one with
+/// no run in the working state is evicted once more than `cap` such threads
+/// are held (oldest idle first). An entry is evicted only while nothing but the
+/// map holds it (no operation is deciding on it, no decision of its is waiting
+/// to be written), so whatever loads it next reads exactly what it left.
+struct Threads {
+    map: RwLock<HashMap<ThreadId, Arc<ThreadEntry>>>,
+    /// Threads that had no run in the working state when they were queued.
+    idle: Mutex<VecDeque<ThreadId>>,
+    /// Idle threads kept; `usize::MAX` on a store that does not keep threads.
+    cap: usize,
+    /// Evictions so far: a thread read from the store is only as fresh as this
+    /// was when the read began.
+    evictions: AtomicU64,
+}
+
+impl Threads {
+    fn new(map: HashMap<ThreadId, Arc<ThreadEntry>>, cap: usize) -> Self {
+        Self { map: RwLock::new(map), idle: Mutex::new(VecDeque::new()), cap, evictions: AtomicU64::new(0) }
+    }
+
+    fn get(&self, id: &ThreadId) -> Option<Arc<ThreadEntry>> {
+        self.map.read().get(id).cloned()
+    }
+
+    /// Queues a thread that has no run in the working state for eviction, and
+    /// evicts the oldest idle ones past the cap.
+    fn idle(&self, map: &mut HashMap<ThreadId, Arc<ThreadEntry>>, id: &ThreadId) {
+        if self.cap == usize::MAX {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        idle.push_back(id.clone());
+        for _ in self.cap..idle.len() {
+            let Some(oldest) = idle.pop_front() else { break };
+            let Some(entry) = map.get(&oldest) else { continue };
+            if Arc::strong_count(entry) > 1 {
+                idle.push_back(oldest); // in use: later
+                continue;
+            }
+            let unused = entry.state.lock().runs.is_empty();
+            if unused {
+                map.remove(&oldest);
+                self.evictions.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// [`Threads::idle`] for a caller that holds no lock.
+    fn idle_now(&self, id: &ThreadId) {
+        if self.cap != usize::MAX {
+            self.idle(&mut self.map.write(), id);
+        }
+    }
+
+    /// The thread `id` under the map's write lock: the entry held, else what
+    /// the store said (`stored`, read when the evictions were `before`; read
+    /// again if a thread was evicted since, as it may have been this one).
+    fn adopt<S: Store>(
+        &self,
+        map: &mut HashMap<ThreadId, Arc<ThreadEntry>>,
+        id: &ThreadId,
+        stored: Option<LoadedThread>,
+        before: u64,
+        store: &S,
+    ) -> Result<Option<Arc<ThreadEntry>>, LogError> {
+        if let Some(entry) = map.get(id) {
+            return Ok(Some(entry.clone()));
+        }
+        let stored = if self.evictions.load(Ordering::Acquire) == before {
+            stored
+        } else {
+            store.thread(id).map_err(storage)? // rare: an eviction raced this read
+        };
+        let Some(thread) = stored else { return Ok(None) };
+        let entry = Arc::new(ThreadEntry::new(thread.id, &thread.record, thread.head_seq));
+        map.insert(id.clone(), entry.clone());
+        self.idle(map, id);
+        Ok(Some(entry))
+    }
+}
+
 /// What the committer does for one decision once it is durable.
 struct Pending {
     batch: Batch,
@@ -190,7 +273,7 @@ enum Work {
 struct Core<S: Store> {
     config: LogConfig,
     store: Arc<S>,
-    threads: RwLock<HashMap<ThreadId, Arc<ThreadEntry>>>,
+    threads: Arc<Threads>,
     registry: Arc<Registry>,
     /// Ended runs evicted so far (see [`Resolved::evictions`]).
     evictions: Arc<AtomicU64>,
@@ -278,6 +361,8 @@ impl<S: Store> StoredLog<S> {
         let epoch = Arc::new(AtomicU64::new(0));
         let registry = Arc::new(RwLock::new(working.registry));
         let evictions = Arc::new(AtomicU64::new(0));
+        let cap = if store.keeps_threads() { config.thread_cache } else { usize::MAX };
+        let threads = Arc::new(Threads::new(working.threads, cap));
         let mut spawned = Ok(());
         let core = Arc::new_cyclic(|core: &Weak<Core<S>>| {
             let committer = Committer {
@@ -286,7 +371,7 @@ impl<S: Store> StoredLog<S> {
                 sink,
                 failed: failed.clone(),
                 epoch: epoch.clone(),
-                evicted: Evicted { registry: registry.clone(), count: evictions.clone() },
+                evicted: Evicted { registry: registry.clone(), count: evictions.clone(), threads: threads.clone() },
                 core: core.clone(),
                 retry_every: config.retry_after_failure,
             };
@@ -298,7 +383,7 @@ impl<S: Store> StoredLog<S> {
             Core {
                 config,
                 store,
-                threads: RwLock::new(working.threads),
+                threads,
                 registry,
                 evictions,
                 deadlines: Mutex::new(working.deadlines),
@@ -484,18 +569,25 @@ impl<S: Store> Committer<S> {
 struct Evicted {
     registry: Arc<Registry>,
     count: Arc<AtomicU64>,
+    threads: Arc<Threads>,
 }
 
 impl Evicted {
     /// Drops an ended run, now durable, from the working state: the store answers
     /// for it from here on. Registry first, so a lookup that misses it finds it in
     /// the store (where it already is), never nowhere.
+    /// A thread left with no run in the working state may go too (see [`Threads`]).
     fn evict(&self, entry: &ThreadEntry, run: &RunId) {
         let mut state = entry.state.lock();
         if state.runs.get(run).is_some_and(|r| r.record.lifecycle.ended()) {
             self.count.fetch_add(1, Ordering::AcqRel);
             self.registry.write().remove(run);
             state.runs.remove(run);
+            if state.runs.is_empty() && !state.deleted {
+                let id = state.id.clone();
+                drop(state);
+                self.threads.idle_now(&id);
+            }
         }
     }
 }
@@ -528,10 +620,14 @@ impl Target<'_> {
         }
     }
 
-    /// Makes a new thread visible; call once its record is queued.
-    fn publish(self) {
+    /// Makes a new thread visible; call once its record is queued. `idle`: it
+    /// has no run in the working state (a candidate for eviction).
+    fn publish(self, all: &Threads, idle: bool) {
         if let Self::New { id, entry, mut threads, .. } = self {
-            threads.insert(id, entry);
+            threads.insert(id.clone(), entry);
+            if idle {
+                all.idle(&mut threads, &id);
+            }
         }
     }
 }
@@ -557,7 +653,8 @@ impl<S: Store> Core<S> {
     /// commit; called by the committer, so nothing is being written).
     fn reload(&self) -> Result<(), StoreError> {
         let working = Working::load(&*self.store, &self.config)?;
-        let mut threads = self.threads.write();
+        let mut threads = self.threads.map.write();
+        self.threads.idle.lock().clear();
         for entry in threads.values() {
             entry.state.lock().stale = true;
         }
@@ -567,6 +664,16 @@ impl<S: Store> Core<S> {
         self.runs_in_flight.store(working.runs_in_flight, Ordering::Relaxed);
         *threads = working.threads;
         Ok(())
+    }
+
+    /// Queues a new thread's record and makes it visible. The decision holds the
+    /// entry until it is written, so the thread cannot be evicted before then.
+    fn create(&self, target: Target<'_>) -> Result<Ticket, LogError> {
+        let mut batch = Batch::default();
+        target.record_into(&mut batch);
+        let ticket = self.submit(batch, vec![(target.entry().clone(), 0)])?;
+        target.publish(&self.threads, true);
+        Ok(ticket)
     }
 
     fn submit(&self, batch: Batch, heads: Vec<(Arc<ThreadEntry>, u64)>) -> Result<Ticket, LogError> {
@@ -601,14 +708,43 @@ impl<S: Store> Core<S> {
         due
     }
 
-    fn thread(&self, id: &ThreadId) -> Option<Arc<ThreadEntry>> {
-        self.threads.read().get(id).cloned()
+    /// A thread in the working state, without asking the store.
+    fn cached(&self, id: &ThreadId) -> Option<Arc<ThreadEntry>> {
+        self.threads.get(id)
+    }
+
+    /// The thread `id`: from the working state, or loaded into it from the
+    /// store (read on a blocking thread). With it, the evictions count the read
+    /// was made under, for [`Threads::adopt`].
+    async fn find(&self, id: &ThreadId) -> Result<(Option<Arc<ThreadEntry>>, u64), LogError> {
+        let before = self.threads.evictions.load(Ordering::Acquire);
+        if let Some(entry) = self.cached(id) {
+            return Ok((Some(entry), before));
+        }
+        if !self.store.keeps_threads() {
+            return Ok((None, before)); // every thread of such a store is in the working state
+        }
+        let (store, wanted) = (self.store.clone(), id.clone());
+        let stored = tokio::task::spawn_blocking(move || store.thread(&wanted))
+            .await
+            .map_err(|e| LogError::Unavailable(format!("store read failed: {e}")))?
+            .map_err(storage)?;
+        if stored.is_none() {
+            return Ok((None, before));
+        }
+        let mut map = self.threads.map.write();
+        Ok((self.threads.adopt(&mut map, id, stored, before, &*self.store)?, before))
+    }
+
+    /// [`Core::find`] for callers that only want the entry.
+    async fn thread(&self, id: &ThreadId) -> Result<Option<Arc<ThreadEntry>>, LogError> {
+        Ok(self.find(id).await?.0)
     }
 
     /// The thread `id` for an operation of `owner`: an existing thread of
     /// theirs, or a new one that becomes visible only if the operation's write
     /// is queued ([`Target::publish`]). [`LogError::Forbidden`] if it is someone else's.
-    fn target(&self, id: &ThreadId, owner: &UserId, by_publisher: bool) -> Result<Target<'_>, LogError> {
+    async fn target(&self, id: &ThreadId, owner: &UserId, by_publisher: bool) -> Result<Target<'_>, LogError> {
         let owned = |entry: Arc<ThreadEntry>| {
             let state = entry.state.lock();
             state.check_current()?;
@@ -616,11 +752,13 @@ impl<S: Store> Core<S> {
             drop(state);
             if mine { Ok(Target::Existing(entry)) } else { Err(LogError::Forbidden) }
         };
-        if let Some(entry) = self.thread(id) {
+        let (found, before) = self.find(id).await?;
+        if let Some(entry) = found {
             return owned(entry);
         }
-        let threads = self.threads.write();
-        if let Some(entry) = threads.get(id).cloned() {
+        let mut threads = self.threads.map.write();
+        // Not in the store when it was read: unless a thread was evicted since, still not.
+        if let Some(entry) = self.threads.adopt(&mut threads, id, None, before, &*self.store)? {
             drop(threads);
             return owned(entry);
         }
@@ -662,9 +800,9 @@ impl<S: Store> Core<S> {
 
     /// Refuses a caller-chosen run id that names, by its pattern, a thread that
     /// is not `owner`'s (see [`crate::foreign_pattern_thread`]).
-    fn check_chosen_run_id(&self, run: &RunId, thread: &ThreadId, owner: &UserId) -> Result<(), LogError> {
+    async fn check_chosen_run_id(&self, run: &RunId, thread: &ThreadId, owner: &UserId) -> Result<(), LogError> {
         let Some(named) = crate::foreign_pattern_thread(run, thread) else { return Ok(()) };
-        match self.thread(&named) {
+        match self.thread(&named).await? {
             Some(entry) if &entry.state.lock().owner == owner => Ok(()),
             _ => Err(LogError::Forbidden),
         }
@@ -677,24 +815,21 @@ impl<S: Store> Core<S> {
         let evictions = self.evictions.load(Ordering::Acquire);
         let known = self.registry.read().get_key_value(run_id).map(|(r, t)| (r.clone(), t.clone()));
         if let Some((run, thread)) = known {
-            let entry = self.thread(&thread).ok_or_else(not_found)?;
+            let entry = self.thread(&thread).await?.ok_or_else(not_found)?;
             return Ok(Resolved { run, entry, lookup: Lookup { stored: None, evictions } });
         }
         let run = RunId::parse(run_id).map_err(|_| not_found())?;
         let event_ids = events.iter().filter_map(|e| e.event_id.clone()).collect();
         if let Some(stored) = self.stored(&run, event_ids).await? {
-            let entry = self.thread(&stored.record.thread_id).ok_or_else(not_found)?;
+            let entry = self.thread(&stored.record.thread_id).await?.ok_or_else(not_found)?;
             return Ok(Resolved { run, entry, lookup: Lookup { stored: Some(stored), evictions } });
         }
         if !allow_fallback {
             return Err(not_found());
         }
         // Pattern routing reaches only threads a publisher created (PROTOCOL §1).
-        let entry = extract_thread_id(run_id)
-            .filter(|_| self.config.pattern_routing)
-            .and_then(|t| self.thread(&t))
-            .filter(|entry| entry.state.lock().by_publisher)
-            .ok_or_else(not_found)?;
+        let named = extract_thread_id(run_id).filter(|_| self.config.pattern_routing).ok_or_else(not_found)?;
+        let entry = self.thread(&named).await?.filter(|entry| entry.state.lock().by_publisher).ok_or_else(not_found)?;
         Ok(Resolved { run, entry, lookup: Lookup { stored: None, evictions } })
     }
 
@@ -859,7 +994,7 @@ impl<S: Store> StoredLog<S> {
     ) -> Result<Vec<RunId>, LogError> {
         let core = &self.core;
         core.check_writable()?;
-        let entries: Vec<Arc<ThreadEntry>> = core.threads.read().values().cloned().collect();
+        let entries: Vec<Arc<ThreadEntry>> = core.threads.map.read().values().cloned().collect();
         let mut ended = Vec::new();
         let mut tickets = Vec::new();
         for entry in entries {
@@ -897,14 +1032,8 @@ impl<S: Store> Log for StoredLog<S> {
         let core = &self.core;
         core.check_writable()?;
         let id = thread_id.unwrap_or_else(ThreadId::generate);
-        let ticket = match core.target(&id, owner, false) {
-            Ok(target @ Target::New { .. }) => {
-                let mut batch = Batch::default();
-                target.record_into(&mut batch);
-                let ticket = core.submit(batch, Vec::new())?;
-                target.publish();
-                ticket
-            }
+        let ticket = match core.target(&id, owner, false).await {
+            Ok(target @ Target::New { .. }) => core.create(target)?,
             Ok(Target::Existing(_)) | Err(LogError::Forbidden) => return Err(LogError::ThreadExists(id)),
             Err(e) => return Err(e),
         };
@@ -915,22 +1044,15 @@ impl<S: Store> Log for StoredLog<S> {
     async fn ensure_thread(&self, thread_id: &ThreadId, owner: &UserId) -> Result<(), LogError> {
         let core = &self.core;
         core.check_writable()?;
-        let ticket = {
-            let target = core.target(thread_id, owner, false)?;
-            if let Target::Existing(_) = target {
-                return Ok(());
-            }
-            let mut batch = Batch::default();
-            target.record_into(&mut batch);
-            let ticket = core.submit(batch, Vec::new())?;
-            target.publish();
-            ticket
+        let ticket = match core.target(thread_id, owner, false).await? {
+            Target::Existing(_) => return Ok(()),
+            target @ Target::New { .. } => core.create(target)?,
         };
         durable(ticket).await
     }
 
     async fn thread_owner(&self, thread_id: &ThreadId) -> Result<Option<UserId>, LogError> {
-        Ok(self.core.thread(thread_id).and_then(|t| {
+        Ok(self.core.thread(thread_id).await?.and_then(|t| {
             let state = t.state.lock();
             (!state.deleted).then(|| state.owner.clone())
         }))
@@ -942,7 +1064,7 @@ impl<S: Store> Log for StoredLog<S> {
         // Every check comes before anything changes: a refusal leaves no trace.
         let run = match new.run_id {
             Some(chosen) => {
-                core.check_chosen_run_id(&chosen, &new.thread_id, &new.owner)?;
+                core.check_chosen_run_id(&chosen, &new.thread_id, &new.owner).await?;
                 chosen
             }
             None => RunId::mint(&new.thread_id),
@@ -951,7 +1073,7 @@ impl<S: Store> Log for StoredLog<S> {
             return Err(LogError::RunExists(run.to_string()));
         }
         let (info, ticket) = {
-            let target = core.target(&new.thread_id, &new.owner, !new.in_process)?;
+            let target = core.target(&new.thread_id, &new.owner, !new.in_process).await?;
             let entry = target.entry().clone();
             let mut state = entry.state.lock();
             state.check_current()?;
@@ -972,7 +1094,7 @@ impl<S: Store> Log for StoredLog<S> {
             let info = Self::info(&state, &run, &run_state.record);
             state.runs.insert(run.clone(), run_state);
             drop((registry, state));
-            target.publish();
+            target.publish(&core.threads, false);
             (info, ticket)
         };
         durable(ticket).await?;
@@ -1006,7 +1128,7 @@ impl<S: Store> Log for StoredLog<S> {
     }
 
     async fn read(&self, thread_id: &ThreadId, after_seq: u64, limit: usize) -> Result<Page, LogError> {
-        let entry = self.core.thread(thread_id).ok_or_else(|| LogError::ThreadNotFound(thread_id.clone()))?;
+        let entry = self.core.thread(thread_id).await?.ok_or_else(|| LogError::ThreadNotFound(thread_id.clone()))?;
         let head_seq = entry.committed.load(Ordering::Acquire);
         let oldest_seq = entry.oldest.load(Ordering::Acquire);
         // Only committed events: the page ends at the committed head read above.
@@ -1044,7 +1166,7 @@ impl<S: Store> Log for StoredLog<S> {
         let mut tickets = Vec::new();
         let mut failure = None;
         for (run, thread) in due {
-            let Some(entry) = core.thread(&thread) else { continue };
+            let Some(entry) = core.cached(&thread) else { continue }; // a running run's thread is held
             let mut state = entry.state.lock();
             let Some(last_activity) =
                 state.runs.get(&run).filter(|r| !r.record.lifecycle.ended()).map(|r| r.record.last_activity_ms)
@@ -1098,7 +1220,7 @@ impl<S: Store> Log for StoredLog<S> {
 
     fn stats(&self) -> LogStats {
         LogStats {
-            threads: self.core.threads.read().len() as u64,
+            threads: self.core.threads.map.read().len() as u64,
             runs_in_flight: self.core.runs_in_flight.load(Ordering::Relaxed),
         }
     }
@@ -1127,7 +1249,7 @@ impl<S: Store> Log for StoredLog<S> {
             let mut batch = Batch::default();
             let mut oldest = Vec::new();
             for trim in chunk {
-                let Some(entry) = core.thread(&trim.thread) else { continue };
+                let Some(entry) = core.thread(&trim.thread).await? else { continue };
                 let record = {
                     let state = entry.state.lock();
                     if state.check_current().is_err() {
@@ -1179,9 +1301,10 @@ impl<S: Store> Log for StoredLog<S> {
         core.check_writable()?;
         let mut tickets = Vec::new();
         let mut cancelled = Vec::new();
+        let entry = core.thread(thread_id).await?.ok_or_else(|| LogError::ThreadNotFound(thread_id.clone()))?;
         {
-            let mut threads = core.threads.write();
-            let entry = threads.get(thread_id).cloned().ok_or_else(|| LogError::ThreadNotFound(thread_id.clone()))?;
+            // Held: the entry cannot be evicted, and it is the map's.
+            let mut threads = core.threads.map.write();
             let mut state = entry.state.lock();
             state.check_current()?;
             if owner.is_some_and(|owner| owner != &state.owner) {

@@ -162,6 +162,23 @@ impl EmbeddedStore {
         txn.commit().map_err(io)
     }
 
+    /// A thread's record and head, as `threads` and `events` hold them.
+    fn thread_in(
+        &self,
+        threads: &impl ReadableTable<&'static str, &'static [u8]>,
+        events: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+        id: &ThreadId,
+    ) -> Result<Option<LoadedThread>, StoreError> {
+        let Some(bytes) = threads.get(id.as_str()).map_err(io)? else { return Ok(None) };
+        let record: ThreadRecord = self.decode("thread", bytes.value())?;
+        let last = events.range((id.as_str(), 0)..=(id.as_str(), u64::MAX)).map_err(io)?.next_back();
+        let head_seq = match last {
+            Some(item) => item.map_err(io)?.0.value().1,
+            None => record.oldest_seq.saturating_sub(1),
+        };
+        Ok(Some(LoadedThread { id: id.clone(), record, head_seq }))
+    }
+
     fn corrupt(&self, detail: impl std::fmt::Display) -> StoreError {
         StoreError::Corrupt { path: self.path.display().to_string(), detail: detail.to_string() }
     }
@@ -285,26 +302,16 @@ impl Store for EmbeddedStore {
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {
+        // Only what is running: a start-up costs what is live, not history.
         let db = self.db()?;
         let txn = db.begin_read().map_err(io)?;
         let threads_table = txn.open_table(THREADS).map_err(io)?;
         let events = txn.open_table(EVENTS).map_err(io)?;
-        let mut threads = Vec::new();
-        for item in threads_table.iter().map_err(io)? {
-            let (key, value) = item.map_err(io)?;
-            let id = ThreadId::parse(key.value()).map_err(|e| self.corrupt(format!("thread key: {e}")))?;
-            let record: ThreadRecord = self.decode("thread", value.value())?;
-            let last = events.range((id.as_str(), 0)..=(id.as_str(), u64::MAX)).map_err(io)?.next_back();
-            let head_seq = match last {
-                Some(item) => item.map_err(io)?.0.value().1,
-                None => record.oldest_seq.saturating_sub(1),
-            };
-            threads.push(LoadedThread { id, record, head_seq });
-        }
         let runs = txn.open_table(RUNS).map_err(io)?;
         let running_table = txn.open_table(RUNNING).map_err(io)?;
         let event_ids = txn.open_table(EVENT_IDS).map_err(io)?;
         let mut running = Vec::new();
+        let mut threads: HashMap<ThreadId, LoadedThread> = HashMap::new();
         for item in running_table.iter().map_err(io)? {
             let (key, _) = item.map_err(io)?;
             let id = RunId::parse(key.value()).map_err(|e| self.corrupt(format!("run key: {e}")))?;
@@ -322,12 +329,29 @@ impl Store for EmbeddedStore {
                 }
                 ids.insert(event_id.to_owned(), seq.value());
             }
+            if !threads.contains_key(&record.thread_id)
+                && let Some(thread) = self.thread_in(&threads_table, &events, &record.thread_id)?
+            {
+                threads.insert(record.thread_id.clone(), thread);
+            }
             running.push(LoadedRun { id, record, event_ids: ids });
         }
-        Ok(Snapshot { threads, running })
+        Ok(Snapshot { threads: threads.into_values().collect(), running })
+    }
+
+    fn thread(&self, thread: &ThreadId) -> Result<Option<LoadedThread>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(io)?;
+        let threads = txn.open_table(THREADS).map_err(io)?;
+        let events = txn.open_table(EVENTS).map_err(io)?;
+        self.thread_in(&threads, &events, thread)
     }
 
     fn keeps_runs(&self) -> bool {
+        true
+    }
+
+    fn keeps_threads(&self) -> bool {
         true
     }
 

@@ -230,6 +230,9 @@ pub struct LogConfig {
     /// After a failed commit (a full disk), how often the store is asked
     /// whether it takes writes again; the log resumes by itself once it does.
     pub retry_after_failure: Duration,
+    /// Threads with no run in the working state that it keeps (the oldest idle
+    /// go first); the others are read back from the store when needed.
+    pub thread_cache: usize,
 }
 
 impl LogConfig {
@@ -250,6 +253,7 @@ impl Default for LogConfig {
             max_page_bytes: DEFAULT_PAGE_BYTES,
             dedup_window: Duration::from_secs(24 * 3600),
             retry_after_failure: Duration::from_secs(1),
+            thread_cache: 10_000,
         }
     }
 }

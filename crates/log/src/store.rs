@@ -106,8 +106,9 @@ pub struct LoadedRun {
     pub event_ids: HashMap<String, u64>,
 }
 
-/// What a log needs to rebuild its working state at start-up. Ended runs stay
-/// in the store and are read on demand.
+/// What a log needs to rebuild its working state at start-up: the runs still
+/// running and their threads (on a store that keeps threads; every thread on
+/// one that does not). Everything else stays in the store and is read on demand.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub threads: Vec<LoadedThread>,
@@ -127,6 +128,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// The working state to start from.
     fn load(&self) -> Result<Snapshot, StoreError>;
+
+    /// Whether [`Store::thread`] answers what was written. When it does, the
+    /// log evicts threads that have no run in its working state and reads them
+    /// back on demand, and [`Store::load`] need only answer the running runs' threads.
+    fn keeps_threads(&self) -> bool {
+        false
+    }
+
+    /// A thread as stored, for threads not in the log's working state.
+    fn thread(&self, _thread: &ThreadId) -> Result<Option<LoadedThread>, StoreError> {
+        Ok(None)
+    }
 
     /// A run's record, for runs not in the log's working state.
     fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError>;

@@ -312,3 +312,51 @@ async fn event_ids_are_forgotten_a_window_after_their_run_ends_on_disk_too() {
     assert_eq!(log.store().event_seq(&ended, "s").unwrap(), None);
     assert_eq!(log.append(running.as_str(), start("s")).await.unwrap().seqs, vec![3]);
 }
+
+#[tokio::test]
+async fn idle_threads_leave_memory_past_the_cache_and_start_up_loads_only_running_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { thread_cache: 10, ..Default::default() };
+    let log = EmbeddedLog::open_dir(dir.path(), config.clone(), Arc::new(NoFeed)).unwrap();
+    let alice = UserId::parse("alice").unwrap();
+    let mut ended = Vec::new();
+    for i in 0..100 {
+        let thread = format!("thread_idle{i}");
+        let run = log.create_run(external_run(&thread, &alice, None)).await.unwrap().run_id;
+        let events = vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"})).with_event_id("s")];
+        log.append(run.as_str(), events).await.unwrap();
+        log.append(run.as_str(), vec![ev(EventKind::AgentCompleted, json!({}))]).await.unwrap();
+        ended.push((thread, run));
+    }
+    let running = log.create_run(external_run("thread_busy", &alice, None)).await.unwrap().run_id;
+    // Ten idle threads, the running run's thread, and perhaps one whose eviction waits for its last decision.
+    let held = log.stats().threads;
+    assert!((11..=12).contains(&held), "{held} threads in memory");
+
+    // An evicted thread reads, resolves its runs and de-duplicates as before.
+    let (thread, run) = &ended[0];
+    let thread = ThreadId::parse(thread).unwrap();
+    let page = log.read(&thread, 0, 10).await.unwrap();
+    assert_eq!((page.head_seq, page.events.len()), (2, 2));
+    assert_eq!(log.thread_owner(&thread).await.unwrap(), Some(alice.clone()));
+    assert_eq!(log.run(run.as_str()).await.unwrap().map(|r| r.status), Some(RunStatus::Completed));
+    let again = vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"})).with_event_id("s")];
+    assert_eq!(log.append(run.as_str(), again).await.unwrap().seqs, vec![1], "a repeat answers its first seq");
+    // Its id is still taken, and a new run there numbers on from its head.
+    let bob = UserId::parse("bob").unwrap();
+    assert!(matches!(log.create_thread(Some(thread.clone()), &bob).await, Err(LogError::ThreadExists(_))));
+    assert!(matches!(log.create_run(external_run(thread.as_str(), &bob, None)).await, Err(LogError::Forbidden)));
+    let next = log.create_run(external_run(thread.as_str(), &alice, None)).await.unwrap().run_id;
+    let started = vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"}))];
+    assert_eq!(log.append(next.as_str(), started).await.unwrap().seqs, vec![3]);
+
+    // A start loads the running runs' threads, not history.
+    log.close().await;
+    drop(log);
+    let log = EmbeddedLog::open_dir(dir.path(), config, Arc::new(NoFeed)).unwrap();
+    assert_eq!(log.stats().threads, 2, "only the threads with a running run");
+    let busy = ThreadId::parse("thread_busy").unwrap();
+    assert_eq!(log.run(running.as_str()).await.unwrap().map(|r| r.thread_id), Some(busy));
+    let (thread, _) = &ended[99];
+    assert_eq!(log.read(&ThreadId::parse(thread).unwrap(), 0, 10).await.unwrap().head_seq, 2);
+}

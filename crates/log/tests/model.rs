@@ -21,7 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use agentwire_log::store::{Batch, RunRecord, Snapshot, Store, StoreError, ThreadExtent};
+use agentwire_log::store::{Batch, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadExtent};
 use agentwire_log::{
     EmbeddedStore, Log, LogConfig, LogError, MemoryStore, NewRun, NoFeed, PageBudget, StoredEvent, StoredLog,
 };
@@ -386,6 +386,12 @@ impl Store for Faulty {
     fn recover(&self) -> Result<(), StoreError> {
         self.inner.recover()
     }
+    fn keeps_threads(&self) -> bool {
+        self.inner.keeps_threads()
+    }
+    fn thread(&self, thread: &ThreadId) -> Result<Option<LoadedThread>, StoreError> {
+        self.inner.thread(thread)
+    }
     fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError> {
         self.inner.event_seq(run, event_id)
     }
@@ -420,7 +426,9 @@ impl Subject {
         let idle = std::time::Duration::from_millis(IDLE_MS as u64);
         // Recovery happens only when a step says so.
         let never = std::time::Duration::from_secs(24 * 3600);
-        let config = LogConfig { run_idle_timeout: idle, retry_after_failure: never, ..LogConfig::default() };
+        // One idle thread kept: threads are evicted and read back all the time.
+        let config =
+            LogConfig { run_idle_timeout: idle, retry_after_failure: never, thread_cache: 1, ..LogConfig::default() };
         let inner: Box<dyn Store> = match &self.dir {
             Some(dir) => Box::new(EmbeddedStore::open(dir.path()).expect("open the store")),
             None => Box::new(MemoryStore::default()),

@@ -94,6 +94,11 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_DEDUP_WINDOW", default_value = "24h", value_parser = parse_duration)]
     pub dedup_window: Duration,
 
+    /// Threads with no run going that the embedded log keeps in memory (the
+    /// least recently idle go first; the others are read from disk when needed).
+    #[arg(long, env = "AGENTWIRE_THREAD_CACHE", default_value_t = 10_000)]
+    pub thread_cache: usize,
+
     /// Retention: most events kept per thread (0: no limit).
     #[arg(long, env = "AGENTWIRE_RETENTION_THREAD_EVENTS", default_value_t = 0)]
     pub retention_thread_events: u64,

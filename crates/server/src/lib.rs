@@ -121,6 +121,7 @@ async fn open_log(config: &ServerConfig, node_id: &str, hub: Arc<Hub>) -> Result
         redact: config.redact_secrets,
         max_page_bytes: config.max_page_bytes,
         dedup_window: config.dedup_window,
+        thread_cache: config.thread_cache,
         ..LogConfig::default()
     };
     let log: Arc<dyn Log> = match config.backbone.as_str() {

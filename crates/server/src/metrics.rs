@@ -36,7 +36,11 @@ impl ServerMetrics {
             "Published events refused, by reason (unroutable: the run names no known thread)",
             metrics.rejected.clone(),
         );
-        registry.register("agentwire_threads", "Threads in the log", metrics.threads.clone());
+        registry.register(
+            "agentwire_threads",
+            "Threads in the log's working state (running ones, and idle ones up to AGENTWIRE_THREAD_CACHE)",
+            metrics.threads.clone(),
+        );
         registry.register("agentwire_runs_in_flight", "Runs started and not yet ended", metrics.runs_in_flight.clone());
         registry.register(
             "agentwire_agent_runs",
