@@ -267,11 +267,9 @@ function open(threadId) {
         onReset: () => clearTimeline(),
         onError: (code, message) => {
             timeline.append(el("div", "notice", `${code}: ${message}`));
-            // Deleted in another tab or by an operator: it no longer belongs in the list.
-            if (code === "not_found") {
-                localStorage.setItem(threadsKey(), JSON.stringify(loadThreads().filter((t) => t.id !== threadId)));
-                drawThreadList();
-            }
+            // Deleted (here, in another tab, or by an operator): it no longer belongs on the page.
+            if (code === "not_found")
+                forgetThread(threadId);
         },
     });
     text.focus();

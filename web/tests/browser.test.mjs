@@ -98,11 +98,12 @@ test("deleting a thread removes it on the server and from every tab watching it"
   assert.equal(await button.textContent(), "delete?");
   await button.click();
   await page.waitForFunction((t) => !document.querySelector(`li[data-thread="${t}"]`), id, { timeout: WAIT });
-  assert.equal(await page.locator("article.run").count(), 0, "the deleting tab no longer shows the thread");
+  await page.waitForFunction(() => document.querySelectorAll("article.run").length === 0, null, { timeout: WAIT });
   // The other tab is told by the server, not by the first tab.
   await tab.waitForSelector(".notice", { timeout: WAIT });
   assert.match(await tab.locator(".notice").last().textContent(), /deleted/);
   await tab.waitForFunction((t) => !document.querySelector(`li[data-thread="${t}"]`), id, { timeout: WAIT });
+  assert.equal(await tab.locator("article.run").count(), 0, "the other tab no longer shows the thread");
   const token = await page.evaluate(async () => (await (await fetch("/dev/token?user=deleter")).json()).token);
   const resp = await fetch(`${base()}/v1/threads/${id}/events`, { headers: { authorization: `Bearer ${token}` } });
   assert.equal(resp.status, 404, "the thread is gone on the server");
