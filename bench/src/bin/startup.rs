@@ -75,6 +75,7 @@ fn build(dir: &Path, threads: usize, events: usize) {
                 cancel_requested: false,
                 last_activity_ms: Timestamp::now().millis(),
                 in_process: false,
+                last_seq: Some(events as u64),
             };
             batch.runs.push((run, record));
         }

@@ -346,6 +346,7 @@ impl RunState {
             cancel_requested: false,
             last_activity_ms: now.millis(),
             in_process,
+            last_seq: None,
         };
         Self { record, event_ids: Some(HashMap::new()), due_ms: None }
     }
@@ -916,6 +917,7 @@ impl<S: Store> Core<S> {
         record.lifecycle = plan.lifecycle;
         record.last_activity_ms = now.millis();
         record.cancel_requested |= cancel;
+        record.last_seq = Some(head + plan.new_events.len() as u64);
         batch.events = numbered(&thread_id, run, head, now, plan.new_events);
         let event_ids: Vec<(RunId, String, u64)> = batch
             .events

@@ -193,6 +193,28 @@ impl EmbeddedStore {
     }
 }
 
+/// The runs of `thread`, from the `thread_runs` index.
+fn runs_of(
+    thread_runs: &impl ReadableTable<(&'static str, &'static str), ()>,
+    thread: &str,
+) -> Result<Vec<String>, StoreError> {
+    thread_runs
+        .range((thread, "")..)
+        .map_err(io)?
+        .map_while(|item| match item {
+            Ok((key, _)) => (key.value().0 == thread).then(|| Ok(key.value().1.to_owned())),
+            Err(e) => Some(Err(io(e))),
+        })
+        .collect()
+}
+
+/// Removes every event id of `run`.
+fn forget_ids(event_ids: &mut redb::Table<'_, (&'static str, &'static str), u64>, run: &str) -> Result<(), StoreError> {
+    // Every (run, id) key sorts between (run, "") and (run + "\0", "").
+    let past = format!("{run}\0");
+    event_ids.retain_in((run, "")..(past.as_str(), ""), |_, _| false).map_err(io)
+}
+
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))
 }
@@ -239,26 +261,28 @@ impl Store for EmbeddedStore {
                 }
                 for (thread, below) in &batch.trims {
                     events.retain_in((thread.as_str(), 0)..(thread.as_str(), *below), |_, _| false).map_err(io)?;
+                    // Ended runs whose events are all gone go with them.
+                    for run in runs_of(&thread_runs, thread.as_str())? {
+                        let Some(bytes) = runs.get(run.as_str()).map_err(io)? else { continue };
+                        let record: RunRecord = self.decode("run", bytes.value())?;
+                        drop(bytes);
+                        if record.lifecycle.ended() && record.last_seq.is_some_and(|last| last < *below) {
+                            runs.remove(run.as_str()).map_err(io)?;
+                            run_ends.remove((record.last_activity_ms, run.as_str())).map_err(io)?;
+                            forget_ids(&mut event_ids, &run)?;
+                            thread_runs.remove((thread.as_str(), run.as_str())).map_err(io)?;
+                        }
+                    }
                 }
                 for (ended_ms, run) in &batch.forget {
-                    // Every (run, id) key sorts between (run, "") and (run + "\0", "").
-                    let past = format!("{run}\0");
-                    event_ids.retain_in((run.as_str(), "")..(past.as_str(), ""), |_, _| false).map_err(io)?;
+                    forget_ids(&mut event_ids, run.as_str())?;
                     run_ends.remove((*ended_ms, run.as_str())).map_err(io)?;
                 }
                 for thread in &batch.deletes {
                     let id = thread.as_str();
                     threads.remove(id).map_err(io)?;
                     events.retain_in((id, 0)..=(id, u64::MAX), |_, _| false).map_err(io)?;
-                    let owned: Vec<String> = thread_runs
-                        .range((id, "")..)
-                        .map_err(io)?
-                        .map_while(|item| match item {
-                            Ok((key, _)) => (key.value().0 == id).then(|| Ok(key.value().1.to_owned())),
-                            Err(e) => Some(Err(io(e))),
-                        })
-                        .collect::<Result<_, _>>()?;
-                    for run in &owned {
+                    for run in &runs_of(&thread_runs, id)? {
                         let removed = runs.remove(run.as_str()).map_err(io)?;
                         let ended = match removed {
                             Some(bytes) => Some(self.decode::<RunRecord>("run", bytes.value())?),
@@ -269,8 +293,7 @@ impl Store for EmbeddedStore {
                             run_ends.remove((record.last_activity_ms, run.as_str())).map_err(io)?;
                         }
                         running.remove(run.as_str()).map_err(io)?;
-                        let past = format!("{run}\0");
-                        event_ids.retain_in((run.as_str(), "")..(past.as_str(), ""), |_, _| false).map_err(io)?;
+                        forget_ids(&mut event_ids, run)?;
                         thread_runs.remove((id, run.as_str())).map_err(io)?;
                     }
                 }
@@ -475,15 +498,10 @@ impl EmbeddedStore {
             let txn = db.begin_read().map_err(io)?;
             let runs = txn.open_table(RUNS).map_err(io)?;
             let thread_runs = txn.open_table(THREAD_RUNS).map_err(io)?;
-            for item in thread_runs.range((thread.as_str(), "")..).map_err(io)? {
-                let (key, _) = item.map_err(io)?;
-                let (owner, run) = key.value();
-                if owner != thread.as_str() {
-                    break;
-                }
-                let Some(bytes) = runs.get(run).map_err(io)? else { continue };
+            for run in runs_of(&thread_runs, thread.as_str())? {
+                let Some(bytes) = runs.get(run.as_str()).map_err(io)? else { continue };
                 let record: RunRecord = self.decode("run", bytes.value())?;
-                let run_id = RunId::parse(run).map_err(|e| self.corrupt(format!("run key: {e}")))?;
+                let run_id = RunId::parse(&run).map_err(|e| self.corrupt(format!("run key: {e}")))?;
                 let line = BackupLine::Run { run_id, record };
                 write(&serde_json::to_string(&line).map_err(|e| StoreError::Io(e.to_string()))?)?;
             }

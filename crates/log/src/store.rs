@@ -53,6 +53,11 @@ pub struct RunRecord {
     /// Executed by the in-process engine of the node that owns this store.
     #[serde(default)]
     pub in_process: bool,
+    /// The `seq` of the run's last event (`None`: none yet, or a record written
+    /// before this was kept). Once retention has removed every event of an
+    /// ended run, the run goes too: its record and its event ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
 }
 
 /// One decision of the log, to be made durable.
@@ -66,7 +71,8 @@ pub struct Batch {
     pub events: Vec<Arc<StoredEvent>>,
     /// `(run, event_id) → seq` for de-duplication.
     pub event_ids: Vec<(RunId, String, u64)>,
-    /// Remove the events of a thread with `seq` below this (retention).
+    /// Remove the events of a thread with `seq` below this (retention), and
+    /// the ended runs whose events were all below it.
     pub trims: Vec<(ThreadId, u64)>,
     /// Ended runs whose `event_id`s are forgotten (the de-duplication window
     /// passed), as [`Store::runs_ended_before`] named them: (end time in ms, run).

@@ -360,3 +360,49 @@ async fn idle_threads_leave_memory_past_the_cache_and_start_up_loads_only_runnin
     let (thread, _) = &ended[99];
     assert_eq!(log.read(&ThreadId::parse(thread).unwrap(), 0, 10).await.unwrap().head_seq, 2);
 }
+
+#[tokio::test]
+async fn retention_takes_ended_runs_and_their_event_ids_with_their_last_events() {
+    use agentwire_log::RetentionPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let hour = Duration::from_secs(3600);
+    let log = open(dir.path(), hour);
+    let (user, thread) = (UserId::parse("r").unwrap(), ThreadId::parse("thread_oldruns").unwrap());
+    // Two short runs (seqs 1-2 and 3-4), then one still running (seqs 5-7).
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let run = log.create_run(external_run(thread.as_str(), &user, None)).await.unwrap().run_id;
+        let events = vec![
+            ev(EventKind::AgentStarted, json!({"agent_name":"a"})).with_event_id("s"),
+            ev(EventKind::AgentCompleted, json!({})).with_event_id("f"),
+        ];
+        log.append(run.as_str(), events).await.unwrap();
+        runs.push(run);
+    }
+    let going = log.create_run(external_run(thread.as_str(), &user, None)).await.unwrap().run_id;
+    let events = vec![
+        ev(EventKind::AgentStarted, json!({"agent_name":"a"})).with_event_id("s"),
+        ev(EventKind::AgentThinking, json!({"thought":"1"})),
+        ev(EventKind::AgentThinking, json!({"thought":"2"})),
+    ];
+    log.append(going.as_str(), events).await.unwrap();
+
+    // Keep 4 events: seqs 4-7. The first run's events are all gone, the second's not.
+    let policy = RetentionPolicy { max_events_per_thread: 4, ..Default::default() };
+    assert_eq!(log.enforce_retention(&policy, Timestamp::now()).await.unwrap(), 3);
+    let log = reopen(log, dir.path(), hour).await;
+    assert_eq!(log.run(runs[0].as_str()).await.unwrap(), None, "the run went with its last event");
+    assert!(log.run(runs[1].as_str()).await.unwrap().is_some(), "one event of it is left: it stays");
+    assert!(log.store().event_seq(&runs[0], "s").unwrap().is_none(), "its event ids went too");
+    assert_eq!(log.store().event_seq(&runs[1], "f").unwrap(), Some(4));
+    let repeat = vec![ev(EventKind::AgentCompleted, json!({})).with_event_id("f")];
+    assert_eq!(log.append(runs[1].as_str(), repeat).await.unwrap().seqs, vec![4], "still de-duplicated");
+
+    // Once the running run is past the trim too, it stays: only ended runs go.
+    let policy = RetentionPolicy { max_events_per_thread: 1, ..Default::default() };
+    log.enforce_retention(&policy, Timestamp::now()).await.unwrap();
+    assert!(log.run(runs[1].as_str()).await.unwrap().is_none());
+    assert!(log.run(going.as_str()).await.unwrap().is_some());
+    let more = vec![ev(EventKind::AgentThinking, json!({"thought":"3"}))];
+    assert_eq!(log.append(going.as_str(), more).await.unwrap().seqs, vec![8]);
+}

@@ -3,7 +3,7 @@
 //! Random sequences of every operation a caller can make (threads and runs with
 //! colliding ids, client-chosen and pattern-named run ids, publishes with
 //! repeated `event_id`s that the lifecycle accepts or refuses, cancels, run
-//! lookups, reads, watchdog ticks, thread deletes) run against the real log and, beside it, a model made of
+//! lookups, reads, watchdog ticks, thread deletes, retention sweeps) run against the real log and, beside it, a model made of
 //! plain maps. After every step their answers must agree; a restart (close and
 //! reopen the same files) may happen anywhere, after which the log must hold
 //! exactly what it acknowledged. A fault may be injected anywhere too: the next
@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentwire_log::store::{Batch, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadExtent};
 use agentwire_log::{
-    EmbeddedStore, Log, LogConfig, LogError, MemoryStore, NewRun, NoFeed, PageBudget, StoredEvent, StoredLog,
+    EmbeddedStore, Log, LogConfig, LogError, MemoryStore, NewRun, NoFeed, PageBudget, RetentionPolicy, StoredEvent,
+    StoredLog,
 };
 use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
 use proptest::prelude::*;
@@ -81,6 +82,10 @@ enum Op {
         /// The user asking; `None`: the operator.
         user: Option<u8>,
     },
+    /// A retention sweep keeping this many events per thread.
+    Retain {
+        keep: u8,
+    },
     Restart,
     FailNextCommit,
     /// The store takes writes again: the log recovers (as it would by itself).
@@ -108,6 +113,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => run_ref().prop_map(|run| Op::RunInfo { run }),
         2 => (0..THREADS).prop_map(|thread| Op::Read { thread }),
         1 => (0..THREADS, prop::option::of(0..USERS)).prop_map(|(thread, user)| Op::DeleteThread { thread, user }),
+        1 => (1..4u8).prop_map(|keep| Op::Retain { keep }),
         1 => Just(Op::Restart),
         1 => Just(Op::FailNextCommit),
         1 => Just(Op::Recover),
@@ -153,6 +159,8 @@ enum Answer {
     Events(Vec<(u64, EventKind, String)>),
     /// A deleted thread's runs that were running, sorted.
     Deleted(Vec<String>),
+    /// Events a retention sweep removed.
+    Removed(u64),
     Refused(&'static str),
 }
 
@@ -212,9 +220,17 @@ struct Model {
     threads: HashMap<String, (u8, bool)>,
     /// Registered runs, in order, with their thread.
     runs: Vec<(String, String)>,
+    /// Every run id ever registered (also those a delete or retention took since).
+    named: BTreeSet<String>,
     life: HashMap<String, Life>,
     ids: HashMap<(String, String), u64>,
+    /// Retained events per thread.
     events: HashMap<String, Vec<(u64, EventKind, String)>>,
+    /// The last seq given out per thread (retention does not move it).
+    heads: HashMap<String, u64>,
+    /// Whether retention takes an ended run with its last event (a store that
+    /// keeps runs; the memory log keeps every run in its working state).
+    drops_trimmed_runs: bool,
     /// The next commit fails.
     armed: bool,
     /// A commit failed: writes are refused until a restart.
@@ -271,6 +287,7 @@ impl Model {
         self.threads.entry(name.clone()).or_insert((user, true));
         self.events.entry(name.clone()).or_default();
         self.runs.push((run.clone(), name));
+        self.named.insert(run.clone());
         self.life.insert(run, Life::default());
     }
 
@@ -285,7 +302,7 @@ impl Model {
             },
         };
         let mut life = self.life.get(run).cloned().unwrap_or_default();
-        let head = self.events[&thread].len() as u64;
+        let head = self.heads.get(&thread).copied().unwrap_or(0);
         let mut seqs = Vec::new();
         let mut new: Vec<&NewEvent> = Vec::new();
         let mut in_batch: HashMap<String, u64> = HashMap::new();
@@ -314,8 +331,10 @@ impl Model {
         }
         if fresh {
             self.runs.push((run.to_owned(), thread.clone()));
+            self.named.insert(run.to_owned());
         }
         self.life.insert(run.to_owned(), life);
+        self.heads.insert(thread.clone(), head + new.len() as u64);
         let log = self.events.entry(thread).or_default();
         for (i, e) in new.iter().enumerate() {
             let seq = head + 1 + i as u64;
@@ -337,6 +356,7 @@ impl Model {
         }
         self.threads.remove(&name);
         self.events.remove(&name);
+        self.heads.remove(&name);
         let gone: Vec<String> = self.runs.iter().filter(|(_, t)| *t == name).map(|(r, _)| r.clone()).collect();
         self.runs.retain(|(_, t)| *t != name);
         let mut running = Vec::new();
@@ -348,6 +368,40 @@ impl Model {
         self.ids.retain(|(run, _), _| !gone.contains(run));
         running.sort();
         Answer::Deleted(running)
+    }
+
+    /// A sweep keeping `keep` events per thread; answers how many went. An
+    /// ended run none of whose events is left goes too (where the store keeps runs).
+    fn retain(&mut self, keep: usize) -> u64 {
+        let mut removed = 0;
+        let mut last_seq: HashMap<String, u64> = HashMap::new();
+        for events in self.events.values() {
+            for (seq, _, run) in events {
+                last_seq.insert(run.clone(), *seq);
+            }
+        }
+        let mut gone = Vec::new();
+        for (thread, events) in &mut self.events {
+            if events.len() <= keep {
+                continue;
+            }
+            let cut = events.len() - keep;
+            let keep_from = events[cut].0;
+            removed += cut as u64;
+            events.drain(..cut);
+            for (run, t) in &self.runs {
+                let ended = self.life.get(run).is_some_and(|l| l.status.is_some());
+                if t == thread && ended && last_seq.get(run).is_some_and(|s| *s < keep_from) {
+                    gone.push(run.clone());
+                }
+            }
+        }
+        if self.drops_trimmed_runs {
+            self.runs.retain(|(run, _)| !gone.contains(run));
+            self.life.retain(|run, _| !gone.contains(run));
+            self.ids.retain(|(run, _), _| !gone.contains(run));
+        }
+        removed
     }
 
     fn read(&self, thread: u8) -> Answer {
@@ -477,6 +531,7 @@ fn writes(op: &Op) -> bool {
             | Op::Append { .. }
             | Op::Cancel { .. }
             | Op::DeleteThread { .. }
+            | Op::Retain { .. }
     )
 }
 
@@ -515,6 +570,11 @@ async fn write(subject: &Subject, model: &Model, op: &Op) -> (Answer, Option<Run
                 Answer::Deleted(runs)
             });
             (deleted.unwrap_or_else(|e| refused(&e)), None)
+        }
+        Op::Retain { keep } => {
+            let policy = RetentionPolicy { max_events_per_thread: u64::from(*keep), ..RetentionPolicy::default() };
+            let removed = log.enforce_retention(&policy, Timestamp::now()).await;
+            (removed.map_or_else(|e| refused(&e), Answer::Removed), None)
         }
         _ => (Answer::Refused("not a write"), None),
     }
@@ -555,6 +615,10 @@ fn expect_write(next: &mut Model, op: &Op, minted: Option<&RunId>) -> (Answer, b
             let answer = next.delete_thread(*thread, *user);
             let commits = matches!(answer, Answer::Deleted(_));
             (answer, commits)
+        }
+        Op::Retain { keep } => {
+            let removed = next.retain(usize::from(*keep));
+            (Answer::Removed(removed), removed > 0)
         }
         _ => (Answer::Refused("not a write"), false),
     }
@@ -607,9 +671,7 @@ async fn step(subject: &mut Subject, model: &mut Model, op: &Op) -> Result<(), T
             model.armed = false;
             model.failed = false;
             // After a restart the log holds exactly what it acknowledged.
-            for thread in 0..THREADS {
-                prop_assert_eq!(read_all(subject.log(), thread).await, model.read(thread), "after a restart");
-            }
+            agrees(subject, model, "after a restart").await?;
         }
         Op::FailNextCommit => {
             subject.fail_next.store(true, Ordering::Release);
@@ -625,16 +687,7 @@ async fn step(subject: &mut Subject, model: &mut Model, op: &Op) -> Result<(), T
             prop_assert!(recovered.is_ok(), "recovery: {:?}", recovered);
             model.failed = false;
             // The working state is what the store holds: exactly what was acknowledged.
-            for thread in 0..THREADS {
-                prop_assert_eq!(read_all(subject.log(), thread).await, model.read(thread), "after recovering");
-            }
-            let chosen = (0..4).map(chosen_name);
-            let names: BTreeSet<String> = model.runs.iter().map(|(run, _)| run.clone()).chain(chosen).collect();
-            for run in &names {
-                let real = subject.log().run(run).await.map(|info| info.map(|i| i.status));
-                let expected = model.life.get(run).map(|l| l.status.unwrap_or(RunStatus::Running));
-                prop_assert_eq!(real.map_err(|e| refused(&e)), Ok(expected), "run {} after recovering", run);
-            }
+            agrees(subject, model, "after recovering").await?;
         }
         Op::ExpireAll => {
             let later = Timestamp(Timestamp::now().millis() + 2 * IDLE_MS);
@@ -670,20 +723,37 @@ async fn step(subject: &mut Subject, model: &mut Model, op: &Op) -> Result<(), T
     Ok(())
 }
 
+/// Every thread reads as the model says, and every run ever named answers as the
+/// model says (one that retention or a delete took answers nothing).
+async fn agrees(subject: &Subject, model: &Model, when: &str) -> Result<(), TestCaseError> {
+    for thread in 0..THREADS {
+        prop_assert_eq!(read_all(subject.log(), thread).await, model.read(thread), "{}", when);
+    }
+    let chosen = (0..4).map(chosen_name);
+    let names: BTreeSet<String> = model.named.iter().cloned().chain(chosen).collect();
+    for run in &names {
+        let real = subject.log().run(run).await.map(|info| info.map(|i| i.status));
+        let expected = model.life.get(run).map(|l| l.status.unwrap_or(RunStatus::Running));
+        prop_assert_eq!(real.map_err(|e| refused(&e)), Ok(expected), "run {} {}", run, when);
+    }
+    Ok(())
+}
+
 fn check(ops: &[Op], embedded: bool) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let dir = embedded.then(|| tempfile::tempdir().expect("temp dir"));
         let mut subject = Subject::open(dir);
-        let mut model = Model::default();
+        let mut model = Model { drops_trimmed_runs: embedded, ..Model::default() };
         for op in ops {
             step(&mut subject, &mut model, op).await?;
         }
-        // The last word: once restarted, every thread reads as the model says.
+        // The last word: once restarted, every thread and run reads as the model says.
         if subject.restart().await {
-            for thread in 0..THREADS {
-                prop_assert_eq!(read_all(subject.log(), thread).await, model.read(thread), "at the end");
-            }
+            model.failed = false;
+        }
+        if !model.failed {
+            agrees(&subject, &model, "at the end").await?;
         }
         if let Some(log) = subject.log.take() {
             log.close().await;
