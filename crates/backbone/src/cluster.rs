@@ -28,7 +28,7 @@ use agentwire_log::{
 };
 use agentwire_protocol::{EventKind, NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id};
 use async_trait::async_trait;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,7 +45,7 @@ const SYNC_PAGE: usize = 1024;
 const MAX_VIEWS: usize = 50_000;
 /// Registrations cached (they never change once made).
 const MAX_REGISTRY: usize = 200_000;
-/// Thread records (owner, creator) cached per node; cleared when full, read again on demand.
+/// Thread records (owner, creator) cached per node; past it the least used go, read again on demand.
 const MAX_METAS: usize = 200_000;
 /// Events read per round trip when retention looks for the age cut-off.
 const AGE_PAGE: usize = 256;
@@ -54,16 +54,6 @@ const AGE_PAGE: usize = 256;
 const FIRST_READ_CHUNK: usize = 16;
 /// Most events asked of the backbone at once for a page.
 const MAX_READ_CHUNK: usize = 1024;
-
-/// Inserts into a per-node cache of at most `max` entries, emptying it when full
-/// (what it held is read again from the backbone on demand).
-fn insert_capped<K: std::hash::Hash + Eq, V>(cache: &RwLock<HashMap<K, V>>, max: usize, key: K, value: V) {
-    let mut cache = cache.write();
-    if cache.len() >= max {
-        cache.clear();
-    }
-    cache.insert(key, value);
-}
 
 /// The average encoded size of `events` (1 when there are none).
 fn budget_average(events: &[Arc<StoredEvent>]) -> usize {
@@ -121,8 +111,10 @@ struct Inner<B> {
     backbone: B,
     config: ClusterConfig,
     views: Mutex<HashMap<ThreadId, Cell>>,
-    metas: RwLock<HashMap<ThreadId, ThreadMeta>>,
-    registry: RwLock<HashMap<RunId, RunEntry>>,
+    /// Per-node caches of what the backbone holds, bounded; the least used
+    /// entries give way (quick_cache), and what went is read again on demand.
+    metas: quick_cache::sync::Cache<ThreadId, ThreadMeta>,
+    registry: quick_cache::sync::Cache<RunId, RunEntry>,
     runs_in_flight: AtomicU64,
     threads: AtomicU64,
     stop: CancellationToken,
@@ -153,8 +145,8 @@ impl<B: Backbone> ClusterLog<B> {
             backbone,
             config,
             views: Mutex::new(HashMap::new()),
-            metas: RwLock::new(HashMap::new()),
-            registry: RwLock::new(HashMap::new()),
+            metas: quick_cache::sync::Cache::new(MAX_METAS),
+            registry: quick_cache::sync::Cache::new(MAX_REGISTRY),
             runs_in_flight: AtomicU64::new(0),
             threads: AtomicU64::new(0),
             stop: CancellationToken::new(),
@@ -182,8 +174,8 @@ impl<B: Backbone> Inner<B> {
     }
 
     async fn meta(&self, thread: &ThreadId) -> Result<Option<ThreadMeta>, LogError> {
-        if let Some(meta) = self.metas.read().get(thread) {
-            return Ok(Some(meta.clone()));
+        if let Some(meta) = self.metas.get(thread) {
+            return Ok(Some(meta));
         }
         let meta = self.backbone.thread(thread).await.map_err(unavailable)?;
         if let Some(meta) = &meta {
@@ -195,7 +187,7 @@ impl<B: Backbone> Inner<B> {
     /// Caches a thread's record; a thread's owner and creator never change, so
     /// the cache only needs a bound, not invalidation.
     fn remember_meta(&self, thread: ThreadId, meta: ThreadMeta) {
-        insert_capped(&self.metas, MAX_METAS, thread, meta);
+        self.metas.insert(thread, meta);
     }
 
     async fn owner(&self, thread: &ThreadId) -> Result<Option<UserId>, LogError> {
@@ -220,8 +212,8 @@ impl<B: Backbone> Inner<B> {
     }
 
     async fn registration(&self, run: &str) -> Result<Option<RunEntry>, LogError> {
-        if let Some(entry) = self.registry.read().get(run) {
-            return Ok(Some(entry.clone()));
+        if let Some(entry) = self.registry.get(run) {
+            return Ok(Some(entry));
         }
         let entry = self.backbone.run(run).await.map_err(unavailable)?;
         if let (Some(entry), Ok(id)) = (&entry, RunId::parse(run)) {
@@ -231,7 +223,7 @@ impl<B: Backbone> Inner<B> {
     }
 
     fn remember(&self, run: RunId, entry: RunEntry) {
-        insert_capped(&self.registry, MAX_REGISTRY, run, entry);
+        self.registry.insert(run, entry);
     }
 
     /// The run's thread: registry, then (for appends) extraction (PROTOCOL §1).

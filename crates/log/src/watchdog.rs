@@ -23,17 +23,28 @@ pub fn check_interval(idle_timeout: Duration) -> Duration {
 pub async fn run(log: Arc<dyn Log>, idle_timeout: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(check_interval(idle_timeout));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Said once per outage (a full disk, an engine away), not on every tick.
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
         match log.expire_idle_runs(Timestamp::now()).await {
-            Ok(expired) if !expired.is_empty() => {
-                tracing::info!(count = expired.len(), "ended idle runs with agent_error timeout")
+            Ok(expired) => {
+                if failing {
+                    tracing::info!("idle-run watchdog checks runs again");
+                }
+                failing = false;
+                if !expired.is_empty() {
+                    tracing::info!(count = expired.len(), "ended idle runs with agent_error timeout");
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "idle-run watchdog could not check runs"),
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "idle-run watchdog cannot check runs until the log takes writes again");
+            }
+            Err(_) => {}
         }
     }
     tracing::debug!("idle-run watchdog stopped");
