@@ -15,7 +15,7 @@
 //! and ends the in-process runs of nodes whose heartbeat has lapsed for a whole
 //! TTL with `agent_error {code:"worker_lost"}`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -41,7 +41,7 @@ use crate::{
 const MAX_ATTEMPTS: usize = 64;
 /// Events read per round trip when a view catches up.
 const SYNC_PAGE: usize = 1024;
-/// Views kept before idle ones are dropped (they are rebuilt on demand).
+/// Views kept; past it the least used idle ones give way (rebuilt on demand).
 const MAX_VIEWS: usize = 50_000;
 /// Registrations cached (they never change once made).
 const MAX_REGISTRY: usize = 200_000;
@@ -107,10 +107,62 @@ impl ThreadView {
 
 type Cell = Arc<tokio::sync::Mutex<ThreadView>>;
 
+/// The thread views a node holds, at most `cap` of them. Past it, views give
+/// way one at a time in second-chance order (CLOCK): one used since it was last
+/// looked at gets another round, one in use is skipped. A view that went is
+/// rebuilt from the backbone when it is needed again; nothing drops every idle
+/// view at once.
+struct Views<V> {
+    map: HashMap<ThreadId, (Arc<V>, bool)>,
+    order: VecDeque<ThreadId>,
+    cap: usize,
+}
+
+impl<V: Default> Views<V> {
+    fn new(cap: usize) -> Self {
+        Self { map: HashMap::new(), order: VecDeque::new(), cap: cap.max(1) }
+    }
+
+    /// The view of `thread`, without counting it as used (the feed's look).
+    fn peek(&self, thread: &ThreadId) -> Option<Arc<V>> {
+        self.map.get(thread).map(|(view, _)| view.clone())
+    }
+
+    /// The view of `thread`, made (empty) if there is none.
+    fn get(&mut self, thread: &ThreadId) -> Arc<V> {
+        if let Some((view, used)) = self.map.get_mut(thread) {
+            *used = true;
+            return view.clone();
+        }
+        // Each view is looked at at most twice per insertion: the cost stays flat.
+        let mut looks = self.order.len() * 2;
+        while self.map.len() >= self.cap && looks > 0 {
+            looks -= 1;
+            let Some(oldest) = self.order.pop_front() else { break };
+            let Some((view, used)) = self.map.get_mut(&oldest) else { continue };
+            if Arc::strong_count(view) > 1 || *used {
+                *used = false;
+                self.order.push_back(oldest);
+            } else {
+                self.map.remove(&oldest);
+            }
+        }
+        let view = Arc::new(V::default());
+        self.map.insert(thread.clone(), (view.clone(), false));
+        self.order.push_back(thread.clone());
+        view
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
 struct Inner<B> {
     backbone: B,
     config: ClusterConfig,
-    views: Mutex<HashMap<ThreadId, Cell>>,
+    views: Mutex<Views<tokio::sync::Mutex<ThreadView>>>,
     /// Per-node caches of what the backbone holds, bounded; the least used
     /// entries give way (quick_cache), and what went is read again on demand.
     metas: quick_cache::sync::Cache<ThreadId, ThreadMeta>,
@@ -144,7 +196,7 @@ impl<B: Backbone> ClusterLog<B> {
         let inner = Arc::new(Inner {
             backbone,
             config,
-            views: Mutex::new(HashMap::new()),
+            views: Mutex::new(Views::new(MAX_VIEWS)),
             metas: quick_cache::sync::Cache::new(MAX_METAS),
             registry: quick_cache::sync::Cache::new(MAX_REGISTRY),
             runs_in_flight: AtomicU64::new(0),
@@ -162,15 +214,7 @@ impl<B: Backbone> ClusterLog<B> {
 
 impl<B: Backbone> Inner<B> {
     fn cell(&self, thread: &ThreadId) -> Cell {
-        let mut views = self.views.lock();
-        if let Some(cell) = views.get(thread) {
-            return cell.clone();
-        }
-        if views.len() >= MAX_VIEWS {
-            // Drop views nobody is using; they are rebuilt from the backbone when needed.
-            views.retain(|_, cell| Arc::strong_count(cell) > 1);
-        }
-        views.entry(thread.clone()).or_default().clone()
+        self.views.lock().get(thread)
     }
 
     async fn meta(&self, thread: &ThreadId) -> Result<Option<ThreadMeta>, LogError> {
@@ -440,7 +484,7 @@ impl<B: Backbone> Follower for Feed<B> {
     fn appended(&self, events: &[Arc<StoredEvent>], at: Position) {
         self.sink.deliver(events);
         let (Some(inner), Some(first)) = (self.inner.upgrade(), events.first()) else { return };
-        let Some(cell) = inner.views.lock().get(first.thread_id()).cloned() else { return };
+        let Some(cell) = inner.views.lock().peek(first.thread_id()) else { return };
         // A busy view is left alone: whoever holds it catches up on its own.
         let Ok(mut view) = cell.try_lock() else { return };
         if view.loaded && first.seq() == view.at.seq + 1 {
@@ -700,5 +744,32 @@ impl<B: Backbone> Log for ClusterLog<B> {
 impl<B> Drop for ClusterLog<B> {
     fn drop(&mut self) {
         self.inner.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: usize) -> ThreadId {
+        ThreadId::parse(&format!("thread_v{n}")).expect("thread id")
+    }
+
+    #[test]
+    fn views_past_the_cap_give_way_one_at_a_time_used_and_busy_ones_last() {
+        let mut views: Views<u8> = Views::new(3);
+        let busy = views.get(&id(0)); // held by someone: never dropped
+        views.get(&id(1));
+        views.get(&id(2));
+        views.get(&id(1)); // used again: gets a second chance
+        views.get(&id(3));
+        assert_eq!(views.len(), 3, "one view went, not every idle one");
+        assert!(views.peek(&id(0)).is_some_and(|v| Arc::ptr_eq(&v, &busy)), "the busy view stays");
+        assert!(views.peek(&id(1)).is_some(), "the used view stays");
+        assert!(views.peek(&id(2)).is_none(), "the idle, unused one went");
+        // Everything busy: the cap bends rather than dropping a view in use.
+        let held: Vec<_> = (10..15).map(|n| views.get(&id(n))).collect();
+        assert_eq!(views.len(), 3 + held.len() - 2, "idle views went first, busy ones stayed");
+        assert!(held.iter().enumerate().all(|(i, v)| views.peek(&id(10 + i)).is_some_and(|p| Arc::ptr_eq(&p, v))));
     }
 }
