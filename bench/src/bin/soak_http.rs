@@ -24,6 +24,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use agentwire_bench::load::usage;
+use agentwire_bench::soak::dir_bytes;
+use agentwire_bench::stats::Percentiles;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -38,42 +41,6 @@ const PUBLISHERS: usize = 64;
 const SAMPLES: usize = 10;
 /// Subscriptions per watcher connection (under the server's 256).
 const PER_WATCHER: usize = 200;
-
-fn field(path: &str, name: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Resident memory of `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    field(&format!("/proc/{pid}/status"), "VmRSS:").unwrap_or(0) * 1024
-}
-
-/// CPU seconds (user + system) `pid` has used.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    ticks as f64 / 100.0 // USER_HZ is 100 on Linux
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map_or(0, |d| d.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
-}
-
-/// Percentile `p` (0..=1) of `samples`, in milliseconds.
-fn percentile(samples: &mut [u64], p: f64) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    samples.sort_unstable();
-    let at = ((samples.len() - 1) as f64 * p).round() as usize;
-    samples[at] as f64 / 1e3
-}
 
 /// Starts the release server over `data` (dev mode on loopback: tokens from
 /// `/dev/token`); answers the child and its base URL.
@@ -173,7 +140,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let next = Arc::new(AtomicUsize::new(0));
-    let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let watched_runs = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicUsize::new(0));
     let body = Arc::new(run_body());
@@ -198,7 +165,7 @@ async fn main() {
                 let sent = Instant::now();
                 let resp = http.post(format!("{base}/v1/runs/{run}/events")).bearer_auth(KEY).json(&*body).send().await;
                 if resp.is_ok_and(|r| r.status().is_success()) {
-                    latencies.lock().push(sent.elapsed().as_micros() as u64);
+                    latencies.lock().push(sent.elapsed());
                     completed.fetch_add(1, Ordering::Relaxed);
                     if t < watched {
                         watched_runs.fetch_add(1, Ordering::Relaxed);
@@ -220,10 +187,12 @@ async fn main() {
         }
         let mut window = std::mem::take(&mut *latencies.lock());
         let done = samples.iter().map(|(n, _)| n).sum::<usize>() + window.len();
-        let memory = rss(pid);
+        let (memory_kib, server_cpu) = usage(&[pid]);
+        let memory = memory_kib * 1024;
+        let own_cpu = usage(&[std::process::id()]).1;
         let disk = dir_bytes(data.path()) as f64 / (done.max(1) * 10) as f64;
-        let (p50, p99) = (percentile(&mut window, 0.5), percentile(&mut window, 0.99));
-        let (server_cpu, own_cpu) = (cpu_seconds(&pid.to_string()), cpu_seconds("self"));
+        let p = Percentiles::of(&mut window);
+        let (p50, p99) = (p.p50.as_secs_f64() * 1e3, p.p99.as_secs_f64() * 1e3);
         println!(
             "| {done} | {:.1} | {disk:.0} | {p50:.1} / {p99:.1} | {server_cpu:.1} | {own_cpu:.1} |",
             memory as f64 / 1e6

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use agentwire_bench::soak::dir_bytes;
 use agentwire_log::store::{Batch, RunRecord, ThreadRecord};
 use agentwire_log::{EmbeddedLog, EmbeddedStore, Log, LogConfig, NoFeed, Store, StoredEvent};
 use agentwire_protocol::{Envelope, EnvelopeType, EventKind, RunId, RunLifecycle, ThreadId, Timestamp, UserId};
@@ -84,11 +85,6 @@ fn build(dir: &Path, threads: usize, events: usize) {
             eprintln!("  {} threads written ({:.0} s)", (chunk + 1) * CHUNK, began.elapsed().as_secs_f64());
         }
     }
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map_or(0, |d| d.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
 }
 
 #[tokio::main]
