@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use agentwire_bench::fjall_store::FjallStore;
 use agentwire_bench::stats::{Percentiles, ms};
-use agentwire_bench::timed::{CommitLog, Timed};
+use agentwire_bench::timed::{CommitLog, Timing, timed};
 use agentwire_log::{EmbeddedStore, Log, LogConfig, MemoryStore, NewRun, NoFeed, Store, StoredLog};
 use agentwire_protocol::{EventKind, NewEvent, ThreadId, UserId};
 use serde_json::json;
@@ -150,7 +150,7 @@ struct Args {
 /// A log over `store`, its commits timed.
 fn timed_log<S: Store>(store: S, config: &LogConfig) -> (Arc<dyn Log>, Arc<CommitLog>) {
     let commits = Arc::new(CommitLog::default());
-    let store = Timed { inner: store, commits: commits.clone(), forget_runs: false };
+    let store = timed(store, Timing { commits: commits.clone(), forget_runs: false });
     let log = StoredLog::open(store, config.clone(), Arc::new(NoFeed)).expect("open log");
     (Arc::new(log), commits)
 }

@@ -20,7 +20,7 @@
 //! Defaults: 200,000 runs over 1,000 threads. Data goes under `target/bench-data`.
 
 use agentwire_bench::soak::{PUBLISHERS, SAMPLES, soak};
-use agentwire_bench::timed::Timed;
+use agentwire_bench::timed::{Timing, timed};
 use agentwire_log::EmbeddedStore;
 
 #[global_allocator]
@@ -39,7 +39,7 @@ async fn main() {
         let dir = tempfile::tempdir_in(base).expect("temp dir");
         eprintln!("{variant}:");
         let store = EmbeddedStore::open(dir.path()).expect("open the store");
-        let store = Timed { forget_runs: variant == "keeping", ..Timed::new(store) };
+        let store = timed(store, Timing { forget_runs: variant == "keeping", ..Timing::default() });
         let outcome = soak(store, runs, threads, dir.path()).await;
         outcomes.push((variant, outcome));
     }

@@ -183,6 +183,66 @@ pub trait Store: Send + Sync + 'static {
     fn last_seq_at_or_before(&self, thread: &ThreadId, ts_ms: i64) -> Result<Option<u64>, StoreError>;
 }
 
+/// What a store wrapper changes: how batches are written (a test's injected
+/// fault, a benchmark's timing), and perhaps whether runs and threads are kept.
+/// Wrapped in [`Hooked`], everything else goes to the store underneath, so a
+/// wrapper cannot forget a method the trait gains.
+pub trait WriteHook: Send + Sync + 'static {
+    /// Writes `batches` through `inner`, or refuses them.
+    fn write(&self, inner: &dyn Store, batches: &[&Batch]) -> Result<(), StoreError>;
+
+    /// Claims the store keeps neither runs nor threads, so the log holds them
+    /// all in memory (how it behaved before eviction, for comparisons).
+    fn forgets(&self) -> bool {
+        false
+    }
+}
+
+/// A store with a [`WriteHook`] around its writes.
+pub struct Hooked<H> {
+    pub inner: Box<dyn Store>,
+    pub hook: H,
+}
+
+impl<H: WriteHook> Store for Hooked<H> {
+    fn write(&self, batches: &[&Batch]) -> Result<(), StoreError> {
+        self.hook.write(&*self.inner, batches)
+    }
+    fn read(&self, thread: &ThreadId, after_seq: u64, budget: PageBudget) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        self.inner.read(thread, after_seq, budget)
+    }
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        self.inner.load()
+    }
+    fn keeps_threads(&self) -> bool {
+        !self.hook.forgets() && self.inner.keeps_threads()
+    }
+    fn thread(&self, thread: &ThreadId) -> Result<Option<LoadedThread>, StoreError> {
+        self.inner.thread(thread)
+    }
+    fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.inner.run(run_id)
+    }
+    fn keeps_runs(&self) -> bool {
+        !self.hook.forgets() && self.inner.keeps_runs()
+    }
+    fn recover(&self) -> Result<(), StoreError> {
+        self.inner.recover()
+    }
+    fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.event_seq(run, event_id)
+    }
+    fn runs_ended_before(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, RunId)>, StoreError> {
+        self.inner.runs_ended_before(before_ms, limit)
+    }
+    fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError> {
+        self.inner.thread_extents()
+    }
+    fn last_seq_at_or_before(&self, thread: &ThreadId, ts_ms: i64) -> Result<Option<u64>, StoreError> {
+        self.inner.last_seq_at_or_before(thread, ts_ms)
+    }
+}
+
 /// Where a thread's retained events start and end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadExtent {

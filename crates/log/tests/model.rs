@@ -21,11 +21,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use agentwire_log::store::{Batch, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadExtent};
-use agentwire_log::{
-    EmbeddedStore, Log, LogConfig, LogError, MemoryStore, NewRun, NoFeed, PageBudget, RetentionPolicy, StoredEvent,
-    StoredLog,
-};
+use agentwire_log::store::{Batch, Hooked, Store, StoreError, WriteHook};
+use agentwire_log::{EmbeddedStore, Log, LogConfig, LogError, MemoryStore, NewRun, NoFeed, RetentionPolicy, StoredLog};
 use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
 use proptest::prelude::*;
 use serde_json::json;
@@ -412,51 +409,15 @@ impl Model {
     }
 }
 
-/// A store whose next commit fails when told to.
-struct Faulty {
-    inner: Box<dyn Store>,
-    fail_next: Arc<AtomicBool>,
-}
+/// Makes the next commit fail when told to.
+struct FailNext(Arc<AtomicBool>);
 
-impl Store for Faulty {
-    fn write(&self, batches: &[&Batch]) -> Result<(), StoreError> {
-        if self.fail_next.swap(false, Ordering::AcqRel) {
+impl WriteHook for FailNext {
+    fn write(&self, inner: &dyn Store, batches: &[&Batch]) -> Result<(), StoreError> {
+        if self.0.swap(false, Ordering::AcqRel) {
             return Err(StoreError::Io("injected: the disk said no".into()));
         }
-        self.inner.write(batches)
-    }
-    fn read(&self, thread: &ThreadId, after: u64, budget: PageBudget) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
-        self.inner.read(thread, after, budget)
-    }
-    fn load(&self) -> Result<Snapshot, StoreError> {
-        self.inner.load()
-    }
-    fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
-        self.inner.run(run_id)
-    }
-    fn keeps_runs(&self) -> bool {
-        self.inner.keeps_runs()
-    }
-    fn recover(&self) -> Result<(), StoreError> {
-        self.inner.recover()
-    }
-    fn keeps_threads(&self) -> bool {
-        self.inner.keeps_threads()
-    }
-    fn thread(&self, thread: &ThreadId) -> Result<Option<LoadedThread>, StoreError> {
-        self.inner.thread(thread)
-    }
-    fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError> {
-        self.inner.event_seq(run, event_id)
-    }
-    fn runs_ended_before(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, RunId)>, StoreError> {
-        self.inner.runs_ended_before(before_ms, limit)
-    }
-    fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError> {
-        self.inner.thread_extents()
-    }
-    fn last_seq_at_or_before(&self, thread: &ThreadId, ts_ms: i64) -> Result<Option<u64>, StoreError> {
-        self.inner.last_seq_at_or_before(thread, ts_ms)
+        inner.write(batches)
     }
 }
 
@@ -464,7 +425,7 @@ impl Store for Faulty {
 struct Subject {
     /// The embedded store's directory; `None` for the memory log (no restarts).
     dir: Option<tempfile::TempDir>,
-    log: Option<StoredLog<Faulty>>,
+    log: Option<StoredLog<Hooked<FailNext>>>,
     fail_next: Arc<AtomicBool>,
 }
 
@@ -475,7 +436,7 @@ impl Subject {
         subject
     }
 
-    fn open_log(&self) -> StoredLog<Faulty> {
+    fn open_log(&self) -> StoredLog<Hooked<FailNext>> {
         let fail_next = self.fail_next.clone();
         let idle = std::time::Duration::from_millis(IDLE_MS as u64);
         // Recovery happens only when a step says so.
@@ -487,7 +448,7 @@ impl Subject {
             Some(dir) => Box::new(EmbeddedStore::open(dir.path()).expect("open the store")),
             None => Box::new(MemoryStore::default()),
         };
-        StoredLog::open(Faulty { inner, fail_next }, config, Arc::new(NoFeed)).expect("open the log")
+        StoredLog::open(Hooked { inner, hook: FailNext(fail_next) }, config, Arc::new(NoFeed)).expect("open the log")
     }
 
     fn log(&self) -> &dyn Log {
