@@ -107,8 +107,12 @@ impl Store for FjallStore {
         Ok(found.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()).map(u64::from_be_bytes))
     }
 
-    fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError> {
+    fn oldest_threads(&self, _at_or_before_ms: i64, _limit: usize) -> Result<Vec<ThreadExtent>, StoreError> {
         Ok(Vec::new())
+    }
+
+    fn event_count(&self) -> Result<u64, StoreError> {
+        Ok(0)
     }
 
     fn last_seq_at_or_before(&self, _thread: &ThreadId, _ts_ms: i64) -> Result<Option<u64>, StoreError> {

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use agentwire_log::retention::RetentionPolicy;
 use agentwire_log::store::ThreadExtent;
 use agentwire_log::{
     Appended, FeedSink, Log, LogError, LogStats, NewRun, Page, PageBudget, RunInfo, StoredEvent, numbered, plan_append,
@@ -686,7 +685,8 @@ impl<B: Backbone> Log for ClusterLog<B> {
         self.inner.end_runs_where(mine, "worker_lost", "the server stopped while the agent was running").await
     }
 
-    async fn enforce_retention(&self, policy: &RetentionPolicy, now: Timestamp) -> Result<u64, LogError> {
+    async fn enforce_retention(&self, now: Timestamp) -> Result<u64, LogError> {
+        let policy = &self.inner.config.log.retention;
         if !policy.is_active() {
             return Ok(0);
         }

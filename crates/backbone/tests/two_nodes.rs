@@ -42,12 +42,22 @@ fn prefix(tag: &str) -> String {
 }
 
 async fn node(url: &str, prefix: &str, id: &str, idle: Duration) -> (Arc<dyn Log>, Arc<Recorder>) {
+    node_keeping(url, prefix, id, idle, RetentionPolicy::default()).await
+}
+
+async fn node_keeping(
+    url: &str,
+    prefix: &str,
+    id: &str,
+    idle: Duration,
+    retention: RetentionPolicy,
+) -> (Arc<dyn Log>, Arc<Recorder>) {
     let feed = Arc::new(Recorder::default());
     let config = ClusterConfig {
         prefix: prefix.into(),
         node_id: id.into(),
         node_ttl: Duration::from_secs(5),
-        log: LogConfig { run_idle_timeout: idle, ..Default::default() },
+        log: LogConfig { run_idle_timeout: idle, retention, ..Default::default() },
     };
     let log = agentwire_backbone::open(url, config, feed.clone())
         .await
@@ -174,7 +184,8 @@ async fn rules_hold_across_nodes(url: &str) {
 
 async fn idle_runs_expire_and_retention_trims(url: &str) {
     let p = prefix("idle");
-    let (a, _) = node(url, &p, "a", Duration::from_millis(300)).await;
+    let keep10 = RetentionPolicy { max_events_per_thread: 10, ..Default::default() };
+    let (a, _) = node_keeping(url, &p, "a", Duration::from_millis(300), keep10).await;
     let (b, _) = node(url, &p, "b", Duration::from_millis(300)).await;
     let owner = UserId::parse("u").unwrap();
     let thread = ThreadId::parse("thread_idle").unwrap();
@@ -190,8 +201,7 @@ async fn idle_runs_expire_and_retention_trims(url: &str) {
     let page = a.read(&thread, 30, 10).await.unwrap();
     assert_eq!(page.events[0].envelope.data["code"], "timeout");
 
-    let policy = RetentionPolicy { max_events_per_thread: 10, ..Default::default() };
-    assert_eq!(a.enforce_retention(&policy, Timestamp::now()).await.unwrap(), 21);
+    assert_eq!(a.enforce_retention(Timestamp::now()).await.unwrap(), 21);
     let page = b.read(&thread, 0, 100).await.unwrap();
     assert_eq!((page.oldest_seq, page.head_seq), (22, 31));
     assert_eq!(page.events.iter().map(|e| e.seq()).collect::<Vec<_>>(), (22..=31).collect::<Vec<_>>());

@@ -49,7 +49,7 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use tokio::sync::oneshot;
 
 use crate::retention::{self, RetentionPolicy, Trim};
-use crate::store::{Batch, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadRecord};
+use crate::store::{Batch, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadExtent, ThreadRecord};
 use crate::{
     Appended, FeedSink, Log, LogConfig, LogError, LogStats, NewRun, Page, PageBudget, RunInfo, numbered, plan_append,
 };
@@ -79,6 +79,9 @@ struct ThreadState {
     by_publisher: bool,
     /// The last `seq` given out (committed or on its way).
     head: u64,
+    /// The oldest `seq` kept once what was decided is committed (retention
+    /// may have trims on their way), so an append does not trim twice.
+    oldest: u64,
     runs: HashMap<RunId, RunState>,
     /// Deleted: an operation that took this entry before the delete finds it
     /// here, under the lock, and does nothing.
@@ -114,6 +117,7 @@ impl ThreadEntry {
                 owner,
                 by_publisher,
                 head,
+                oldest,
                 runs: HashMap::new(),
                 deleted: false,
                 stale: false,
@@ -641,6 +645,54 @@ async fn durable(ticket: Ticket) -> Result<(), LogError> {
 }
 
 impl<S: Store> Core<S> {
+    /// One retention limit, applied a group at a time: `plan` gets the threads
+    /// whose oldest event is at or before `at_or_before_ms`, oldest first, and
+    /// answers their trims; they commit, and the next group is asked for, until
+    /// a group plans nothing. Answers how many events went.
+    async fn sweep(
+        &self,
+        at_or_before_ms: i64,
+        plan: impl Fn(&S, &[ThreadExtent]) -> Result<Vec<Trim>, StoreError> + Send + Sync + 'static,
+    ) -> Result<u64, LogError> {
+        self.check_writable()?;
+        let plan = Arc::new(plan);
+        let mut removed = 0;
+        loop {
+            let (store, plan) = (self.store.clone(), plan.clone());
+            let trims = tokio::task::spawn_blocking(move || {
+                let due = store.oldest_threads(at_or_before_ms, RETENTION_GROUP)?;
+                plan(&store, &due)
+            })
+            .await
+            .map_err(|e| LogError::Unavailable(format!("retention task failed: {e}")))?
+            .map_err(storage)?;
+            let (mut batch, mut oldest, before) = (Batch::default(), Vec::new(), removed);
+            for trim in trims {
+                let Some(entry) = self.thread(&trim.thread).await? else { continue };
+                let record = {
+                    let state = entry.state.lock();
+                    if state.check_current().is_err() {
+                        continue;
+                    }
+                    ThreadRecord {
+                        owner: state.owner.clone(),
+                        oldest_seq: trim.keep_from,
+                        by_publisher: state.by_publisher,
+                    }
+                };
+                removed += trim.keep_from.saturating_sub(entry.oldest.load(Ordering::Acquire));
+                batch.trims.push((trim.thread.clone(), trim.keep_from));
+                batch.threads.push((trim.thread, record));
+                oldest.push((entry, trim.keep_from));
+            }
+            // Nothing planned (or only threads deleted meanwhile): this limit holds.
+            if batch.trims.is_empty() || removed == before {
+                return Ok(removed);
+            }
+            durable(self.submit_with(batch, Vec::new(), oldest, None)?).await?;
+        }
+    }
+
     fn check_writable(&self) -> Result<(), LogError> {
         if self.failed.load(Ordering::Acquire) {
             return Err(LogError::Unavailable(
@@ -931,10 +983,22 @@ impl<S: Store> Core<S> {
         let remembered: Vec<(String, u64)> = event_ids.iter().map(|(_, id, seq)| (id.clone(), *seq)).collect();
         batch.runs.push((run.clone(), record.clone()));
         batch.event_ids = event_ids;
+        // The per-thread limit is kept here, in the append's own commit: no sweep looks for full threads.
+        let mut oldest = Vec::new();
+        let kept_from = state.oldest.max(entry.oldest.load(Ordering::Acquire));
+        let trim = self.config.retention.thread_trim(kept_from, new_head);
+        if let Some(keep_from) = trim {
+            batch.trims.push((thread_id.clone(), keep_from));
+            let trimmed =
+                ThreadRecord { owner: state.owner.clone(), oldest_seq: keep_from, by_publisher: state.by_publisher };
+            batch.threads.push((thread_id.clone(), trimmed));
+            oldest.push((entry.clone(), keep_from));
+        }
         let ended_now = record.lifecycle.ended();
         let evict = (ended_now && self.store.keeps_runs()).then(|| (entry.clone(), run.clone()));
-        let ticket = self.submit_with(batch, vec![(entry.clone(), new_head)], Vec::new(), evict)?;
+        let ticket = self.submit_with(batch, vec![(entry.clone(), new_head)], oldest, evict)?;
         // Queued: now the working state may move on.
+        state.oldest = trim.unwrap_or(kept_from);
         if let Some(map) = run_state.event_ids.as_mut() {
             map.extend(remembered);
         }
@@ -1227,48 +1291,34 @@ impl<S: Store> Log for StoredLog<S> {
         }
     }
 
-    async fn enforce_retention(&self, policy: &RetentionPolicy, now: Timestamp) -> Result<u64, LogError> {
-        let core = &self.core;
-        core.check_writable()?;
-        let (store, policy_copy) = (core.store.clone(), *policy);
-        let cutoff = now.millis().saturating_sub(i64::try_from(policy.max_age.as_millis()).unwrap_or(i64::MAX));
-        let trims = tokio::task::spawn_blocking(move || -> Result<Vec<Trim>, StoreError> {
-            let extents = store.thread_extents()?;
-            let mut failure = None;
-            let trims = retention::plan(&policy_copy, &extents, |thread| {
-                store.last_seq_at_or_before(thread, cutoff).unwrap_or_else(|e| {
-                    failure.get_or_insert(e);
-                    None
-                })
-            });
-            failure.map_or(Ok(trims), Err)
-        })
-        .await
-        .map_err(|e| LogError::Unavailable(format!("retention task failed: {e}")))?
-        .map_err(storage)?;
+    async fn enforce_retention(&self, now: Timestamp) -> Result<u64, LogError> {
+        let policy = self.core.config.retention;
         let mut removed = 0;
-        for chunk in trims.chunks(RETENTION_GROUP) {
-            let mut batch = Batch::default();
-            let mut oldest = Vec::new();
-            for trim in chunk {
-                let Some(entry) = core.thread(&trim.thread).await? else { continue };
-                let record = {
-                    let state = entry.state.lock();
-                    if state.check_current().is_err() {
-                        continue;
-                    }
-                    ThreadRecord {
-                        owner: state.owner.clone(),
-                        oldest_seq: trim.keep_from,
-                        by_publisher: state.by_publisher,
-                    }
-                };
-                removed += trim.keep_from.saturating_sub(entry.oldest.load(Ordering::Acquire));
-                batch.trims.push((trim.thread.clone(), trim.keep_from));
-                batch.threads.push((trim.thread.clone(), record));
-                oldest.push((entry, trim.keep_from));
-            }
-            durable(core.submit_with(batch, Vec::new(), oldest, None)?).await?;
+        if !policy.max_age.is_zero() {
+            let cutoff = now.millis().saturating_sub(i64::try_from(policy.max_age.as_millis()).unwrap_or(i64::MAX));
+            let age_only = RetentionPolicy { max_age: policy.max_age, ..RetentionPolicy::default() };
+            removed += self
+                .core
+                .sweep(cutoff, move |store, due| {
+                    let mut failure = None;
+                    let trims = retention::plan(&age_only, due, |thread| {
+                        store.last_seq_at_or_before(thread, cutoff).unwrap_or_else(|e| {
+                            failure.get_or_insert(e);
+                            None
+                        })
+                    });
+                    failure.map_or(Ok(trims), Err)
+                })
+                .await?;
+        }
+        if policy.max_events > 0 {
+            removed += self
+                .core
+                .sweep(i64::MAX, move |store, oldest| {
+                    let excess = store.event_count()?.saturating_sub(policy.max_events);
+                    Ok(retention::take_oldest(oldest, excess))
+                })
+                .await?;
         }
         Ok(removed)
     }

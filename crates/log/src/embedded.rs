@@ -13,7 +13,15 @@
 //! | `event_ids` | (run id, event id) | seq |
 //! | `thread_runs` | (thread id, run id) | `()`: a thread's runs, to delete them with it |
 //! | `run_ends` | (end time in ms, run id) | `()`: ended runs whose event ids are kept |
-//! | `meta` | name | number (`format`) |
+//! | `thread_ends` | (thread id, last seq, run id) | `()`: ended runs by their last event, for retention |
+//! | `thread_age` | (oldest event's time in ms, thread id) | that event's seq: threads oldest first, for retention |
+//! | `thread_oldest` | thread id | its key in `thread_age` |
+//! | `meta` | name | number (`format`; `events`: how many are stored) |
+//!
+//! The last four make retention cost what it removes: the sweep reads the
+//! threads with the oldest events from `thread_age` and the total from `meta`,
+//! and a trim finds the runs it ends in `thread_ends`, so nothing walks every
+//! thread or every run.
 //!
 //! The file is locked by redb while open, so a second server on the same data
 //! directory is refused.
@@ -42,10 +50,17 @@ const RUN_ENDS: TableDefinition<(i64, &str), ()> = TableDefinition::new("run_end
 
 /// A thread's runs: (thread, run) → ().
 const THREAD_RUNS: TableDefinition<(&str, &str), ()> = TableDefinition::new("thread_runs");
+/// Ended runs by their last event: (thread, last seq, run) → ().
+const THREAD_ENDS: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("thread_ends");
+/// Threads by the time of their oldest stored event: (ms, thread) → that event's seq.
+const THREAD_AGE: TableDefinition<(i64, &str), u64> = TableDefinition::new("thread_age");
+/// Each thread's key in `thread_age`: thread → ms.
+const THREAD_OLDEST: TableDefinition<&str, i64> = TableDefinition::new("thread_oldest");
 
 /// The on-disk layout version this build reads and writes. Version 1 had no
-/// `thread_runs`; it is built from `runs` when such a file is opened.
-const FORMAT: u64 = 2;
+/// `thread_runs`, version 2 none of the retention indexes; they are built when
+/// such a file is opened.
+const FORMAT: u64 = 3;
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "agentwire.redb";
 
@@ -138,14 +153,9 @@ impl EmbeddedStore {
             let found = meta.get("format").map_err(|e| corrupt(e.to_string()))?.map(|v| v.value());
             match found {
                 Some(FORMAT) | None => {}
-                Some(1) => {
-                    let runs = txn.open_table(RUNS).map_err(|e| corrupt(e.to_string()))?;
-                    let mut thread_runs = txn.open_table(THREAD_RUNS).map_err(io)?;
-                    for item in runs.iter().map_err(io)? {
-                        let (key, value) = item.map_err(io)?;
-                        let record: RunRecord = self.decode("run", value.value())?;
-                        thread_runs.insert((record.thread_id.as_str(), key.value()), ()).map_err(io)?;
-                    }
+                Some(old @ (1 | 2)) => {
+                    let stored = self.upgrade(&txn, old)?;
+                    meta.insert("events", stored).map_err(io)?;
                     tracing::info!(path = %self.path.display(), "upgraded the store to layout version {FORMAT}");
                 }
                 Some(other) => return Err(corrupt(format!("layout version {other}, this build reads {FORMAT}"))),
@@ -158,8 +168,43 @@ impl EmbeddedStore {
             txn.open_table(EVENTS).map_err(|e| corrupt(e.to_string()))?;
             txn.open_table(EVENT_IDS).map_err(|e| corrupt(e.to_string()))?;
             txn.open_table(THREAD_RUNS).map_err(|e| corrupt(e.to_string()))?;
+            txn.open_table(THREAD_ENDS).map_err(|e| corrupt(e.to_string()))?;
+            txn.open_table(THREAD_AGE).map_err(|e| corrupt(e.to_string()))?;
+            txn.open_table(THREAD_OLDEST).map_err(|e| corrupt(e.to_string()))?;
         }
         txn.commit().map_err(io)
+    }
+
+    /// Builds what layout version `from` lacks from what it holds: one walk
+    /// over the file, once. Answers how many events are stored.
+    fn upgrade(&self, txn: &redb::WriteTransaction, from: u64) -> Result<u64, StoreError> {
+        let runs = txn.open_table(RUNS).map_err(io)?;
+        let mut thread_runs = txn.open_table(THREAD_RUNS).map_err(io)?;
+        let mut thread_ends = txn.open_table(THREAD_ENDS).map_err(io)?;
+        for item in runs.iter().map_err(io)? {
+            let (key, value) = item.map_err(io)?;
+            let record: RunRecord = self.decode("run", value.value())?;
+            if from < 2 {
+                thread_runs.insert((record.thread_id.as_str(), key.value()), ()).map_err(io)?;
+            }
+            if let Some(last) = record.last_seq.filter(|_| record.lifecycle.ended()) {
+                thread_ends.insert((record.thread_id.as_str(), last, key.value()), ()).map_err(io)?;
+            }
+        }
+        let threads = txn.open_table(THREADS).map_err(io)?;
+        let events = txn.open_table(EVENTS).map_err(io)?;
+        let mut ages =
+            Ages { age: txn.open_table(THREAD_AGE).map_err(io)?, oldest: txn.open_table(THREAD_OLDEST).map_err(io)? };
+        for item in threads.iter().map_err(io)? {
+            let (key, _) = item.map_err(io)?;
+            ages.reindex(self, &events, key.value())?;
+        }
+        let mut count = 0u64;
+        for item in events.iter().map_err(io)? {
+            item.map_err(io)?;
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// A thread's record and head, as `threads` and `events` hold them.
@@ -215,6 +260,67 @@ fn forget_ids(event_ids: &mut redb::Table<'_, (&'static str, &'static str), u64>
     event_ids.retain_in((run, "")..(past.as_str(), ""), |_, _| false).map_err(io)
 }
 
+/// The age index (`thread_age` and `thread_oldest`) as a write sees it.
+struct Ages<'txn> {
+    age: redb::Table<'txn, (i64, &'static str), u64>,
+    oldest: redb::Table<'txn, &'static str, i64>,
+}
+
+impl Ages<'_> {
+    /// Puts `thread` in the index at its first stored event, or takes it out if it has none.
+    fn reindex(
+        &mut self,
+        store: &EmbeddedStore,
+        events: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+        thread: &str,
+    ) -> Result<(), StoreError> {
+        let first = events.range((thread, 0)..=(thread, u64::MAX)).map_err(io)?.next().transpose().map_err(io)?;
+        let now = match first {
+            Some((key, value)) => Some((store.event(value.value())?.envelope.ts.millis(), key.value().1)),
+            None => None,
+        };
+        self.set(thread, now)
+    }
+
+    /// Indexes `thread` at (time, seq) of its oldest event, or not at all.
+    fn set(&mut self, thread: &str, at: Option<(i64, u64)>) -> Result<(), StoreError> {
+        let was = self.oldest.get(thread).map_err(io)?.map(|v| v.value());
+        if let Some(ms) = was {
+            self.age.remove((ms, thread)).map_err(io)?;
+        }
+        match at {
+            Some((ms, seq)) => {
+                self.oldest.insert(thread, ms).map_err(io)?;
+                self.age.insert((ms, thread), seq).map_err(io)?;
+            }
+            None if was.is_some() => {
+                self.oldest.remove(thread).map_err(io)?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn has(&self, thread: &str) -> Result<bool, StoreError> {
+        Ok(self.oldest.get(thread).map_err(io)?.is_some())
+    }
+}
+
+/// Removes `thread`'s events in `range`; answers how many there were.
+fn remove_events(
+    events: &mut redb::Table<'_, (&'static str, u64), &'static [u8]>,
+    range: std::ops::Range<(&str, u64)>,
+) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    events
+        .retain_in(range, |_, _| {
+            removed += 1;
+            false
+        })
+        .map_err(io)?;
+    Ok(removed)
+}
+
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))
 }
@@ -231,6 +337,13 @@ impl Store for EmbeddedStore {
             let mut event_ids = txn.open_table(EVENT_IDS).map_err(io)?;
             let mut run_ends = txn.open_table(RUN_ENDS).map_err(io)?;
             let mut thread_runs = txn.open_table(THREAD_RUNS).map_err(io)?;
+            let mut thread_ends = txn.open_table(THREAD_ENDS).map_err(io)?;
+            let mut ages = Ages {
+                age: txn.open_table(THREAD_AGE).map_err(io)?,
+                oldest: txn.open_table(THREAD_OLDEST).map_err(io)?,
+            };
+            let mut meta = txn.open_table(META).map_err(io)?;
+            let mut count = meta.get("events").map_err(io)?.map_or(0, |v| v.value());
             for batch in batches {
                 for (id, record) in &batch.threads {
                     threads.insert(id.as_str(), json(record)?.as_slice()).map_err(io)?;
@@ -251,28 +364,46 @@ impl Store for EmbeddedStore {
                     // An ended record is written once, when the run ends: its ids' clock starts.
                     if record.lifecycle.ended() {
                         run_ends.insert((record.last_activity_ms, id.as_str()), ()).map_err(io)?;
+                        if let Some(last) = record.last_seq {
+                            thread_ends.insert((record.thread_id.as_str(), last, id.as_str()), ()).map_err(io)?;
+                        }
                     }
                 }
+                let mut previous: Option<&ThreadId> = None;
                 for event in &batch.events {
-                    events.insert((event.thread_id().as_str(), event.seq()), event.json.as_bytes()).map_err(io)?;
+                    let thread = event.thread_id();
+                    let replaced = events.insert((thread.as_str(), event.seq()), event.json.as_bytes()).map_err(io)?;
+                    count += u64::from(replaced.is_none());
+                    drop(replaced);
+                    // A batch's events are in seq order per thread: only a thread's
+                    // first one here can be its oldest.
+                    if previous != Some(thread) && !ages.has(thread.as_str())? {
+                        ages.set(thread.as_str(), Some((event.envelope.ts.millis(), event.seq())))?;
+                    }
+                    previous = Some(thread);
                 }
                 for (run, event_id, seq) in &batch.event_ids {
                     event_ids.insert((run.as_str(), event_id.as_str()), seq).map_err(io)?;
                 }
                 for (thread, below) in &batch.trims {
-                    events.retain_in((thread.as_str(), 0)..(thread.as_str(), *below), |_, _| false).map_err(io)?;
-                    // Ended runs whose events are all gone go with them.
-                    for run in runs_of(&thread_runs, thread.as_str())? {
-                        let Some(bytes) = runs.get(run.as_str()).map_err(io)? else { continue };
-                        let record: RunRecord = self.decode("run", bytes.value())?;
-                        drop(bytes);
-                        if record.lifecycle.ended() && record.last_seq.is_some_and(|last| last < *below) {
-                            runs.remove(run.as_str()).map_err(io)?;
+                    let id = thread.as_str();
+                    count = count.saturating_sub(remove_events(&mut events, (id, 0)..(id, *below))?);
+                    // Ended runs whose last event went go with it.
+                    let gone: Vec<(u64, String)> = thread_ends
+                        .range((id, 0, "")..(id, *below, ""))
+                        .map_err(io)?
+                        .map(|item| item.map(|(key, _)| (key.value().1, key.value().2.to_owned())).map_err(io))
+                        .collect::<Result<_, _>>()?;
+                    for (last, run) in gone {
+                        if let Some(bytes) = runs.remove(run.as_str()).map_err(io)? {
+                            let record: RunRecord = self.decode("run", bytes.value())?;
                             run_ends.remove((record.last_activity_ms, run.as_str())).map_err(io)?;
-                            forget_ids(&mut event_ids, &run)?;
-                            thread_runs.remove((thread.as_str(), run.as_str())).map_err(io)?;
                         }
+                        forget_ids(&mut event_ids, &run)?;
+                        thread_runs.remove((id, run.as_str())).map_err(io)?;
+                        thread_ends.remove((id, last, run.as_str())).map_err(io)?;
                     }
+                    ages.reindex(self, &events, id)?;
                 }
                 for (ended_ms, run) in &batch.forget {
                     forget_ids(&mut event_ids, run.as_str())?;
@@ -281,7 +412,9 @@ impl Store for EmbeddedStore {
                 for thread in &batch.deletes {
                     let id = thread.as_str();
                     threads.remove(id).map_err(io)?;
-                    events.retain_in((id, 0)..=(id, u64::MAX), |_, _| false).map_err(io)?;
+                    count = count.saturating_sub(remove_events(&mut events, (id, 0)..(id, u64::MAX))?);
+                    ages.set(id, None)?;
+                    thread_ends.retain_in((id, 0, "")..=(id, u64::MAX, ""), |_, _| false).map_err(io)?;
                     for run in &runs_of(&thread_runs, id)? {
                         let removed = runs.remove(run.as_str()).map_err(io)?;
                         let ended = match removed {
@@ -298,6 +431,7 @@ impl Store for EmbeddedStore {
                     }
                 }
             }
+            meta.insert("events", count).map_err(io)?;
         }
         txn.commit().map_err(io)
     }
@@ -430,26 +564,29 @@ impl Store for EmbeddedStore {
         Ok(ids.get((run.as_str(), event_id)).map_err(io)?.map(|v| v.value()))
     }
 
-    fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError> {
+    fn oldest_threads(&self, at_or_before_ms: i64, limit: usize) -> Result<Vec<ThreadExtent>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(io)?;
-        let threads = txn.open_table(THREADS).map_err(io)?;
+        let ages = txn.open_table(THREAD_AGE).map_err(io)?;
         let events = txn.open_table(EVENTS).map_err(io)?;
         let mut out = Vec::new();
-        for item in threads.iter().map_err(io)? {
-            let (key, _) = item.map_err(io)?;
-            let thread = ThreadId::parse(key.value()).map_err(|e| self.corrupt(format!("thread key: {e}")))?;
-            let mut range = events.range((thread.as_str(), 0)..=(thread.as_str(), u64::MAX)).map_err(io)?;
-            let first = range.next().transpose().map_err(io)?;
-            let last = range.next_back().transpose().map_err(io)?;
-            let (oldest_seq, oldest_ts_ms) = match &first {
-                Some((k, v)) => (k.value().1, Some(self.event(v.value())?.envelope.ts.millis())),
-                None => (1, None),
-            };
-            let head_seq = last.map(|(k, _)| k.value().1).or(first.map(|(k, _)| k.value().1)).unwrap_or(0);
-            out.push(ThreadExtent { thread, oldest_seq, head_seq, oldest_ts_ms });
+        for item in ages.range(..(at_or_before_ms.saturating_add(1), "")).map_err(io)?.take(limit) {
+            let (key, oldest_seq) = item.map_err(io)?;
+            let (ms, thread) = key.value();
+            let last =
+                events.range((thread, 0)..=(thread, u64::MAX)).map_err(io)?.next_back().transpose().map_err(io)?;
+            let thread = ThreadId::parse(thread).map_err(|e| self.corrupt(format!("thread key: {e}")))?;
+            let head_seq = last.map_or(oldest_seq.value(), |(k, _)| k.value().1);
+            out.push(ThreadExtent { thread, oldest_seq: oldest_seq.value(), head_seq, oldest_ts_ms: Some(ms) });
         }
         Ok(out)
+    }
+
+    fn event_count(&self) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(io)?;
+        let meta = txn.open_table(META).map_err(io)?;
+        Ok(meta.get("events").map_err(io)?.map_or(0, |v| v.value()))
     }
 
     fn last_seq_at_or_before(&self, thread: &ThreadId, ts_ms: i64) -> Result<Option<u64>, StoreError> {

@@ -233,6 +233,10 @@ pub struct LogConfig {
     /// Threads with no run in the working state that it keeps (the oldest idle
     /// go first); the others are read back from the store when needed.
     pub thread_cache: usize,
+    /// How much history is kept (all of it by default). A log over a store
+    /// applies the per-thread limit as it appends; the sweep
+    /// ([`Log::enforce_retention`]) applies the age and global limits.
+    pub retention: RetentionPolicy,
 }
 
 impl LogConfig {
@@ -254,6 +258,7 @@ impl Default for LogConfig {
             dedup_window: Duration::from_secs(24 * 3600),
             retry_after_failure: Duration::from_secs(1),
             thread_cache: 10_000,
+            retention: RetentionPolicy::default(),
         }
     }
 }
@@ -318,8 +323,9 @@ pub trait Log: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// Removes events past `policy` (measured at `now`); answers how many went.
-    async fn enforce_retention(&self, _policy: &RetentionPolicy, _now: Timestamp) -> Result<u64, LogError> {
+    /// Removes events past the log's retention policy ([`LogConfig::retention`],
+    /// ages measured at `now`); answers how many went.
+    async fn enforce_retention(&self, _now: Timestamp) -> Result<u64, LogError> {
         Ok(0)
     }
 

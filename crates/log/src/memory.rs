@@ -4,7 +4,7 @@
 //! already in memory in [`StoredLog`], so this store only keeps the events
 //! themselves; "durable" here means "in this process".
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use agentwire_protocol::{RunId, ThreadId};
@@ -16,7 +16,40 @@ use crate::{FeedSink, LogConfig, PageBudget, StoredEvent, StoredLog};
 /// Events per thread; `events[t][i]` has `seq == oldest[t] + i`.
 #[derive(Default)]
 pub struct MemoryStore {
-    threads: RwLock<HashMap<ThreadId, VecDeque<Arc<StoredEvent>>>>,
+    inner: RwLock<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    threads: HashMap<ThreadId, VecDeque<Arc<StoredEvent>>>,
+    /// Threads by the time of their oldest event, for retention.
+    by_age: BTreeSet<(i64, ThreadId)>,
+    /// Events in all threads.
+    count: u64,
+}
+
+fn oldest_ts(events: Option<&VecDeque<Arc<StoredEvent>>>) -> Option<i64> {
+    events.and_then(VecDeque::front).map(|e| e.envelope.ts.millis())
+}
+
+impl Kept {
+    /// Changes `thread`'s events with `change`, keeping the count and the age order.
+    fn change(&mut self, thread: &ThreadId, change: impl FnOnce(&mut HashMap<ThreadId, VecDeque<Arc<StoredEvent>>>)) {
+        let (was_ts, was_len) =
+            (oldest_ts(self.threads.get(thread)), self.threads.get(thread).map_or(0, VecDeque::len));
+        change(&mut self.threads);
+        let (now_ts, now_len) =
+            (oldest_ts(self.threads.get(thread)), self.threads.get(thread).map_or(0, VecDeque::len));
+        self.count = (self.count + now_len as u64).saturating_sub(was_len as u64);
+        if was_ts != now_ts {
+            if let Some(ts) = was_ts {
+                self.by_age.remove(&(ts, thread.clone()));
+            }
+            if let Some(ts) = now_ts {
+                self.by_age.insert((ts, thread.clone()));
+            }
+        }
+    }
 }
 
 /// The log over memory.
@@ -31,20 +64,26 @@ impl StoredLog<MemoryStore> {
 
 impl Store for MemoryStore {
     fn write(&self, batches: &[&Batch]) -> Result<(), StoreError> {
-        let mut threads = self.threads.write();
+        let mut kept = self.inner.write();
         for batch in batches {
             for event in &batch.events {
-                threads.entry(event.thread_id().clone()).or_default().push_back(event.clone());
+                kept.change(event.thread_id(), |threads| {
+                    threads.entry(event.thread_id().clone()).or_default().push_back(event.clone());
+                });
             }
             for (thread, below) in &batch.trims {
-                if let Some(events) = threads.get_mut(thread) {
-                    while events.front().is_some_and(|e| e.seq() < *below) {
-                        events.pop_front();
+                kept.change(thread, |threads| {
+                    if let Some(events) = threads.get_mut(thread) {
+                        while events.front().is_some_and(|e| e.seq() < *below) {
+                            events.pop_front();
+                        }
                     }
-                }
+                });
             }
             for thread in &batch.deletes {
-                threads.remove(thread);
+                kept.change(thread, |threads| {
+                    threads.remove(thread);
+                });
             }
         }
         Ok(())
@@ -56,8 +95,8 @@ impl Store for MemoryStore {
         after_seq: u64,
         mut budget: PageBudget,
     ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
-        let threads = self.threads.read();
-        let Some(events) = threads.get(thread) else { return Ok(Vec::new()) };
+        let kept = self.inner.read();
+        let Some(events) = kept.threads.get(thread) else { return Ok(Vec::new()) };
         let first = events.front().map_or(1, |e| e.seq());
         let skip = usize::try_from(after_seq.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
         Ok(events.iter().skip(skip).take_while(|e| budget.admit(e.json.len())).cloned().collect())
@@ -76,22 +115,33 @@ impl Store for MemoryStore {
         Ok(None)
     }
 
-    fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError> {
-        let threads = self.threads.read();
-        Ok(threads
+    fn oldest_threads(&self, at_or_before_ms: i64, limit: usize) -> Result<Vec<ThreadExtent>, StoreError> {
+        let kept = self.inner.read();
+        Ok(kept
+            .by_age
             .iter()
-            .map(|(thread, events)| ThreadExtent {
-                thread: thread.clone(),
-                oldest_seq: events.front().map_or(1, |e| e.seq()),
-                head_seq: events.back().map_or(0, |e| e.seq()),
-                oldest_ts_ms: events.front().map(|e| e.envelope.ts.millis()),
+            .take_while(|(ts, _)| *ts <= at_or_before_ms)
+            .take(limit)
+            .filter_map(|(ts, thread)| {
+                let events = kept.threads.get(thread)?;
+                Some(ThreadExtent {
+                    thread: thread.clone(),
+                    oldest_seq: events.front()?.seq(),
+                    head_seq: events.back()?.seq(),
+                    oldest_ts_ms: Some(*ts),
+                })
             })
             .collect())
     }
 
+    fn event_count(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.read().count)
+    }
+
     fn last_seq_at_or_before(&self, thread: &ThreadId, ts_ms: i64) -> Result<Option<u64>, StoreError> {
-        let threads = self.threads.read();
-        Ok(threads
+        let kept = self.inner.read();
+        Ok(kept
+            .threads
             .get(thread)
             .and_then(|events| events.iter().take_while(|e| e.envelope.ts.millis() <= ts_ms).last().map(|e| e.seq())))
     }

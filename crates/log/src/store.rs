@@ -72,7 +72,7 @@ pub struct Batch {
     /// `(run, event_id) → seq` for de-duplication.
     pub event_ids: Vec<(RunId, String, u64)>,
     /// Remove the events of a thread with `seq` below this (retention), and
-    /// the ended runs whose events were all below it.
+    /// the ended runs whose last event was below it.
     pub trims: Vec<(ThreadId, u64)>,
     /// Ended runs whose `event_id`s are forgotten (the de-duplication window
     /// passed), as [`Store::runs_ended_before`] named them: (end time in ms, run).
@@ -176,8 +176,14 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// Every thread with its oldest stored event's time (for retention).
-    fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError>;
+    /// Up to `limit` threads whose oldest stored event was appended at or before
+    /// `at_or_before_ms`, oldest first (for retention). Only as costly as what
+    /// it answers: a store keeps its threads ordered by their oldest event.
+    fn oldest_threads(&self, at_or_before_ms: i64, limit: usize) -> Result<Vec<ThreadExtent>, StoreError>;
+
+    /// How many events are stored in all (for retention's global limit), kept
+    /// as a count, not counted.
+    fn event_count(&self) -> Result<u64, StoreError>;
 
     /// The `seq` of the last event of `thread` appended at or before `ts_ms` (for retention by age).
     fn last_seq_at_or_before(&self, thread: &ThreadId, ts_ms: i64) -> Result<Option<u64>, StoreError>;
@@ -235,8 +241,11 @@ impl<H: WriteHook> Store for Hooked<H> {
     fn runs_ended_before(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, RunId)>, StoreError> {
         self.inner.runs_ended_before(before_ms, limit)
     }
-    fn thread_extents(&self) -> Result<Vec<ThreadExtent>, StoreError> {
-        self.inner.thread_extents()
+    fn oldest_threads(&self, at_or_before_ms: i64, limit: usize) -> Result<Vec<ThreadExtent>, StoreError> {
+        self.inner.oldest_threads(at_or_before_ms, limit)
+    }
+    fn event_count(&self) -> Result<u64, StoreError> {
+        self.inner.event_count()
     }
     fn last_seq_at_or_before(&self, thread: &ThreadId, ts_ms: i64) -> Result<Option<u64>, StoreError> {
         self.inner.last_seq_at_or_before(thread, ts_ms)

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentwire_log::{EmbeddedLog, Log, LogConfig, LogError, NewRun, NoFeed, Store, StoreError};
+use agentwire_log::{EmbeddedLog, Log, LogConfig, LogError, NewRun, NoFeed, RetentionPolicy, Store, StoreError};
 use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
 use serde_json::{Value, json};
 
@@ -118,12 +118,16 @@ fn unreadable_data_is_an_error_never_an_empty_start() {
     assert!(matches!(foreign, Err(StoreError::Corrupt { .. })), "{:?}", foreign.err());
 }
 
+fn open_with(dir: &std::path::Path, retention: RetentionPolicy) -> EmbeddedLog {
+    let config = LogConfig { run_idle_timeout: Duration::from_secs(3600), retention, ..Default::default() };
+    EmbeddedLog::open_dir(dir, config, Arc::new(NoFeed)).expect("open")
+}
+
 #[tokio::test]
 async fn retention_removes_old_events_and_what_is_left_survives_a_restart() {
-    use agentwire_log::RetentionPolicy;
     let dir = tempfile::tempdir().unwrap();
-    let hour = Duration::from_secs(3600);
-    let log = open(dir.path(), hour);
+    let keep4 = RetentionPolicy { max_events_per_thread: 4, ..Default::default() };
+    let log = open_with(dir.path(), keep4);
     let (user, thread) = (UserId::parse("r").unwrap(), ThreadId::parse("thread_keepfew").unwrap());
     let run = log.create_run(external_run(thread.as_str(), &user, None)).await.unwrap().run_id;
     log.append(run.as_str(), vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"}))]).await.unwrap();
@@ -132,28 +136,112 @@ async fn retention_removes_old_events_and_what_is_left_survives_a_restart() {
             .await
             .unwrap();
     }
-    let policy = RetentionPolicy { max_events_per_thread: 4, ..Default::default() };
-    assert_eq!(log.enforce_retention(&policy, Timestamp::now()).await.unwrap(), 6);
-    assert_eq!(log.enforce_retention(&policy, Timestamp::now()).await.unwrap(), 0, "nothing twice");
+    // The per-thread limit is kept as events are appended, not by the sweep.
     let page = log.read(&thread, 0, 100).await.unwrap();
     assert_eq!((page.oldest_seq, page.head_seq), (7, 10));
     assert_eq!(page.events.iter().map(|e| e.seq()).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+    assert_eq!(log.enforce_retention(Timestamp::now()).await.unwrap(), 0, "nothing left for the sweep");
+    assert_eq!(log.store().event_count().unwrap(), 4);
 
-    let log = reopen(log, dir.path(), hour).await;
+    log.close().await;
+    drop(log);
+    let log = open_with(dir.path(), keep4);
     let page = log.read(&thread, 0, 100).await.unwrap();
     assert_eq!((page.oldest_seq, page.head_seq, page.events.len()), (7, 10, 4));
     // Numbering goes on after the retained head, never reusing a removed seq.
     let next = log.append(run.as_str(), vec![ev(EventKind::AgentThinking, json!({"thought":"next"}))]).await.unwrap();
     assert_eq!(next.seqs, vec![11]);
     // Age: everything older than a minute, seen from two minutes on, goes.
-    let aged = RetentionPolicy { max_age: Duration::from_secs(60), ..Default::default() };
+    log.close().await;
+    drop(log);
+    let log = open_with(dir.path(), RetentionPolicy { max_age: Duration::from_secs(60), ..keep4 });
     let later = Timestamp(Timestamp::now().millis() + 120_000);
-    assert_eq!(log.enforce_retention(&aged, later).await.unwrap(), 5);
+    assert_eq!(log.enforce_retention(Timestamp::now()).await.unwrap(), 0, "nothing is a minute old yet");
+    assert_eq!(log.enforce_retention(later).await.unwrap(), 4);
     let page = log.read(&thread, 0, 100).await.unwrap();
     assert_eq!((page.oldest_seq, page.head_seq, page.events.len()), (12, 11, 0));
-    let log = reopen(log, dir.path(), hour).await;
+    assert_eq!(log.store().oldest_threads(i64::MAX, 10).unwrap(), vec![], "an emptied thread has no age");
+    let log = reopen(log, dir.path(), Duration::from_secs(3600)).await;
     let after = log.append(run.as_str(), vec![ev(EventKind::AgentThinking, json!({"thought":"after"}))]).await.unwrap();
     assert_eq!(after.seqs, vec![12], "an emptied thread keeps its numbering across a restart");
+    let ages = log.store().oldest_threads(i64::MAX, 10).unwrap();
+    assert_eq!(ages.iter().map(|e| (e.oldest_seq, e.head_seq)).collect::<Vec<_>>(), vec![(12, 12)]);
+}
+
+#[tokio::test]
+async fn the_global_limit_takes_the_oldest_threads_first_and_the_count_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = RetentionPolicy { max_events: 5, ..Default::default() };
+    let log = open_with(dir.path(), limit);
+    let user = UserId::parse("g").unwrap();
+    let mut threads = Vec::new();
+    for name in ["thread_g1", "thread_g2", "thread_g3"] {
+        let run = log.create_run(external_run(name, &user, None)).await.unwrap().run_id;
+        let events = vec![
+            ev(EventKind::AgentStarted, json!({"agent_name":"a"})),
+            ev(EventKind::AgentThinking, json!({"thought":"x"})),
+            ev(EventKind::AgentCompleted, json!({})),
+        ];
+        log.append(run.as_str(), events).await.unwrap();
+        threads.push(ThreadId::parse(name).unwrap());
+        tokio::time::sleep(Duration::from_millis(3)).await; // distinct oldest times
+    }
+    assert_eq!(log.store().event_count().unwrap(), 9);
+    assert_eq!(log.enforce_retention(Timestamp::now()).await.unwrap(), 4);
+    assert_eq!(log.enforce_retention(Timestamp::now()).await.unwrap(), 0, "nothing twice");
+    let kept: Vec<usize> = {
+        let mut kept = Vec::new();
+        for t in &threads {
+            kept.push(log.read(t, 0, 100).await.unwrap().events.len());
+        }
+        kept
+    };
+    assert_eq!(kept, vec![0, 2, 3], "the oldest thread went whole, the next gave one");
+    let log = reopen(log, dir.path(), Duration::from_secs(3600)).await;
+    assert_eq!(log.store().event_count().unwrap(), 5);
+    let order: Vec<String> =
+        log.store().oldest_threads(i64::MAX, 10).unwrap().into_iter().map(|e| e.thread.to_string()).collect();
+    assert_eq!(order, vec!["thread_g2", "thread_g3"]);
+}
+
+#[tokio::test]
+async fn a_version_2_file_gets_its_retention_indexes_when_opened() {
+    use redb::{ReadableDatabase, TableDefinition};
+    let dir = tempfile::tempdir().unwrap();
+    // Written by this build, then turned back into what version 2 left: no indexes, no count.
+    let log = open(dir.path(), Duration::from_secs(3600));
+    let user = UserId::parse("u").unwrap();
+    let run = log.create_run(external_run("thread_v2", &user, None)).await.unwrap().run_id;
+    let events = vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"})), ev(EventKind::AgentCompleted, json!({}))];
+    log.append(run.as_str(), events).await.unwrap();
+    log.close().await;
+    drop(log);
+    {
+        let db = redb::Database::create(dir.path().join(agentwire_log::embedded::DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        assert!(txn.delete_table(TableDefinition::<(&str, u64, &str), ()>::new("thread_ends")).unwrap());
+        assert!(txn.delete_table(TableDefinition::<(i64, &str), u64>::new("thread_age")).unwrap());
+        assert!(txn.delete_table(TableDefinition::<&str, i64>::new("thread_oldest")).unwrap());
+        let mut meta = txn.open_table(TableDefinition::<&str, u64>::new("meta")).unwrap();
+        meta.insert("format", 2).unwrap();
+        meta.remove("events").unwrap();
+        drop(meta);
+        txn.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        assert!(read.open_table(TableDefinition::<&str, i64>::new("thread_oldest")).is_err());
+    }
+    let log = open_with(dir.path(), RetentionPolicy { max_events_per_thread: 1, ..Default::default() });
+    assert_eq!(log.store().event_count().unwrap(), 2);
+    let ages = log.store().oldest_threads(i64::MAX, 10).unwrap();
+    assert_eq!(
+        ages.iter().map(|e| (e.thread.as_str(), e.oldest_seq, e.head_seq)).collect::<Vec<_>>(),
+        vec![("thread_v2", 1, 2)]
+    );
+    // The ended run is indexed by its last event: a trim past it takes it.
+    let next = log.create_run(external_run("thread_v2", &user, None)).await.unwrap().run_id;
+    log.append(next.as_str(), vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"}))]).await.unwrap();
+    assert_eq!(log.run(run.as_str()).await.unwrap(), None);
+    assert_eq!(log.store().event_count().unwrap(), 1);
 }
 
 #[tokio::test]
@@ -363,10 +451,9 @@ async fn idle_threads_leave_memory_past_the_cache_and_start_up_loads_only_runnin
 
 #[tokio::test]
 async fn retention_takes_ended_runs_and_their_event_ids_with_their_last_events() {
-    use agentwire_log::RetentionPolicy;
     let dir = tempfile::tempdir().unwrap();
     let hour = Duration::from_secs(3600);
-    let log = open(dir.path(), hour);
+    let log = open_with(dir.path(), RetentionPolicy { max_events_per_thread: 4, ..Default::default() });
     let (user, thread) = (UserId::parse("r").unwrap(), ThreadId::parse("thread_oldruns").unwrap());
     // Two short runs (seqs 1-2 and 3-4), then one still running (seqs 5-7).
     let mut runs = Vec::new();
@@ -385,11 +472,8 @@ async fn retention_takes_ended_runs_and_their_event_ids_with_their_last_events()
         ev(EventKind::AgentThinking, json!({"thought":"1"})),
         ev(EventKind::AgentThinking, json!({"thought":"2"})),
     ];
-    log.append(going.as_str(), events).await.unwrap();
-
     // Keep 4 events: seqs 4-7. The first run's events are all gone, the second's not.
-    let policy = RetentionPolicy { max_events_per_thread: 4, ..Default::default() };
-    assert_eq!(log.enforce_retention(&policy, Timestamp::now()).await.unwrap(), 3);
+    log.append(going.as_str(), events).await.unwrap();
     let log = reopen(log, dir.path(), hour).await;
     assert_eq!(log.run(runs[0].as_str()).await.unwrap(), None, "the run went with its last event");
     assert!(log.run(runs[1].as_str()).await.unwrap().is_some(), "one event of it is left: it stays");
@@ -399,10 +483,12 @@ async fn retention_takes_ended_runs_and_their_event_ids_with_their_last_events()
     assert_eq!(log.append(runs[1].as_str(), repeat).await.unwrap().seqs, vec![4], "still de-duplicated");
 
     // Once the running run is past the trim too, it stays: only ended runs go.
-    let policy = RetentionPolicy { max_events_per_thread: 1, ..Default::default() };
-    log.enforce_retention(&policy, Timestamp::now()).await.unwrap();
-    assert!(log.run(runs[1].as_str()).await.unwrap().is_none());
-    assert!(log.run(going.as_str()).await.unwrap().is_some());
+    log.close().await;
+    drop(log);
+    let log = open_with(dir.path(), RetentionPolicy { max_events_per_thread: 1, ..Default::default() });
     let more = vec![ev(EventKind::AgentThinking, json!({"thought":"3"}))];
     assert_eq!(log.append(going.as_str(), more).await.unwrap().seqs, vec![8]);
+    assert!(log.run(runs[1].as_str()).await.unwrap().is_none());
+    assert!(log.run(going.as_str()).await.unwrap().is_some());
+    assert_eq!(log.read(&thread, 0, 10).await.unwrap().oldest_seq, 8);
 }

@@ -3,7 +3,7 @@
 //! Random sequences of every operation a caller can make (threads and runs with
 //! colliding ids, client-chosen and pattern-named run ids, publishes with
 //! repeated `event_id`s that the lifecycle accepts or refuses, cancels, run
-//! lookups, reads, watchdog ticks, thread deletes, retention sweeps) run against the real log and, beside it, a model made of
+//! lookups, reads, watchdog ticks, thread deletes, retention by age) run against the real log and, beside it, a model made of
 //! plain maps. After every step their answers must agree; a restart (close and
 //! reopen the same files) may happen anywhere, after which the log must hold
 //! exactly what it acknowledged. A fault may be injected anywhere too: the next
@@ -13,7 +13,8 @@
 //! must not be on disk, nor in the working state once it has recovered. (Between
 //! the failure and the recovery run lookups are not compared: the working state
 //! may still show the decision whose commit failed.) The same sequences run on
-//! the memory log, without restarts.
+//! the memory log, without restarts. Each case may set a per-thread limit of
+//! one to three events, which the log keeps as it appends.
 //!
 //! `PROPTEST_CASES=2000 cargo test -p agentwire-log --test model` runs more.
 
@@ -28,6 +29,8 @@ use proptest::prelude::*;
 use serde_json::json;
 
 const THREADS: u8 = 3;
+/// A day, in milliseconds.
+const DAY_MS: i64 = 24 * 3600 * 1000;
 /// The idle timeout of the logs under test; only `ExpireAll` gets past it.
 const IDLE_MS: i64 = 3_600_000;
 const USERS: u8 = 2;
@@ -80,9 +83,8 @@ enum Op {
         user: Option<u8>,
     },
     /// A retention sweep keeping this many events per thread.
-    Retain {
-        keep: u8,
-    },
+    /// A retention sweep a day from now: every event is past the age limit.
+    Expire,
     Restart,
     FailNextCommit,
     /// The store takes writes again: the log recovers (as it would by itself).
@@ -110,7 +112,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => run_ref().prop_map(|run| Op::RunInfo { run }),
         2 => (0..THREADS).prop_map(|thread| Op::Read { thread }),
         1 => (0..THREADS, prop::option::of(0..USERS)).prop_map(|(thread, user)| Op::DeleteThread { thread, user }),
-        1 => (1..4u8).prop_map(|keep| Op::Retain { keep }),
+        1 => Just(Op::Expire),
         1 => Just(Op::Restart),
         1 => Just(Op::FailNextCommit),
         1 => Just(Op::Recover),
@@ -228,6 +230,8 @@ struct Model {
     /// Whether retention takes an ended run with its last event (a store that
     /// keeps runs; the memory log keeps every run in its working state).
     drops_trimmed_runs: bool,
+    /// Most events kept per thread, as the log's settings say.
+    keep: Option<usize>,
     /// The next commit fails.
     armed: bool,
     /// A commit failed: writes are refused until a restart.
@@ -332,13 +336,16 @@ impl Model {
         }
         self.life.insert(run.to_owned(), life);
         self.heads.insert(thread.clone(), head + new.len() as u64);
-        let log = self.events.entry(thread).or_default();
+        let log = self.events.entry(thread.clone()).or_default();
         for (i, e) in new.iter().enumerate() {
             let seq = head + 1 + i as u64;
             log.push((seq, e.kind, run.to_owned()));
             if let Some(id) = &e.event_id {
                 self.ids.insert((run.to_owned(), id.clone()), seq);
             }
+        }
+        if let Some(keep) = self.keep {
+            self.trim(&thread, |events| events.len().saturating_sub(keep));
         }
         Answer::Seqs(seqs)
     }
@@ -367,38 +374,44 @@ impl Model {
         Answer::Deleted(running)
     }
 
-    /// A sweep keeping `keep` events per thread; answers how many went. An
-    /// ended run none of whose events is left goes too (where the store keeps runs).
-    fn retain(&mut self, keep: usize) -> u64 {
-        let mut removed = 0;
+    /// Removes the first `cut(events)` events of `thread`; answers how many
+    /// went. An ended run none of whose events is left goes too (where the
+    /// store keeps runs).
+    fn trim(&mut self, thread: &str, cut: impl FnOnce(&[(u64, EventKind, String)]) -> usize) -> u64 {
         let mut last_seq: HashMap<String, u64> = HashMap::new();
         for events in self.events.values() {
             for (seq, _, run) in events {
                 last_seq.insert(run.clone(), *seq);
             }
         }
-        let mut gone = Vec::new();
-        for (thread, events) in &mut self.events {
-            if events.len() <= keep {
-                continue;
-            }
-            let cut = events.len() - keep;
-            let keep_from = events[cut].0;
-            removed += cut as u64;
-            events.drain(..cut);
-            for (run, t) in &self.runs {
-                let ended = self.life.get(run).is_some_and(|l| l.status.is_some());
-                if t == thread && ended && last_seq.get(run).is_some_and(|s| *s < keep_from) {
-                    gone.push(run.clone());
-                }
-            }
+        let Some(events) = self.events.get_mut(thread) else { return 0 };
+        let cut = cut(events);
+        if cut == 0 {
+            return 0;
         }
+        let keep_from = events.get(cut).map_or(u64::MAX, |e| e.0);
+        events.drain(..cut);
+        let gone: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|(run, t)| {
+                let ended = self.life.get(run).is_some_and(|l| l.status.is_some());
+                t == thread && ended && last_seq.get(run).is_some_and(|s| *s < keep_from)
+            })
+            .map(|(run, _)| run.clone())
+            .collect();
         if self.drops_trimmed_runs {
             self.runs.retain(|(run, _)| !gone.contains(run));
             self.life.retain(|run, _| !gone.contains(run));
             self.ids.retain(|(run, _), _| !gone.contains(run));
         }
-        removed
+        cut as u64
+    }
+
+    /// A sweep by age that every event is past; answers how many went.
+    fn expire(&mut self) -> u64 {
+        let threads: Vec<String> = self.events.keys().cloned().collect();
+        threads.iter().map(|t| self.trim(t, <[_]>::len)).sum()
     }
 
     fn read(&self, thread: u8) -> Answer {
@@ -425,13 +438,15 @@ impl WriteHook for FailNext {
 struct Subject {
     /// The embedded store's directory; `None` for the memory log (no restarts).
     dir: Option<tempfile::TempDir>,
+    /// The per-thread retention limit of this case.
+    keep: Option<u8>,
     log: Option<StoredLog<Hooked<FailNext>>>,
     fail_next: Arc<AtomicBool>,
 }
 
 impl Subject {
-    fn open(dir: Option<tempfile::TempDir>) -> Self {
-        let mut subject = Self { dir, log: None, fail_next: Arc::new(AtomicBool::new(false)) };
+    fn open(dir: Option<tempfile::TempDir>, keep: Option<u8>) -> Self {
+        let mut subject = Self { dir, keep, log: None, fail_next: Arc::new(AtomicBool::new(false)) };
         subject.log = Some(subject.open_log());
         subject
     }
@@ -442,8 +457,19 @@ impl Subject {
         // Recovery happens only when a step says so.
         let never = std::time::Duration::from_secs(24 * 3600);
         // One idle thread kept: threads are evicted and read back all the time.
-        let config =
-            LogConfig { run_idle_timeout: idle, retry_after_failure: never, thread_cache: 1, ..LogConfig::default() };
+        // Events live an hour: `Op::Expire` sweeps as if a day had passed.
+        let retention = RetentionPolicy {
+            max_events_per_thread: self.keep.map_or(0, u64::from),
+            max_age: std::time::Duration::from_secs(3600),
+            ..RetentionPolicy::default()
+        };
+        let config = LogConfig {
+            run_idle_timeout: idle,
+            retry_after_failure: never,
+            thread_cache: 1,
+            retention,
+            ..LogConfig::default()
+        };
         let inner: Box<dyn Store> = match &self.dir {
             Some(dir) => Box::new(EmbeddedStore::open(dir.path()).expect("open the store")),
             None => Box::new(MemoryStore::default()),
@@ -492,7 +518,7 @@ fn writes(op: &Op) -> bool {
             | Op::Append { .. }
             | Op::Cancel { .. }
             | Op::DeleteThread { .. }
-            | Op::Retain { .. }
+            | Op::Expire
     )
 }
 
@@ -532,9 +558,8 @@ async fn write(subject: &Subject, model: &Model, op: &Op) -> (Answer, Option<Run
             });
             (deleted.unwrap_or_else(|e| refused(&e)), None)
         }
-        Op::Retain { keep } => {
-            let policy = RetentionPolicy { max_events_per_thread: u64::from(*keep), ..RetentionPolicy::default() };
-            let removed = log.enforce_retention(&policy, Timestamp::now()).await;
+        Op::Expire => {
+            let removed = log.enforce_retention(Timestamp(Timestamp::now().millis() + DAY_MS)).await;
             (removed.map_or_else(|e| refused(&e), Answer::Removed), None)
         }
         _ => (Answer::Refused("not a write"), None),
@@ -561,9 +586,10 @@ fn expect_write(next: &mut Model, op: &Op, minted: Option<&RunId>) -> (Answer, b
         Op::Append { run, events } => {
             let id = next.name(run);
             let events: Vec<NewEvent> = events.iter().map(event).collect();
-            let before: usize = next.events.values().map(Vec::len).sum();
+            // Seqs given out, not events kept: an append may trim as much as it adds.
+            let before: u64 = next.heads.values().sum();
             let answer = next.append(&id, &events, false);
-            let commits = next.events.values().map(Vec::len).sum::<usize>() > before;
+            let commits = next.heads.values().sum::<u64>() > before;
             (answer, commits)
         }
         Op::Cancel { run } => {
@@ -577,8 +603,8 @@ fn expect_write(next: &mut Model, op: &Op, minted: Option<&RunId>) -> (Answer, b
             let commits = matches!(answer, Answer::Deleted(_));
             (answer, commits)
         }
-        Op::Retain { keep } => {
-            let removed = next.retain(usize::from(*keep));
+        Op::Expire => {
+            let removed = next.expire();
             (Answer::Removed(removed), removed > 0)
         }
         _ => (Answer::Refused("not a write"), false),
@@ -700,12 +726,12 @@ async fn agrees(subject: &Subject, model: &Model, when: &str) -> Result<(), Test
     Ok(())
 }
 
-fn check(ops: &[Op], embedded: bool) -> Result<(), TestCaseError> {
+fn check(ops: &[Op], embedded: bool, keep: Option<u8>) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let dir = embedded.then(|| tempfile::tempdir().expect("temp dir"));
-        let mut subject = Subject::open(dir);
-        let mut model = Model { drops_trimmed_runs: embedded, ..Model::default() };
+        let mut subject = Subject::open(dir, keep);
+        let mut model = Model { drops_trimmed_runs: embedded, keep: keep.map(usize::from), ..Model::default() };
         for op in ops {
             step(&mut subject, &mut model, op).await?;
         }
@@ -727,12 +753,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_embedded_log_follows_the_model(ops in prop::collection::vec(op(), 1..60)) {
-        check(&ops, true)?;
+    fn the_embedded_log_follows_the_model(ops in prop::collection::vec(op(), 1..60), keep in prop::option::of(1..4u8)) {
+        check(&ops, true, keep)?;
     }
 
     #[test]
-    fn the_memory_log_follows_the_model(ops in prop::collection::vec(op(), 1..60)) {
-        check(&ops, false)?;
+    fn the_memory_log_follows_the_model(ops in prop::collection::vec(op(), 1..60), keep in prop::option::of(1..4u8)) {
+        check(&ops, false, keep)?;
     }
 }

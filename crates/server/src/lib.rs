@@ -122,6 +122,7 @@ async fn open_log(config: &ServerConfig, node_id: &str, hub: Arc<Hub>) -> Result
         max_page_bytes: config.max_page_bytes,
         dedup_window: config.dedup_window,
         thread_cache: config.thread_cache,
+        retention: config.retention(),
         ..LogConfig::default()
     };
     let log: Arc<dyn Log> = match config.backbone.as_str() {
@@ -255,12 +256,7 @@ impl Server {
         let background = TaskTracker::new();
         let stop_background = CancellationToken::new();
         background.spawn(watchdog::run(state.log.clone(), state.config.run_idle_timeout, stop_background.clone()));
-        background.spawn(retention::run(
-            state.log.clone(),
-            state.config.retention(),
-            state.config.retention_interval,
-            stop_background.clone(),
-        ));
+        background.spawn(retention::run(state.log.clone(), state.config.retention_interval, stop_background.clone()));
 
         background.spawn(reload_publish_keys(state.auth.clone(), stop_background.clone()));
         background.spawn(sweep_quotas(state.quotas.clone(), stop_background.clone()));
