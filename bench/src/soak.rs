@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use agentwire_log::{Log, LogConfig, NewRun, NoFeed, Store, StoredLog};
+use agentwire_log::{Log, LogConfig, NewRun, NoFeed, RetentionPolicy, Store, StoredLog};
 use agentwire_protocol::{EventKind, NewEvent, ThreadId, Timestamp, UserId};
 use serde_json::json;
 
@@ -42,12 +42,35 @@ pub fn dir_bytes(dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// What a soak drives.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    pub runs: usize,
+    /// Threads the runs go round (a new one for every run until there are this many).
+    pub threads: usize,
+    /// Each run's ten events go in publishes of this many (10: one publish).
+    pub per_publish: usize,
+    /// Events kept per thread (retention; 0 keeps everything).
+    pub keep_per_thread: u64,
+}
+
+impl Workload {
+    /// `runs` runs over `threads` threads, each run's events in one publish, everything kept.
+    pub fn new(runs: usize, threads: usize) -> Self {
+        Self { runs, threads, per_publish: 10, keep_per_thread: 0 }
+    }
+}
+
 /// What a soak measured.
 pub struct Outcome {
     /// (runs done, RSS) after each tenth.
     pub samples: Vec<(usize, u64)>,
     pub runs_per_sec: f64,
     pub disk_bytes: u64,
+    /// Events the store holds at the end.
+    pub stored_events: u64,
+    /// The mean size of a stored event's JSON envelope, as clients receive it.
+    pub envelope_bytes: f64,
     pub in_memory: usize,
     /// The watchdog tick's duration after each tenth, in µs.
     pub ticks: Vec<f64>,
@@ -66,10 +89,13 @@ impl Outcome {
     }
 }
 
-/// Runs `runs` runs of ten events over `threads` threads through a log over
-/// `store` (whose files are in `dir`), sampling as it goes.
-pub async fn soak<S: Store>(store: S, runs: usize, threads: usize, dir: &std::path::Path) -> Outcome {
-    let log = Arc::new(StoredLog::open(store, LogConfig::default(), Arc::new(NoFeed)).expect("open the log"));
+/// Drives `work` through a log over `store` (whose files are in `dir`),
+/// sampling as it goes.
+pub async fn soak<S: Store>(store: S, work: Workload, dir: &std::path::Path) -> Outcome {
+    let Workload { runs, threads, per_publish, keep_per_thread } = work;
+    let retention = RetentionPolicy { max_events_per_thread: keep_per_thread, ..RetentionPolicy::default() };
+    let config = LogConfig { retention, ..LogConfig::default() };
+    let log = Arc::new(StoredLog::open(store, config, Arc::new(NoFeed)).expect("open the log"));
     let owner = UserId::parse("soak").expect("user id");
     let next = Arc::new(AtomicUsize::new(0));
     let mut samples = Vec::new();
@@ -96,7 +122,12 @@ pub async fn soak<S: Store>(store: S, runs: usize, threads: usize, dir: &std::pa
                         run_id: None,
                     };
                     let run = log.create_run(new).await.expect("create run").run_id;
-                    log.append(run.as_str(), run_events()).await.expect("append");
+                    let mut events = run_events();
+                    while !events.is_empty() {
+                        let rest = events.split_off(per_publish.clamp(1, events.len()));
+                        log.append(run.as_str(), events).await.expect("append");
+                        events = rest;
+                    }
                 }
             });
         }
@@ -111,8 +142,12 @@ pub async fn soak<S: Store>(store: S, runs: usize, threads: usize, dir: &std::pa
     }
     let runs_per_sec = runs as f64 / began.elapsed().as_secs_f64();
     let in_memory = log.runs_in_memory();
+    let stored_events = log.store().event_count().expect("event count");
+    let sample = ThreadId::parse("thread_soak0").expect("thread id");
+    let page = log.read(&sample, 0, 1000).await.expect("read a thread").events;
+    let envelope_bytes = page.iter().map(|e| e.json.len()).sum::<usize>() as f64 / page.len().max(1) as f64;
     assert_eq!(log.idle_index_len(), 0, "no run is running: the watchdog has nothing to watch");
     log.close().await;
     drop(log);
-    Outcome { samples, runs_per_sec, disk_bytes: dir_bytes(dir), in_memory, ticks }
+    Outcome { samples, runs_per_sec, disk_bytes: dir_bytes(dir), stored_events, envelope_bytes, in_memory, ticks }
 }

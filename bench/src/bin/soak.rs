@@ -15,11 +15,12 @@
 //! first fifth (warm-up: the store's page cache and the allocator fill up).
 //!
 //! ```sh
-//! cargo run --release -p agentwire-bench --bin soak -- [runs] [threads]
+//! cargo run --release -p agentwire-bench --bin soak -- [runs] [threads] [events per publish] [kept per thread]
 //! ```
-//! Defaults: 200,000 runs over 1,000 threads. Data goes under `target/bench-data`.
+//! Defaults: 200,000 runs over 1,000 threads, ten events per publish, everything
+//! kept. Data goes under `target/bench-data`.
 
-use agentwire_bench::soak::{PUBLISHERS, SAMPLES, soak};
+use agentwire_bench::soak::{PUBLISHERS, SAMPLES, Workload, soak};
 use agentwire_bench::timed::{Timing, timed};
 use agentwire_log::EmbeddedStore;
 
@@ -31,31 +32,38 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let threads: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1_000);
+    let per_publish: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
+    let keep_per_thread: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+    let work = Workload { runs, threads, per_publish, keep_per_thread };
     let base = std::path::Path::new("target/bench-data");
     std::fs::create_dir_all(base).expect("bench data directory");
-    println!("soak: {runs} runs of 10 events over {threads} threads, {PUBLISHERS} publishers, embedded store");
+    println!(
+        "soak: {runs} runs of 10 events ({per_publish} per publish) over {threads} threads, \
+         {PUBLISHERS} publishers, embedded store, {keep_per_thread} events kept per thread (0: all)"
+    );
     let mut outcomes = Vec::new();
     for variant in ["evicting", "keeping"] {
         let dir = tempfile::tempdir_in(base).expect("temp dir");
         eprintln!("{variant}:");
         let store = EmbeddedStore::open(dir.path()).expect("open the store");
         let store = timed(store, Timing { forget_runs: variant == "keeping", ..Timing::default() });
-        let outcome = soak(store, runs, threads, dir.path()).await;
+        let outcome = soak(store, work, dir.path()).await;
         outcomes.push((variant, outcome));
     }
     println!(
-        "| variant | runs/s | RSS after warm-up → end (MB) | growth per ended run after warm-up | runs held in memory at the end | disk per event | watchdog tick, first → last tenth (µs) |"
+        "| variant | runs/s | RSS after warm-up → end (MB) | growth per ended run after warm-up | runs held in memory at the end | disk per stored event (envelope) | watchdog tick, first → last tenth (µs) |"
     );
     println!("|---|---|---|---|---|---|---|");
     for (variant, o) in &outcomes {
         let warm = o.samples[SAMPLES / 5 - 1].1 as f64 / 1e6;
         let end = o.samples.last().map_or(0.0, |s| s.1 as f64 / 1e6);
         println!(
-            "| {variant} | {:.0} | {warm:.1} → {end:.1} | {:.1} B | {} | {:.0} B | {:.1} → {:.1} |",
+            "| {variant} | {:.0} | {warm:.1} → {end:.1} | {:.1} B | {} | {:.0} B ({:.0} B) | {:.1} → {:.1} |",
             o.runs_per_sec,
             o.slope(),
             o.in_memory,
-            o.disk_bytes as f64 / (runs * 10) as f64,
+            o.disk_bytes as f64 / o.stored_events.max(1) as f64,
+            o.envelope_bytes,
             o.ticks.first().copied().unwrap_or(0.0),
             o.ticks.last().copied().unwrap_or(0.0),
         );

@@ -143,7 +143,7 @@ fn from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, BackboneEr
 /// The envelope stored in a stream entry's `e` field.
 fn entry_event(entry: &redis::streams::StreamId) -> Result<Arc<StoredEvent>, BackboneError> {
     let json: String = entry.get("e").ok_or_else(|| corrupt(format!("entry {} has no event", entry.id)))?;
-    StoredEvent::from_json(&json).map(Arc::new).map_err(corrupt)
+    StoredEvent::from_json(json).map(Arc::new).map_err(corrupt)
 }
 
 /// The `seq` a stream entry id (`{seq}-0`) stands for.

@@ -76,8 +76,17 @@ async fn a_full_disk_answers_503_loses_nothing_and_writing_resumes_when_space_re
     let run = body["run_id"].as_str().unwrap().to_owned();
     let publish = |n: usize| {
         let (http, url) = (http.clone(), format!("{}/v1/runs/{run}/events", node.base));
-        // Incompressible enough that every event costs its size on disk.
-        let thought: String = (0..8_000).map(|i| char::from(b'a' + ((i * 7 + n * 13) % 26) as u8)).collect();
+        // Pseudo-random letters: incompressible enough that every event costs
+        // about its size on disk, even packed.
+        let mut state = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let thought: String = (0..8_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'a' + (state % 26) as u8)
+            })
+            .collect();
         let event = if n == 0 {
             json!({"event":"agent_started","data":{"agent_name":"filler"},"event_id":"e0"})
         } else {

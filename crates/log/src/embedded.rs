@@ -9,7 +9,7 @@
 //! | `threads` | thread id | `ThreadRecord` (JSON) |
 //! | `runs` | run id | `RunRecord` (JSON) |
 //! | `running` | run id | `()`: the runs to load at start-up |
-//! | `events` | (thread id, seq) | the envelope's JSON, as sent to clients |
+//! | `events` | (thread id, seq) | the envelope's JSON as sent to clients, packed ([`crate::packed`]) |
 //! | `event_ids` | (run id, event id) | seq |
 //! | `thread_runs` | (thread id, run id) | `()`: a thread's runs, to delete them with it |
 //! | `run_ends` | (end time in ms, run id) | `()`: ended runs whose event ids are kept |
@@ -37,7 +37,7 @@ use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefini
 use crate::store::{
     Batch, LoadedRun, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadExtent, ThreadRecord,
 };
-use crate::{FeedSink, LogConfig, PageBudget, StoredEvent, StoredLog};
+use crate::{FeedSink, LogConfig, PageBudget, StoredEvent, StoredLog, packed};
 
 const THREADS: TableDefinition<&str, &[u8]> = TableDefinition::new("threads");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
@@ -196,13 +196,13 @@ impl EmbeddedStore {
         let mut ages =
             Ages { age: txn.open_table(THREAD_AGE).map_err(io)?, oldest: txn.open_table(THREAD_OLDEST).map_err(io)? };
         for item in threads.iter().map_err(io)? {
-            let (key, _) = item.map_err(io)?;
-            ages.reindex(self, &events, key.value())?;
+            let (key, value) = item.map_err(io)?;
+            let record: ThreadRecord = self.decode("thread", value.value())?;
+            ages.reindex(self, &events, key.value(), record.oldest_seq)?;
         }
         let mut count = 0u64;
         for item in events.iter().map_err(io)? {
-            item.map_err(io)?;
-            count += 1;
+            count += packed::count(item.map_err(io)?.1.value());
         }
         Ok(count)
     }
@@ -216,11 +216,7 @@ impl EmbeddedStore {
     ) -> Result<Option<LoadedThread>, StoreError> {
         let Some(bytes) = threads.get(id.as_str()).map_err(io)? else { return Ok(None) };
         let record: ThreadRecord = self.decode("thread", bytes.value())?;
-        let last = events.range((id.as_str(), 0)..=(id.as_str(), u64::MAX)).map_err(io)?.next_back();
-        let head_seq = match last {
-            Some(item) => item.map_err(io)?.0.value().1,
-            None => record.oldest_seq.saturating_sub(1),
-        };
+        let head_seq = head_of(events, id.as_str())?.unwrap_or(record.oldest_seq.saturating_sub(1));
         Ok(Some(LoadedThread { id: id.clone(), record, head_seq }))
     }
 
@@ -232,10 +228,92 @@ impl EmbeddedStore {
         serde_json::from_slice(bytes).map_err(|e| self.corrupt(format!("{what}: {e}")))
     }
 
-    fn event(&self, bytes: &[u8]) -> Result<Arc<StoredEvent>, StoreError> {
-        let json = std::str::from_utf8(bytes).map_err(|e| self.corrupt(format!("event: {e}")))?;
+    fn event(&self, json: &str) -> Result<Arc<StoredEvent>, StoreError> {
         StoredEvent::from_json(json).map(Arc::new).map_err(|e| self.corrupt(format!("event: {e}")))
     }
+
+    /// Hands `each` the stored events of `thread` from `from` on, in seq order,
+    /// as (seq, JSON), until it answers `false`.
+    fn each_event(
+        &self,
+        events: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+        thread: &str,
+        from: u64,
+        mut each: impl FnMut(u64, &str) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        // The chunk holding `from` starts at or before it.
+        let start = match events.range((thread, 0)..=(thread, from)).map_err(io)?.next_back() {
+            Some(item) => item.map_err(io)?.0.value().1,
+            None => from,
+        };
+        for item in events.range((thread, start)..=(thread, u64::MAX)).map_err(io)? {
+            let (key, value) = item.map_err(io)?;
+            let first = key.value().1;
+            if first + packed::count(value.value()) <= from {
+                continue;
+            }
+            let lines = packed::unpack(value.value()).map_err(|e| self.corrupt(format!("events of {thread}: {e}")))?;
+            for (seq, json) in (first..).zip(lines.split('\n')) {
+                if seq >= from && !each(seq, json)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where `thread`'s retained events start (`None`: no such thread). A chunk
+    /// may still hold events retention removed before this seq.
+    fn retained_from(&self, txn: &redb::ReadTransaction, thread: &str) -> Result<Option<u64>, StoreError> {
+        let threads = txn.open_table(THREADS).map_err(io)?;
+        let Some(bytes) = threads.get(thread).map_err(io)? else { return Ok(None) };
+        Ok(Some(self.decode::<ThreadRecord>("thread", bytes.value())?.oldest_seq))
+    }
+
+    /// The oldest stored event of `thread` from `from` on: (its time in ms, its seq).
+    fn first_event(
+        &self,
+        events: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+        thread: &str,
+        from: u64,
+    ) -> Result<Option<(i64, u64)>, StoreError> {
+        let mut first = None;
+        self.each_event(events, thread, from, |seq, json| {
+            first = Some((self.event(json)?.envelope.ts.millis(), seq));
+            Ok(false)
+        })?;
+        Ok(first)
+    }
+}
+
+impl EmbeddedStore {
+    /// Writes `chunk` (consecutive events of `thread`) as one value; indexes the
+    /// thread if these are its only events. Answers how many events it added.
+    fn store_chunk(
+        &self,
+        events: &mut redb::Table<'_, (&'static str, u64), &'static [u8]>,
+        ages: &mut Ages<'_>,
+        thread: &str,
+        chunk: &[&Arc<StoredEvent>],
+    ) -> Result<u64, StoreError> {
+        let Some(first) = chunk.first() else { return Ok(0) };
+        let value = packed::pack(chunk.iter().map(|e| &*e.json));
+        let replaced = events.insert((thread, first.seq()), value.as_slice()).map_err(io)?;
+        let replaced = replaced.map_or(0, |old| packed::count(old.value()));
+        if !ages.has(thread)? {
+            ages.set(thread, Some((first.envelope.ts.millis(), first.seq())))?;
+        }
+        Ok((chunk.len() as u64).saturating_sub(replaced))
+    }
+}
+
+/// The last stored seq of `thread`: its last chunk's last event.
+fn head_of(
+    events: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    thread: &str,
+) -> Result<Option<u64>, StoreError> {
+    let last = events.range((thread, 0)..=(thread, u64::MAX)).map_err(io)?.next_back().transpose().map_err(io)?;
+    Ok(last.map(|(key, value)| key.value().1 + packed::count(value.value()) - 1))
 }
 
 /// The runs of `thread`, from the `thread_runs` index.
@@ -267,19 +345,23 @@ struct Ages<'txn> {
 }
 
 impl Ages<'_> {
-    /// Puts `thread` in the index at its first stored event, or takes it out if it has none.
+    /// Puts `thread` in the index at its first stored event from `from` on, or
+    /// takes it out if it has none.
     fn reindex(
         &mut self,
         store: &EmbeddedStore,
         events: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
         thread: &str,
+        from: u64,
     ) -> Result<(), StoreError> {
-        let first = events.range((thread, 0)..=(thread, u64::MAX)).map_err(io)?.next().transpose().map_err(io)?;
-        let now = match first {
-            Some((key, value)) => Some((store.event(value.value())?.envelope.ts.millis(), key.value().1)),
-            None => None,
-        };
-        self.set(thread, now)
+        let first = store.first_event(events, thread, from)?;
+        self.set(thread, first)
+    }
+
+    /// The seq `thread`'s retained events start at, if it has any.
+    fn oldest_seq(&self, thread: &str) -> Result<Option<u64>, StoreError> {
+        let Some(ms) = self.oldest.get(thread).map_err(io)?.map(|v| v.value()) else { return Ok(None) };
+        Ok(self.age.get((ms, thread)).map_err(io)?.map(|v| v.value()))
     }
 
     /// Indexes `thread` at (time, seq) of its oldest event, or not at all.
@@ -306,19 +388,16 @@ impl Ages<'_> {
     }
 }
 
-/// Removes `thread`'s events in `range`; answers how many there were.
-fn remove_events(
+/// Removes the chunks of `thread` whose events are all below `below`. A chunk
+/// that holds events on both sides stays whole until a later trim passes it
+/// (reads start at the thread's oldest retained seq, so its older events are
+/// not seen again).
+fn remove_chunks(
     events: &mut redb::Table<'_, (&'static str, u64), &'static [u8]>,
-    range: std::ops::Range<(&str, u64)>,
-) -> Result<u64, StoreError> {
-    let mut removed = 0;
-    events
-        .retain_in(range, |_, _| {
-            removed += 1;
-            false
-        })
-        .map_err(io)?;
-    Ok(removed)
+    thread: &str,
+    below: u64,
+) -> Result<(), StoreError> {
+    events.retain_in((thread, 0)..(thread, below), |(_, first), value| first + packed::count(value) > below).map_err(io)
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -344,6 +423,10 @@ impl Store for EmbeddedStore {
             };
             let mut meta = txn.open_table(META).map_err(io)?;
             let mut count = meta.get("events").map_err(io)?.map_or(0, |v| v.value());
+            // Each thread's consecutive events of this transaction, not yet
+            // written: they go as one value ([`packed`]), before anything else
+            // touches that thread's events.
+            let mut chunks: HashMap<&str, Vec<&Arc<StoredEvent>>> = HashMap::new();
             for batch in batches {
                 for (id, record) in &batch.threads {
                     threads.insert(id.as_str(), json(record)?.as_slice()).map_err(io)?;
@@ -369,25 +452,28 @@ impl Store for EmbeddedStore {
                         }
                     }
                 }
-                let mut previous: Option<&ThreadId> = None;
                 for event in &batch.events {
-                    let thread = event.thread_id();
-                    let replaced = events.insert((thread.as_str(), event.seq()), event.json.as_bytes()).map_err(io)?;
-                    count += u64::from(replaced.is_none());
-                    drop(replaced);
-                    // A batch's events are in seq order per thread: only a thread's
-                    // first one here can be its oldest.
-                    if previous != Some(thread) && !ages.has(thread.as_str())? {
-                        ages.set(thread.as_str(), Some((event.envelope.ts.millis(), event.seq())))?;
+                    let thread = event.thread_id().as_str();
+                    let chunk = chunks.entry(thread).or_default();
+                    if chunk.last().is_some_and(|last| last.seq() + 1 != event.seq()) {
+                        let full = std::mem::take(chunk);
+                        count += self.store_chunk(&mut events, &mut ages, thread, &full)?;
                     }
-                    previous = Some(thread);
+                    chunks.entry(thread).or_default().push(event);
                 }
                 for (run, event_id, seq) in &batch.event_ids {
                     event_ids.insert((run.as_str(), event_id.as_str()), seq).map_err(io)?;
                 }
                 for (thread, below) in &batch.trims {
                     let id = thread.as_str();
-                    count = count.saturating_sub(remove_events(&mut events, (id, 0)..(id, *below))?);
+                    if let Some(chunk) = chunks.remove(id) {
+                        count += self.store_chunk(&mut events, &mut ages, id, &chunk)?;
+                    }
+                    let oldest = ages.oldest_seq(id)?;
+                    if let (Some(oldest), Some(head)) = (oldest, head_of(&events, id)?) {
+                        count = count.saturating_sub((head + 1).min(*below).saturating_sub(oldest));
+                    }
+                    remove_chunks(&mut events, id, *below)?;
                     // Ended runs whose last event went go with it.
                     let gone: Vec<(u64, String)> = thread_ends
                         .range((id, 0, "")..(id, *below, ""))
@@ -403,7 +489,7 @@ impl Store for EmbeddedStore {
                         thread_runs.remove((id, run.as_str())).map_err(io)?;
                         thread_ends.remove((id, last, run.as_str())).map_err(io)?;
                     }
-                    ages.reindex(self, &events, id)?;
+                    ages.reindex(self, &events, id, oldest.unwrap_or(0).max(*below))?;
                 }
                 for (ended_ms, run) in &batch.forget {
                     forget_ids(&mut event_ids, run.as_str())?;
@@ -412,7 +498,11 @@ impl Store for EmbeddedStore {
                 for thread in &batch.deletes {
                     let id = thread.as_str();
                     threads.remove(id).map_err(io)?;
-                    count = count.saturating_sub(remove_events(&mut events, (id, 0)..(id, u64::MAX))?);
+                    chunks.remove(id);
+                    if let (Some(oldest), Some(head)) = (ages.oldest_seq(id)?, head_of(&events, id)?) {
+                        count = count.saturating_sub((head + 1).saturating_sub(oldest));
+                    }
+                    events.retain_in((id, 0)..=(id, u64::MAX), |_, _| false).map_err(io)?;
                     ages.set(id, None)?;
                     thread_ends.retain_in((id, 0, "")..=(id, u64::MAX, ""), |_, _| false).map_err(io)?;
                     for run in &runs_of(&thread_runs, id)? {
@@ -431,6 +521,9 @@ impl Store for EmbeddedStore {
                     }
                 }
             }
+            for (thread, chunk) in &chunks {
+                count += self.store_chunk(&mut events, &mut ages, thread, chunk)?;
+            }
             meta.insert("events", count).map_err(io)?;
         }
         txn.commit().map_err(io)
@@ -445,16 +538,16 @@ impl Store for EmbeddedStore {
         let db = self.db()?;
         let txn = db.begin_read().map_err(io)?;
         let events = txn.open_table(EVENTS).map_err(io)?;
-        let from = after_seq.saturating_add(1);
+        let Some(from) = self.retained_from(&txn, thread.as_str())? else { return Ok(Vec::new()) };
         let mut out = Vec::with_capacity(budget.events_left().min(1024));
-        for item in events.range((thread.as_str(), from)..=(thread.as_str(), u64::MAX)).map_err(io)? {
-            let (_, value) = item.map_err(io)?;
-            // Checked on the stored bytes, before decoding an event the page has no room for.
-            if !budget.admit(value.value().len()) {
-                break;
+        self.each_event(&events, thread.as_str(), from.max(after_seq.saturating_add(1)), |_, json| {
+            // Checked on the text, before decoding an event the page has no room for.
+            if !budget.admit(json.len()) {
+                return Ok(false);
             }
-            out.push(self.event(value.value())?);
-        }
+            out.push(self.event(json)?);
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -573,10 +666,8 @@ impl Store for EmbeddedStore {
         for item in ages.range(..(at_or_before_ms.saturating_add(1), "")).map_err(io)?.take(limit) {
             let (key, oldest_seq) = item.map_err(io)?;
             let (ms, thread) = key.value();
-            let last =
-                events.range((thread, 0)..=(thread, u64::MAX)).map_err(io)?.next_back().transpose().map_err(io)?;
+            let head_seq = head_of(&events, thread)?.unwrap_or(oldest_seq.value());
             let thread = ThreadId::parse(thread).map_err(|e| self.corrupt(format!("thread key: {e}")))?;
-            let head_seq = last.map_or(oldest_seq.value(), |(k, _)| k.value().1);
             out.push(ThreadExtent { thread, oldest_seq: oldest_seq.value(), head_seq, oldest_ts_ms: Some(ms) });
         }
         Ok(out)
@@ -593,15 +684,16 @@ impl Store for EmbeddedStore {
         let db = self.db()?;
         let txn = db.begin_read().map_err(io)?;
         let events = txn.open_table(EVENTS).map_err(io)?;
+        let Some(from) = self.retained_from(&txn, thread.as_str())? else { return Ok(None) };
         let mut last = None;
         // Events are in append order, so times only rise along a thread: stop at the first younger one.
-        for item in events.range((thread.as_str(), 0)..=(thread.as_str(), u64::MAX)).map_err(io)? {
-            let (key, value) = item.map_err(io)?;
-            if self.event(value.value())?.envelope.ts.millis() > ts_ms {
-                break;
+        self.each_event(&events, thread.as_str(), from, |seq, json| {
+            if self.event(json)?.envelope.ts.millis() > ts_ms {
+                return Ok(false);
             }
-            last = Some(key.value().1);
-        }
+            last = Some(seq);
+            Ok(true)
+        })?;
         Ok(last)
     }
 }
@@ -685,7 +777,7 @@ impl EmbeddedStore {
                 }
                 BackupLine::Event(_) => {
                     let (thread, b) = batch.as_mut().ok_or_else(|| bad(n, &"an event before its thread"))?;
-                    let event = StoredEvent::from_json(&line).map_err(|e| bad(n, &e))?;
+                    let event = StoredEvent::from_json(line.as_str()).map_err(|e| bad(n, &e))?;
                     if event.thread_id() != thread {
                         return Err(bad(n, &format!("an event of {} inside {thread}", event.thread_id())));
                     }

@@ -16,6 +16,7 @@ mod core;
 pub mod embedded;
 mod error;
 mod memory;
+mod packed;
 pub mod retention;
 pub mod store;
 pub mod watchdog;
@@ -51,8 +52,8 @@ impl StoredEvent {
     }
 
     /// An event read back from storage: `json` is the envelope as it was sent.
-    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
-        let envelope = serde_json::from_str(json)?;
+    pub fn from_json(json: impl AsRef<str> + Into<Box<str>>) -> Result<Self, serde_json::Error> {
+        let envelope = serde_json::from_str(json.as_ref())?;
         Ok(Self { envelope, json: json.into(), received_at: Instant::now() })
     }
 
