@@ -7,5 +7,6 @@
 pub mod fjall_store;
 pub mod load;
 pub mod soak;
+pub mod soak_http;
 pub mod stats;
 pub mod timed;

@@ -77,16 +77,22 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Bytes of RSS per ended run after the warm-up (least squares over the samples past it).
+    /// Bytes of RSS per ended run after the warm-up.
     pub fn slope(&self) -> f64 {
-        let points: Vec<(f64, f64)> =
-            self.samples.iter().skip(SAMPLES / 5).map(|&(runs, rss)| (runs as f64, rss as f64)).collect();
-        let n = points.len() as f64;
-        let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
-        let num: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
-        let den: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
-        if den == 0.0 { 0.0 } else { num / den }
+        slope(&self.samples)
     }
+}
+
+/// The growth of the second number per unit of the first, (runs, bytes) after
+/// the warm-up (the first fifth of the samples): a least-squares slope.
+pub fn slope(samples: &[(usize, u64)]) -> f64 {
+    let points: Vec<(f64, f64)> =
+        samples.iter().skip(samples.len() / 5).map(|&(runs, rss)| (runs as f64, rss as f64)).collect();
+    let n = points.len().max(1) as f64;
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let num: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let den: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    if den == 0.0 { 0.0 } else { num / den }
 }
 
 /// Drives `work` through a log over `store` (whose files are in `dir`),

@@ -99,6 +99,12 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_THREAD_CACHE", default_value_t = 10_000)]
     pub thread_cache: usize,
 
+    /// Bytes of the embedded store's pages kept in memory. Appends write the
+    /// newest pages and reads mostly want them, so a small cache loses little;
+    /// resident memory grows with the data file until it is full.
+    #[arg(long, env = "AGENTWIRE_STORE_CACHE", default_value_t = agentwire_log::embedded::CACHE_BYTES)]
+    pub store_cache: usize,
+
     /// Retention: most events kept per thread (0: no limit).
     #[arg(long, env = "AGENTWIRE_RETENTION_THREAD_EVENTS", default_value_t = 0)]
     pub retention_thread_events: u64,

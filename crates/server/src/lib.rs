@@ -27,7 +27,7 @@ use std::sync::Arc;
 use agentwire_agent::{Agent, Engine, EngineLimits, Watched};
 use agentwire_backbone::ClusterConfig;
 use agentwire_hub::{Hub, HubConfig, HubMetrics};
-use agentwire_log::{EmbeddedLog, Log, LogConfig, MemoryLog, retention, watchdog};
+use agentwire_log::{EmbeddedLog, EmbeddedStore, Log, LogConfig, MemoryLog, retention, watchdog};
 use agentwire_protocol::Timestamp;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -127,7 +127,8 @@ async fn open_log(config: &ServerConfig, node_id: &str, hub: Arc<Hub>) -> Result
     };
     let log: Arc<dyn Log> = match config.backbone.as_str() {
         "embedded" => {
-            let log = EmbeddedLog::open_dir(&config.data_dir, log_config, hub)?;
+            let store = EmbeddedStore::open_with_cache(&config.data_dir, config.store_cache)?;
+            let log = EmbeddedLog::open(store, log_config, hub)?;
             tracing::info!(data_dir = %config.data_dir.display(), "embedded log opened");
             Arc::new(log)
         }
