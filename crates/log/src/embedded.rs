@@ -287,8 +287,10 @@ impl EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Writes `chunk` (consecutive events of `thread`) as one value; indexes the
-    /// thread if these are its only events. Answers how many events it added.
+    /// Writes `chunk` (consecutive events of `thread`) as one frame, appended to
+    /// the thread's last chunk when that has room, else as a value of its own;
+    /// indexes the thread if these are its only events. Answers how many events
+    /// it added.
     fn store_chunk(
         &self,
         events: &mut redb::Table<'_, (&'static str, u64), &'static [u8]>,
@@ -297,13 +299,21 @@ impl EmbeddedStore {
         chunk: &[&Arc<StoredEvent>],
     ) -> Result<u64, StoreError> {
         let Some(first) = chunk.first() else { return Ok(0) };
-        let value = packed::pack(chunk.iter().map(|e| &*e.json));
-        let replaced = events.insert((thread, first.seq()), value.as_slice()).map_err(io)?;
+        let frame = packed::pack(chunk.iter().map(|e| &*e.json));
+        // The thread's last chunk takes this frame if it ends just before it and has room.
+        let last = events.range((thread, 0)..(thread, first.seq())).map_err(io)?.next_back().transpose().map_err(io)?;
+        let joined = last.and_then(|(key, value)| {
+            let (start, stored) = (key.value().1, value.value());
+            (start + packed::count(stored) == first.seq() && packed::has_room(stored))
+                .then(|| (start, [stored, frame.as_slice()].concat()))
+        });
+        let (start, value) = joined.unwrap_or((first.seq(), frame));
+        let replaced = events.insert((thread, start), value.as_slice()).map_err(io)?;
         let replaced = replaced.map_or(0, |old| packed::count(old.value()));
         if !ages.has(thread)? {
             ages.set(thread, Some((first.envelope.ts.millis(), first.seq())))?;
         }
-        Ok((chunk.len() as u64).saturating_sub(replaced))
+        Ok(packed::count(&value).saturating_sub(replaced))
     }
 }
 

@@ -3,24 +3,39 @@
 //! An envelope is mostly boilerplate: the same keys, event names, id prefixes
 //! and time layout in every event. Stored one per value as sent, a 240-byte
 //! event cost about 700 bytes of disk: each value carries its own key and
-//! B-tree slot, and pages are half empty after splits. Packed, the events one
-//! decision appends to a thread (consecutive seqs) are one value: their JSON,
-//! one per line, compressed with LZ4 against a built-in dictionary of that
-//! boilerplate, so later events of the chunk also borrow from the earlier
-//! ones. Decompressing costs far less than the JSON parse a read does anyway.
+//! B-tree slot, and pages are half empty after splits. So a value holds a
+//! chunk of a thread's consecutive events, as frames: each frame is the events
+//! one commit added, their JSON one per line, compressed with LZ4 against a
+//! built-in dictionary of that boilerplate (so later events of a frame also
+//! borrow from the earlier ones). A commit that adds to a thread whose last
+//! chunk is still small appends a frame to it, copying the bytes without
+//! compressing anything again, so a publisher sending one event at a time also
+//! fills chunks. Decompressing costs far less than the JSON parse a read does
+//! anyway.
 //!
-//! A packed value starts with a tag byte that JSON never starts with, so values
-//! written before packing (one event as plain JSON, starting with `{`) read as
-//! a chunk of one. The dictionary belongs to its tag: changing it means a new
-//! tag, never an edit. (Compact JSON has no raw line breaks: they are escaped
-//! inside strings, so a line is an event.)
+//! Frames start with a tag byte that JSON never starts with, so values written
+//! before packing (one event as plain JSON, starting with `{`) read as a chunk
+//! of one. The dictionary belongs to its tag: changing it means a new tag,
+//! never an edit. (Compact JSON has no raw line breaks: they are escaped inside
+//! strings, so a line is an event.)
 
 use std::borrow::Cow;
 
-/// `[count: u32][length: u32]` (little endian), then an LZ4 block against
-/// [`DICTIONARY_1`] of `length` bytes of JSON lines once unpacked.
-const LZ4_CHUNK_1: u8 = 0x01;
-const HEADER: usize = 1 + 4 + 4;
+/// A frame: `[count: u32][length: u32][packed length: u32]` (little endian),
+/// then `packed length` bytes of an LZ4 block against [`DICTIONARY_1`] that
+/// unpacks to `length` bytes of JSON lines.
+const FRAME_1: u8 = 0x02;
+const FRAME_HEADER: usize = 1 + 4 + 4 + 4;
+/// The first packed layout, for a few hours on the way to frames: one block
+/// running to the end of the value, without its packed length.
+const SINGLE_1: u8 = 0x01;
+const SINGLE_HEADER: usize = 1 + 4 + 4;
+
+/// A chunk takes more frames while it holds fewer events and bytes than
+/// these: small enough that rewriting it is about as cheap as writing the page
+/// it sits in, large enough that keys and slots are a small share.
+pub const CHUNK_EVENTS: u64 = 64;
+pub const CHUNK_BYTES: usize = 2048;
 
 /// What envelopes repeat. Later bytes are cheaper to refer to, so the most
 /// common pieces come last.
@@ -34,7 +49,8 @@ const DICTIONARY_1: &[u8] = concat!(
 )
 .as_bytes();
 
-/// Events of one thread with consecutive seqs, as their JSON, packed as one value.
+/// Events of one thread with consecutive seqs, as their JSON, packed as one frame
+/// (a value on its own, or appended to a chunk that ends just before them).
 pub fn pack<'a>(jsons: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
     let mut lines = String::new();
     let mut count: u32 = 0;
@@ -46,59 +62,95 @@ pub fn pack<'a>(jsons: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
         count += 1;
     }
     let input = lines.as_bytes();
-    let mut out = vec![0; HEADER + lz4_flex::block::get_maximum_output_size(input.len())];
-    out[0] = LZ4_CHUNK_1;
+    let mut out = vec![0; FRAME_HEADER + lz4_flex::block::get_maximum_output_size(input.len())];
+    // The buffer is sized for the worst case, so this cannot fail.
+    let written = lz4_flex::block::compress_into_with_dict(input, &mut out[FRAME_HEADER..], DICTIONARY_1)
+        .unwrap_or_else(|e| panic!("LZ4 refused a buffer of its own worst-case size: {e}"));
+    out.truncate(FRAME_HEADER + written);
+    out[0] = FRAME_1;
     out[1..5].copy_from_slice(&count.to_le_bytes());
     out[5..9].copy_from_slice(&(input.len() as u32).to_le_bytes());
-    // The buffer is sized for the worst case, so this cannot fail; if it ever
-    // did, one event as plain JSON is a valid value too.
-    match lz4_flex::block::compress_into_with_dict(input, &mut out[HEADER..], DICTIONARY_1) {
-        Ok(written) => {
-            out.truncate(HEADER + written);
-            out
+    out[9..13].copy_from_slice(&(written as u32).to_le_bytes());
+    out
+}
+
+/// Whether a chunk stored as `stored` may take another frame.
+pub fn has_room(stored: &[u8]) -> bool {
+    stored.first() == Some(&FRAME_1) && stored.len() < CHUNK_BYTES && count(stored) < CHUNK_EVENTS
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// One frame of a stored value: (events, unpacked length, its block), and what follows it.
+type Frame<'a> = ((u64, usize, &'a [u8]), &'a [u8]);
+
+fn frame(stored: &[u8]) -> Result<Option<Frame<'_>>, String> {
+    let cut = |header: usize, packed: usize| {
+        let block = stored.get(header..header + packed).ok_or("a frame runs past its value")?;
+        Ok::<_, String>((block, &stored[header + packed..]))
+    };
+    let field = |at| u32_at(stored, at).ok_or_else(|| "a frame header is cut short".to_owned());
+    match stored.first() {
+        None => Ok(None),
+        Some(&FRAME_1) => {
+            let (count, len, packed) = (field(1)?, field(5)?, field(9)?);
+            let (block, rest) = cut(FRAME_HEADER, packed as usize)?;
+            Ok(Some(((u64::from(count), len as usize, block), rest)))
         }
-        Err(_) if count == 1 => input.to_vec(),
-        Err(e) => panic!("LZ4 refused a buffer of its own worst-case size: {e}"),
+        Some(&SINGLE_1) => {
+            let (count, len) = (field(1)?, field(5)?);
+            let (block, rest) = cut(SINGLE_HEADER, stored.len().saturating_sub(SINGLE_HEADER))?;
+            Ok(Some(((u64::from(count), len as usize, block), rest)))
+        }
+        Some(b'{') => Ok(None),
+        Some(tag) => Err(format!("unknown value tag {tag:#04x}")),
     }
 }
 
-fn header(stored: &[u8]) -> Option<(u64, usize)> {
-    match stored {
-        [LZ4_CHUNK_1, c0, c1, c2, c3, l0, l1, l2, l3, ..] => Some((
-            u64::from(u32::from_le_bytes([*c0, *c1, *c2, *c3])),
-            u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize,
-        )),
-        _ => None,
-    }
-}
-
-/// How many events a stored value holds, without unpacking it.
+/// How many events a stored value holds, without unpacking it (a damaged value
+/// counts what can be read of it).
 pub fn count(stored: &[u8]) -> u64 {
-    header(stored).map_or(1, |(count, _)| count)
+    if stored.first() == Some(&b'{') {
+        return 1;
+    }
+    let (mut total, mut rest) = (0, stored);
+    while let Ok(Some(((events, _, _), next))) = frame(rest) {
+        total += events;
+        rest = next;
+    }
+    total
 }
 
 /// The JSON of a stored value's events, one per line.
 pub fn unpack(stored: &[u8]) -> Result<Cow<'_, str>, String> {
-    if let Some((_, len)) = header(stored) {
-        let block = &stored[HEADER..];
+    match stored.first() {
+        Some(b'{') => return std::str::from_utf8(stored).map(Cow::Borrowed).map_err(|e| e.to_string()),
+        None => return Err("an empty value".into()),
+        Some(_) => {}
+    }
+    let mut out = Vec::new();
+    let mut rest = stored;
+    while let Some(((_, len, block), next)) = frame(rest)? {
         // LZ4 grows data at most about 255-fold: a larger claim is damage, and
         // must not become a huge allocation.
         if len > block.len().saturating_mul(255) + 64 {
-            return Err(format!("a value of {} bytes cannot hold {len}", block.len()));
+            return Err(format!("a frame of {} bytes cannot hold {len}", block.len()));
         }
-        let mut out = vec![0; len];
-        let written =
-            lz4_flex::block::decompress_into_with_dict(block, &mut out, DICTIONARY_1).map_err(|e| e.to_string())?;
+        if !out.is_empty() {
+            out.push(b'\n');
+        }
+        let start = out.len();
+        out.resize(start + len, 0);
+        let written = lz4_flex::block::decompress_into_with_dict(block, &mut out[start..], DICTIONARY_1)
+            .map_err(|e| e.to_string())?;
         if written != len {
             return Err(format!("unpacked {written} bytes of {len}"));
         }
-        return String::from_utf8(out).map(Cow::Owned).map_err(|e| e.to_string());
+        rest = next;
     }
-    match stored {
-        [b'{', ..] => std::str::from_utf8(stored).map(Cow::Borrowed).map_err(|e| e.to_string()),
-        [tag, ..] => Err(format!("unknown value tag {tag:#04x}")),
-        [] => Err("an empty value".into()),
-    }
+    String::from_utf8(out).map(Cow::Owned).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -117,6 +169,10 @@ mod tests {
         assert_eq!(count(&two), 2);
         assert_eq!(unpack(&two).unwrap().lines().collect::<Vec<_>>(), vec![TOOL, DONE]);
         assert!(two.len() < one.len() + DONE.len() / 3, "the second event borrows from the first");
+        // A chunk that takes a second frame reads as both frames' events, in order.
+        let chunk = [one.as_slice(), pack([DONE]).as_slice()].concat();
+        assert!(has_room(&one) && has_room(&chunk));
+        assert_eq!((count(&chunk), unpack(&chunk).unwrap().lines().collect::<Vec<_>>()), (2, vec![TOOL, DONE]));
     }
 
     #[test]
@@ -131,8 +187,22 @@ mod tests {
         let mut packed = pack([r#"{"type":"event","data":{"thought":"x"}}"#]);
         packed.truncate(packed.len() - 3);
         assert!(unpack(&packed).is_err());
-        assert!(unpack(&[LZ4_CHUNK_1, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f, 0]).is_err(), "a huge claimed length");
-        assert!(unpack(&[0x02, 1, 2]).is_err());
+        let huge = [FRAME_1, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f, 1, 0, 0, 0, 0];
+        assert!(unpack(&huge).is_err(), "a huge claimed length");
+        assert!(unpack(&[FRAME_1, 1, 0, 0, 0, 9, 0, 0, 0, 0xff, 0, 0, 0, 1]).is_err(), "a frame past its value");
+        assert!(unpack(&[FRAME_1, 1, 2]).is_err());
+        assert!(unpack(&[0x03, 1, 2]).is_err());
         assert!(unpack(&[]).is_err());
+        assert_eq!(count(&[FRAME_1, 1, 2]), 0, "a damaged value counts what can be read");
+    }
+
+    #[test]
+    fn a_chunk_is_full_past_its_events_or_bytes_and_legacy_values_take_no_frames() {
+        let mut chunk = Vec::new();
+        while has_room(&chunk) || chunk.is_empty() {
+            chunk.extend(pack([TOOL]));
+        }
+        assert!(count(&chunk) < CHUNK_EVENTS && chunk.len() >= CHUNK_BYTES);
+        assert!(!has_room(TOOL.as_bytes()), "plain JSON stays a chunk of one");
     }
 }
