@@ -11,6 +11,7 @@
 //! they receive.
 
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::load::usage;
@@ -42,6 +45,32 @@ pub const SERVE_ARGS: [&str; 8] = [
     "--ws-message-rate",
     "100000",
 ];
+
+/// Starts `target/release/agentwire` over `data` on a loopback port, in dev
+/// mode (tokens from `/dev/token`), with `extra` arguments; answers the child
+/// (killed when dropped) and its base URL.
+pub async fn start_release_server(data: &Path, publish_key: &str, extra: &[&str]) -> (Child, String) {
+    let binary = Path::new("target/release/agentwire");
+    assert!(binary.exists(), "build it first: cargo build --release -p agentwire");
+    let mut child = Command::new(binary)
+        .args(["serve", "--listen", "127.0.0.1:0", "--publish-key", publish_key, "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .env("AGENTWIRE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start agentwire");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let base = loop {
+        let line = lines.next_line().await.expect("read stdout").expect("agentwire exited before listening");
+        if let Some(url) = line.strip_prefix("agentwire is listening on ") {
+            break url.trim().to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, base)
+}
 
 /// Where the soak goes: a running server and how to speak to it.
 pub struct Target<'a> {

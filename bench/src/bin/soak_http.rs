@@ -16,43 +16,16 @@
 //! Defaults: 100,000 runs, 100,000 threads, 1,000 watched. Loopback only; the
 //! server and its data directory (under `target/bench-data`) go at the end.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 
 use agentwire_bench::soak::SAMPLES;
-use agentwire_bench::soak_http::{PUBLISHERS, Plan, SERVE_ARGS, Target, drive};
+use agentwire_bench::soak_http::{PUBLISHERS, Plan, SERVE_ARGS, Target, drive, start_release_server};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const KEY: &str = "soak-publish-key";
-
-/// Starts the release server over `data` (dev mode on loopback: tokens from
-/// `/dev/token`); answers the child and its base URL.
-async fn start_server(data: &Path) -> (tokio::process::Child, String) {
-    let binary = PathBuf::from("target/release/agentwire");
-    assert!(binary.exists(), "build it first: cargo build --release -p agentwire");
-    let mut child = tokio::process::Command::new(binary)
-        .args(["serve", "--listen", "127.0.0.1:0", "--publish-key", KEY, "--data-dir"])
-        .arg(data)
-        .args(SERVE_ARGS)
-        .env("AGENTWIRE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start agentwire");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let base = loop {
-        let line = lines.next_line().await.expect("read stdout").expect("agentwire exited before listening");
-        if let Some(url) = line.strip_prefix("agentwire is listening on ") {
-            break url.trim().to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, base)
-}
 
 #[tokio::main]
 async fn main() {
@@ -63,7 +36,7 @@ async fn main() {
     let base_dir = Path::new("target/bench-data");
     std::fs::create_dir_all(base_dir).expect("bench data directory");
     let data = tempfile::tempdir_in(base_dir).expect("data directory");
-    let (mut server, base) = start_server(data.path()).await;
+    let (mut server, base) = start_release_server(data.path(), KEY, &SERVE_ARGS).await;
     let pid = server.id().expect("server pid");
     let token: Value = reqwest::get(format!("{base}/dev/token?user=soak")).await.unwrap().json().await.unwrap();
     let token = token["token"].as_str().expect("a dev token").to_owned();
