@@ -666,30 +666,39 @@ impl<S: Store> Core<S> {
             .await
             .map_err(|e| LogError::Unavailable(format!("retention task failed: {e}")))?
             .map_err(storage)?;
-            let (mut batch, mut oldest, before) = (Batch::default(), Vec::new(), removed);
+            let mut tickets = Vec::new();
             for trim in trims {
                 let Some(entry) = self.thread(&trim.thread).await? else { continue };
-                let record = {
-                    let state = entry.state.lock();
-                    if state.check_current().is_err() {
-                        continue;
-                    }
-                    ThreadRecord {
-                        owner: state.owner.clone(),
-                        oldest_seq: trim.keep_from,
-                        by_publisher: state.by_publisher,
-                    }
+                let mut state = entry.state.lock();
+                // An append may have cut further since the plan was read: a thread's
+                // oldest seq only ever moves forward.
+                let kept_from = state.oldest.max(entry.oldest.load(Ordering::Acquire));
+                if state.check_current().is_err() || trim.keep_from <= kept_from {
+                    continue;
+                }
+                let record = ThreadRecord {
+                    owner: state.owner.clone(),
+                    oldest_seq: trim.keep_from,
+                    by_publisher: state.by_publisher,
                 };
-                removed += trim.keep_from.saturating_sub(entry.oldest.load(Ordering::Acquire));
-                batch.trims.push((trim.thread.clone(), trim.keep_from));
-                batch.threads.push((trim.thread, record));
-                oldest.push((entry, trim.keep_from));
+                let batch = Batch {
+                    trims: vec![(trim.thread.clone(), trim.keep_from)],
+                    threads: vec![(trim.thread, record)],
+                    ..Batch::default()
+                };
+                // Queued under the thread's lock, as appends are, so the thread's
+                // trims reach the disk in the order they were decided.
+                tickets.push(self.submit_with(batch, Vec::new(), vec![(entry.clone(), trim.keep_from)], None)?);
+                removed += trim.keep_from - kept_from;
+                state.oldest = trim.keep_from;
             }
-            // Nothing planned (or only threads deleted meanwhile): this limit holds.
-            if batch.trims.is_empty() || removed == before {
+            // Nothing planned (or only threads deleted or cut meanwhile): this limit holds.
+            if tickets.is_empty() {
                 return Ok(removed);
             }
-            durable(self.submit_with(batch, Vec::new(), oldest, None)?).await?;
+            for ticket in tickets {
+                durable(ticket).await?;
+            }
         }
     }
 

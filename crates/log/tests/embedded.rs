@@ -492,3 +492,65 @@ async fn retention_takes_ended_runs_and_their_event_ids_with_their_last_events()
     assert!(log.run(going.as_str()).await.unwrap().is_some());
     assert_eq!(log.read(&thread, 0, 10).await.unwrap().oldest_seq, 8);
 }
+
+/// Holds the first write after it is armed until the test opens it, and says when it arrives.
+struct Gate {
+    armed: std::sync::atomic::AtomicBool,
+    arrived: std::sync::mpsc::SyncSender<()>,
+    open: parking_lot::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl agentwire_log::store::WriteHook for Gate {
+    fn write(&self, inner: &dyn Store, batches: &[&agentwire_log::store::Batch]) -> Result<(), StoreError> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            let _ = self.arrived.send(());
+            let _ = self.open.lock().recv();
+        }
+        inner.write(batches)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_planned_before_an_append_cut_further_never_moves_the_oldest_seq_back() {
+    use agentwire_log::StoredLog;
+    use agentwire_log::store::Hooked;
+    let dir = tempfile::tempdir().unwrap();
+    let (arrived_tx, arrived) = std::sync::mpsc::sync_channel(1);
+    let (release, held) = std::sync::mpsc::sync_channel(1);
+    let gate = Gate { armed: false.into(), arrived: arrived_tx, open: parking_lot::Mutex::new(held) };
+    let store = Hooked { inner: Box::new(agentwire_log::EmbeddedStore::open(dir.path()).unwrap()), hook: gate };
+    let retention =
+        RetentionPolicy { max_events_per_thread: 2, max_age: Duration::from_secs(3600), ..Default::default() };
+    let config = LogConfig { run_idle_timeout: Duration::from_secs(3600), retention, ..Default::default() };
+    let log = Arc::new(StoredLog::open(store, config, Arc::new(NoFeed)).unwrap());
+    let (user, thread) = (UserId::parse("r").unwrap(), ThreadId::parse("thread_race").unwrap());
+    let run = log.create_run(external_run(thread.as_str(), &user, None)).await.unwrap().run_id;
+    log.append(run.as_str(), vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"}))]).await.unwrap();
+    for t in ["1", "2"] {
+        log.append(run.as_str(), vec![ev(EventKind::AgentThinking, json!({"thought": t}))]).await.unwrap();
+    }
+    // Stored: seqs 2 and 3. Now seqs 4-6 are decided, with a cut to 5, and held before the disk.
+    log.store().hook.armed.store(true, std::sync::atomic::Ordering::Release);
+    let appending = {
+        let (log, run) = (log.clone(), run.clone());
+        let three = (0..3).map(|i| ev(EventKind::AgentThinking, json!({"thought": i}))).collect();
+        tokio::spawn(async move { log.append(run.as_str(), three).await })
+    };
+    tokio::task::spawn_blocking(move || arrived.recv_timeout(Duration::from_secs(10))).await.unwrap().unwrap();
+    // A sweep by age now reads the store, where seq 3 is the last old event, and plans a cut to 4.
+    let later = Timestamp(Timestamp::now().millis() + 2 * 3600 * 1000);
+    let swept = tokio::time::timeout(Duration::from_secs(5), log.enforce_retention(later)).await;
+    assert!(
+        matches!(swept, Ok(Ok(0))),
+        "the sweep must see the append's cut and plan nothing, not queue a cut to 4 behind it: {swept:?}"
+    );
+    release.send(()).unwrap();
+    assert_eq!(appending.await.unwrap().unwrap().seqs, vec![4, 5, 6]);
+    let page = log.read(&thread, 0, 10).await.unwrap();
+    assert_eq!((page.oldest_seq, page.events.iter().map(|e| e.seq()).collect::<Vec<_>>()), (5, vec![5, 6]));
+    log.close().await;
+    drop(log);
+    let log = open(dir.path(), Duration::from_secs(3600));
+    let page = log.read(&thread, 0, 10).await.unwrap();
+    assert_eq!((page.oldest_seq, page.events.iter().map(|e| e.seq()).collect::<Vec<_>>()), (5, vec![5, 6]));
+}
