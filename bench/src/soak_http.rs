@@ -133,6 +133,11 @@ fn thread_name(t: usize) -> String {
     format!("thread_h{t}")
 }
 
+/// The body that registers a run in thread `t` for `user`.
+fn new_run(t: usize, user: &str) -> Value {
+    json!({"thread_id": thread_name(t), "user_id": user, "agent_name": "soak"})
+}
+
 /// One watcher connection: subscribes to `threads` and counts events until `stop`.
 async fn watch(base: String, token: String, threads: Vec<String>, seen: Arc<AtomicU64>, stop: Arc<AtomicUsize>) {
     let url = format!("{}/v1/ws?token={token}", base.replace("http://", "ws://"));
@@ -173,11 +178,10 @@ pub async fn drive(target: &Target<'_>, plan: Plan, mut report: impl FnMut(&Tent
     let base = target.base.to_owned();
     let key = target.publish_key.to_owned();
     let http = reqwest::Client::builder().pool_max_idle_per_host(PUBLISHERS).build().expect("client");
-    let create = |t: usize| json!({"thread_id": thread_name(t), "user_id": target.user, "agent_name": "soak"});
 
     // Watched threads exist before they are watched: their first runs are registered here.
     for t in 0..watched {
-        let resp = http.post(format!("{base}/v1/runs")).bearer_auth(&key).json(&create(t)).send().await;
+        let resp = http.post(format!("{base}/v1/runs")).bearer_auth(&key).json(&new_run(t, target.user)).send().await;
         assert_eq!(resp.expect("register a run").status(), 201);
     }
     let (seen, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -209,8 +213,8 @@ pub async fn drive(target: &Target<'_>, plan: Plan, mut report: impl FnMut(&Tent
                         return;
                     }
                     let t = i % threads;
-                    let create = json!({"thread_id": thread_name(t), "user_id": user, "agent_name": "soak"});
-                    let resp = http.post(format!("{base}/v1/runs")).bearer_auth(&key).json(&create).send().await;
+                    let resp =
+                        http.post(format!("{base}/v1/runs")).bearer_auth(&key).json(&new_run(t, &user)).send().await;
                     let Ok(resp) = resp else { continue };
                     let created: Value = resp.json().await.unwrap_or(Value::Null);
                     let Some(run) = created["run_id"].as_str() else { continue };

@@ -317,6 +317,48 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    /// Removes `thread`'s events below `below` (all of them at `u64::MAX`) and
+    /// moves it in the age index; answers how many retained events went.
+    fn cut_events(
+        &self,
+        events: &mut redb::Table<'_, (&'static str, u64), &'static [u8]>,
+        ages: &mut Ages<'_>,
+        thread: &str,
+        below: u64,
+    ) -> Result<u64, StoreError> {
+        let oldest = ages.oldest_seq(thread)?;
+        let removed = match (oldest, head_of(events, thread)?) {
+            (Some(oldest), Some(head)) => (head + 1).min(below).saturating_sub(oldest),
+            _ => 0,
+        };
+        remove_chunks(events, thread, below)?;
+        ages.reindex(self, events, thread, oldest.unwrap_or(0).max(below))?;
+        Ok(removed)
+    }
+
+    /// Removes `run` of `thread`: its record, its place among ended runs, its
+    /// event ids and its place among the thread's runs.
+    fn remove_run(
+        &self,
+        runs: &mut redb::Table<'_, &'static str, &'static [u8]>,
+        run_ends: &mut redb::Table<'_, (i64, &'static str), ()>,
+        event_ids: &mut redb::Table<'_, (&'static str, &'static str), u64>,
+        thread_runs: &mut redb::Table<'_, (&'static str, &'static str), ()>,
+        thread: &str,
+        run: &str,
+    ) -> Result<(), StoreError> {
+        let removed = runs.remove(run).map_err(io)?;
+        let record = removed.map(|bytes| self.decode::<RunRecord>("run", bytes.value())).transpose()?;
+        if let Some(record) = record.filter(|r| r.lifecycle.ended()) {
+            run_ends.remove((record.last_activity_ms, run)).map_err(io)?;
+        }
+        forget_ids(event_ids, run)?;
+        thread_runs.remove((thread, run)).map_err(io)?;
+        Ok(())
+    }
+}
+
 /// The last stored seq of `thread`: its last chunk's last event.
 fn head_of(
     events: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
@@ -407,7 +449,9 @@ fn remove_chunks(
     thread: &str,
     below: u64,
 ) -> Result<(), StoreError> {
-    events.retain_in((thread, 0)..(thread, below), |(_, first), value| first + packed::count(value) > below).map_err(io)
+    events
+        .retain_in((thread, 0)..(thread, below), |(_, first), value| first.saturating_add(packed::count(value)) > below)
+        .map_err(io)
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -466,10 +510,9 @@ impl Store for EmbeddedStore {
                     let thread = event.thread_id().as_str();
                     let chunk = chunks.entry(thread).or_default();
                     if chunk.last().is_some_and(|last| last.seq() + 1 != event.seq()) {
-                        let full = std::mem::take(chunk);
-                        count += self.store_chunk(&mut events, &mut ages, thread, &full)?;
+                        count += self.store_chunk(&mut events, &mut ages, thread, &std::mem::take(chunk))?;
                     }
-                    chunks.entry(thread).or_default().push(event);
+                    chunk.push(event);
                 }
                 for (run, event_id, seq) in &batch.event_ids {
                     event_ids.insert((run.as_str(), event_id.as_str()), seq).map_err(io)?;
@@ -479,11 +522,7 @@ impl Store for EmbeddedStore {
                     if let Some(chunk) = chunks.remove(id) {
                         count += self.store_chunk(&mut events, &mut ages, id, &chunk)?;
                     }
-                    let oldest = ages.oldest_seq(id)?;
-                    if let (Some(oldest), Some(head)) = (oldest, head_of(&events, id)?) {
-                        count = count.saturating_sub((head + 1).min(*below).saturating_sub(oldest));
-                    }
-                    remove_chunks(&mut events, id, *below)?;
+                    count = count.saturating_sub(self.cut_events(&mut events, &mut ages, id, *below)?);
                     // Ended runs whose last event went go with it.
                     let gone: Vec<(u64, String)> = thread_ends
                         .range((id, 0, "")..(id, *below, ""))
@@ -491,15 +530,9 @@ impl Store for EmbeddedStore {
                         .map(|item| item.map(|(key, _)| (key.value().1, key.value().2.to_owned())).map_err(io))
                         .collect::<Result<_, _>>()?;
                     for (last, run) in gone {
-                        if let Some(bytes) = runs.remove(run.as_str()).map_err(io)? {
-                            let record: RunRecord = self.decode("run", bytes.value())?;
-                            run_ends.remove((record.last_activity_ms, run.as_str())).map_err(io)?;
-                        }
-                        forget_ids(&mut event_ids, &run)?;
-                        thread_runs.remove((id, run.as_str())).map_err(io)?;
+                        self.remove_run(&mut runs, &mut run_ends, &mut event_ids, &mut thread_runs, id, &run)?;
                         thread_ends.remove((id, last, run.as_str())).map_err(io)?;
                     }
-                    ages.reindex(self, &events, id, oldest.unwrap_or(0).max(*below))?;
                 }
                 for (ended_ms, run) in &batch.forget {
                     forget_ids(&mut event_ids, run.as_str())?;
@@ -509,25 +542,11 @@ impl Store for EmbeddedStore {
                     let id = thread.as_str();
                     threads.remove(id).map_err(io)?;
                     chunks.remove(id);
-                    if let (Some(oldest), Some(head)) = (ages.oldest_seq(id)?, head_of(&events, id)?) {
-                        count = count.saturating_sub((head + 1).saturating_sub(oldest));
-                    }
-                    events.retain_in((id, 0)..=(id, u64::MAX), |_, _| false).map_err(io)?;
-                    ages.set(id, None)?;
+                    count = count.saturating_sub(self.cut_events(&mut events, &mut ages, id, u64::MAX)?);
                     thread_ends.retain_in((id, 0, "")..=(id, u64::MAX, ""), |_, _| false).map_err(io)?;
                     for run in &runs_of(&thread_runs, id)? {
-                        let removed = runs.remove(run.as_str()).map_err(io)?;
-                        let ended = match removed {
-                            Some(bytes) => Some(self.decode::<RunRecord>("run", bytes.value())?),
-                            None => None,
-                        }
-                        .filter(|r| r.lifecycle.ended());
-                        if let Some(record) = ended {
-                            run_ends.remove((record.last_activity_ms, run.as_str())).map_err(io)?;
-                        }
+                        self.remove_run(&mut runs, &mut run_ends, &mut event_ids, &mut thread_runs, id, run)?;
                         running.remove(run.as_str()).map_err(io)?;
-                        forget_ids(&mut event_ids, run)?;
-                        thread_runs.remove((id, run.as_str())).map_err(io)?;
                     }
                 }
             }

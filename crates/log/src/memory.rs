@@ -28,18 +28,19 @@ struct Kept {
     count: u64,
 }
 
-fn oldest_ts(events: Option<&VecDeque<Arc<StoredEvent>>>) -> Option<i64> {
-    events.and_then(VecDeque::front).map(|e| e.envelope.ts.millis())
-}
-
 impl Kept {
+    /// `thread`'s oldest event time and its number of events.
+    fn shape(&self, thread: &ThreadId) -> (Option<i64>, usize) {
+        self.threads
+            .get(thread)
+            .map_or((None, 0), |events| (events.front().map(|e| e.envelope.ts.millis()), events.len()))
+    }
+
     /// Changes `thread`'s events with `change`, keeping the count and the age order.
     fn change(&mut self, thread: &ThreadId, change: impl FnOnce(&mut HashMap<ThreadId, VecDeque<Arc<StoredEvent>>>)) {
-        let (was_ts, was_len) =
-            (oldest_ts(self.threads.get(thread)), self.threads.get(thread).map_or(0, VecDeque::len));
+        let (was_ts, was_len) = self.shape(thread);
         change(&mut self.threads);
-        let (now_ts, now_len) =
-            (oldest_ts(self.threads.get(thread)), self.threads.get(thread).map_or(0, VecDeque::len));
+        let (now_ts, now_len) = self.shape(thread);
         self.count = (self.count + now_len as u64).saturating_sub(was_len as u64);
         if was_ts != now_ts {
             if let Some(ts) = was_ts {
