@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use agentwire_agent::DemoAgent;
 use agentwire_bench::load::{Kind, Mode, Scenario, Shape, run};
+use agentwire_hub::{Hub, HubMetrics};
+use agentwire_log::MemoryLog;
 use agentwire_server::{Server, ServerConfig};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -15,11 +17,13 @@ use tokio_util::sync::CancellationToken;
 /// A dev-mode server with the memory store on a free loopback port.
 async fn server() -> (String, CancellationToken) {
     let mut config = ServerConfig::from_env().expect("default settings");
-    config.backbone = "memory".into();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.publish_rate = 0;
     (config.max_connections_per_user, config.max_connections_per_ip) = (100_000, 100_000);
-    let server = Server::new(config, Arc::new(DemoAgent { step_delay: Duration::ZERO })).await.expect("server");
+    let hub = Hub::new(config.hub_config(), HubMetrics::new());
+    let log = Arc::new(MemoryLog::new(config.log_config(), hub.clone()).expect("log"));
+    let agent = Arc::new(DemoAgent { step_delay: Duration::ZERO });
+    let server = Server::new(config, log, hub, Some(agent)).await.expect("server");
     let listener = server.bind().await.expect("bind");
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();

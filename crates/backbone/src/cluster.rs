@@ -671,6 +671,10 @@ impl<B: Backbone> Log for ClusterLog<B> {
         self.inner.backbone.ping().await.map_err(unavailable)
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     fn stats(&self) -> LogStats {
         LogStats {
             threads: self.inner.threads.load(Ordering::Relaxed),

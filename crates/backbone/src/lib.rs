@@ -25,8 +25,12 @@
 //! in-process engine names that node; when the node's heartbeat lapses, any
 //! surviving node ends the run with `agent_error {code:"worker_lost"}`.
 
+#![cfg_attr(not(any(feature = "redis", feature = "nats")), allow(dead_code))]
+
 mod cluster;
+#[cfg(feature = "nats")]
 pub mod nats_jetstream;
+#[cfg(feature = "redis")]
 pub mod redis_streams;
 
 use std::collections::HashSet;
@@ -40,7 +44,9 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use cluster::ClusterLog;
+#[cfg(feature = "nats")]
 pub use nats_jetstream::NatsBackbone;
+#[cfg(feature = "redis")]
 pub use redis_streams::RedisBackbone;
 
 /// A backbone that could not do what was asked.
@@ -242,27 +248,39 @@ impl ClusterConfig {
 }
 
 /// Opens the log for a `redis://…` or `nats://…` backbone address; `None`
-/// when `url` names neither.
+/// when `url` names neither engine this build was compiled with.
 pub async fn open(
     url: &str,
     config: ClusterConfig,
     sink: Arc<dyn FeedSink>,
 ) -> Option<Result<Arc<dyn agentwire_log::Log>, BackboneError>> {
-    let opened = if url.starts_with("redis://") || url.starts_with("rediss://") {
-        match RedisBackbone::connect(url, &config.prefix).await {
-            Ok(b) => ClusterLog::start(b, config, sink).await.map(|l| Arc::new(l) as Arc<dyn agentwire_log::Log>),
-            Err(e) => Err(e),
-        }
-    } else if url.starts_with("nats://") || url.starts_with("tls://") {
-        match NatsBackbone::connect(url, &config.prefix).await {
-            Ok(b) => ClusterLog::start(b, config, sink).await.map(|l| Arc::new(l) as Arc<dyn agentwire_log::Log>),
-            Err(e) => Err(e),
-        }
-    } else {
-        return None;
-    };
-    Some(opened)
+    async fn start<B: Backbone>(
+        backbone: Result<B, BackboneError>,
+        config: ClusterConfig,
+        sink: Arc<dyn FeedSink>,
+    ) -> Result<Arc<dyn agentwire_log::Log>, BackboneError> {
+        let log = ClusterLog::start(backbone?, config, sink).await?;
+        Ok(Arc::new(log))
+    }
+    #[cfg(feature = "redis")]
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Some(start(RedisBackbone::connect(url, &config.prefix).await, config, sink).await);
+    }
+    #[cfg(feature = "nats")]
+    if url.starts_with("nats://") || url.starts_with("tls://") {
+        return Some(start(NatsBackbone::connect(url, &config.prefix).await, config, sink).await);
+    }
+    let _ = (url, config, sink);
+    None
 }
+
+/// The address schemes this build can open, for error messages.
+pub const SCHEMES: &[&str] = &[
+    #[cfg(feature = "redis")]
+    "redis://…",
+    #[cfg(feature = "nats")]
+    "nats://…",
+];
 
 /// A record as JSON, for the engine to keep.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, BackboneError> {
@@ -281,6 +299,7 @@ pub(crate) fn decode_events(json: &[u8]) -> Result<Vec<Arc<StoredEvent>>, Backbo
     raw.iter().map(|r| StoredEvent::from_json(r.get()).map(Arc::new).map_err(corrupt)).collect()
 }
 
+#[cfg(feature = "nats")]
 /// Encodes a run id for engines whose keys allow fewer characters than run ids
 /// carry (`:` is not a NATS key character).
 pub(crate) fn key_safe(run: &str) -> String {
@@ -291,6 +310,7 @@ pub(crate) fn key_safe(run: &str) -> String {
     out
 }
 
+#[cfg(feature = "nats")]
 /// Decodes [`key_safe`].
 pub(crate) fn from_key_safe(key: &str) -> Option<String> {
     let bytes: Option<Vec<u8>> =
@@ -302,6 +322,7 @@ pub(crate) fn from_key_safe(key: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "nats")]
     #[test]
     fn key_safe_round_trips_run_ids() {
         for run in ["run_thread_a_1f2e3d4c", "legacy:run.7-x", "r"] {

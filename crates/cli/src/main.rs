@@ -1,11 +1,14 @@
 //! `agentwire`: the binary. A thin shell: it reads settings, starts the server
 //! crate with the demo agent, prints how to use it, and stops on Ctrl-C or SIGTERM.
 
+mod store;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use agentwire_agent::DemoAgent;
+use agentwire_hub::{Hub, HubMetrics};
 use agentwire_log::EmbeddedStore;
 use agentwire_protocol::ThreadId;
 use agentwire_server::{DEV_PUBLISH_KEY, Server, ServerConfig};
@@ -30,6 +33,8 @@ enum Command {
     Serve {
         #[command(flatten)]
         config: Box<ServerConfig>,
+        #[command(flatten)]
+        store: store::StoreSettings,
     },
     /// Write threads of a stopped server's data directory to stdout as JSON lines.
     Export {
@@ -55,6 +60,7 @@ enum Command {
 #[derive(Debug)]
 enum CommandError {
     Server(agentwire_server::ServerError),
+    Open(store::OpenError),
     Store(agentwire_log::StoreError),
     Usage(String),
 }
@@ -63,6 +69,7 @@ impl std::fmt::Display for CommandError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Server(e) => e.fmt(f),
+            Self::Open(e) => e.fmt(f),
             Self::Store(e) => e.fmt(f),
             Self::Usage(e) => f.write_str(e),
         }
@@ -156,14 +163,18 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(config: ServerConfig) -> Result<(), agentwire_server::ServerError> {
+async fn serve(mut config: ServerConfig, settings: store::StoreSettings) -> Result<(), CommandError> {
+    let node_id = store::node_id(config.node_id.as_deref(), config.listen.port());
+    config.node_id = Some(node_id.clone());
+    let hub = Hub::new(config.hub_config(), HubMetrics::new());
+    let log = store::open(&settings, config.log_config(), &node_id, hub.clone()).await.map_err(CommandError::Open)?;
     let agent = Arc::new(DemoAgent { step_delay: config.demo_step_delay });
-    let server = Server::new(config.clone(), agent).await?;
-    let listener = server.bind().await?;
-    let addr = listener.local_addr()?;
+    let server = Server::new(config.clone(), log, hub, Some(agent)).await.map_err(CommandError::Server)?;
+    let listener = server.bind().await.map_err(CommandError::Server)?;
+    let addr = listener.local_addr().map_err(|e| CommandError::Server(e.into()))?;
     println!("{}", banner(&config, addr));
     tracing::info!(%addr, dev_mode = config.dev_mode(), "listening");
-    server.serve(listener, shutdown_signal()).await
+    server.serve(listener, shutdown_signal()).await.map_err(CommandError::Server)
 }
 
 fn main() -> ExitCode {
@@ -178,7 +189,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve { config } => runtime.block_on(serve(*config)).map_err(CommandError::Server),
+        Command::Serve { config, store } => runtime.block_on(serve(*config, store)),
         Command::Export { threads, data_dir } => export(&threads, &data_dir),
         Command::Import { file, data_dir } => import(file.as_deref(), &data_dir),
     };

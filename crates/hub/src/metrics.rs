@@ -128,83 +128,100 @@ pub struct HubMetrics {
     pub resumes: Counter,
     pub resets: Counter,
     pub gap_fills: Counter,
+    /// The labelled families behind the per-kind and per-reason handles above, for [`Self::register`].
+    appended_family: Family<EventLabel, Counter>,
+    delivered_family: Family<EventLabel, Counter>,
+    dropped_family: Family<ReasonLabel, Counter>,
+}
+
+impl Default for HubMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl HubMetrics {
-    /// Creates the metrics and registers them under `agentwire_` in `registry`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let appended = Family::<EventLabel, Counter>::default();
-        registry.register(
-            "agentwire_events_appended",
-            "Events appended to thread logs (from publishers, in-process agents and the server), by event kind",
-            appended.clone(),
-        );
-        let delivered = Family::<EventLabel, Counter>::default();
-        registry.register("agentwire_events_delivered", "Events sent to subscribers, by event kind", delivered.clone());
-        // 50 µs … ~1.6 s: loopback delivery sits at the low end, a stalled node at the top.
-        let delivery_lag = Histogram::new(LAG_BUCKETS.iter().copied());
-        registry.register(
-            "agentwire_delivery_lag_seconds",
-            "Time from append (or receipt from the backbone) to send, per delivered event",
-            delivery_lag.clone(),
-        );
-        let dropped = Family::<ReasonLabel, Counter>::default();
-        let metrics = Self {
-            appended: PerKind::new(&appended),
-            delivered: PerKind::new(&delivered),
-            delivery_lag,
+    /// The metrics, registered nowhere yet: a hub can be made before the
+    /// registry that will publish its figures (see [`Self::register`]).
+    pub fn new() -> Self {
+        let appended_family = Family::<EventLabel, Counter>::default();
+        let delivered_family = Family::<EventLabel, Counter>::default();
+        let dropped_family = Family::<ReasonLabel, Counter>::default();
+        let dropped_slow_consumer = dropped_family.get_or_create(&ReasonLabel { reason: "slow_consumer" }).clone();
+        Self {
+            appended: PerKind::new(&appended_family),
+            delivered: PerKind::new(&delivered_family),
+            // 50 µs … ~1.6 s: loopback delivery sits at the low end, a stalled node at the top.
+            delivery_lag: Histogram::new(LAG_BUCKETS.iter().copied()),
             lag_counts: Arc::default(),
             slow_consumer_disconnects: Counter::default(),
-            dropped_slow_consumer: dropped.get_or_create(&ReasonLabel { reason: "slow_consumer" }).clone(),
+            dropped_slow_consumer,
             queue_depth: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
             subscriptions: Gauge::default(),
             connections: Family::default(),
             resumes: Counter::default(),
             resets: Counter::default(),
             gap_fills: Counter::default(),
-        };
-        registry.register(
-            "agentwire_slow_consumer_disconnects",
-            "Connections closed because their send queue overflowed",
-            metrics.slow_consumer_disconnects.clone(),
-        );
-        registry.register(
-            "agentwire_subscriptions",
-            "Thread subscriptions open on this node",
-            metrics.subscriptions.clone(),
-        );
-        registry.register(
-            "agentwire_connections",
-            "Open subscriber connections, by transport",
-            metrics.connections.clone(),
-        );
-        registry.register(
-            "agentwire_resumes",
-            "Subscriptions that resumed with after_seq > 0",
-            metrics.resumes.clone(),
-        );
-        registry.register("agentwire_resets", "Subscriptions answered with reset", metrics.resets.clone());
-        registry.register(
-            "agentwire_gap_fills",
-            "Times a live stream skipped seqs and the gap was read back from the log",
-            metrics.gap_fills.clone(),
-        );
-        registry.register(
-            "agentwire_events_dropped",
-            "Deliveries not queued, by reason (slow_consumer: the connection overflowed and is closed with 4008)",
-            dropped,
-        );
-        registry.register(
-            "agentwire_send_queue_depth",
-            "Events waiting in a connection's send queue when its writer takes a batch",
-            metrics.queue_depth.clone(),
-        );
-        metrics
+            appended_family,
+            delivered_family,
+            dropped_family,
+        }
     }
 
     /// Metrics registered nowhere (tests, tools).
     pub fn unregistered() -> Self {
-        Self::register(&mut Registry::default())
+        Self::new()
+    }
+
+    /// Publishes these metrics under `agentwire_` in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "agentwire_events_appended",
+            "Events appended to thread logs (from publishers, in-process agents and the server), by event kind",
+            self.appended_family.clone(),
+        );
+        registry.register(
+            "agentwire_events_delivered",
+            "Events sent to subscribers, by event kind",
+            self.delivered_family.clone(),
+        );
+        registry.register(
+            "agentwire_delivery_lag_seconds",
+            "Time from append (or receipt from the backbone) to send, per delivered event",
+            self.delivery_lag.clone(),
+        );
+        registry.register(
+            "agentwire_slow_consumer_disconnects",
+            "Connections closed because their send queue overflowed",
+            self.slow_consumer_disconnects.clone(),
+        );
+        registry.register(
+            "agentwire_subscriptions",
+            "Thread subscriptions open on this node",
+            self.subscriptions.clone(),
+        );
+        registry.register(
+            "agentwire_connections",
+            "Open subscriber connections, by transport",
+            self.connections.clone(),
+        );
+        registry.register("agentwire_resumes", "Subscriptions that resumed with after_seq > 0", self.resumes.clone());
+        registry.register("agentwire_resets", "Subscriptions answered with reset", self.resets.clone());
+        registry.register(
+            "agentwire_gap_fills",
+            "Times a live stream skipped seqs and the gap was read back from the log",
+            self.gap_fills.clone(),
+        );
+        registry.register(
+            "agentwire_events_dropped",
+            "Deliveries not queued, by reason (slow_consumer: the connection overflowed and is closed with 4008)",
+            self.dropped_family.clone(),
+        );
+        registry.register(
+            "agentwire_send_queue_depth",
+            "Events waiting in a connection's send queue when its writer takes a batch",
+            self.queue_depth.clone(),
+        );
     }
 
     /// Counts events just written to a subscriber; live ones also record their

@@ -317,6 +317,12 @@ pub trait Log: Send + Sync + 'static {
     /// Figures for the dashboard.
     fn stats(&self) -> LogStats;
 
+    /// Whether other nodes append to this log too (a shared backbone), so what
+    /// this node sees of its own connections is not the whole picture.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     /// Ends, with `agent_error {code:"worker_lost"}`, every run still running
     /// that an in-process engine was executing when the log was last closed or
     /// its process died; answers them. Called once at start-up.

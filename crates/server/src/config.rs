@@ -21,7 +21,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
 
     /// This node's name on the dashboard (and among nodes sharing a backbone).
-    /// Default: the host name and the listen port.
+    /// Default: the host name and the listen port (the binary works it out).
     #[arg(long, env = "AGENTWIRE_NODE_ID")]
     pub node_id: Option<String>,
 
@@ -64,27 +64,6 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
 
-    /// Where the thread log lives: `embedded` (a durable file in the data directory),
-    /// `memory` (this process only, lost on restart; for tests and throwaway use),
-    /// or a shared engine for several nodes: `redis://host:port` (Redis Streams) or
-    /// `nats://host:port` (NATS JetStream).
-    #[arg(long, visible_alias = "store", env = "AGENTWIRE_BACKBONE", default_value = "embedded")]
-    pub backbone: String,
-
-    /// Names this deployment's keys, streams and buckets on a shared backbone, so
-    /// several deployments (or test runs) can share one Redis or NATS.
-    #[arg(long, env = "AGENTWIRE_BACKBONE_PREFIX", default_value = "agentwire")]
-    pub backbone_prefix: String,
-
-    /// On a shared backbone: a node silent for this long is taken for dead, and
-    /// the runs its in-process engine was executing end with `worker_lost`.
-    #[arg(long, env = "AGENTWIRE_NODE_TTL", default_value = "10s", value_parser = parse_duration)]
-    pub node_ttl: Duration,
-
-    /// Directory of the embedded store. Locked while a server uses it.
-    #[arg(long, env = "AGENTWIRE_DATA_DIR", default_value = "./agentwire-data")]
-    pub data_dir: std::path::PathBuf,
-
     /// A run that sends nothing for this long is ended with `agent_error {code:"timeout"}`.
     #[arg(long, env = "AGENTWIRE_RUN_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub run_idle_timeout: Duration,
@@ -98,12 +77,6 @@ pub struct ServerConfig {
     /// least recently idle go first; the others are read from disk when needed).
     #[arg(long, env = "AGENTWIRE_THREAD_CACHE", default_value_t = 10_000)]
     pub thread_cache: usize,
-
-    /// Bytes of the embedded store's pages kept in memory. Appends write the
-    /// newest pages and reads mostly want them, so a small cache loses little;
-    /// resident memory grows with the data file until it is full.
-    #[arg(long, env = "AGENTWIRE_STORE_CACHE", default_value_t = agentwire_log::embedded::CACHE_BYTES)]
-    pub store_cache: usize,
 
     /// Retention: most events kept per thread (0: no limit).
     #[arg(long, env = "AGENTWIRE_RETENTION_THREAD_EVENTS", default_value_t = 0)]
@@ -280,6 +253,31 @@ pub struct ServerConfig {
 pub const DEV_PUBLISH_KEY: &str = "dev-publish-key";
 
 impl ServerConfig {
+    /// The log's rules these settings name; open the log with them, so the
+    /// server's watchdog and the log agree on what idle means.
+    pub fn log_config(&self) -> agentwire_log::LogConfig {
+        agentwire_log::LogConfig {
+            run_idle_timeout: self.run_idle_timeout,
+            pattern_routing: self.legacy_run_ids,
+            redact: self.redact_secrets,
+            max_page_bytes: self.max_page_bytes,
+            dedup_window: self.dedup_window,
+            thread_cache: self.thread_cache,
+            retention: self.retention(),
+            ..agentwire_log::LogConfig::default()
+        }
+    }
+
+    /// The hub's settings these settings name.
+    pub fn hub_config(&self) -> agentwire_hub::HubConfig {
+        agentwire_hub::HubConfig {
+            send_queue: self.send_queue,
+            send_queue_bytes: self.send_queue_bytes,
+            max_batch: self.max_batch,
+            ..agentwire_hub::HubConfig::default()
+        }
+    }
+
     /// The retention limits these settings name.
     pub fn retention(&self) -> agentwire_log::RetentionPolicy {
         agentwire_log::RetentionPolicy {

@@ -3,7 +3,13 @@
 //! The HTTP, WebSocket and SSE face of agentwire. Handlers are thin: they
 //! authenticate ([`auth`]), parse, and call the log, the hub or the engine,
 //! which hold the logic. [`Server`] wires the pieces together and owns their
-//! shutdown:
+//! shutdown. It takes them ready: a [`Log`] opened with a [`Hub`] as its feed
+//! (so appends reach the hub's subscribers), that hub, and optionally the
+//! [`Agent`] that answers messages. Which log, and the node's name among
+//! several, is for the program around it to choose: the `agentwire` binary
+//! reads it from its settings, `examples/embed.rs` picks one in code.
+//!
+//! Shutdown goes in this order:
 //!
 //! 1. in-process agent runs end with `agent_error {code:"worker_lost"}` while
 //!    their watchers are still connected;
@@ -25,9 +31,8 @@ pub mod state;
 use std::sync::Arc;
 
 use agentwire_agent::{Agent, Engine, EngineLimits, Watched};
-use agentwire_backbone::ClusterConfig;
-use agentwire_hub::{Hub, HubConfig, HubMetrics};
-use agentwire_log::{EmbeddedLog, EmbeddedStore, Log, LogConfig, MemoryLog, retention, watchdog};
+use agentwire_hub::Hub;
+use agentwire_log::{Log, retention, watchdog};
 use agentwire_protocol::Timestamp;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -45,10 +50,6 @@ pub enum ServerError {
     Config(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("cannot open the log: {0}")]
-    Store(#[from] agentwire_log::StoreError),
-    #[error("cannot open the backbone: {0}")]
-    Backbone(#[from] agentwire_backbone::BackboneError),
 }
 
 /// Re-reads the publish-keys file every two seconds, so rotated keys apply without a restart.
@@ -81,8 +82,7 @@ async fn sweep_quotas(quotas: Arc<quota::Quotas>, stop: CancellationToken) {
 
 /// What the in-process engine lets users make it do. Watchers are counted on
 /// this node only, so with a shared backbone the unwatched timeout is off.
-fn engine_limits(config: &ServerConfig, hub: &Arc<Hub>) -> EngineLimits {
-    let shared = config.backbone != "embedded" && config.backbone != "memory";
+fn engine_limits(config: &ServerConfig, hub: &Arc<Hub>, shared: bool) -> EngineLimits {
     let unwatched = (!config.unwatched_run_timeout.is_zero() && !shared).then(|| {
         let hub = hub.clone();
         let watched: Watched = Arc::new(move |thread| hub.is_watched(thread));
@@ -95,83 +95,22 @@ fn engine_limits(config: &ServerConfig, hub: &Arc<Hub>) -> EngineLimits {
     }
 }
 
-/// The configured node id, else the host name and the listen port.
-/// On a shared backbone it names the runs this node's engine executes.
-fn node_id(config: &ServerConfig) -> String {
-    if let Some(id) = config.node_id.as_ref().filter(|id| !id.is_empty()) {
-        return id.clone();
-    }
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "node".to_owned());
-    match config.listen.port() {
-        // Port 0 is chosen by the OS: nodes sharing a backbone need ids that differ.
-        0 => format!("{host}:{:08x}", rand::random::<u32>()),
-        port => format!("{host}:{port}"),
-    }
-}
-
-/// Opens the log the settings name.
-async fn open_log(config: &ServerConfig, node_id: &str, hub: Arc<Hub>) -> Result<Arc<dyn Log>, ServerError> {
-    let log_config = LogConfig {
-        run_idle_timeout: config.run_idle_timeout,
-        pattern_routing: config.legacy_run_ids,
-        redact: config.redact_secrets,
-        max_page_bytes: config.max_page_bytes,
-        dedup_window: config.dedup_window,
-        thread_cache: config.thread_cache,
-        retention: config.retention(),
-        ..LogConfig::default()
-    };
-    let log: Arc<dyn Log> = match config.backbone.as_str() {
-        "embedded" => {
-            let store = EmbeddedStore::open_with_cache(&config.data_dir, config.store_cache)?;
-            let log = EmbeddedLog::open(store, log_config, hub)?;
-            tracing::info!(data_dir = %config.data_dir.display(), "embedded log opened");
-            Arc::new(log)
-        }
-        "memory" => {
-            tracing::warn!("memory log: nothing survives a restart");
-            Arc::new(MemoryLog::new(log_config, hub)?)
-        }
-        url => {
-            let cluster = ClusterConfig {
-                prefix: config.backbone_prefix.clone(),
-                node_id: node_id.to_owned(),
-                node_ttl: config.node_ttl,
-                log: log_config,
-            };
-            let Some(opened) = agentwire_backbone::open(url, cluster, hub).await else {
-                return Err(ServerError::Config(format!(
-                    "backbone {url:?} is not one of embedded, memory, redis://…, nats://…"
-                )));
-            };
-            tracing::info!(backbone = %redact_url(url), prefix = %config.backbone_prefix, node = node_id, "shared backbone opened");
-            opened?
-        }
-    };
-    Ok(log)
-}
-
-/// `url` without its password, for logs.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
 /// A configured server, ready to serve.
 pub struct Server {
     state: AppState,
 }
 
 impl Server {
-    /// Builds the log, hub, engine and credentials from `config`; runs `agent`
-    /// for messages posted to threads.
-    pub async fn new(config: ServerConfig, agent: Arc<dyn Agent>) -> Result<Self, ServerError> {
+    /// A server over a ready `log` whose appends reach `hub` (the log was opened
+    /// with the hub as its feed sink: see the crate docs). `agent` runs for
+    /// messages posted to threads and AG-UI runs; without one those routes answer
+    /// `501 unsupported` and only external publishers speak.
+    pub async fn new(
+        config: ServerConfig,
+        log: Arc<dyn Log>,
+        hub: Arc<Hub>,
+        agent: Option<Arc<dyn Agent>>,
+    ) -> Result<Self, ServerError> {
         if !config.has_token_verifier() && !config.listen.ip().is_loopback() {
             return Err(ServerError::Config(format!(
                 "{} is not a loopback address and no way to verify tokens is set \
@@ -180,20 +119,10 @@ impl Server {
             )));
         }
         let mut registry = Registry::default();
-        let hub_metrics = HubMetrics::register(&mut registry);
+        hub.metrics().register(&mut registry);
         let metrics = metrics::ServerMetrics::register(&mut registry);
-        let hub = Hub::new(
-            HubConfig {
-                send_queue: config.send_queue,
-                send_queue_bytes: config.send_queue_bytes,
-                max_batch: config.max_batch,
-                ..HubConfig::default()
-            },
-            hub_metrics,
-        );
-        let node_id = node_id(&config);
-        let log = open_log(&config, &node_id, hub.clone()).await?;
-        let engine = Arc::new(Engine::with_limits(log.clone(), agent, engine_limits(&config, &hub)));
+        let limits_of_engine = engine_limits(&config, &hub, log.is_shared());
+        let engine = agent.map(|agent| Arc::new(Engine::with_limits(log.clone(), agent, limits_of_engine)));
         let auth = Arc::new(Auth::from_config(&config).map_err(|e| ServerError::Config(e.to_string()))?);
         if auth.dev_mode() {
             tracing::warn!(
@@ -210,7 +139,8 @@ impl Server {
         }
         let limits = limits::Limits::new(&config);
         let quotas = Arc::new(quota::Quotas::new(&config));
-        let node = Arc::new(NodeInfo { id: node_id, started_at: Timestamp::now() });
+        let id = config.node_id.clone().filter(|id| !id.is_empty()).unwrap_or_else(|| "agentwire".to_owned());
+        let node = Arc::new(NodeInfo { id, started_at: Timestamp::now() });
         let state = AppState {
             node,
             config: Arc::new(config),
@@ -280,7 +210,9 @@ impl Server {
         if let Some(served) = early {
             // The listener failed on its own: still stop what was started.
             state.closing.cancel();
-            state.engine.shutdown(grace).await;
+            if let Some(engine) = &state.engine {
+                engine.shutdown(grace).await;
+            }
             stop_background.cancel();
             return match served {
                 Ok(()) => Ok(()),
@@ -289,7 +221,9 @@ impl Server {
         }
 
         tracing::info!("shutting down: ending in-process runs");
-        state.engine.shutdown(grace).await;
+        if let Some(engine) = &state.engine {
+            engine.shutdown(grace).await;
+        }
         tracing::info!("closing connections");
         state.closing.cancel();
         state.connections.close();

@@ -30,7 +30,8 @@ pub struct AppState {
     pub node: Arc<NodeInfo>,
     pub log: Arc<dyn Log>,
     pub hub: Arc<Hub>,
-    pub engine: Arc<Engine>,
+    /// The in-process agent's engine; `None` when the server runs no agent of its own.
+    pub engine: Option<Arc<Engine>>,
     pub auth: Arc<Auth>,
     pub limits: Arc<crate::limits::Limits>,
     pub quotas: Arc<crate::quota::Quotas>,
@@ -43,6 +44,26 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The in-process engine, for routes that start a run of the server's own
+    /// agent: `501 unsupported` when the server was started without one.
+    pub fn agent_engine(&self) -> Result<&Arc<Engine>, ApiError> {
+        self.engine.as_ref().ok_or_else(|| {
+            ApiError::new(agentwire_protocol::ErrorCode::Unsupported, "this server runs no in-process agent")
+        })
+    }
+
+    /// Runs executing in this node's in-process engine.
+    pub fn agent_runs(&self) -> usize {
+        self.engine.as_ref().map_or(0, |e| e.running())
+    }
+
+    /// Stops `run` if this node's engine executes it.
+    pub fn stop_agent_run(&self, run: &str) {
+        if let Some(engine) = &self.engine {
+            engine.stop(run);
+        }
+    }
+
     /// What starting a run for `user` in `thread` costs: one run, and one thread
     /// when the thread is new. Kept by the caller once the run has started.
     pub async fn user_run_charges(

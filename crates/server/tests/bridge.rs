@@ -435,7 +435,9 @@ async fn dev_mode_hands_out_tokens_only_on_loopback_without_a_secret() {
     let mut open = test_config();
     open.jwt_secret = None;
     open.listen = "0.0.0.0:0".parse().unwrap();
-    let refused = agentwire_server::Server::new(open, std::sync::Arc::new(agentwire_agent::DemoAgent::default())).await;
+    let hub = agentwire_hub::Hub::new(open.hub_config(), agentwire_hub::HubMetrics::new());
+    let log = std::sync::Arc::new(agentwire_log::MemoryLog::new(open.log_config(), hub.clone()).unwrap());
+    let refused = agentwire_server::Server::new(open, log, hub, None).await;
     assert!(refused.is_err(), "no secret outside loopback must refuse to start");
 }
 

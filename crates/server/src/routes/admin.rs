@@ -55,7 +55,7 @@ pub fn snapshot(state: &AppState) -> Value {
         "watched_threads": state.hub.watched_threads(),
         "threads": stats.threads,
         "runs_in_flight": stats.runs_in_flight,
-        "agent_runs": state.engine.running(),
+        "agent_runs": state.agent_runs(),
         "totals": {
             "appended": hub.appended.total(),
             "delivered": hub.delivered.total(),

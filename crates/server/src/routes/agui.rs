@@ -91,8 +91,9 @@ pub async fn run(
     let run_id = RunId::parse(&input.run_id)?;
     let text = last_user_text(&input.messages)
         .ok_or_else(|| ApiError::bad_request("no user message with text in messages"))?;
+    let engine = state.agent_engine()?;
     let (runs, threads) = state.user_run_charges(&user, &thread).await?;
-    let slot = state.engine.reserve(&user)?;
+    let slot = engine.reserve(&user)?;
     state.log.ensure_thread(&thread, &user).await?;
 
     // Watch the thread from its current head before the run exists, so none of its events can be missed.
@@ -104,7 +105,7 @@ pub async fn run(
     let new = NewRun {
         thread_id: thread.clone(),
         owner: user,
-        agent_name: Some(state.engine.agent_name().to_owned()),
+        agent_name: Some(engine.agent_name().to_owned()),
         in_process: true,
         run_id: Some(run_id.clone()),
     };
@@ -115,7 +116,7 @@ pub async fn run(
         "state": input.state,
         "forwardedProps": input.forwarded_props,
     });
-    if !state.engine.start(slot, run, RunInput { user_message: Some(text), extra }) {
+    if !engine.start(slot, run, RunInput { user_message: Some(text), extra }) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
     runs.keep();

@@ -35,7 +35,7 @@ pub(crate) fn refresh_gauges(state: &AppState) {
     let stats = state.log.stats();
     state.metrics.threads.set(i64::try_from(stats.threads).unwrap_or(i64::MAX));
     state.metrics.runs_in_flight.set(i64::try_from(stats.runs_in_flight).unwrap_or(i64::MAX));
-    state.metrics.agent_runs.set(i64::try_from(state.engine.running()).unwrap_or(i64::MAX));
+    state.metrics.agent_runs.set(i64::try_from(state.agent_runs()).unwrap_or(i64::MAX));
 }
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.

@@ -128,6 +128,6 @@ pub async fn cancel(
 ) -> Result<impl IntoResponse, ApiError> {
     let run = visible_run(&state, &caller, &run_id).await?;
     let appended = state.log.cancel(run.run_id.as_str()).await?;
-    state.engine.stop(run.run_id.as_str());
+    state.stop_agent_run(run.run_id.as_str());
     Ok((StatusCode::ACCEPTED, Json(Cancelled { run_id: run.run_id.to_string(), seq: appended.seqs.first().copied() })))
 }

@@ -59,7 +59,7 @@ pub async fn delete(
     };
     let cancelled = state.log.delete_thread(&thread, owner).await?;
     for run in &cancelled {
-        state.engine.stop(run.as_str());
+        state.stop_agent_run(run.as_str());
     }
     let cancelled = cancelled.iter().map(ToString::to_string).collect();
     Ok(Json(ThreadDeleted { thread_id: thread.to_string(), cancelled }))
@@ -86,19 +86,20 @@ pub async fn post_message(
         .filter(|t| !t.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("text must be a non-empty string"))?;
     // Every quota and the engine's place first: a refusal leaves nothing behind.
+    let engine = state.agent_engine()?;
     let (runs, threads) = state.user_run_charges(user, &thread).await?;
-    let slot = state.engine.reserve(user)?;
+    let slot = engine.reserve(user)?;
     state.log.ensure_thread(&thread, user).await?;
     let new = NewRun {
         thread_id: thread,
         owner: user.clone(),
-        agent_name: Some(state.engine.agent_name().to_owned()),
+        agent_name: Some(engine.agent_name().to_owned()),
         in_process: true,
         run_id: None,
     };
     let run = state.log.create_run(new).await?;
     let run_id = run.run_id.clone();
-    if !state.engine.start(slot, run, RunInput { user_message: Some(text.to_owned()), extra: Value::Null }) {
+    if !engine.start(slot, run, RunInput { user_message: Some(text.to_owned()), extra: Value::Null }) {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
     runs.keep();

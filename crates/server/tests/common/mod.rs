@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentwire_agent::DemoAgent;
+use agentwire_hub::{Hub, HubMetrics};
+use agentwire_log::{EmbeddedLog, EmbeddedStore};
 use agentwire_protocol::UserId;
 use agentwire_server::{AppState, Server, ServerConfig};
 use futures_util::{SinkExt, StreamExt};
@@ -21,7 +23,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
     /// The embedded store's directory, removed when the server is dropped.
-    pub data_dir: Option<tempfile::TempDir>,
+    pub data_dir: tempfile::TempDir,
     pub base: String,
     pub ws_base: String,
     pub state: AppState,
@@ -31,10 +33,9 @@ pub struct TestServer {
 }
 
 /// Settings for tests: loopback on a free port, a known secret and publish key, no demo
-/// delay, and the default (embedded) store in a directory `start_with` makes.
+/// delay. `start_with` opens the embedded log in a directory of its own.
 pub fn test_config() -> ServerConfig {
     let mut config = ServerConfig::from_env().expect("default settings");
-    config.backbone = "embedded".into();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.jwt_secret = Some("test-secret-that-is-32-bytes-long".into());
     config.publish_keys = vec![PUBLISH_KEY.into()];
@@ -49,13 +50,13 @@ impl TestServer {
         Self::start_with(test_config()).await
     }
 
-    pub async fn start_with(mut config: ServerConfig) -> Self {
-        let data_dir = (config.backbone == "embedded").then(|| tempfile::tempdir().expect("temp dir"));
-        if let Some(dir) = &data_dir {
-            config.data_dir = dir.path().to_path_buf();
-        }
+    pub async fn start_with(config: ServerConfig) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let hub = Hub::new(config.hub_config(), HubMetrics::new());
+        let store = EmbeddedStore::open(data_dir.path()).expect("store");
+        let log = Arc::new(EmbeddedLog::open(store, config.log_config(), hub.clone()).expect("log"));
         let agent = Arc::new(DemoAgent { step_delay: config.demo_step_delay });
-        let server = Server::new(config, agent).await.expect("server");
+        let server = Server::new(config, log, hub, Some(agent)).await.expect("server");
         let listener = server.bind().await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let state = server.state().clone();
