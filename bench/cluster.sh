@@ -24,7 +24,7 @@ start_nodes() {
   local n=$1 backbone=$2 prefix=$3 ports=() started=()
   for i in $(seq "$n"); do
     local p; p=$(free_port)
-    AGENTWIRE_LOG=warn ./target/release/agentwire serve --listen "127.0.0.1:$p" --backbone "$backbone" \
+    AGENTWIRE_LOG=warn ./target/release/agentwire serve --listen "127.0.0.1:$p" --backbone "$backbone" --allow-weak-durability \
       --backbone-prefix "$prefix" --node-id "bench$i" --data-dir "$data/$prefix-$i" \
       --max-connections-per-user 1000000 --max-connections-per-ip 1000000 --publish-rate 0 >/dev/null 2>&1 &
     pids+=($!); started+=($!); ports+=("$p")

@@ -168,6 +168,8 @@ struct Inner<B> {
     registry: quick_cache::sync::Cache<RunId, RunEntry>,
     runs_in_flight: AtomicU64,
     threads: AtomicU64,
+    /// What the engine's settings leave open for an acknowledged event to be lost (accepted at start).
+    weak: Vec<String>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -191,6 +193,17 @@ impl<B: Backbone> ClusterLog<B> {
     pub async fn start(backbone: B, config: ClusterConfig, sink: Arc<dyn FeedSink>) -> Result<Self, BackboneError> {
         config.validate()?;
         backbone.ping().await?;
+        let weak = backbone.durability().await?;
+        if !weak.is_empty() {
+            if !config.allow_weak_durability {
+                return Err(BackboneError::Config(format!(
+                    "an acknowledged event could be lost: {}. Fix the engine's settings (README: several nodes) \
+                     or start with --allow-weak-durability to accept it",
+                    weak.join("; ")
+                )));
+            }
+            tracing::warn!(gaps = ?weak, "weak durability accepted: an acknowledged event could be lost");
+        }
         backbone.heartbeat(&config.node_id, config.node_ttl).await?;
         let inner = Arc::new(Inner {
             backbone,
@@ -200,6 +213,7 @@ impl<B: Backbone> ClusterLog<B> {
             registry: quick_cache::sync::Cache::new(MAX_REGISTRY),
             runs_in_flight: AtomicU64::new(0),
             threads: AtomicU64::new(0),
+            weak,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -673,6 +687,10 @@ impl<B: Backbone> Log for ClusterLog<B> {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn durability_warnings(&self) -> Vec<String> {
+        self.inner.weak.clone()
     }
 
     fn stats(&self) -> LogStats {

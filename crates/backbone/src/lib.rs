@@ -147,6 +147,11 @@ pub trait Backbone: Send + Sync + 'static {
     /// `Ok` when the engine answers.
     async fn ping(&self) -> Result<(), BackboneError>;
 
+    /// Why an append the engine acknowledged could still be lost, as the
+    /// engine is set up (its persistence and replication settings); empty
+    /// when it could not. Read once, at start.
+    async fn durability(&self) -> Result<Vec<String>, BackboneError>;
+
     /// Records the thread unless it exists; `false` if it did.
     async fn create_thread(&self, thread: &ThreadId, meta: &ThreadMeta) -> Result<bool, BackboneError>;
 
@@ -225,6 +230,12 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// A node silent for this long is taken for dead and its in-process runs end with `worker_lost`.
     pub node_ttl: Duration,
+    /// Copies the engine keeps of what agentwire creates in it (JetStream
+    /// streams and buckets; Redis replicates by its own settings).
+    pub replicas: usize,
+    /// Start even when [`Backbone::durability`] finds a way to lose an
+    /// acknowledged event; the log then reports it (`Log::durability_warnings`).
+    pub allow_weak_durability: bool,
     pub log: LogConfig,
 }
 
@@ -239,6 +250,9 @@ impl ClusterConfig {
                 "backbone prefix {:?} must be 1 to 64 of [A-Za-z0-9_-]",
                 self.prefix
             )));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(BackboneError::Config("backbone replicas must be 1 to 5".into()));
         }
         if self.node_ttl < Duration::from_secs(1) {
             return Err(BackboneError::Config("the node TTL must be at least 1 s".into()));
@@ -262,13 +276,16 @@ pub async fn open(
         let log = ClusterLog::start(backbone?, config, sink).await?;
         Ok(Arc::new(log))
     }
+    if let Err(e) = config.validate() {
+        return Some(Err(e));
+    }
     #[cfg(feature = "redis")]
     if url.starts_with("redis://") || url.starts_with("rediss://") {
         return Some(start(RedisBackbone::connect(url, &config.prefix).await, config, sink).await);
     }
     #[cfg(feature = "nats")]
     if url.starts_with("nats://") || url.starts_with("tls://") {
-        return Some(start(NatsBackbone::connect(url, &config.prefix).await, config, sink).await);
+        return Some(start(NatsBackbone::connect(url, &config.prefix, config.replicas).await, config, sink).await);
     }
     let _ = (url, config, sink);
     None
@@ -339,6 +356,8 @@ mod tests {
             prefix: prefix.into(),
             node_id: "n".into(),
             node_ttl: Duration::from_secs(10),
+            replicas: 1,
+            allow_weak_durability: false,
             log: LogConfig::default(),
         };
         assert!(config("agentwire-test_1").validate().is_ok());

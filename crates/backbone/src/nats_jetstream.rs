@@ -103,7 +103,7 @@ fn last_seq(message: &StreamMessage) -> Result<u64, BackboneError> {
 /// created here with the settings a KV bucket has (as the client would), because
 /// the client's own `create_key_value` first reads account figures in a shape
 /// NATS 2.9 does not send.
-async fn bucket(js: &Context, name: String) -> Result<kv::Store, BackboneError> {
+async fn bucket(js: &Context, name: String, replicas: usize) -> Result<kv::Store, BackboneError> {
     if let Ok(store) = js.get_key_value(&name).await {
         return Ok(store);
     }
@@ -116,17 +116,33 @@ async fn bucket(js: &Context, name: String) -> Result<kv::Store, BackboneError> 
         deny_delete: true,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: replicas,
         ..Default::default()
     };
     js.get_or_create_stream(config).await.map_err(unavailable)?;
     js.get_key_value(&name).await.map_err(unavailable)
 }
 
+/// What a stream's settings leave open for an acknowledged message to be lost.
+pub fn durability_gap(stream: &str, storage: StorageType, replicas: usize) -> Option<String> {
+    if storage == StorageType::Memory {
+        return Some(format!("jetstream stream {stream} is kept in memory: a NATS restart loses it"));
+    }
+    // One copy is flushed to disk every `sync_interval` (2 min unless the server
+    // sets `sync_interval: always`), which a client cannot read: not provably durable.
+    (replicas < 3).then(|| {
+        format!(
+            "jetstream stream {stream} has {replicas} replica(s): a crash of a machine loses what it acknowledged \
+             but had not yet synced to disk; run 3 replicas (--backbone-replicas 3)"
+        )
+    })
+}
+
 impl NatsBackbone {
     /// Connects to `url` (`nats://host:port`) and creates the deployment's
     /// stream and buckets if they are missing.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, BackboneError> {
+    /// `replicas` is what streams and buckets are created with (existing ones keep theirs).
+    pub async fn connect(url: &str, prefix: &str, replicas: usize) -> Result<Self, BackboneError> {
         let options = async_nats::ConnectOptions::new()
             .connection_timeout(REQUEST_TIMEOUT)
             .request_timeout(Some(REQUEST_TIMEOUT))
@@ -139,14 +155,15 @@ impl NatsBackbone {
             name: format!("{prefix}_events"),
             subjects: vec![format!("{prefix}.ev.>")],
             storage: StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         };
         let stream = js.get_or_create_stream(config).await.map_err(unavailable)?;
         Ok(Self {
-            threads: bucket(&js, format!("{prefix}_threads")).await?,
-            runs: bucket(&js, format!("{prefix}_runs")).await?,
-            running: bucket(&js, format!("{prefix}_running")).await?,
-            nodes: bucket(&js, format!("{prefix}_nodes")).await?,
+            threads: bucket(&js, format!("{prefix}_threads"), replicas).await?,
+            runs: bucket(&js, format!("{prefix}_runs"), replicas).await?,
+            running: bucket(&js, format!("{prefix}_running"), replicas).await?,
+            nodes: bucket(&js, format!("{prefix}_nodes"), replicas).await?,
             client,
             js,
             stream,
@@ -258,6 +275,21 @@ impl Backbone for NatsBackbone {
         self.connected()?;
         // A JetStream request, not just the connection: NATS may be up with JetStream unavailable.
         self.stream.get_info().await.map(drop).map_err(unavailable)
+    }
+
+    async fn durability(&self) -> Result<Vec<String>, BackboneError> {
+        self.connected()?;
+        let mut streams = vec![self.stream.clone()];
+        for bucket in ["threads", "runs", "running"] {
+            let name = format!("KV_{}_{bucket}", self.prefix);
+            streams.push(self.js.get_stream(&name).await.map_err(unavailable)?);
+        }
+        let mut gaps = Vec::new();
+        for mut stream in streams {
+            let config = stream.info().await.map_err(unavailable)?.config.clone();
+            gaps.extend(durability_gap(&config.name, config.storage, config.num_replicas));
+        }
+        Ok(gaps)
     }
 
     async fn create_thread(&self, thread: &ThreadId, meta: &ThreadMeta) -> Result<bool, BackboneError> {
@@ -487,5 +519,18 @@ impl Backbone for NatsBackbone {
                 backoff = Duration::from_millis(100);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_file_stream_with_three_replicas_or_more_passes() {
+        assert_eq!(durability_gap("s", StorageType::File, 3), None);
+        assert_eq!(durability_gap("s", StorageType::File, 5), None);
+        assert!(durability_gap("s", StorageType::File, 1).is_some_and(|g| g.contains("1 replica")));
+        assert!(durability_gap("s", StorageType::Memory, 3).is_some_and(|g| g.contains("memory")));
     }
 }

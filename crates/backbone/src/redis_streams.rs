@@ -22,10 +22,12 @@
 //!
 //! The script touches `P:feed` besides the thread's keys, so this layout wants
 //! one Redis primary (with replicas or not), not Redis Cluster. Durability is
-//! Redis's: run it with `appendonly yes` (and `appendfsync always` for "a `200`
-//! is never lost" across a Redis crash).
+//! Redis's: a `200` survives a crash of Redis or its machine only with
+//! `appendonly yes` and `appendfsync always`, and a failover only if the
+//! replicas had it. [`durability_gaps`] says what the settings leave open; a
+//! node refuses to start on them unless told to accept them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,6 +114,40 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 "#;
 
+/// The settings of a Redis that decide whether an acknowledged write survives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisDurability {
+    pub appendonly: String,
+    pub appendfsync: String,
+    /// Replicas connected to the primary now (a failover may promote one).
+    pub connected_replicas: u64,
+    pub min_replicas_to_write: u64,
+}
+
+/// What `settings` leave open for an acknowledged event to be lost (empty: nothing).
+pub fn durability_gaps(settings: &RedisDurability) -> Vec<String> {
+    let mut gaps = Vec::new();
+    if settings.appendonly != "yes" {
+        gaps.push(format!(
+            "redis appendonly is {:?}: a Redis restart loses what was appended since its last snapshot",
+            settings.appendonly
+        ));
+    } else if settings.appendfsync != "always" {
+        gaps.push(format!(
+            "redis appendfsync is {:?}: a crash of Redis's machine loses what was acknowledged but not yet on disk",
+            settings.appendfsync
+        ));
+    }
+    if settings.connected_replicas > 0 && settings.min_replicas_to_write == 0 {
+        gaps.push(format!(
+            "redis has {} replica(s) and min-replicas-to-write 0: a failover can promote a replica that never \
+             received acknowledged events",
+            settings.connected_replicas
+        ));
+    }
+    gaps
+}
+
 /// The Redis Streams backbone. See the module docs.
 pub struct RedisBackbone {
     client: redis::Client,
@@ -194,6 +230,13 @@ impl RedisBackbone {
         self.conn.clone()
     }
 
+    /// One setting, by `CONFIG GET` (one name per call: Redis before 7 takes one).
+    async fn config_value(&self, name: &str) -> Result<String, BackboneError> {
+        let reply: HashMap<String, String> =
+            redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut self.conn()).await.map_err(unavailable)?;
+        Ok(reply.get(name).cloned().unwrap_or_default())
+    }
+
     /// The id of the feed's newest entry (`0-0` when empty): where following starts.
     async fn feed_end(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<String, BackboneError> {
         let reply: StreamRangeReply = conn.xrevrange_count(self.key("feed"), "+", "-", 1).await.map_err(unavailable)?;
@@ -236,6 +279,31 @@ impl Backbone for RedisBackbone {
     async fn ping(&self) -> Result<(), BackboneError> {
         let _: String = redis::cmd("PING").query_async(&mut self.conn()).await.map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn durability(&self) -> Result<Vec<String>, BackboneError> {
+        let info: String =
+            redis::cmd("INFO").arg("replication").query_async(&mut self.conn()).await.map_err(unavailable)?;
+        let connected_replicas = info
+            .lines()
+            .find_map(|line| line.strip_prefix("connected_slaves:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        let read = async {
+            Ok::<_, BackboneError>(RedisDurability {
+                appendonly: self.config_value("appendonly").await?,
+                appendfsync: self.config_value("appendfsync").await?,
+                connected_replicas,
+                min_replicas_to_write: self.config_value("min-replicas-to-write").await?.parse().unwrap_or(0),
+            })
+        };
+        match read.await {
+            Ok(settings) => Ok(durability_gaps(&settings)),
+            // Managed Redis often renames CONFIG away: unknown is not durable.
+            Err(e) => {
+                Ok(vec![format!("cannot read redis settings ({e}): whether an acknowledged event survives is unknown")])
+            }
+        }
     }
 
     async fn create_thread(&self, thread: &ThreadId, meta: &ThreadMeta) -> Result<bool, BackboneError> {
@@ -439,5 +507,30 @@ impl Backbone for RedisBackbone {
             tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(appendonly: &str, appendfsync: &str, replicas: u64, min_replicas: u64) -> RedisDurability {
+        RedisDurability {
+            appendonly: appendonly.into(),
+            appendfsync: appendfsync.into(),
+            connected_replicas: replicas,
+            min_replicas_to_write: min_replicas,
+        }
+    }
+
+    #[test]
+    fn only_an_fsynced_append_only_file_and_replicas_held_by_min_replicas_to_write_pass() {
+        assert!(durability_gaps(&settings("yes", "always", 0, 0)).is_empty());
+        assert!(durability_gaps(&settings("yes", "always", 2, 1)).is_empty());
+        let gaps = |s| durability_gaps(&s).join("; ");
+        assert!(gaps(settings("no", "everysec", 0, 0)).contains("appendonly"));
+        assert!(gaps(settings("yes", "everysec", 0, 0)).contains("appendfsync"));
+        assert!(gaps(settings("yes", "always", 1, 0)).contains("failover"));
+        assert_eq!(durability_gaps(&settings("no", "no", 1, 0)).len(), 2);
     }
 }

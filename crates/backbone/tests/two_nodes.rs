@@ -57,6 +57,9 @@ async fn node_keeping(
         prefix: prefix.into(),
         node_id: id.into(),
         node_ttl: Duration::from_secs(5),
+        replicas: 1,
+        // The test engines are single processes without fsync on every write.
+        allow_weak_durability: true,
         log: LogConfig { run_idle_timeout: idle, retention, ..Default::default() },
     };
     let log = agentwire_backbone::open(url, config, feed.clone())

@@ -33,6 +33,18 @@ pub struct StoreSettings {
     #[arg(long, env = "AGENTWIRE_NODE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub node_ttl: Duration,
 
+    /// On NATS JetStream: copies of the stream and buckets agentwire creates
+    /// (existing ones keep theirs). 3 survives the loss of a machine.
+    #[arg(long, env = "AGENTWIRE_BACKBONE_REPLICAS", default_value_t = 1)]
+    pub backbone_replicas: usize,
+
+    /// Start on a shared engine whose settings could lose an acknowledged event
+    /// (Redis without `appendfsync always`, a JetStream stream with fewer than 3
+    /// replicas, ...); `/readyz` and `agentwire_weak_durability` then say so.
+    /// Without it such a node refuses to start.
+    #[arg(long, env = "AGENTWIRE_ALLOW_WEAK_DURABILITY", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub allow_weak_durability: bool,
+
     /// Directory of the embedded store. Locked while a server uses it.
     #[arg(long, env = "AGENTWIRE_DATA_DIR", default_value = "./agentwire-data")]
     pub data_dir: PathBuf,
@@ -92,6 +104,8 @@ async fn open_shared(
         prefix: settings.backbone_prefix.clone(),
         node_id: node_id.to_owned(),
         node_ttl: settings.node_ttl,
+        replicas: settings.backbone_replicas,
+        allow_weak_durability: settings.allow_weak_durability,
         log: config,
     };
     let Some(opened) = agentwire_backbone::open(url, cluster, feed).await else {
@@ -172,6 +186,8 @@ mod tests {
             backbone: "postgres://u:hunter2@db/x".into(),
             backbone_prefix: "agentwire".into(),
             node_ttl: Duration::from_secs(10),
+            backbone_replicas: 1,
+            allow_weak_durability: false,
             data_dir: PathBuf::from("unused"),
             store_cache: 1 << 20,
         };

@@ -44,10 +44,48 @@ pub fn unique_prefix(tag: &str) -> String {
     format!("test-{tag}-{}-{nanos}", std::process::id())
 }
 
-/// Starts a node of the cluster `prefix` on `backbone`.
+/// Starts a node of the cluster `prefix` on `backbone`. The test engines are
+/// single processes that do not sync every write, so nodes accept weak durability.
 pub async fn start_node(dir: &std::path::Path, backbone: &str, prefix: &str, id: &str) -> Node {
     let args = ["--backbone", backbone, "--backbone-prefix", prefix, "--node-id", id, "--node-ttl", "2s"];
-    start_with(dir, &args).await
+    start_with(dir, &[&args[..], &["--allow-weak-durability"]].concat()).await
+}
+
+/// A node on an engine that could lose an acknowledged event (the test Redis
+/// keeps no append-only file; the test JetStream has one replica) refuses to
+/// start and says why; told to accept it, it starts and reports it on
+/// `/readyz` and in `agentwire_weak_durability`.
+#[tokio::test]
+async fn a_node_refuses_an_engine_that_could_lose_acknowledged_events_unless_told_to_accept_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for (backbone, gap) in [(redis(), "appendonly"), (nats(), "replica")] {
+        let prefix = unique_prefix("durability");
+        let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentwire"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--publish-key", KEY])
+            .args(["--backbone", &backbone, "--backbone-prefix", &prefix])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("AGENTWIRE_LOG", "error")
+            .kill_on_drop(true)
+            .output();
+        let refused = tokio::time::timeout(WAIT, refused).await.expect("exits in time").expect("runs");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{backbone}: started on a weak engine");
+        assert!(stderr.contains(gap) && stderr.contains("--allow-weak-durability"), "{backbone}: {stderr}");
+
+        let node =
+            start_with(dir.path(), &["--backbone", &backbone, "--backbone-prefix", &prefix, "--allow-weak-durability"])
+                .await;
+        let http = reqwest::Client::new();
+        let ready: Value = http.get(format!("{}/readyz", node.base)).send().await.unwrap().json().await.unwrap();
+        assert_eq!(ready["status"], "ready", "{ready}");
+        let reported = ready["weak_durability"]
+            .as_array()
+            .map(|gaps| gaps.iter().any(|g| g.as_str().is_some_and(|g| g.contains(gap))));
+        assert_eq!(reported, Some(true), "{backbone}: {ready}");
+        let metrics = http.get(format!("{}/metrics", node.base)).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.lines().any(|l| l == "agentwire_weak_durability 1"), "{backbone}: {metrics}");
+    }
 }
 
 /// Posts one event, moving on to the next node while one does not answer.

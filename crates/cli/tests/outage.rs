@@ -126,7 +126,16 @@ async fn survive_an_outage(engine: Engine) {
     let mut server = engine.start(port, engine_dir.path()).await;
     let url = engine.url(port);
     let prefix = format!("outage{}", std::process::id());
-    let args = ["--backbone", url.as_str(), "--backbone-prefix", prefix.as_str(), "--node-ttl", "30s"];
+    // The Redis here syncs every write; a single JetStream server is one replica.
+    let args = [
+        "--backbone",
+        url.as_str(),
+        "--backbone-prefix",
+        prefix.as_str(),
+        "--node-ttl",
+        "30s",
+        "--allow-weak-durability",
+    ];
     let nodes = [start_with(node_dir.path(), &args).await, start_with(node_dir.path(), &args).await];
     let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();

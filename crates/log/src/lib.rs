@@ -323,6 +323,13 @@ pub trait Log: Send + Sync + 'static {
         false
     }
 
+    /// Ways an acknowledged event could still be lost that the operator chose
+    /// to accept (a shared engine's persistence or replication settings); empty
+    /// when there are none. The memory log's loss on restart is its nature, not listed.
+    fn durability_warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Ends, with `agent_error {code:"worker_lost"}`, every run still running
     /// that an in-process engine was executing when the log was last closed or
     /// its process died; answers them. Called once at start-up.

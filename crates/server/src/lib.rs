@@ -121,6 +121,7 @@ impl Server {
         let mut registry = Registry::default();
         hub.metrics().register(&mut registry);
         let metrics = metrics::ServerMetrics::register(&mut registry);
+        metrics.weak_durability.set(i64::from(!log.durability_warnings().is_empty()));
         let limits_of_engine = engine_limits(&config, &hub, log.is_shared());
         let engine = agent.map(|agent| Arc::new(Engine::with_limits(log.clone(), agent, limits_of_engine)));
         let auth = Arc::new(Auth::from_config(&config).map_err(|e| ServerError::Config(e.to_string()))?);

@@ -18,6 +18,8 @@ pub struct ServerMetrics {
     pub threads: Gauge,
     pub runs_in_flight: Gauge,
     pub agent_runs: Gauge,
+    /// 1 when the log's engine could lose an acknowledged event (accepted at start).
+    pub weak_durability: Gauge,
 }
 
 impl ServerMetrics {
@@ -30,6 +32,7 @@ impl ServerMetrics {
             threads: Gauge::default(),
             runs_in_flight: Gauge::default(),
             agent_runs: Gauge::default(),
+            weak_durability: Gauge::default(),
         };
         registry.register(
             "agentwire_events_rejected",
@@ -46,6 +49,11 @@ impl ServerMetrics {
             "agentwire_agent_runs",
             "Runs executing in this node's in-process engine",
             metrics.agent_runs.clone(),
+        );
+        registry.register(
+            "agentwire_weak_durability",
+            "1 when the shared engine's settings could lose an acknowledged event and the node was started with --allow-weak-durability",
+            metrics.weak_durability.clone(),
         );
         metrics
     }

@@ -15,7 +15,7 @@ use crate::state::AppState;
 /// `GET /healthz`: the process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, body = Status)))]
 pub async fn healthz() -> impl IntoResponse {
-    Json(Status { status: "ok".into() })
+    Json(Status { status: "ok".into(), weak_durability: None })
 }
 
 /// `GET /readyz`: the log takes appends and the server is not shutting down.
@@ -25,7 +25,15 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "shutting_down" })));
     }
     match state.log.ready().await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Ok(()) => {
+            let weak = state.log.durability_warnings();
+            if weak.is_empty() {
+                (StatusCode::OK, Json(json!({ "status": "ready" })))
+            } else {
+                // Ready (the operator accepted it at start), and saying what could be lost.
+                (StatusCode::OK, Json(json!({ "status": "ready", "weak_durability": weak })))
+            }
+        }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "error": e.to_string() }))),
     }
 }

@@ -159,4 +159,8 @@ pub struct DevToken {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Status {
     pub status: String,
+    /// `/readyz` on a shared engine started with `--allow-weak-durability`:
+    /// how an acknowledged event could still be lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weak_durability: Option<Vec<String>>,
 }
