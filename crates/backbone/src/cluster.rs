@@ -14,11 +14,19 @@
 //! A **janitor** task per node sends its heartbeat, keeps the dashboard figures,
 //! and ends the in-process runs of nodes whose heartbeat has lapsed for a whole
 //! TTL with `agent_error {code:"worker_lost"}`.
+//!
+//! The **idle watchdog** never compares one node's clock with another's. A run
+//! is idle when this node has watched its running entry stay unchanged for the
+//! timeout (plus the tenth by which appends refresh it), measured on its own
+//! monotonic clock; and the `timeout` error is appended only if, on the
+//! thread's current view, this node has seen no event of the run for the
+//! timeout. The append is a compare-and-set on the thread's head like any
+//! other, so an event that lands meanwhile makes it re-check and stand down.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use agentwire_log::store::ThreadExtent;
 use agentwire_log::{
@@ -71,6 +79,9 @@ struct RunView {
     agent_name: Option<String>,
     /// When this node last refreshed the run's running entry (ms since the epoch).
     touched_ms: i64,
+    /// When this node learnt of the run's latest event (its own clock; a view
+    /// rebuilt from history counts from the rebuild, which only delays expiry).
+    last_seen: Option<Instant>,
 }
 
 /// A node's cached view of a thread (see the module docs).
@@ -90,6 +101,7 @@ impl ThreadView {
                 continue;
             }
             let run = self.runs.entry(e.run_id.clone()).or_default();
+            run.last_seen = Some(Instant::now());
             run.lifecycle.replay(e.event, &e.data);
             if let Some(id) = &e.event_id {
                 run.event_ids.insert(id.clone(), e.seq);
@@ -168,6 +180,10 @@ struct Inner<B> {
     registry: quick_cache::sync::Cache<RunId, RunEntry>,
     runs_in_flight: AtomicU64,
     threads: AtomicU64,
+    /// Each running entry's value as last read, and since when (this node's
+    /// clock) it has not changed: the idle watchdog's evidence. Holds the
+    /// running runs only.
+    unchanged: Mutex<HashMap<RunId, (Running, Instant)>>,
     /// What the engine's settings leave open for an acknowledged event to be lost (accepted at start).
     weak: Vec<String>,
     stop: CancellationToken,
@@ -213,6 +229,7 @@ impl<B: Backbone> ClusterLog<B> {
             registry: quick_cache::sync::Cache::new(MAX_REGISTRY),
             runs_in_flight: AtomicU64::new(0),
             threads: AtomicU64::new(0),
+            unchanged: Mutex::new(HashMap::new()),
             weak,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -347,7 +364,21 @@ impl<B: Backbone> Inner<B> {
     }
 
     /// Appends under the thread's view: decide, compare-and-set, retry on a move.
-    async fn append_to(&self, run_id: &str, mut events: Vec<NewEvent>, cancel: bool) -> Result<Appended, LogError> {
+    async fn append_to(&self, run_id: &str, events: Vec<NewEvent>, cancel: bool) -> Result<Appended, LogError> {
+        let appended = self.append_guarded(run_id, events, cancel, None).await?;
+        appended.ok_or_else(|| LogError::Unavailable("an unguarded append stood down".into()))
+    }
+
+    /// [`Self::append_to`], standing down (`None`) if this node has seen an
+    /// event of the run within `quiet_for` on the thread's current view, checked
+    /// again after every refused compare-and-set.
+    async fn append_guarded(
+        &self,
+        run_id: &str,
+        mut events: Vec<NewEvent>,
+        cancel: bool,
+        quiet_for: Option<Duration>,
+    ) -> Result<Option<Appended>, LogError> {
         self.config.log.prepare(&mut events);
         let (run, entry, thread) = self.resolve(run_id, !cancel).await?;
         let cell = self.cell(&thread);
@@ -355,12 +386,18 @@ impl<B: Backbone> Inner<B> {
         // Whether the view was brought up to date during this call: a refusal
         // decided on an older view is checked against the current one first.
         let mut current = false;
-        if !view.loaded {
+        if !view.loaded || quiet_for.is_some() {
             self.sync(&thread, &mut view).await?;
             current = true;
         }
         let idle_ms = i64::try_from(self.config.log.run_idle_timeout.as_millis()).unwrap_or(i64::MAX);
         for _ in 0..MAX_ATTEMPTS {
+            if let Some(quiet) = quiet_for {
+                let seen = view.runs.get(&run).and_then(|r| r.last_seen);
+                if seen.is_some_and(|at| at.elapsed() < quiet) {
+                    return Ok(None);
+                }
+            }
             let now = Timestamp::now();
             let known = view.runs.get(&run);
             let lifecycle = known.map(|r| r.lifecycle.clone()).unwrap_or_default();
@@ -377,7 +414,7 @@ impl<B: Backbone> Inner<B> {
                 };
             let seqs = plan.seqs(view.at.seq);
             if plan.new_events.is_empty() {
-                return Ok(Appended { thread_id: thread, seqs });
+                return Ok(Some(Appended { thread_id: thread, seqs }));
             }
             let fresh = known.is_none() && entry.is_none();
             let stored = numbered(&thread, &run, view.at.seq, now, plan.new_events);
@@ -410,7 +447,7 @@ impl<B: Backbone> Inner<B> {
                             tracing::warn!(run = %run, error = %e, "could not register a run first seen by extraction");
                         }
                     }
-                    return Ok(Appended { thread_id: thread, seqs });
+                    return Ok(Some(Appended { thread_id: thread, seqs }));
                 }
                 Outcome::Moved => {
                     self.sync(&thread, &mut view).await?;
@@ -442,10 +479,18 @@ impl<B: Backbone> Inner<B> {
         }))
     }
 
-    /// Ends `run` with `agent_error {code}`; `false` if it had already ended (its running entry is dropped).
-    async fn end_run(&self, run: &RunId, code: &'static str, message: &str) -> Result<bool, LogError> {
-        match self.append_to(run.as_str(), vec![NewEvent::agent_error(code, message)], false).await {
-            Ok(_) => Ok(true),
+    /// Ends `run` with `agent_error {code}`; `false` if it had already ended
+    /// (its running entry is dropped) or, with `quiet_for`, if it turned out
+    /// not to be quiet that long.
+    async fn end_run(
+        &self,
+        run: &RunId,
+        code: &'static str,
+        message: &str,
+        quiet_for: Option<Duration>,
+    ) -> Result<bool, LogError> {
+        match self.append_guarded(run.as_str(), vec![NewEvent::agent_error(code, message)], false, quiet_for).await {
+            Ok(appended) => Ok(appended.is_some()),
             Err(LogError::Lifecycle(_) | LogError::RunNotFound(_) | LogError::ThreadNotFound(_)) => {
                 self.backbone.set_running(run, None).await.map_err(unavailable)?;
                 Ok(false)
@@ -476,12 +521,39 @@ impl<B: Backbone> Inner<B> {
         self.runs_in_flight.store(running.len() as u64, Ordering::Relaxed);
         let mut ended = Vec::new();
         for (run, _) in running.into_iter().filter(|(_, r)| pick(r)) {
-            if self.end_run(&run, code, message).await? {
+            if self.end_run(&run, code, message, None).await? {
                 ended.push(run);
             }
         }
         Ok(ended)
     }
+}
+
+/// The running runs whose entry `unchanged` has seen stay the same for `limit`
+/// (less what the caller looks `ahead`); updates `unchanged` with what `running`
+/// holds now and forgets the runs no longer in it. Values are compared, never
+/// clocks: a node whose clock is off cannot make another's run look old.
+fn idle_candidates(
+    unchanged: &mut HashMap<RunId, (Running, Instant)>,
+    running: Vec<(RunId, Running)>,
+    limit: Duration,
+    ahead: Duration,
+) -> Vec<RunId> {
+    let now = Instant::now();
+    let mut still = HashMap::with_capacity(running.len());
+    let mut idle = Vec::new();
+    for (run, entry) in running {
+        let since = match unchanged.remove(&run) {
+            Some((seen, since)) if seen == entry => since,
+            _ => now,
+        };
+        if now.duration_since(since) + ahead >= limit {
+            idle.push(run.clone());
+        }
+        still.insert(run, (entry, since));
+    }
+    *unchanged = still;
+    idle
 }
 
 /// The node's end of the feed: hands events to the hub, and moves the thread's
@@ -673,12 +745,22 @@ impl<B: Backbone> Log for ClusterLog<B> {
     }
 
     async fn expire_idle_runs(&self, now: Timestamp) -> Result<Vec<RunId>, LogError> {
-        let timeout = self.inner.config.log.run_idle_timeout;
-        let idle_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let inner = &self.inner;
+        let timeout = inner.config.log.run_idle_timeout;
+        // A `now` ahead of this node's clock (a caller looking ahead) counts as time already waited.
+        let ahead = Duration::from_millis(u64::try_from(now.millis() - Timestamp::now().millis()).unwrap_or(0));
+        let running = inner.backbone.running().await.map_err(unavailable)?;
+        inner.runs_in_flight.store(running.len() as u64, Ordering::Relaxed);
         // Running entries are refreshed every tenth of the timeout, so allow that much slack.
-        let idle = |r: &Running| r.last_activity_ms.saturating_add(idle_ms + idle_ms / 10) <= now.millis();
+        let candidates = idle_candidates(&mut inner.unchanged.lock(), running, timeout + timeout / 10, ahead);
         let message = format!("no event for {} s", timeout.as_secs_f64());
-        self.inner.end_runs_where(idle, "timeout", &message).await
+        let mut ended = Vec::new();
+        for run in candidates {
+            if inner.end_run(&run, "timeout", &message, Some(timeout.saturating_sub(ahead))).await? {
+                ended.push(run);
+            }
+        }
+        Ok(ended)
     }
 
     async fn ready(&self) -> Result<(), LogError> {

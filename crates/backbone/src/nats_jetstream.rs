@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentwire_log::StoredEvent;
-use agentwire_protocol::{RunId, ThreadId, Timestamp, UserId};
+use agentwire_protocol::{RunId, ThreadId, UserId};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{self, CreateErrorKind};
@@ -121,6 +121,27 @@ async fn bucket(js: &Context, name: String, replicas: usize) -> Result<kv::Store
     };
     js.get_or_create_stream(config).await.map_err(unavailable)?;
     js.get_key_value(&name).await.map_err(unavailable)
+}
+
+/// One node's latest heartbeat: when the NATS server stored it, on the
+/// server's clock, and the TTL it announced.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    pub node: String,
+    pub written_ms: i64,
+    pub ttl_ms: u64,
+}
+
+/// The nodes whose heartbeat has not lapsed, judged on the server's clock
+/// alone: "now" is the newest heartbeat stored (the caller's own, just sent),
+/// so no node's clock is compared with another's.
+pub fn live_by_server_time(beats: &[Heartbeat]) -> HashSet<String> {
+    let Some(now) = beats.iter().map(|b| b.written_ms).max() else { return HashSet::new() };
+    beats
+        .iter()
+        .filter(|b| b.written_ms.saturating_add(i64::try_from(b.ttl_ms).unwrap_or(i64::MAX)) >= now)
+        .map(|b| b.node.clone())
+        .collect()
 }
 
 /// What a stream's settings leave open for an acknowledged message to be lost.
@@ -329,15 +350,34 @@ impl Backbone for NatsBackbone {
         running: Option<&Running>,
     ) -> Result<bool, BackboneError> {
         self.connected()?;
-        match self.runs.create(key_safe(run.as_str()), to_json(entry)?).await {
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), CreateErrorKind::AlreadyExists) => return Ok(false),
-            Err(e) => return Err(unavailable(e)),
-        }
+        let key = key_safe(run.as_str());
+        // Two buckets, two writes: the running entry goes first, so a node that
+        // dies between them leaves a running entry with no registration, which
+        // the idle watchdog ends (its run is not found, so the entry is dropped).
+        // The other way round would leave a registered run nobody ever expires.
         if let Some(running) = running {
-            self.set_running(run, Some(running)).await?;
+            match self.running.create(&key, to_json(running)?).await {
+                Ok(_) => {}
+                // A running entry for this id: the id is in use (or being healed).
+                Err(e) if matches!(e.kind(), CreateErrorKind::AlreadyExists) => return Ok(false),
+                Err(e) => return Err(unavailable(e)),
+            }
         }
-        Ok(true)
+        match self.runs.create(&key, to_json(entry)?).await {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                if running.is_some() {
+                    // Undo the running entry; if this fails too, the watchdog heals it.
+                    if let Err(undo) = self.running.delete(&key).await {
+                        tracing::warn!(run = %run, error = %undo, "could not undo a running entry; the watchdog will");
+                    }
+                }
+                match e.kind() {
+                    CreateErrorKind::AlreadyExists => Ok(false),
+                    _ => Err(unavailable(e)),
+                }
+            }
+        }
     }
 
     async fn run(&self, run: &str) -> Result<Option<RunEntry>, BackboneError> {
@@ -489,22 +529,23 @@ impl Backbone for NatsBackbone {
 
     async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), BackboneError> {
         self.connected()?;
-        let until = Timestamp::now().millis().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
-        self.nodes.put(key_safe(node), Bytes::from(until.to_string())).await.map(drop).map_err(unavailable)
+        // The TTL only: when it was written is the server's time stamp on the entry.
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.nodes.put(key_safe(node), Bytes::from(ttl_ms.to_string())).await.map(drop).map_err(unavailable)
     }
 
     async fn live_nodes(&self) -> Result<HashSet<String>, BackboneError> {
         self.connected()?;
-        let now = Timestamp::now().millis();
-        let mut live = HashSet::new();
+        let mut beats = Vec::new();
         for key in Self::keys(&self.nodes).await? {
-            let until = self.nodes.get(&key).await.map_err(unavailable)?;
-            let until: Option<i64> = until.and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()));
-            if until.is_some_and(|u| u > now) {
-                live.extend(from_key_safe(&key));
+            let Some(entry) = self.nodes.entry(&key).await.map_err(unavailable)? else { continue };
+            let ttl_ms = std::str::from_utf8(&entry.value).ok().and_then(|s| s.parse::<u64>().ok());
+            let written_ms = i64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+            if let (Some(node), Some(ttl_ms)) = (from_key_safe(&key), ttl_ms) {
+                beats.push(Heartbeat { node, written_ms, ttl_ms });
             }
         }
-        Ok(live)
+        Ok(live_by_server_time(&beats))
     }
 
     async fn follow(&self, follower: Arc<dyn Follower>, stop: CancellationToken) {
@@ -525,6 +566,15 @@ impl Backbone for NatsBackbone {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_is_live_while_its_last_heartbeat_plus_ttl_reaches_the_newest_one() {
+        let beat = |node: &str, written_ms, ttl_ms| Heartbeat { node: node.into(), written_ms, ttl_ms };
+        let live = live_by_server_time(&[beat("me", 10_000, 2_000), beat("b", 8_500, 2_000), beat("c", 7_000, 2_000)]);
+        assert_eq!(live, HashSet::from(["me".to_owned(), "b".to_owned()]));
+        // Times are all the server's: a node whose own clock is hours off is judged the same.
+        assert!(live_by_server_time(&[]).is_empty());
+    }
 
     #[test]
     fn only_a_file_stream_with_three_replicas_or_more_passes() {

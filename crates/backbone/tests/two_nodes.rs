@@ -270,3 +270,80 @@ async fn redis_finds_live_nodes_in_one_sorted_set_on_its_own_clock() {
     backbone.heartbeat("node-a", Duration::from_secs(30)).await.unwrap();
     assert_eq!(backbone.live_nodes().await.unwrap(), live(&["node-a", "node:b"]), "and it comes back");
 }
+
+/// The engine's records under `prefix`, without a node's rules on top.
+async fn records(url: &str, prefix: &str) -> Box<dyn agentwire_backbone::Backbone> {
+    if url.starts_with("redis") {
+        Box::new(agentwire_backbone::RedisBackbone::connect(url, prefix).await.unwrap())
+    } else {
+        Box::new(agentwire_backbone::NatsBackbone::connect(url, prefix, 1).await.unwrap())
+    }
+}
+
+/// Issue 15: the watchdog compared a running entry stamped by one node's clock
+/// with another node's clock, so skew could end an active run. Here the entry
+/// says the run went quiet an hour ago (a node with a clock an hour behind
+/// would write that) while the run keeps publishing: it is never ended, and
+/// once it really goes quiet it is, by this node's own clock.
+async fn a_skewed_activity_stamp_cannot_end_an_active_run(url: &str) {
+    let p = prefix("skew");
+    let idle = Duration::from_millis(600);
+    let (a, _) = node(url, &p, "a", idle).await;
+    let raw = records(url, &p).await;
+    let (owner, thread) = (UserId::parse("u").unwrap(), ThreadId::parse("thread_skew").unwrap());
+    let run = a.create_run(new_run(&thread, &owner)).await.unwrap().run_id;
+    a.append(run.as_str(), vec![started()]).await.unwrap();
+    let an_hour_ago = Timestamp::now().millis() - 3_600_000;
+    let stale = agentwire_backbone::Running { thread_id: thread.clone(), node: None, last_activity_ms: an_hour_ago };
+    for n in 0..12 {
+        raw.set_running(&run, Some(&stale)).await.unwrap();
+        assert!(a.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty(), "an active run was ended");
+        a.append(run.as_str(), vec![thought(&n.to_string())]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(a.run(run.as_str()).await.unwrap().unwrap().status, RunStatus::Running);
+    assert!(a.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty());
+    tokio::time::sleep(idle + idle / 2).await;
+    assert_eq!(a.expire_idle_runs(Timestamp::now()).await.unwrap(), vec![run.clone()], "a quiet run ends");
+}
+
+#[tokio::test]
+async fn redis_a_skewed_activity_stamp_cannot_end_an_active_run() {
+    a_skewed_activity_stamp_cannot_end_an_active_run(&redis()).await;
+}
+
+#[tokio::test]
+async fn nats_a_skewed_activity_stamp_cannot_end_an_active_run() {
+    a_skewed_activity_stamp_cannot_end_an_active_run(&nats()).await;
+}
+
+/// Issue 15: on NATS a run's registration and its running entry are two
+/// writes. The running entry is written first, so a node that dies between
+/// them leaves an entry with no registration, made here by hand: the idle
+/// watchdog drops it rather than keeping it for ever.
+async fn a_running_entry_without_its_registration_is_dropped(url: &str) {
+    let p = prefix("heal");
+    let idle = Duration::from_millis(300);
+    let (a, _) = node(url, &p, "a", idle).await;
+    let raw = records(url, &p).await;
+    let thread = ThreadId::parse("thread_heal").unwrap();
+    let orphan = RunId::parse("run_thread_heal_0badf00d").unwrap();
+    let entry =
+        agentwire_backbone::Running { thread_id: thread, node: None, last_activity_ms: Timestamp::now().millis() };
+    raw.set_running(&orphan, Some(&entry)).await.unwrap();
+    assert!(a.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty());
+    assert_eq!(raw.running().await.unwrap().len(), 1, "not before the timeout");
+    tokio::time::sleep(idle + idle / 2).await;
+    assert!(a.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty(), "nothing to end: it never ran");
+    assert!(raw.running().await.unwrap().is_empty(), "the orphaned entry is gone");
+}
+
+#[tokio::test]
+async fn redis_a_running_entry_without_its_registration_is_dropped() {
+    a_running_entry_without_its_registration_is_dropped(&redis()).await;
+}
+
+#[tokio::test]
+async fn nats_a_running_entry_without_its_registration_is_dropped() {
+    a_running_entry_without_its_registration_is_dropped(&nats()).await;
+}
