@@ -577,6 +577,39 @@ impl<B: Backbone> Follower for Feed<B> {
             view.at = at;
         }
     }
+
+    /// Hands every watched thread's newest event to the hub again: a subscriber
+    /// that missed events reads the gap from the log, one that did not drops it.
+    /// Views need nothing: one that missed events is no longer followed by the
+    /// feed (its next `seq` never comes) and catches up on its next append.
+    fn lost(&self) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        tracing::warn!("the feed dropped entries before this node read them; catching up watched threads from the log");
+        let (sink, threads) = (self.sink.clone(), self.sink.watched());
+        let (stop, tasks) = (inner.stop.clone(), inner.tasks.clone());
+        tasks.spawn(async move {
+            for thread in threads {
+                if stop.is_cancelled() {
+                    return;
+                }
+                match newest_event(&inner.backbone, &thread).await {
+                    Ok(Some(event)) => sink.redeliver(&[event]),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(%thread, error = %e, "could not catch a watched thread up"),
+                }
+            }
+        });
+    }
+}
+
+/// The newest retained event of `thread`, if any.
+async fn newest_event<B: Backbone>(backbone: &B, thread: &ThreadId) -> Result<Option<Arc<StoredEvent>>, BackboneError> {
+    let Some(extent) = backbone.extent(thread).await? else { return Ok(None) };
+    if extent.head.seq < extent.oldest_seq {
+        return Ok(None);
+    }
+    let before = Position { seq: extent.head.seq - 1, token: 0 };
+    Ok(backbone.read(thread, before, 1).await?.events.pop())
 }
 
 /// Heartbeats, figures, and the lost-worker sweep (see the module docs).

@@ -211,7 +211,9 @@ pub trait Backbone: Send + Sync + 'static {
     async fn live_nodes(&self) -> Result<HashSet<String>, BackboneError>;
 
     /// Follows everything appended from now on and hands it to `follower`, one
-    /// append at a time in `seq` order per thread, until `stop`. Reconnects by itself.
+    /// append at a time in `seq` order per thread, until `stop`. Reconnects by
+    /// itself. Never skips an entry silently: if the feed dropped entries this
+    /// node had not read, it says so with [`Follower::lost`].
     async fn follow(&self, follower: Arc<dyn Follower>, stop: CancellationToken);
 }
 
@@ -219,6 +221,10 @@ pub trait Backbone: Send + Sync + 'static {
 /// the thread is at after it.
 pub trait Follower: Send + Sync + 'static {
     fn appended(&self, events: &[Arc<StoredEvent>], at: Position);
+
+    /// Entries of the feed were removed before this node read them (it fell
+    /// behind a capped feed): what they held must be caught up from the threads.
+    fn lost(&self) {}
 }
 
 /// How a node takes part in a cluster.

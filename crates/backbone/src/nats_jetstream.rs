@@ -18,7 +18,9 @@
 //! sequence" requests; a per-thread index of `seq` → stream sequence, learnt
 //! from every message seen, lets a read start near `after_seq` rather than at
 //! the thread's first message. Nodes follow every thread with one ordered
-//! consumer on `P.ev.>`.
+//! consumer on `P.ev.>`. The stream has no limits of its own, so that feed
+//! never drops a message a node has not read; only retention removes
+//! messages, and those hold events already trimmed.
 //!
 //! [`ClusterLog`]: crate::ClusterLog
 

@@ -18,7 +18,10 @@
 //! the feed entry and the running entry change happen atomically: there is no
 //! moment at which a thread's events are stored but not announced, or the
 //! other way round. Nodes follow the one feed stream with a blocking `XREAD`:
-//! one read per node, whatever its number of subscribers.
+//! one read per node, whatever its number of subscribers. The feed is capped;
+//! a node that falls so far behind that entries it had not read were trimmed
+//! notices (the feed's first entry is past its cursor) and catches its watched
+//! threads up from their own streams.
 //!
 //! The script touches `P:feed` besides the thread's keys, so this layout wants
 //! one Redis primary (with replicas or not), not Redis Cluster. Durability is
@@ -45,7 +48,7 @@ use crate::{
 };
 
 /// Feed entries kept for nodes that fall behind (roughly: Redis trims lazily).
-const FEED_MAXLEN: usize = 100_000;
+pub const FEED_MAXLEN: usize = 100_000;
 /// Most feed entries taken in one read.
 const FEED_BATCH: usize = 512;
 /// How long one blocking feed read waits before looking at `stop` again.
@@ -158,6 +161,8 @@ pub struct RedisBackbone {
     create_thread: Script,
     heartbeat: Script,
     live_nodes: Script,
+    /// Feed entries kept ([`FEED_MAXLEN`] unless a test asks for fewer).
+    feed_cap: usize,
 }
 
 fn unavailable(e: redis::RedisError) -> BackboneError {
@@ -180,6 +185,12 @@ fn from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, BackboneEr
 fn entry_event(entry: &redis::streams::StreamId) -> Result<Arc<StoredEvent>, BackboneError> {
     let json: String = entry.get("e").ok_or_else(|| corrupt(format!("entry {} has no event", entry.id)))?;
     StoredEvent::from_json(json).map(Arc::new).map_err(corrupt)
+}
+
+/// A stream entry id (`{ms}-{n}`) as a pair that orders like Redis orders them.
+fn stream_id(id: &str) -> (u64, u64) {
+    let mut parts = id.split('-').map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// The `seq` a stream entry id (`{seq}-0`) stands for.
@@ -207,7 +218,15 @@ impl RedisBackbone {
             create_thread: Script::new(CREATE_THREAD),
             heartbeat: Script::new(HEARTBEAT),
             live_nodes: Script::new(LIVE_NODES),
+            feed_cap: FEED_MAXLEN,
         })
+    }
+
+    /// Keeps about `cap` feed entries instead of [`FEED_MAXLEN`] (tests of a
+    /// node that falls behind the feed).
+    pub fn with_feed_cap(mut self, cap: usize) -> Self {
+        self.feed_cap = cap.max(1);
+        self
     }
 
     fn thread_key(&self, thread: &ThreadId) -> String {
@@ -243,6 +262,18 @@ impl RedisBackbone {
         Ok(reply.ids.into_iter().next().map_or_else(|| "0-0".to_owned(), |e| e.id))
     }
 
+    /// Whether the feed's oldest entry is newer than `last`: entries after
+    /// `last` may have been trimmed before this node read them.
+    async fn feed_trimmed_past(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        last: &str,
+    ) -> Result<bool, BackboneError> {
+        let reply: StreamRangeReply = conn.xrange_count(self.key("feed"), "-", "+", 1).await.map_err(unavailable)?;
+        let Some(first) = reply.ids.first() else { return Ok(false) };
+        Ok(stream_id(&first.id) > stream_id(last))
+    }
+
     /// One blocking read of the feed after `last`; answers the new `last`.
     async fn read_feed(
         &self,
@@ -256,8 +287,15 @@ impl RedisBackbone {
         let reply: Option<StreamReadReply> =
             conn.xread_options(&[self.key("feed")], &[last], &options).await.map_err(unavailable)?;
         let Some(reply) = reply else { return Ok(None) };
+        let entries: Vec<_> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+        // Trimming keeps at least `feed_cap` entries, all newer than anything it
+        // removed: if it removed entries after `last`, this read is full (or holds
+        // the whole cap). Only then is the feed's start worth a look.
+        if entries.len() >= FEED_BATCH.min(self.feed_cap) && self.feed_trimmed_past(conn, last).await? {
+            follower.lost();
+        }
         let mut newest = None;
-        for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+        for entry in entries {
             let events: Option<String> = entry.get("e");
             match events.as_deref().map(|json| decode_events(json.as_bytes())) {
                 Some(Ok(events)) if !events.is_empty() => {
@@ -375,7 +413,7 @@ impl Backbone for RedisBackbone {
             .key(self.key("running"))
             .arg(at.seq)
             .arg(thread.as_str())
-            .arg(FEED_MAXLEN);
+            .arg(self.feed_cap);
         match change {
             RunningChange::Keep => call.arg("").arg("").arg(""),
             RunningChange::Set(run, running) => call.arg("set").arg(run.as_str()).arg(to_json(running)?),

@@ -347,3 +347,83 @@ async fn redis_a_running_entry_without_its_registration_is_dropped() {
 async fn nats_a_running_entry_without_its_registration_is_dropped() {
     a_running_entry_without_its_registration_is_dropped(&nats()).await;
 }
+
+/// A feed sink whose deliveries wait while the test holds its gate (a node
+/// that falls behind), watching the threads it is told to.
+struct Stalled {
+    gate: std::sync::Mutex<()>,
+    watched: Vec<ThreadId>,
+    seen: Mutex<Vec<(String, u64)>>,
+}
+
+impl FeedSink for Stalled {
+    fn deliver(&self, events: &[Arc<StoredEvent>]) {
+        let _wait = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+        self.seen.lock().extend(events.iter().map(|e| (e.thread_id().to_string(), e.seq())));
+    }
+
+    fn watched(&self) -> Vec<ThreadId> {
+        self.watched.clone()
+    }
+}
+
+/// Issue 15: a node that fell behind the capped Redis feed skipped the trimmed
+/// entries without a word, so a thread whose last events were among them never
+/// got them to its subscribers. Now the node notices and hands each watched
+/// thread's newest event over again (subscribers read any gap from the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+// Holding the gate across the appends is the point: b's feed waits on it.
+#[allow(clippy::await_holding_lock)]
+async fn redis_a_node_behind_a_trimmed_feed_catches_its_watched_threads_up() {
+    use agentwire_backbone::{ClusterLog, RedisBackbone};
+    let p = prefix("trimmed");
+    let config = |id: &str| ClusterConfig {
+        prefix: p.clone(),
+        node_id: id.into(),
+        node_ttl: Duration::from_secs(5),
+        replicas: 1,
+        allow_weak_durability: true,
+        log: LogConfig::default(),
+    };
+    // The feed is trimmed by whoever appends: `a` keeps about ten entries.
+    let capped = RedisBackbone::connect(&redis(), &p).await.unwrap().with_feed_cap(10);
+    let a = ClusterLog::start(capped, config("a"), Arc::new(Recorder::default())).await.unwrap();
+    let quiet = ThreadId::parse("thread_quiet").unwrap();
+    let sink = Arc::new(Stalled { gate: Default::default(), watched: vec![quiet.clone()], seen: Default::default() });
+    let config = config("b");
+    // b runs on a runtime of its own: its feed task blocks a worker thread while
+    // the gate is held, which must not starve the tasks of `a` or of this test.
+    let runtime_b = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (url, feed) = (redis(), sink.clone());
+    let b = runtime_b
+        .spawn(async move {
+            let backbone = RedisBackbone::connect(&url, &config.prefix).await.unwrap().with_feed_cap(10);
+            ClusterLog::start(backbone, config, feed).await.unwrap()
+        })
+        .await
+        .unwrap();
+    let owner = UserId::parse("u").unwrap();
+
+    let gate = sink.gate.lock().unwrap_or_else(|e| e.into_inner());
+    // b's feed blocks on this first delivery while everything below is appended.
+    let busy = ThreadId::parse("thread_busy").unwrap();
+    let busy_run = a.create_run(new_run(&busy, &owner)).await.unwrap().run_id;
+    a.append(busy_run.as_str(), vec![started()]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let quiet_run = a.create_run(new_run(&quiet, &owner)).await.unwrap().run_id;
+    a.append(quiet_run.as_str(), vec![started(), thought("last words")]).await.unwrap();
+    for n in 0..400 {
+        a.append(busy_run.as_str(), vec![thought(&n.to_string())]).await.unwrap();
+    }
+    drop(gate);
+
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !sink.seen.lock().contains(&("thread_quiet".to_owned(), 2)) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the quiet thread's newest event reaches the node that fell behind");
+    runtime_b.spawn(async move { b.close().await }).await.unwrap();
+    runtime_b.shutdown_background();
+}

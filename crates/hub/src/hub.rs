@@ -174,10 +174,18 @@ impl FeedSink for Hub {
         }
     }
 
+    fn watched(&self) -> Vec<ThreadId> {
+        self.threads.iter().map(|entry| entry.key().clone()).collect()
+    }
+
     fn deliver(&self, events: &[Arc<StoredEvent>]) {
         for e in events {
             self.metrics.appended.get(e.envelope.event).inc();
         }
+        self.redeliver(events);
+    }
+
+    fn redeliver(&self, events: &[Arc<StoredEvent>]) {
         for group in events.chunk_by(|a, b| a.thread_id() == b.thread_id()) {
             let Some(subs) = self.threads.get(group[0].thread_id()) else { continue };
             for sub in subs.iter() {

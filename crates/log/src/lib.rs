@@ -109,6 +109,19 @@ pub trait FeedSink: Send + Sync + 'static {
     /// The thread was deleted, after its last events were delivered: its
     /// subscriptions end.
     fn thread_deleted(&self, _thread: &ThreadId) {}
+
+    /// Threads someone on this node is subscribed to (a node that missed part
+    /// of a shared feed catches these up).
+    fn watched(&self) -> Vec<ThreadId> {
+        Vec::new()
+    }
+
+    /// Events delivered already or perhaps missed, handed over again so
+    /// subscribers that missed them catch up (they drop what they have and
+    /// read any gap from the log). Not counted as appended.
+    fn redeliver(&self, events: &[Arc<StoredEvent>]) {
+        self.deliver(events);
+    }
 }
 
 /// A sink that delivers nowhere (a log without subscribers, e.g. in tools).
