@@ -11,6 +11,15 @@
 //! Appends to one thread from one node queue on the view's async mutex, so a
 //! node never races itself; nodes race each other only on shared threads.
 //!
+//! **Retention keeps the run state it removes.** Before it removes a thread's
+//! events up to a `seq`, a node records beside the thread what the rules know
+//! of its runs through that `seq` ([`TrimmedRuns`]: lifecycle, open tool
+//! calls, the newest `event_id`s, within the de-duplication window for ended
+//! runs), moved on from the previous record by exactly the events removed; the
+//! record is a compare-and-set, so two nodes trimming at once cannot set it
+//! back. A view built later, or one that finds a gap retention left, starts
+//! from that record and reads only the events after it.
+//!
 //! A **janitor** task per node sends its heartbeat, keeps the dashboard figures,
 //! and ends the in-process runs of nodes whose heartbeat has lapsed for a whole
 //! TTL with `agent_error {code:"worker_lost"}`.
@@ -33,7 +42,7 @@ use agentwire_log::{
     Appended, FeedSink, Log, LogError, LogStats, NewRun, Page, PageBudget, RunInfo, StoredEvent, numbered, plan_append,
     retention,
 };
-use agentwire_protocol::{EventKind, NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id};
+use agentwire_protocol::{EventKind, NewEvent, RunId, ThreadId, Timestamp, UserId, extract_thread_id};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -41,7 +50,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    Backbone, BackboneError, ClusterConfig, Follower, Outcome, Position, RunEntry, Running, RunningChange, ThreadMeta,
+    Backbone, BackboneError, ClusterConfig, Follower, Outcome, Position, RunEntry, RunState, Running, RunningChange,
+    ThreadMeta, TrimmedRuns,
 };
 
 /// Decisions retried on one append before giving up on a thread this contended.
@@ -54,6 +64,9 @@ const MAX_VIEWS: usize = 50_000;
 const MAX_REGISTRY: usize = 200_000;
 /// Thread records (owner, creator) cached per node; past it the least used go, read again on demand.
 const MAX_METAS: usize = 200_000;
+/// `event_id`s of one run kept by retention past the events they name (the
+/// newest): enough for any retry, small enough for one engine record.
+const MAX_KEPT_IDS: usize = 2048;
 /// Events read per round trip when retention looks for the age cut-off.
 const AGE_PAGE: usize = 256;
 /// Events asked of the backbone by a page's first read; later reads are sized
@@ -73,10 +86,8 @@ fn budget_average(events: &[Arc<StoredEvent>]) -> usize {
 /// What a node knows of one run from its thread's history.
 #[derive(Debug, Default)]
 struct RunView {
-    lifecycle: RunLifecycle,
-    event_ids: HashMap<String, u64>,
-    cancel_requested: bool,
-    agent_name: Option<String>,
+    /// What the rules need, as retention keeps it when it removes the events.
+    state: RunState,
     /// When this node last refreshed the run's running entry (ms since the epoch).
     touched_ms: i64,
     /// When this node learnt of the run's latest event (its own clock; a view
@@ -95,24 +106,41 @@ struct ThreadView {
 impl ThreadView {
     /// Follows events already stored, in `seq` order.
     fn apply(&mut self, events: &[Arc<StoredEvent>]) {
-        for event in events {
-            let e = &event.envelope;
-            if e.seq <= self.at.seq {
-                continue;
-            }
-            let run = self.runs.entry(e.run_id.clone()).or_default();
+        for event in events.iter().filter(|e| e.seq() > self.at.seq) {
+            let run = self.runs.entry(event.envelope.run_id.clone()).or_default();
             run.last_seen = Some(Instant::now());
-            run.lifecycle.replay(e.event, &e.data);
-            if let Some(id) = &e.event_id {
-                run.event_ids.insert(id.clone(), e.seq);
-            }
-            if run.agent_name.is_none() {
-                run.agent_name = event.started_agent_name().map(str::to_owned);
-            }
-            if e.event == EventKind::AgentError && e.data.get("code").and_then(Value::as_str) == Some("cancelled") {
-                run.cancel_requested = true;
-            }
+            follow_run(&mut run.state, event);
         }
+    }
+
+    /// A view that starts where retention left the thread: its runs as they
+    /// were through `trimmed.through_seq`, the events after it still to read.
+    fn from_trimmed(trimmed: TrimmedRuns) -> Self {
+        let now = Instant::now();
+        let runs = trimmed
+            .runs
+            .into_iter()
+            .map(|(run, state)| (run, RunView { state, touched_ms: 0, last_seen: Some(now) }))
+            .collect();
+        Self { loaded: false, at: Position { seq: trimmed.through_seq, token: 0 }, runs }
+    }
+}
+
+/// Moves a run's state past one of its stored events.
+fn follow_run(run: &mut RunState, event: &StoredEvent) {
+    let e = &event.envelope;
+    run.lifecycle.replay(e.event, &e.data);
+    if let Some(id) = &e.event_id {
+        run.event_ids.insert(id.clone(), e.seq);
+    }
+    if run.agent_name.is_none() {
+        run.agent_name = event.started_agent_name().map(str::to_owned);
+    }
+    if e.event == EventKind::AgentError && e.data.get("code").and_then(Value::as_str) == Some("cancelled") {
+        run.cancel_requested = true;
+    }
+    if run.lifecycle.ended() && run.ended_ms.is_none() {
+        run.ended_ms = Some(e.ts.millis());
     }
 }
 
@@ -323,12 +351,24 @@ impl<B: Backbone> Inner<B> {
         Ok((run, None, thread))
     }
 
-    /// Reads what the view has not seen, up to the thread's current head.
+    /// Reads what the view has not seen, up to the thread's current head. A
+    /// view built from nothing starts from what retention kept of the runs
+    /// whose events it removed, then reads only the events after that.
     async fn sync(&self, thread: &ThreadId, view: &mut ThreadView) -> Result<(), LogError> {
+        if !view.loaded && view.at.seq == 0 && view.runs.is_empty() {
+            self.start_from_trimmed(thread, view, 0).await?;
+        }
         for _ in 0..MAX_ATTEMPTS {
             let mut read_any = false;
             loop {
                 let tail = self.backbone.read(thread, view.at, SYNC_PAGE).await.map_err(unavailable)?;
+                if let Some(first) = tail.events.first()
+                    && first.seq() > view.at.seq + 1
+                    && self.start_from_trimmed(thread, view, first.seq() - 1).await?
+                {
+                    // Retention removed events this view never saw: it goes on from what retention kept.
+                    continue;
+                }
                 let full = tail.events.len() >= SYNC_PAGE;
                 if !tail.events.is_empty() {
                     view.apply(&tail.events);
@@ -354,6 +394,9 @@ impl<B: Backbone> Inner<B> {
             }
             if extent.oldest_seq > extent.head.seq {
                 // Everything after the view was removed by retention before this node read it.
+                if self.start_from_trimmed(thread, view, extent.head.seq).await? {
+                    continue;
+                }
                 view.at = extent.head;
                 view.loaded = true;
                 return Ok(());
@@ -361,6 +404,22 @@ impl<B: Backbone> Inner<B> {
             // Another node appended between the read and the head: read again.
         }
         Err(LogError::Unavailable(format!("thread {thread} is too contended; retry shortly")))
+    }
+
+    /// Replaces `view` with the runs' state retention kept, if that goes at
+    /// least through `needed` and further than the view; `true` if it did.
+    async fn start_from_trimmed(
+        &self,
+        thread: &ThreadId,
+        view: &mut ThreadView,
+        needed: u64,
+    ) -> Result<bool, LogError> {
+        let Some(trimmed) = self.backbone.trimmed_runs(thread).await.map_err(unavailable)? else { return Ok(false) };
+        if trimmed.through_seq <= view.at.seq || trimmed.through_seq < needed {
+            return Ok(false);
+        }
+        *view = ThreadView::from_trimmed(trimmed);
+        Ok(true)
     }
 
     /// Appends under the thread's view: decide, compare-and-set, retry on a move.
@@ -400,18 +459,18 @@ impl<B: Backbone> Inner<B> {
             }
             let now = Timestamp::now();
             let known = view.runs.get(&run);
-            let lifecycle = known.map(|r| r.lifecycle.clone()).unwrap_or_default();
-            let plan =
-                match plan_append(&lifecycle, |id| known.and_then(|r| r.event_ids.get(id).copied()), events.clone()) {
-                    Ok(plan) => plan,
-                    Err(refused) if current => return Err(refused.into()),
-                    Err(_) => {
-                        // Another node may have moved the run on (its `agent_started`, say).
-                        self.sync(&thread, &mut view).await?;
-                        current = true;
-                        continue;
-                    }
-                };
+            let lifecycle = known.map(|r| r.state.lifecycle.clone()).unwrap_or_default();
+            let seen = |id: &str| known.and_then(|r| r.state.event_ids.get(id).copied());
+            let plan = match plan_append(&lifecycle, seen, events.clone()) {
+                Ok(plan) => plan,
+                Err(refused) if current => return Err(refused.into()),
+                Err(_) => {
+                    // Another node may have moved the run on (its `agent_started`, say).
+                    self.sync(&thread, &mut view).await?;
+                    current = true;
+                    continue;
+                }
+            };
             let seqs = plan.seqs(view.at.seq);
             if plan.new_events.is_empty() {
                 return Ok(Some(Appended { thread_id: thread, seqs }));
@@ -441,7 +500,7 @@ impl<B: Backbone> Inner<B> {
                     if fresh {
                         // A run first seen through extraction: register it so every node (and
                         // `GET /v1/runs/{id}`) finds it. It is already routed by its events.
-                        let agent_name = view.runs.get(&run).and_then(|r| r.agent_name.clone());
+                        let agent_name = view.runs.get(&run).and_then(|r| r.state.agent_name.clone());
                         let registration = RunEntry { thread_id: thread.clone(), agent_name, node: None };
                         if let Err(e) = self.backbone.register_run(&run, &registration, None).await {
                             tracing::warn!(run = %run, error = %e, "could not register a run first seen by extraction");
@@ -473,10 +532,54 @@ impl<B: Backbone> Inner<B> {
             run_id: run.clone(),
             thread_id: thread,
             owner,
-            agent_name: known.and_then(|r| r.agent_name.clone()).or_else(|| entry.and_then(|e| e.agent_name)),
-            status: known.map(|r| r.lifecycle.status()).unwrap_or_default(),
-            cancel_requested: known.is_some_and(|r| r.cancel_requested),
+            agent_name: known.and_then(|r| r.state.agent_name.clone()).or_else(|| entry.and_then(|e| e.agent_name)),
+            status: known.map(|r| r.state.lifecycle.status()).unwrap_or_default(),
+            cancel_requested: known.is_some_and(|r| r.state.cancel_requested),
         }))
+    }
+
+    /// Removes the thread's events before `keep_from`, recording first what
+    /// the rules still need of its runs (see [`TrimmedRuns`]): the state kept
+    /// at the last trim, moved on by the events this one removes. Runs that
+    /// ended longer ago than the de-duplication window are left out. `false`
+    /// when there was nothing to remove.
+    async fn trim_keeping_runs(&self, thread: &ThreadId, keep_from: u64, now: Timestamp) -> Result<bool, LogError> {
+        let window = i64::try_from(self.config.log.dedup_window.as_millis()).unwrap_or(i64::MAX);
+        for _ in 0..MAX_ATTEMPTS {
+            let before = self.backbone.trimmed_runs(thread).await.map_err(unavailable)?.unwrap_or_default();
+            let expected = before.through_seq;
+            if keep_from <= expected + 1 {
+                return Ok(false);
+            }
+            let mut kept = before;
+            let mut at = Position { seq: kept.through_seq, token: 0 };
+            'read: loop {
+                let tail = self.backbone.read(thread, at, SYNC_PAGE).await.map_err(unavailable)?;
+                for event in &tail.events {
+                    if event.seq() >= keep_from {
+                        break 'read;
+                    }
+                    follow_run(kept.runs.entry(event.envelope.run_id.clone()).or_default(), event);
+                }
+                if tail.events.len() < SYNC_PAGE {
+                    break;
+                }
+                at = tail.at;
+            }
+            kept.through_seq = keep_from - 1;
+            kept.runs.retain(|_, run| run.ended_ms.is_none_or(|ended| ended.saturating_add(window) > now.millis()));
+            for run in kept.runs.values_mut().filter(|r| r.event_ids.len() > MAX_KEPT_IDS) {
+                let mut seqs: Vec<u64> = run.event_ids.values().copied().collect();
+                seqs.sort_unstable();
+                let oldest_kept = seqs[seqs.len() - MAX_KEPT_IDS];
+                run.event_ids.retain(|_, seq| *seq >= oldest_kept);
+            }
+            if self.backbone.trim(thread, keep_from, &kept, expected).await.map_err(unavailable)? {
+                return Ok(true);
+            }
+            // Another node trimmed the thread meanwhile: start again from what it kept.
+        }
+        Err(LogError::Unavailable(format!("thread {thread} is too contended to trim; retry shortly")))
     }
 
     /// Ends `run` with `agent_error {code}`; `false` if it had already ended
@@ -865,8 +968,9 @@ impl<B: Backbone> Log for ClusterLog<B> {
         let mut removed = 0;
         for trim in trims {
             let was = extents.iter().find(|e| e.thread == trim.thread).map_or(trim.keep_from, |e| e.oldest_seq);
-            backbone.trim(&trim.thread, trim.keep_from).await.map_err(unavailable)?;
-            removed += trim.keep_from.saturating_sub(was);
+            if self.inner.trim_keeping_runs(&trim.thread, trim.keep_from, now).await? {
+                removed += trim.keep_from.saturating_sub(was);
+            }
         }
         Ok(removed)
     }

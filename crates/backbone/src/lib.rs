@@ -33,12 +33,12 @@ pub mod nats_jetstream;
 #[cfg(feature = "redis")]
 pub mod redis_streams;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use agentwire_log::{FeedSink, LogConfig, StoredEvent};
-use agentwire_protocol::{RunId, ThreadId, UserId};
+use agentwire_protocol::{RunId, RunLifecycle, ThreadId, UserId};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -132,6 +132,34 @@ pub struct Tail {
     pub at: Position,
 }
 
+/// What the rules know of one run: enough to decide its next append.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    pub lifecycle: RunLifecycle,
+    /// `event_id` → the `seq` it was stored at.
+    #[serde(default)]
+    pub event_ids: HashMap<String, u64>,
+    #[serde(default)]
+    pub agent_name: Option<String>,
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// When its terminal event was stored (ms since the epoch): its
+    /// `event_id`s are remembered for the de-duplication window after it.
+    #[serde(default)]
+    pub ended_ms: Option<i64>,
+}
+
+/// The state of a thread's runs as of `through_seq`, kept beside the thread
+/// when retention removes events up to it: a view rebuilt from the retained
+/// events starts from here, so lifecycle and de-duplication outlive the
+/// events they were learnt from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrimmedRuns {
+    pub through_seq: u64,
+    #[serde(default)]
+    pub runs: BTreeMap<RunId, RunState>,
+}
+
 /// A thread's retained range.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Extent {
@@ -194,9 +222,22 @@ pub trait Backbone: Send + Sync + 'static {
     /// The thread's retained range, `None` if the thread does not exist.
     async fn extent(&self, thread: &ThreadId) -> Result<Option<Extent>, BackboneError>;
 
-    /// Removes the events of `thread` before `keep_from` (at the backbone's
-    /// granularity: a JetStream message holding newer events too is kept).
-    async fn trim(&self, thread: &ThreadId, keep_from: u64) -> Result<(), BackboneError>;
+    /// What retention recorded of the thread's runs when it last removed events.
+    async fn trimmed_runs(&self, thread: &ThreadId) -> Result<Option<TrimmedRuns>, BackboneError>;
+
+    /// Records `kept` (the runs' state through `keep_from - 1`) and removes the
+    /// events of `thread` before `keep_from` (at the backbone's granularity: a
+    /// JetStream message holding newer events too is kept), if the state
+    /// recorded is still through `expected_through` (0: none); `false`, with
+    /// nothing changed, when another node trimmed meanwhile. The record comes
+    /// first: a crash between the two leaves it ahead of the removal, never behind.
+    async fn trim(
+        &self,
+        thread: &ThreadId,
+        keep_from: u64,
+        kept: &TrimmedRuns,
+        expected_through: u64,
+    ) -> Result<bool, BackboneError>;
 
     /// Sets or removes one running entry.
     async fn set_running(&self, run: &RunId, running: Option<&Running>) -> Result<(), BackboneError>;

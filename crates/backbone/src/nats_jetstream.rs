@@ -8,8 +8,9 @@
 //! to the thread meanwhile, which is the compare-and-set [`ClusterLog`] needs,
 //! and a batch is all or nothing because it is one message.
 //!
-//! Key-value buckets hold the rest: `P_threads` (owner and oldest retained
-//! `seq`, created with `create`, so two nodes cannot both claim a thread),
+//! Key-value buckets hold the rest: `P_threads` (owner, oldest retained `seq`
+//! and the runs' state as retention left it, created with `create`, so two
+//! nodes cannot both claim a thread),
 //! `P_runs` (registrations), `P_running` (runs not yet ended) and `P_nodes`
 //! (each node's heartbeat as an expiry time). Run ids carry characters keys
 //! may not, so their keys are hex.
@@ -45,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, Tail, ThreadMeta,
-    decode, decode_events, encode, from_key_safe, key_safe,
+    TrimmedRuns, decode, decode_events, encode, from_key_safe, key_safe,
 };
 
 /// A request that gets no answer in this long fails (`503`), rather than hanging a publisher.
@@ -64,6 +65,9 @@ struct ThreadRecord {
     oldest_seq: u64,
     #[serde(default)]
     by_publisher: bool,
+    /// The runs' state as retention left it (see [`TrimmedRuns`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    runs: Option<TrimmedRuns>,
 }
 
 /// The NATS JetStream backbone. See the module docs.
@@ -195,6 +199,37 @@ impl NatsBackbone {
         })
     }
 
+    /// Removes the thread's messages whose events all come before `keep_from`.
+    async fn remove_before(&self, thread: &ThreadId, keep_from: u64) -> Result<(), BackboneError> {
+        // Find the first message that holds an event to keep; everything before it goes.
+        // The thread's last message always stays: it carries the head.
+        let subject = self.subject(thread);
+        let mut from = 1;
+        let mut first_kept = None;
+        while let Some(message) = self.next_message(&subject, from).await? {
+            if last_seq(&message)? >= keep_from {
+                first_kept = Some(message);
+                break;
+            }
+            from = message.sequence + 1;
+        }
+        let Some(first_kept) = first_kept else { return Ok(()) };
+        self.stream.purge().filter(&subject).sequence(first_kept.sequence).await.map_err(unavailable)?;
+        let oldest = decode_events(&first_kept.payload)?.first().map_or(keep_from, |e| e.seq());
+        if let Some(entry) = self.threads.entry(thread.as_str()).await.map_err(unavailable)? {
+            let mut record: ThreadRecord = decode(&entry.value)?;
+            if oldest > record.oldest_seq {
+                record.oldest_seq = oldest;
+                self.threads.update(thread.as_str(), to_json(&record)?, entry.revision).await.map_err(unavailable)?;
+            }
+        }
+        let mut index = self.index.lock();
+        if let Some(map) = index.get_mut(thread) {
+            map.retain(|_, stream_seq| *stream_seq >= first_kept.sequence);
+        }
+        Ok(())
+    }
+
     fn subject(&self, thread: &ThreadId) -> String {
         format!("{}.ev.{thread}", self.prefix)
     }
@@ -317,7 +352,8 @@ impl Backbone for NatsBackbone {
 
     async fn create_thread(&self, thread: &ThreadId, meta: &ThreadMeta) -> Result<bool, BackboneError> {
         self.connected()?;
-        let record = ThreadRecord { owner: meta.owner.clone(), oldest_seq: 1, by_publisher: meta.by_publisher };
+        let record =
+            ThreadRecord { owner: meta.owner.clone(), oldest_seq: 1, by_publisher: meta.by_publisher, runs: None };
         match self.threads.create(thread.as_str(), to_json(&record)?).await {
             Ok(_) => Ok(true),
             Err(e) if matches!(e.kind(), CreateErrorKind::AlreadyExists) => Ok(false),
@@ -477,35 +513,33 @@ impl Backbone for NatsBackbone {
         Ok(Some(Extent { oldest_seq: record.oldest_seq, head }))
     }
 
-    async fn trim(&self, thread: &ThreadId, keep_from: u64) -> Result<(), BackboneError> {
+    async fn trimmed_runs(&self, thread: &ThreadId) -> Result<Option<TrimmedRuns>, BackboneError> {
         self.connected()?;
-        // Find the first message that holds an event to keep; everything before it goes.
-        // The thread's last message always stays: it carries the head.
-        let subject = self.subject(thread);
-        let mut from = 1;
-        let mut first_kept = None;
-        while let Some(message) = self.next_message(&subject, from).await? {
-            if last_seq(&message)? >= keep_from {
-                first_kept = Some(message);
-                break;
-            }
-            from = message.sequence + 1;
+        Ok(self.thread_record(thread).await?.and_then(|r| r.runs))
+    }
+
+    async fn trim(
+        &self,
+        thread: &ThreadId,
+        keep_from: u64,
+        kept: &TrimmedRuns,
+        expected_through: u64,
+    ) -> Result<bool, BackboneError> {
+        self.connected()?;
+        // The runs' state first, as a compare-and-set on the record's revision.
+        let Some(entry) = self.threads.entry(thread.as_str()).await.map_err(unavailable)? else { return Ok(false) };
+        let mut record: ThreadRecord = decode(&entry.value)?;
+        if record.runs.as_ref().map_or(0, |r| r.through_seq) != expected_through {
+            return Ok(false);
         }
-        let Some(first_kept) = first_kept else { return Ok(()) };
-        self.stream.purge().filter(&subject).sequence(first_kept.sequence).await.map_err(unavailable)?;
-        let oldest = decode_events(&first_kept.payload)?.first().map_or(keep_from, |e| e.seq());
-        if let Some(entry) = self.threads.entry(thread.as_str()).await.map_err(unavailable)? {
-            let mut record: ThreadRecord = decode(&entry.value)?;
-            if oldest > record.oldest_seq {
-                record.oldest_seq = oldest;
-                self.threads.update(thread.as_str(), to_json(&record)?, entry.revision).await.map_err(unavailable)?;
-            }
+        record.runs = Some(kept.clone());
+        match self.threads.update(thread.as_str(), to_json(&record)?, entry.revision).await {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), kv::UpdateErrorKind::WrongLastRevision) => return Ok(false),
+            Err(e) => return Err(unavailable(e)),
         }
-        let mut index = self.index.lock();
-        if let Some(map) = index.get_mut(thread) {
-            map.retain(|_, stream_seq| *stream_seq >= first_kept.sequence);
-        }
-        Ok(())
+        self.remove_before(thread, keep_from).await?;
+        Ok(true)
     }
 
     async fn set_running(&self, run: &RunId, running: Option<&Running>) -> Result<(), BackboneError> {

@@ -4,7 +4,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P:thread:{thread}` | hash | `owner`, `head` (last `seq`), `oldest` (oldest retained `seq`), `pub` (1: created by a publisher) |
+//! | `P:thread:{thread}` | hash | `owner`, `head` (last `seq`), `oldest` (oldest retained `seq`), `pub` (1: created by a publisher), `runs` and `runs_through` (the runs' state as retention left it, see [`TrimmedRuns`]) |
 //! | `P:events:{thread}` | stream | one entry per event, id `{seq}-0`, field `e` = the envelope |
 //! | `P:threads` | set | every thread id (retention sweeps) |
 //! | `P:run:{run}` | string | the run's registration (JSON) |
@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, Tail, ThreadMeta,
-    decode, decode_events, encode,
+    TrimmedRuns, decode, decode_events, encode,
 };
 
 /// Feed entries kept for nodes that fall behind (roughly: Redis trims lazily).
@@ -88,6 +88,21 @@ if redis.call('SET', KEYS[1], ARGV[2], 'NX') then
   return 1
 end
 return 0
+"#;
+
+/// KEYS: thread hash, thread stream. ARGV: keep from, the runs' state JSON,
+/// the `runs_through` expected. Answers 1, or 0 when another trim came first.
+const TRIM: &str = r#"
+local through = tonumber(redis.call('HGET', KEYS[1], 'runs_through') or '0')
+if through ~= tonumber(ARGV[3]) then return 0 end
+local keep = tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], 'runs', ARGV[2], 'runs_through', keep - 1)
+local oldest = tonumber(redis.call('HGET', KEYS[1], 'oldest') or '1')
+if keep > oldest then
+  redis.call('XTRIM', KEYS[2], 'MINID', keep .. '-0')
+  redis.call('HSET', KEYS[1], 'oldest', keep)
+end
+return 1
 "#;
 
 /// KEYS: thread hash, threads set. ARGV: thread id, owner, by publisher (1/0).
@@ -161,6 +176,7 @@ pub struct RedisBackbone {
     create_thread: Script,
     heartbeat: Script,
     live_nodes: Script,
+    trim: Script,
     /// Feed entries kept ([`FEED_MAXLEN`] unless a test asks for fewer).
     feed_cap: usize,
 }
@@ -218,6 +234,7 @@ impl RedisBackbone {
             create_thread: Script::new(CREATE_THREAD),
             heartbeat: Script::new(HEARTBEAT),
             live_nodes: Script::new(LIVE_NODES),
+            trim: Script::new(TRIM),
             feed_cap: FEED_MAXLEN,
         })
     }
@@ -456,18 +473,29 @@ impl Backbone for RedisBackbone {
         Ok(head.map(|seq| Extent { oldest_seq: oldest.unwrap_or(1), head: Position { seq, token: seq } }))
     }
 
-    async fn trim(&self, thread: &ThreadId, keep_from: u64) -> Result<(), BackboneError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("XTRIM")
-            .arg(self.events_key(thread))
-            .arg("MINID")
-            .arg(format!("{keep_from}-0"))
-            .ignore()
-            .hset(self.thread_key(thread), "oldest", keep_from)
-            .ignore();
-        let () = pipe.query_async(&mut self.conn()).await.map_err(unavailable)?;
-        Ok(())
+    async fn trimmed_runs(&self, thread: &ThreadId) -> Result<Option<TrimmedRuns>, BackboneError> {
+        let json: Option<String> = self.conn().hget(self.thread_key(thread), "runs").await.map_err(unavailable)?;
+        json.as_deref().map(from_json).transpose()
+    }
+
+    async fn trim(
+        &self,
+        thread: &ThreadId,
+        keep_from: u64,
+        kept: &TrimmedRuns,
+        expected_through: u64,
+    ) -> Result<bool, BackboneError> {
+        let done: i64 = self
+            .trim
+            .key(self.thread_key(thread))
+            .key(self.events_key(thread))
+            .arg(keep_from)
+            .arg(to_json(kept)?)
+            .arg(expected_through)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(done == 1)
     }
 
     async fn set_running(&self, run: &RunId, running: Option<&Running>) -> Result<(), BackboneError> {

@@ -427,3 +427,56 @@ async fn redis_a_node_behind_a_trimmed_feed_catches_its_watched_threads_up() {
     runtime_b.spawn(async move { b.close().await }).await.unwrap();
     runtime_b.shutdown_background();
 }
+
+/// Issue 15: a node that rebuilt a thread from its retained events alone lost
+/// `agent_started`, open tool calls and the `event_id`s of removed events, so a
+/// valid publish got `409` and a retry of a removed event was stored twice.
+/// Retention now keeps the runs' state beside the thread. Here: a limit of 10
+/// events, a 30-event run with a tool open across the cut, then a node that
+/// never saw the run goes on with it.
+async fn run_state_outlives_the_events_retention_removes(url: &str) {
+    let p = prefix("keep");
+    let keep10 = RetentionPolicy { max_events_per_thread: 10, ..Default::default() };
+    let hour = Duration::from_secs(3600);
+    let (a, _) = node_keeping(url, &p, "a", hour, keep10).await;
+    let (owner, thread) = (UserId::parse("u").unwrap(), ThreadId::parse("thread_keep").unwrap());
+    let run = a.create_run(new_run(&thread, &owner)).await.unwrap().run_id;
+    let mut events = vec![
+        started().with_event_id("start"),
+        ev(EventKind::ToolExecuting, json!({"tool_name":"search","tool_call_id":"t1"})).with_event_id("tool"),
+    ];
+    events.extend((0..28).map(|n| thought(&n.to_string()).with_event_id(format!("n{n}"))));
+    for event in events {
+        a.append(run.as_str(), vec![event]).await.unwrap();
+    }
+    assert_eq!(a.enforce_retention(Timestamp::now()).await.unwrap(), 20);
+    assert_eq!(a.read(&thread, 0, 100).await.unwrap().oldest_seq, 21);
+
+    let (fresh, _) = node(url, &p, "fresh", hour).await;
+    let retried = fresh.append(run.as_str(), vec![thought("0").with_event_id("n0")]).await.unwrap();
+    assert_eq!(retried.seqs, vec![3], "a retry of a removed event answers its first seq");
+    let again = fresh.append(run.as_str(), vec![started()]).await.unwrap_err();
+    assert!(matches!(again, LogError::Lifecycle(LifecycleError::AlreadyStarted)), "{again}");
+    let done = ev(EventKind::ToolCompleted, json!({"tool_call_id":"t1","result":"ok"}));
+    assert_eq!(fresh.append(run.as_str(), vec![done]).await.unwrap().seqs, vec![31], "the tool was still open");
+    let info = fresh.run(run.as_str()).await.unwrap().unwrap();
+    assert_eq!((info.status, info.agent_name.as_deref()), (RunStatus::Running, Some("t")));
+    let end = ev(EventKind::AgentCompleted, json!({}));
+    assert_eq!(fresh.append(run.as_str(), vec![end]).await.unwrap().seqs, vec![32]);
+    // A second sweep keeps moving the state on rather than starting again from the events.
+    assert_eq!(a.enforce_retention(Timestamp::now()).await.unwrap(), 2);
+    let (late, _) = node(url, &p, "late", hour).await;
+    let refused = late.append(run.as_str(), vec![thought("after the end")]).await.unwrap_err();
+    assert!(matches!(refused, LogError::Lifecycle(LifecycleError::Ended)), "{refused}");
+    assert_eq!(late.append(run.as_str(), vec![thought("1").with_event_id("n1")]).await.unwrap().seqs, vec![4]);
+}
+
+#[tokio::test]
+async fn redis_run_state_outlives_the_events_retention_removes() {
+    run_state_outlives_the_events_retention_removes(&redis()).await;
+}
+
+#[tokio::test]
+async fn nats_run_state_outlives_the_events_retention_removes() {
+    run_state_outlives_the_events_retention_removes(&nats()).await;
+}
