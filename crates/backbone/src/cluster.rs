@@ -18,7 +18,10 @@
 //! runs), moved on from the previous record by exactly the events removed; the
 //! record is a compare-and-set, so two nodes trimming at once cannot set it
 //! back. A view built later, or one that finds a gap retention left, starts
-//! from that record and reads only the events after it.
+//! from that record and reads only the events after it. The per-thread limit
+//! is kept where it is passed: an append that takes its thread past the limit
+//! (and its slack) queues a trim for the node's retention worker, so no task
+//! walks every thread for it.
 //!
 //! A **janitor** task per node sends its heartbeat, keeps the dashboard figures,
 //! and ends the in-process runs of nodes whose heartbeat has lapsed for a whole
@@ -39,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use agentwire_log::store::ThreadExtent;
 use agentwire_log::{
-    Appended, FeedSink, Log, LogError, LogStats, NewRun, Page, PageBudget, RunInfo, StoredEvent, numbered, plan_append,
-    retention,
+    Appended, FeedSink, Log, LogError, LogStats, NewRun, Page, PageBudget, RetentionPolicy, RunInfo, StoredEvent,
+    numbered, plan_append, retention,
 };
 use agentwire_protocol::{EventKind, NewEvent, RunId, ThreadId, Timestamp, UserId, extract_thread_id};
 use async_trait::async_trait;
@@ -67,6 +70,9 @@ const MAX_METAS: usize = 200_000;
 /// `event_id`s of one run kept by retention past the events they name (the
 /// newest): enough for any retry, small enough for one engine record.
 const MAX_KEPT_IDS: usize = 2048;
+/// Trims waiting for the retention worker; past it an append's request is
+/// dropped and the thread's next append asks again.
+const TRIM_QUEUE: usize = 1024;
 /// Events read per round trip when retention looks for the age cut-off.
 const AGE_PAGE: usize = 256;
 /// Events asked of the backbone by a page's first read; later reads are sized
@@ -101,6 +107,11 @@ struct ThreadView {
     loaded: bool,
     at: Position,
     runs: HashMap<RunId, RunView>,
+    /// The `seq` retention last removed through, as far as this view knows
+    /// (another node's trim can make it more): where the per-thread limit counts from.
+    trimmed_through: u64,
+    /// A trim of this thread is queued for the retention worker.
+    trim_queued: bool,
 }
 
 impl ThreadView {
@@ -122,7 +133,8 @@ impl ThreadView {
             .into_iter()
             .map(|(run, state)| (run, RunView { state, touched_ms: 0, last_seen: Some(now) }))
             .collect();
-        Self { loaded: false, at: Position { seq: trimmed.through_seq, token: 0 }, runs }
+        let (at, trimmed_through) = (Position { seq: trimmed.through_seq, token: 0 }, trimmed.through_seq);
+        Self { loaded: false, at, runs, trimmed_through, trim_queued: false }
     }
 }
 
@@ -212,6 +224,8 @@ struct Inner<B> {
     /// clock) it has not changed: the idle watchdog's evidence. Holds the
     /// running runs only.
     unchanged: Mutex<HashMap<RunId, (Running, Instant)>>,
+    /// Trims the per-thread limit asks for, in order, for the retention worker.
+    trims: tokio::sync::mpsc::Sender<(ThreadId, u64)>,
     /// What the engine's settings leave open for an acknowledged event to be lost (accepted at start).
     weak: Vec<String>,
     stop: CancellationToken,
@@ -249,6 +263,7 @@ impl<B: Backbone> ClusterLog<B> {
             tracing::warn!(gaps = ?weak, "weak durability accepted: an acknowledged event could be lost");
         }
         backbone.heartbeat(&config.node_id, config.node_ttl).await?;
+        let (trims, queued) = tokio::sync::mpsc::channel(TRIM_QUEUE);
         let inner = Arc::new(Inner {
             backbone,
             config,
@@ -258,6 +273,7 @@ impl<B: Backbone> ClusterLog<B> {
             runs_in_flight: AtomicU64::new(0),
             threads: AtomicU64::new(0),
             unchanged: Mutex::new(HashMap::new()),
+            trims,
             weak,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -266,6 +282,7 @@ impl<B: Backbone> ClusterLog<B> {
         let (feed, stop) = (inner.clone(), inner.stop.clone());
         inner.tasks.spawn(async move { feed.backbone.follow(follower, stop).await });
         inner.tasks.spawn(janitor(inner.clone()));
+        inner.tasks.spawn(trim_threads(Arc::downgrade(&inner), queued, inner.stop.clone()));
         Ok(Self { inner })
     }
 }
@@ -406,6 +423,18 @@ impl<B: Backbone> Inner<B> {
         Err(LogError::Unavailable(format!("thread {thread} is too contended; retry shortly")))
     }
 
+    /// Queues a trim of the thread for the retention worker when the append
+    /// just made took it past the per-thread limit (with the policy's slack),
+    /// so the limit costs work where it is due, not a walk over every thread.
+    /// A full queue skips it: the thread's next append asks again.
+    fn queue_thread_trim(&self, thread: &ThreadId, view: &mut ThreadView) {
+        let policy = &self.config.log.retention;
+        let Some(keep_from) = policy.thread_trim(view.trimmed_through + 1, view.at.seq) else { return };
+        if !view.trim_queued && self.trims.try_send((thread.clone(), keep_from)).is_ok() {
+            view.trim_queued = true;
+        }
+    }
+
     /// Replaces `view` with the runs' state retention kept, if that goes at
     /// least through `needed` and further than the view; `true` if it did.
     async fn start_from_trimmed(
@@ -494,6 +523,7 @@ impl<B: Backbone> Inner<B> {
                 Outcome::Appended(at) => {
                     view.apply(&stored);
                     view.at = at;
+                    self.queue_thread_trim(&thread, &mut view);
                     if let (RunningChange::Set(..), Some(r)) = (&change, view.runs.get_mut(&run)) {
                         r.touched_ms = now.millis();
                     }
@@ -715,6 +745,40 @@ async fn newest_event<B: Backbone>(backbone: &B, thread: &ThreadId) -> Result<Op
     Ok(backbone.read(thread, before, 1).await?.events.pop())
 }
 
+/// The retention worker: trims the threads appends found past the per-thread
+/// limit, one at a time, then tells their views how far retention has gone.
+async fn trim_threads<B: Backbone>(
+    inner: std::sync::Weak<Inner<B>>,
+    mut queued: tokio::sync::mpsc::Receiver<(ThreadId, u64)>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (thread, keep_from) = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = queued.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = inner.trim_keeping_runs(&thread, keep_from, Timestamp::now()).await {
+            tracing::warn!(%thread, error = %e, "could not trim a thread past its limit; its next append retries");
+        }
+        let through = match inner.backbone.trimmed_runs(&thread).await {
+            Ok(trimmed) => trimmed.map_or(0, |t| t.through_seq),
+            Err(_) => 0,
+        };
+        let cell = inner.views.lock().peek(&thread);
+        if let Some(cell) = cell {
+            let mut view = cell.lock().await;
+            view.trim_queued = false;
+            view.trimmed_through = view.trimmed_through.max(through);
+            // Appends that came while this trim ran may have passed the limit again.
+            inner.queue_thread_trim(&thread, &mut view);
+        }
+    }
+}
+
 /// Heartbeats, figures, and the lost-worker sweep (see the module docs).
 async fn janitor<B: Backbone>(inner: Arc<Inner<B>>) {
     let ttl = inner.config.node_ttl;
@@ -926,7 +990,9 @@ impl<B: Backbone> Log for ClusterLog<B> {
     }
 
     async fn enforce_retention(&self, now: Timestamp) -> Result<u64, LogError> {
-        let policy = &self.inner.config.log.retention;
+        // The per-thread limit is kept by the appends that pass it (the
+        // retention worker); the sweep is for the age and whole-log limits.
+        let policy = &RetentionPolicy { max_events_per_thread: 0, ..self.inner.config.log.retention };
         if !policy.is_active() {
             return Ok(0);
         }
