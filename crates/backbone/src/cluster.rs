@@ -73,6 +73,8 @@ const MAX_KEPT_IDS: usize = 2048;
 /// Trims waiting for the retention worker; past it an append's request is
 /// dropped and the thread's next append asks again.
 const TRIM_QUEUE: usize = 1024;
+/// Threads one round of the retention sweep takes up.
+const RETENTION_GROUP: usize = 64;
 /// Events read per round trip when retention looks for the age cut-off.
 const AGE_PAGE: usize = 256;
 /// Events asked of the backbone by a page's first read; later reads are sized
@@ -583,10 +585,13 @@ impl<B: Backbone> Inner<B> {
             }
             let mut kept = before;
             let mut at = Position { seq: kept.through_seq, token: 0 };
+            // When the first event kept was appended: where the thread now ranks by age.
+            let mut first_kept_ms = None;
             'read: loop {
                 let tail = self.backbone.read(thread, at, SYNC_PAGE).await.map_err(unavailable)?;
                 for event in &tail.events {
                     if event.seq() >= keep_from {
+                        first_kept_ms = Some(event.envelope.ts.millis());
                         break 'read;
                     }
                     follow_run(kept.runs.entry(event.envelope.run_id.clone()).or_default(), event);
@@ -604,12 +609,87 @@ impl<B: Backbone> Inner<B> {
                 let oldest_kept = seqs[seqs.len() - MAX_KEPT_IDS];
                 run.event_ids.retain(|_, seq| *seq >= oldest_kept);
             }
-            if self.backbone.trim(thread, keep_from, &kept, expected).await.map_err(unavailable)? {
+            if self.backbone.trim(thread, keep_from, &kept, expected, first_kept_ms).await.map_err(unavailable)? {
                 return Ok(true);
             }
             // Another node trimmed the thread meanwhile: start again from what it kept.
         }
         Err(LogError::Unavailable(format!("thread {thread} is too contended to trim; retry shortly")))
+    }
+
+    /// The thread's oldest retained `seq` and the last one appended at or
+    /// before `cutoff`, if any; reads only the old events.
+    async fn aged_out(&self, thread: &ThreadId, cutoff: i64) -> Result<Option<(u64, u64)>, LogError> {
+        let Some(extent) = self.backbone.extent(thread).await.map_err(unavailable)? else { return Ok(None) };
+        let mut at = Position { seq: extent.oldest_seq.saturating_sub(1), token: 0 };
+        let mut last_old = None;
+        'pages: loop {
+            let page = self.backbone.read(thread, at, AGE_PAGE).await.map_err(unavailable)?;
+            for e in &page.events {
+                if e.envelope.ts.millis() > cutoff {
+                    break 'pages;
+                }
+                last_old = Some(e.seq());
+            }
+            if page.events.len() < AGE_PAGE {
+                break;
+            }
+            at = page.at;
+        }
+        Ok(last_old.map(|last| (extent.oldest_seq, last)))
+    }
+
+    /// Removes the oldest threads' oldest events until the whole log holds at
+    /// most `policy.max_events`; answers how many went. Reads the engine's
+    /// count and the oldest threads only, unless the engine keeps no count.
+    async fn keep_whole_log_under(&self, policy: &RetentionPolicy, now: Timestamp) -> Result<u64, LogError> {
+        let mut removed = 0;
+        loop {
+            let (extents, total) = match self.backbone.event_count().await.map_err(unavailable)? {
+                Some(total) if total <= policy.max_events => return Ok(removed),
+                Some(total) => {
+                    let oldest = self.backbone.oldest_threads(i64::MAX, RETENTION_GROUP).await.map_err(unavailable)?;
+                    (self.extents(oldest).await?, total)
+                }
+                // No count kept: add every thread up (NATS; see the README).
+                None => {
+                    let all = self.extents(self.backbone.threads().await.map_err(unavailable)?).await?;
+                    let total = all.iter().map(|e| (e.head_seq + 1).saturating_sub(e.oldest_seq)).sum();
+                    (all, total)
+                }
+            };
+            let mut extents = extents;
+            extents.sort_by_key(|e| e.oldest_ts_ms.unwrap_or(i64::MAX));
+            let mut moved = false;
+            for trim in retention::take_oldest(&extents, total.saturating_sub(policy.max_events)) {
+                let was = extents.iter().find(|e| e.thread == trim.thread).map_or(trim.keep_from, |e| e.oldest_seq);
+                if self.trim_keeping_runs(&trim.thread, trim.keep_from, now).await? {
+                    removed += trim.keep_from.saturating_sub(was);
+                    moved = true;
+                }
+            }
+            if !moved {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Each thread's retained range and the append time of its oldest event.
+    async fn extents(&self, threads: Vec<ThreadId>) -> Result<Vec<ThreadExtent>, LogError> {
+        let mut extents = Vec::with_capacity(threads.len());
+        for thread in threads {
+            let Some(extent) = self.backbone.extent(&thread).await.map_err(unavailable)? else { continue };
+            let before = Position { seq: extent.oldest_seq.saturating_sub(1), token: 0 };
+            let first = self.backbone.read(&thread, before, 1).await.map_err(unavailable)?;
+            let oldest_ts_ms = first.events.first().map(|e| e.envelope.ts.millis());
+            extents.push(ThreadExtent {
+                thread,
+                oldest_seq: extent.oldest_seq,
+                head_seq: extent.head.seq,
+                oldest_ts_ms,
+            });
+        }
+        Ok(extents)
     }
 
     /// Ends `run` with `agent_error {code}`; `false` if it had already ended
@@ -996,47 +1076,28 @@ impl<B: Backbone> Log for ClusterLog<B> {
         if !policy.is_active() {
             return Ok(0);
         }
-        let backbone = &self.inner.backbone;
-        let cutoff = now.millis().saturating_sub(i64::try_from(policy.max_age.as_millis()).unwrap_or(i64::MAX));
-        let mut extents = Vec::new();
-        let mut aged: HashMap<ThreadId, u64> = HashMap::new();
-        for thread in backbone.threads().await.map_err(unavailable)? {
-            let Some(extent) = backbone.extent(&thread).await.map_err(unavailable)? else { continue };
-            let first = Position { seq: extent.oldest_seq.saturating_sub(1), token: 0 };
-            let oldest = backbone.read(&thread, first, 1).await.map_err(unavailable)?;
-            let oldest_ts_ms = oldest.events.first().map(|e| e.envelope.ts.millis());
-            if !policy.max_age.is_zero() && oldest_ts_ms.is_some_and(|ts| ts <= cutoff) {
-                let mut at = first;
-                let mut last_old = None;
-                'pages: loop {
-                    let page = backbone.read(&thread, at, AGE_PAGE).await.map_err(unavailable)?;
-                    for e in &page.events {
-                        if e.envelope.ts.millis() > cutoff {
-                            break 'pages;
-                        }
-                        last_old = Some(e.seq());
-                    }
-                    if page.events.len() < AGE_PAGE {
-                        break;
-                    }
-                    at = page.at;
-                }
-                aged.extend(last_old.map(|seq| (thread.clone(), seq)));
-            }
-            extents.push(ThreadExtent {
-                thread,
-                oldest_seq: extent.oldest_seq,
-                head_seq: extent.head.seq,
-                oldest_ts_ms,
-            });
-        }
-        let trims = retention::plan(policy, &extents, |thread| aged.get(thread).copied());
+        let inner = &self.inner;
         let mut removed = 0;
-        for trim in trims {
-            let was = extents.iter().find(|e| e.thread == trim.thread).map_or(trim.keep_from, |e| e.oldest_seq);
-            if self.inner.trim_keeping_runs(&trim.thread, trim.keep_from, now).await? {
-                removed += trim.keep_from.saturating_sub(was);
+        if !policy.max_age.is_zero() {
+            let cutoff = now.millis().saturating_sub(i64::try_from(policy.max_age.as_millis()).unwrap_or(i64::MAX));
+            loop {
+                let due = inner.backbone.oldest_threads(cutoff, RETENTION_GROUP).await.map_err(unavailable)?;
+                let mut moved = false;
+                for thread in due {
+                    let Some((oldest, last_old)) = inner.aged_out(&thread, cutoff).await? else { continue };
+                    if inner.trim_keeping_runs(&thread, last_old + 1, now).await? {
+                        removed += last_old + 1 - oldest;
+                        moved = true;
+                    }
+                }
+                // Nothing due moved (or another node took it): the age limit holds.
+                if !moved {
+                    break;
+                }
             }
+        }
+        if policy.max_events > 0 {
+            removed += inner.keep_whole_log_under(policy, now).await?;
         }
         Ok(removed)
     }

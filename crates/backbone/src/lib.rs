@@ -230,14 +230,27 @@ pub trait Backbone: Send + Sync + 'static {
     /// JetStream message holding newer events too is kept), if the state
     /// recorded is still through `expected_through` (0: none); `false`, with
     /// nothing changed, when another node trimmed meanwhile. The record comes
-    /// first: a crash between the two leaves it ahead of the removal, never behind.
+    /// first: a crash between the two leaves it ahead of the removal, never
+    /// behind. `first_kept_ms` is when the first event kept was appended
+    /// (`None`: none is), for [`Backbone::oldest_threads`].
     async fn trim(
         &self,
         thread: &ThreadId,
         keep_from: u64,
         kept: &TrimmedRuns,
         expected_through: u64,
+        first_kept_ms: Option<i64>,
     ) -> Result<bool, BackboneError>;
+
+    /// Up to `limit` threads whose oldest retained event was appended at or
+    /// before `at_or_before_ms`, oldest first: what the age and whole-log
+    /// retention limits take from, at a cost that follows what is due, not
+    /// the number of threads.
+    async fn oldest_threads(&self, at_or_before_ms: i64, limit: usize) -> Result<Vec<ThreadId>, BackboneError>;
+
+    /// Events retained in the whole deployment, if the engine keeps that
+    /// count (`None`: the whole-log limit must add the threads up).
+    async fn event_count(&self) -> Result<Option<u64>, BackboneError>;
 
     /// Sets or removes one running entry.
     async fn set_running(&self, run: &RunId, running: Option<&Running>) -> Result<(), BackboneError>;

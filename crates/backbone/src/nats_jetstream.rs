@@ -51,6 +51,8 @@ use crate::{
 
 /// A request that gets no answer in this long fails (`503`), rather than hanging a publisher.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most messages one look for the oldest threads reads.
+const OLDEST_WALK: usize = 10_000;
 /// Index entries kept per thread (the newest; older reads start further back).
 const INDEX_PER_THREAD: usize = 4096;
 const LAST_SEQ: &str = "Aw-Last-Seq";
@@ -202,19 +204,32 @@ impl NatsBackbone {
     /// Removes the thread's messages whose events all come before `keep_from`.
     async fn remove_before(&self, thread: &ThreadId, keep_from: u64) -> Result<(), BackboneError> {
         // Find the first message that holds an event to keep; everything before it goes.
-        // The thread's last message always stays: it carries the head.
         let subject = self.subject(thread);
         let mut from = 1;
         let mut first_kept = None;
+        let mut last = None;
         while let Some(message) = self.next_message(&subject, from).await? {
             if last_seq(&message)? >= keep_from {
                 first_kept = Some(message);
                 break;
             }
             from = message.sequence + 1;
+            last = Some(message);
         }
-        let Some(first_kept) = first_kept else { return Ok(()) };
+        let first_kept = match (first_kept, last) {
+            (Some(kept), _) => kept,
+            // Every event goes, but the thread's last message carries its head:
+            // a marker holding no events takes its place, so that nothing old
+            // stays at the front of the stream (retention by age walks from there).
+            (None, Some(last)) => match self.head_marker(thread, &last).await? {
+                Some(marker) => marker,
+                // An append came meanwhile: it is the first message kept.
+                None => return Box::pin(self.remove_before(thread, keep_from)).await,
+            },
+            (None, None) => return Ok(()),
+        };
         self.stream.purge().filter(&subject).sequence(first_kept.sequence).await.map_err(unavailable)?;
+        // A marker holds no events: the thread keeps none, and starts after its head.
         let oldest = decode_events(&first_kept.payload)?.first().map_or(keep_from, |e| e.seq());
         if let Some(entry) = self.threads.entry(thread.as_str()).await.map_err(unavailable)? {
             let mut record: ThreadRecord = decode(&entry.value)?;
@@ -228,6 +243,31 @@ impl NatsBackbone {
             map.retain(|_, stream_seq| *stream_seq >= first_kept.sequence);
         }
         Ok(())
+    }
+
+    /// Publishes a message with no events after `last`, the thread's last
+    /// message, carrying the same head; `None` if another append came first.
+    async fn head_marker(
+        &self,
+        thread: &ThreadId,
+        last: &StreamMessage,
+    ) -> Result<Option<StreamMessage>, BackboneError> {
+        let head = last_seq(last)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE, last.sequence.to_string().as_str());
+        headers.insert(LAST_SEQ, head.to_string().as_str());
+        let subject = self.subject(thread);
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, Bytes::from_static(b"[]"))
+            .await
+            .map_err(unavailable)?;
+        let sequence = match ack.await {
+            Ok(ack) => ack.sequence,
+            Err(e) if matches!(e.kind(), PublishErrorKind::WrongLastSequence) => return Ok(None),
+            Err(e) => return Err(unavailable(e)),
+        };
+        self.next_message(&subject, sequence).await
     }
 
     fn subject(&self, thread: &ThreadId) -> String {
@@ -513,6 +553,51 @@ impl Backbone for NatsBackbone {
         Ok(Some(Extent { oldest_seq: record.oldest_seq, head }))
     }
 
+    async fn oldest_threads(&self, at_or_before_ms: i64, limit: usize) -> Result<Vec<ThreadId>, BackboneError> {
+        self.connected()?;
+        // The stream holds every thread's messages in append order, and
+        // retention removes each thread's oldest: its first messages are the
+        // oldest retained events of the deployment. Walk from there.
+        let all = format!("{}.ev.>", self.prefix);
+        let mut from = self.stream.get_info().await.map_err(unavailable)?.state.first_sequence.max(1);
+        let mut found: Vec<ThreadId> = Vec::new();
+        // Per thread met: the last `seq` retention has removed (a message may
+        // hold removed events beside kept ones, and is kept whole).
+        let mut removed_through: HashMap<ThreadId, u64> = HashMap::new();
+        // A thread with a long old history is removed a part at a time.
+        let mut walked = 0;
+        while found.len() < limit && walked < OLDEST_WALK {
+            walked += 1;
+            let Some(message) = self.next_message(&all, from).await? else { break };
+            from = message.sequence + 1;
+            let events = decode_events(&message.payload)?;
+            let Some(thread) = events.first().map(|e| e.thread_id().clone()) else { continue };
+            if found.contains(&thread) {
+                continue;
+            }
+            let through = match removed_through.get(&thread) {
+                Some(&through) => through,
+                None => {
+                    let record = self.thread_record(&thread).await?;
+                    let through = record
+                        .map_or(0, |r| r.oldest_seq.saturating_sub(1).max(r.runs.map_or(0, |runs| runs.through_seq)));
+                    removed_through.insert(thread.clone(), through);
+                    through
+                }
+            };
+            let Some(first_kept) = events.iter().find(|e| e.seq() > through) else { continue };
+            if first_kept.envelope.ts.millis() > at_or_before_ms {
+                break;
+            }
+            found.push(thread);
+        }
+        Ok(found)
+    }
+
+    async fn event_count(&self) -> Result<Option<u64>, BackboneError> {
+        Ok(None)
+    }
+
     async fn trimmed_runs(&self, thread: &ThreadId) -> Result<Option<TrimmedRuns>, BackboneError> {
         self.connected()?;
         Ok(self.thread_record(thread).await?.and_then(|r| r.runs))
@@ -524,6 +609,8 @@ impl Backbone for NatsBackbone {
         keep_from: u64,
         kept: &TrimmedRuns,
         expected_through: u64,
+        // The stream is in append order already: it needs no index by age.
+        _first_kept_ms: Option<i64>,
     ) -> Result<bool, BackboneError> {
         self.connected()?;
         // The runs' state first, as a compare-and-set on the record's revision.

@@ -6,7 +6,10 @@
 //! |---|---|---|
 //! | `P:thread:{thread}` | hash | `owner`, `head` (last `seq`), `oldest` (oldest retained `seq`), `pub` (1: created by a publisher), `runs` and `runs_through` (the runs' state as retention left it, see [`TrimmedRuns`]) |
 //! | `P:events:{thread}` | stream | one entry per event, id `{seq}-0`, field `e` = the envelope |
-//! | `P:threads` | set | every thread id (retention sweeps) |
+//! | `P:threads` | set | every thread id (the upgrade that builds `P:ages` reads it once) |
+//! | `P:ages` | sorted set | thread → the append time (ms) of its oldest retained event: what the age and whole-log retention limits take from |
+//! | `P:events` | string | events retained in all threads |
+//! | `P:indexed` | string | set once `P:ages` and `P:events` cover threads stored before they existed |
 //! | `P:run:{run}` | string | the run's registration (JSON) |
 //! | `P:running` | hash | run → running entry (JSON) |
 //! | `P:nodes` | sorted set | node → the time (Redis's clock, ms) its heartbeat expires; live nodes are one range read, never a keyspace scan |
@@ -56,9 +59,9 @@ const FEED_BLOCK: Duration = Duration::from_millis(1000);
 /// A command that gets no answer in this long fails (`503`), rather than hanging a publisher.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// KEYS: thread hash, thread stream, feed, running hash.
+/// KEYS: thread hash, thread stream, feed, running hash, ages, event count.
 /// ARGV: expected head, thread id, feed maxlen, running op (`set`/`del`/``),
-/// run id, running entry, then one envelope per event.
+/// run id, running entry, the append time (ms), then one envelope per event.
 /// Answers the new head, or -1 (no such thread), or -2 (the head moved).
 const APPEND: &str = r#"
 local head = redis.call('HGET', KEYS[1], 'head')
@@ -66,12 +69,14 @@ if not head then return -1 end
 head = tonumber(head)
 if head ~= tonumber(ARGV[1]) then return -2 end
 local events = {}
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   head = head + 1
   redis.call('XADD', KEYS[2], head .. '-0', 'e', ARGV[i])
   events[#events + 1] = ARGV[i]
 end
 redis.call('HSET', KEYS[1], 'head', head)
+redis.call('ZADD', KEYS[5], 'NX', ARGV[7], ARGV[2])
+redis.call('INCRBY', KEYS[6], #events)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 't', ARGV[2], 'e', '[' .. table.concat(events, ',') .. ']')
 if ARGV[4] == 'set' then
   redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
@@ -90,8 +95,10 @@ end
 return 0
 "#;
 
-/// KEYS: thread hash, thread stream. ARGV: keep from, the runs' state JSON,
-/// the `runs_through` expected. Answers 1, or 0 when another trim came first.
+/// KEYS: thread hash, thread stream, ages, event count. ARGV: keep from, the
+/// runs' state JSON, the `runs_through` expected, the thread id, the append
+/// time of the first event kept (`` if none is). Answers 1, or 0 when another
+/// trim came first.
 const TRIM: &str = r#"
 local through = tonumber(redis.call('HGET', KEYS[1], 'runs_through') or '0')
 if through ~= tonumber(ARGV[3]) then return 0 end
@@ -99,8 +106,14 @@ local keep = tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], 'runs', ARGV[2], 'runs_through', keep - 1)
 local oldest = tonumber(redis.call('HGET', KEYS[1], 'oldest') or '1')
 if keep > oldest then
-  redis.call('XTRIM', KEYS[2], 'MINID', keep .. '-0')
+  local removed = redis.call('XTRIM', KEYS[2], 'MINID', keep .. '-0')
+  redis.call('DECRBY', KEYS[4], removed)
   redis.call('HSET', KEYS[1], 'oldest', keep)
+  if ARGV[5] == '' then
+    redis.call('ZREM', KEYS[3], ARGV[4])
+  else
+    redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+  end
 end
 return 1
 "#;
@@ -225,7 +238,7 @@ impl RedisBackbone {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = client.get_connection_manager_with_config(config).await.map_err(unavailable)?;
-        Ok(Self {
+        let backbone = Self {
             client,
             conn,
             prefix: prefix.to_owned(),
@@ -236,7 +249,57 @@ impl RedisBackbone {
             live_nodes: Script::new(LIVE_NODES),
             trim: Script::new(TRIM),
             feed_cap: FEED_MAXLEN,
-        })
+        };
+        backbone.ensure_indexed().await?;
+        Ok(backbone)
+    }
+
+    /// Fills `P:ages` and `P:events` in for threads stored before they existed:
+    /// one walk over the threads, once per deployment (`P:indexed` says it is
+    /// done; a node that finds another building it goes on without waiting).
+    /// An append to a thread already walked while the walk runs is not counted,
+    /// which only leaves the whole-log limit that much lenient.
+    async fn ensure_indexed(&self) -> Result<(), BackboneError> {
+        let mut conn = self.conn();
+        let done: bool = conn.exists(self.key("indexed")).await.map_err(unavailable)?;
+        if done {
+            return Ok(());
+        }
+        let claimed: Option<String> = redis::cmd("SET")
+            .arg(self.key("indexing"))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(600)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if claimed.is_none() {
+            return Ok(());
+        }
+        let mut total = 0u64;
+        for thread in self.threads().await? {
+            let Some(extent) = self.extent(&thread).await? else { continue };
+            if extent.head.seq < extent.oldest_seq {
+                continue;
+            }
+            total += extent.head.seq + 1 - extent.oldest_seq;
+            let before_oldest = Position { seq: extent.oldest_seq - 1, token: 0 };
+            if let Some(first) = self.read(&thread, before_oldest, 1).await?.events.first() {
+                let () = redis::cmd("ZADD")
+                    .arg(self.key("ages"))
+                    .arg("NX")
+                    .arg(first.envelope.ts.millis())
+                    .arg(thread.as_str())
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic().set(self.key("events"), total).ignore().set(self.key("indexed"), 1).ignore();
+        let () = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(())
     }
 
     /// Keeps about `cap` feed entries instead of [`FEED_MAXLEN`] (tests of a
@@ -428,6 +491,8 @@ impl Backbone for RedisBackbone {
             .key(self.events_key(thread))
             .key(self.key("feed"))
             .key(self.key("running"))
+            .key(self.key("ages"))
+            .key(self.key("events"))
             .arg(at.seq)
             .arg(thread.as_str())
             .arg(self.feed_cap);
@@ -436,6 +501,7 @@ impl Backbone for RedisBackbone {
             RunningChange::Set(run, running) => call.arg("set").arg(run.as_str()).arg(to_json(running)?),
             RunningChange::Remove(run) => call.arg("del").arg(run.as_str()).arg(""),
         };
+        call.arg(events.first().map_or(0, |e| e.envelope.ts.millis()));
         for event in events {
             call.arg(&*event.json);
         }
@@ -484,18 +550,43 @@ impl Backbone for RedisBackbone {
         keep_from: u64,
         kept: &TrimmedRuns,
         expected_through: u64,
+        first_kept_ms: Option<i64>,
     ) -> Result<bool, BackboneError> {
         let done: i64 = self
             .trim
             .key(self.thread_key(thread))
             .key(self.events_key(thread))
+            .key(self.key("ages"))
+            .key(self.key("events"))
             .arg(keep_from)
             .arg(to_json(kept)?)
             .arg(expected_through)
+            .arg(thread.as_str())
+            .arg(first_kept_ms.map(|ms| ms.to_string()).unwrap_or_default())
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
         Ok(done == 1)
+    }
+
+    async fn oldest_threads(&self, at_or_before_ms: i64, limit: usize) -> Result<Vec<ThreadId>, BackboneError> {
+        let ids: Vec<String> = self
+            .conn()
+            .zrangebyscore_limit(
+                self.key("ages"),
+                "-inf",
+                at_or_before_ms,
+                0,
+                isize::try_from(limit).unwrap_or(isize::MAX),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(ids.iter().filter_map(|id| ThreadId::parse(id).ok()).collect())
+    }
+
+    async fn event_count(&self) -> Result<Option<u64>, BackboneError> {
+        let count: Option<i64> = self.conn().get(self.key("events")).await.map_err(unavailable)?;
+        Ok(Some(count.map_or(0, |n| u64::try_from(n).unwrap_or(0))))
     }
 
     async fn set_running(&self, run: &RunId, running: Option<&Running>) -> Result<(), BackboneError> {

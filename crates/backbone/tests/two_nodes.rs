@@ -493,3 +493,74 @@ async fn redis_run_state_outlives_the_events_retention_removes() {
 async fn nats_run_state_outlives_the_events_retention_removes() {
     run_state_outlives_the_events_retention_removes(&nats()).await;
 }
+
+/// Issue 15: the sweep for the age and whole-log limits walked every thread.
+/// Now it takes the threads with the oldest retained events from the engine
+/// (Redis: a sorted set by age and a count; JetStream: the stream's own order),
+/// so it reads only what is due. Threads here: an old one, then a newer one.
+async fn the_sweep_takes_the_oldest_threads_first(url: &str) {
+    let p = prefix("sweep");
+    let hour = Duration::from_secs(3600);
+    let by_age = RetentionPolicy { max_age: Duration::from_secs(60), ..Default::default() };
+    let (aging, _) = node_keeping(url, &p, "aging", hour, by_age).await;
+    let owner = UserId::parse("u").unwrap();
+    let (old, new) = (ThreadId::parse("thread_old").unwrap(), ThreadId::parse("thread_new").unwrap());
+    let old_run = aging.create_run(new_run(&old, &owner)).await.unwrap().run_id;
+    aging.append(old_run.as_str(), vec![started(), thought("1"), thought("2")]).await.unwrap();
+    aging.append(old_run.as_str(), vec![thought("3")]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let between = Timestamp::now().millis();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new_run_id = aging.create_run(new_run(&new, &owner)).await.unwrap().run_id;
+    // One event per append: JetStream removes whole appends.
+    for event in [started(), thought("a"), thought("b")] {
+        aging.append(new_run_id.as_str(), vec![event]).await.unwrap();
+    }
+
+    // A minute after `between`: everything in the old thread is past the age limit, nothing in the new one.
+    let later = Timestamp(between + 60_000);
+    assert_eq!(aging.enforce_retention(later).await.unwrap(), 4);
+    let page = aging.read(&old, 0, 100).await.unwrap();
+    assert_eq!((page.oldest_seq, page.head_seq, page.events.len()), (5, 4, 0), "the old thread is emptied");
+    assert_eq!(aging.read(&new, 0, 100).await.unwrap().events.len(), 3, "the new thread is untouched");
+    assert_eq!(aging.enforce_retention(later).await.unwrap(), 0, "nothing left due");
+    // The emptied thread goes on where it was.
+    assert_eq!(aging.append(old_run.as_str(), vec![thought("4")]).await.unwrap().seqs, vec![5]);
+
+    let whole = RetentionPolicy { max_events: 3, ..Default::default() };
+    let (capped, _) = node_keeping(url, &p, "capped", hour, whole).await;
+    // 1 event in the old thread and 3 in the new one: the oldest (the new thread's) give way first.
+    assert_eq!(capped.enforce_retention(Timestamp::now()).await.unwrap(), 1);
+    assert_eq!(capped.read(&new, 0, 100).await.unwrap().oldest_seq, 2);
+    assert_eq!(capped.read(&old, 0, 100).await.unwrap().events.len(), 1);
+}
+
+#[tokio::test]
+async fn redis_the_sweep_takes_the_oldest_threads_first() {
+    the_sweep_takes_the_oldest_threads_first(&redis()).await;
+}
+
+#[tokio::test]
+async fn nats_the_sweep_takes_the_oldest_threads_first() {
+    the_sweep_takes_the_oldest_threads_first(&nats()).await;
+}
+
+/// A deployment whose threads were stored before the age index and the count
+/// existed gets both from the first node that starts (once).
+#[tokio::test]
+async fn redis_threads_stored_before_the_age_index_join_it_at_start() {
+    use agentwire_backbone::{Backbone, RedisBackbone};
+    let p = prefix("upgrade");
+    let (a, _) = node(&redis(), &p, "a", Duration::from_secs(3600)).await;
+    let (owner, thread) = (UserId::parse("u").unwrap(), ThreadId::parse("thread_before").unwrap());
+    let run = a.create_run(new_run(&thread, &owner)).await.unwrap().run_id;
+    a.append(run.as_str(), vec![started(), thought("1"), thought("2")]).await.unwrap();
+    let client = redis::Client::open(redis()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = [format!("{p}:ages"), format!("{p}:events"), format!("{p}:indexed"), format!("{p}:indexing")];
+    let () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+
+    let upgraded = RedisBackbone::connect(&redis(), &p).await.unwrap();
+    assert_eq!(upgraded.oldest_threads(i64::MAX, 10).await.unwrap(), vec![thread]);
+    assert_eq!(upgraded.event_count().await.unwrap(), Some(3));
+}
