@@ -61,12 +61,9 @@ use crate::{
 const MAX_ATTEMPTS: usize = 64;
 /// Events read per round trip when a view catches up.
 const SYNC_PAGE: usize = 1024;
-/// Views kept; past it the least used idle ones give way (rebuilt on demand).
-const MAX_VIEWS: usize = 50_000;
-/// Registrations cached (they never change once made).
-const MAX_REGISTRY: usize = 200_000;
-/// Thread records (owner, creator) cached per node; past it the least used go, read again on demand.
-const MAX_METAS: usize = 200_000;
+/// Registrations and thread records cached per thread view kept (both are
+/// small, and a node looks them up for threads it holds no view of too).
+const RECORDS_PER_VIEW: usize = 4;
 /// `event_id`s of one run kept by retention past the events they name (the
 /// newest): enough for any retry, small enough for one engine record.
 const MAX_KEPT_IDS: usize = 2048;
@@ -266,12 +263,14 @@ impl<B: Backbone> ClusterLog<B> {
         }
         backbone.heartbeat(&config.node_id, config.node_ttl).await?;
         let (trims, queued) = tokio::sync::mpsc::channel(TRIM_QUEUE);
+        let cached = config.log.thread_cache.max(1);
         let inner = Arc::new(Inner {
             backbone,
             config,
-            views: Mutex::new(Views::new(MAX_VIEWS)),
-            metas: quick_cache::sync::Cache::new(MAX_METAS),
-            registry: quick_cache::sync::Cache::new(MAX_REGISTRY),
+            // `--thread-cache` bounds a node's views as it bounds the embedded log's threads.
+            views: Mutex::new(Views::new(cached)),
+            metas: quick_cache::sync::Cache::new(cached * RECORDS_PER_VIEW),
+            registry: quick_cache::sync::Cache::new(cached * RECORDS_PER_VIEW),
             runs_in_flight: AtomicU64::new(0),
             threads: AtomicU64::new(0),
             unchanged: Mutex::new(HashMap::new()),

@@ -359,6 +359,11 @@ pub const SCHEMES: &[&str] = &[
     "nats://…",
 ];
 
+/// How long an append whose answer was lost keeps asking the engine what
+/// became of it before it answers that the outcome is unknown: a publisher
+/// waits this much longer during an outage, for a `503` it can trust.
+pub(crate) const SETTLE_FOR: Duration = Duration::from_secs(6);
+
 /// A record as JSON, for the engine to keep.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, BackboneError> {
     serde_json::to_vec(value).map_err(|e| BackboneError::Corrupt(e.to_string()))

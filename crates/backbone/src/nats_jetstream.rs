@@ -45,8 +45,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, Tail, ThreadMeta,
-    TrimmedRuns, decode, decode_events, encode, from_key_safe, key_safe,
+    Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, SETTLE_FOR, Tail,
+    ThreadMeta, TrimmedRuns, decode, decode_events, encode, from_key_safe, key_safe,
 };
 
 /// A request that gets no answer in this long fails (`503`), rather than hanging a publisher.
@@ -55,10 +55,36 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const OLDEST_WALK: usize = 10_000;
 /// Index entries kept per thread (the newest; older reads start further back).
 const INDEX_PER_THREAD: usize = 4096;
+/// Index entries kept in all (with the map's overhead, under 100 bytes each).
+const INDEX_ENTRIES: u64 = 1 << 16;
 const LAST_SEQ: &str = "Aw-Last-Seq";
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+const MSG_ID: &str = "Nats-Msg-Id";
 /// Room left in a message for its subject and headers, which count against max_payload too.
 const HEADER_ALLOWANCE: usize = 512;
+
+/// The read index's weight: its entries, so a cap bounds memory, not threads.
+#[derive(Clone)]
+struct IndexWeight;
+
+impl quick_cache::Weighter<ThreadId, BTreeMap<u64, u64>> for IndexWeight {
+    fn weight(&self, _: &ThreadId, map: &BTreeMap<u64, u64>) -> u64 {
+        map.len() as u64 + 1
+    }
+}
+
+type IndexCache = quick_cache::unsync::Cache<ThreadId, BTreeMap<u64, u64>, IndexWeight>;
+
+/// Notes that the message at `stream_seq` ends with `last_seq` of `thread`.
+fn learn(index: &mut IndexCache, thread: &ThreadId, last_seq: u64, stream_seq: u64) {
+    let made = index.get_mut_or_insert_with(thread, || Ok::<_, std::convert::Infallible>(BTreeMap::new()));
+    if let Ok(Some(mut map)) = made {
+        map.insert(last_seq, stream_seq);
+        if map.len() > INDEX_PER_THREAD {
+            map.pop_first();
+        }
+    }
+}
 
 /// A thread's record in the `P_threads` bucket.
 #[derive(Debug, Serialize, Deserialize)]
@@ -81,9 +107,15 @@ pub struct NatsBackbone {
     threads: kv::Store,
     runs: kv::Store,
     running: kv::Store,
+    /// The stream under `running`: an ended run's entry is purged from it, not
+    /// deleted, since a delete leaves a marker that every listing of the
+    /// running runs would read again, for ever.
+    running_stream: stream::Stream,
     nodes: kv::Store,
-    /// thread → (last `seq` of a message → its stream sequence).
-    index: Mutex<HashMap<ThreadId, BTreeMap<u64, u64>>>,
+    /// thread → (last `seq` of a message → its stream sequence), bounded by
+    /// entries in all: the least used threads' give way, and a read without
+    /// one starts further back.
+    index: Mutex<IndexCache>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BackboneError {
@@ -192,12 +224,13 @@ impl NatsBackbone {
             threads: bucket(&js, format!("{prefix}_threads"), replicas).await?,
             runs: bucket(&js, format!("{prefix}_runs"), replicas).await?,
             running: bucket(&js, format!("{prefix}_running"), replicas).await?,
+            running_stream: js.get_stream(format!("KV_{prefix}_running")).await.map_err(unavailable)?,
             nodes: bucket(&js, format!("{prefix}_nodes"), replicas).await?,
             client,
             js,
             stream,
             prefix: prefix.to_owned(),
-            index: Mutex::new(HashMap::new()),
+            index: Mutex::new(IndexCache::with_weighter(16_384, INDEX_ENTRIES, IndexWeight)),
         })
     }
 
@@ -239,7 +272,7 @@ impl NatsBackbone {
             }
         }
         let mut index = self.index.lock();
-        if let Some(map) = index.get_mut(thread) {
+        if let Some(mut map) = index.get_mut(thread) {
             map.retain(|_, stream_seq| *stream_seq >= first_kept.sequence);
         }
         Ok(())
@@ -270,6 +303,48 @@ impl NatsBackbone {
         self.next_message(&subject, sequence).await
     }
 
+    /// What became of an append whose acknowledgement was lost (`lost`): it is
+    /// sent again, with the same `Nats-Msg-Id`, so JetStream stores it at most
+    /// once; answers the stream sequence it is stored at, or `None` when
+    /// another append took its place (then it is not stored). Asks for up to
+    /// [`SETTLE_FOR`]; past that the outcome is unknown, and said so.
+    async fn settle(
+        &self,
+        thread: &ThreadId,
+        at: Position,
+        events: &[Arc<StoredEvent>],
+        headers: HeaderMap,
+        payload: Bytes,
+        lost: impl std::fmt::Display,
+    ) -> Result<Option<u64>, BackboneError> {
+        let deadline = tokio::time::Instant::now() + SETTLE_FOR;
+        let mut pause = Duration::from_millis(100);
+        let mut last_error = lost.to_string();
+        while tokio::time::Instant::now() < deadline {
+            let sent = self.js.publish_with_headers(self.subject(thread), headers.clone(), payload.clone()).await;
+            match sent.map_err(|e| e.to_string()) {
+                Ok(ack) => match ack.await {
+                    // Stored now, or found stored already (a duplicate of the first send).
+                    Ok(ack) => return Ok(Some(ack.sequence)),
+                    Err(e) if matches!(e.kind(), PublishErrorKind::WrongLastSequence) => {
+                        // The thread moved on: by this append, or by another.
+                        let stored = self.read(thread, at, events.len()).await?;
+                        let ours = stored.events.len() == events.len()
+                            && stored.events.iter().zip(events).all(|(kept, sent)| kept.json == sent.json);
+                        return Ok(ours.then_some(stored.at.token));
+                    }
+                    Err(e) => last_error = e.to_string(),
+                },
+                Err(e) => last_error = e,
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+        Err(BackboneError::Unavailable(format!(
+            "nats: {last_error}; whether the events were stored is unknown: publish them again with the same event_id"
+        )))
+    }
+
     fn subject(&self, thread: &ThreadId) -> String {
         format!("{}.ev.{thread}", self.prefix)
     }
@@ -283,12 +358,7 @@ impl NatsBackbone {
     }
 
     fn learn(&self, thread: &ThreadId, last_seq: u64, stream_seq: u64) {
-        let mut index = self.index.lock();
-        let map = index.entry(thread.clone()).or_default();
-        map.insert(last_seq, stream_seq);
-        if map.len() > INDEX_PER_THREAD {
-            map.pop_first();
-        }
+        learn(&mut self.index.lock(), thread, last_seq, stream_seq);
     }
 
     /// Where to start reading for events after `after`: the message holding
@@ -446,7 +516,7 @@ impl Backbone for NatsBackbone {
             Err(e) => {
                 if running.is_some() {
                     // Undo the running entry; if this fails too, the watchdog heals it.
-                    if let Err(undo) = self.running.delete(&key).await {
+                    if let Err(undo) = self.set_running(run, None).await {
                         tracing::warn!(run = %run, error = %undo, "could not undo a running entry; the watchdog will");
                     }
                 }
@@ -493,15 +563,22 @@ impl Backbone for NatsBackbone {
         let mut headers = HeaderMap::new();
         headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE, at.token.to_string().as_str());
         headers.insert(LAST_SEQ, last.seq().to_string().as_str());
+        // Names this attempt: sent again with the same id, JetStream stores it at most once.
+        headers.insert(MSG_ID, format!("{:016x}", rand::random::<u64>()).as_str());
+        let payload = Bytes::from(payload);
         let ack = self
             .js
-            .publish_with_headers(self.subject(thread), headers, Bytes::from(payload))
+            .publish_with_headers(self.subject(thread), headers.clone(), payload.clone())
             .await
             .map_err(unavailable)?;
         let stream_seq = match ack.await {
             Ok(ack) => ack.sequence,
             Err(e) if matches!(e.kind(), PublishErrorKind::WrongLastSequence) => return Ok(Outcome::Moved),
-            Err(e) => return Err(unavailable(e)),
+            // No answer: it may or may not be stored. Find out before answering.
+            Err(e) => match self.settle(thread, at, events, headers, payload, e).await? {
+                Some(stream_seq) => stream_seq,
+                None => return Ok(Outcome::Moved),
+            },
         };
         self.learn(thread, last.seq(), stream_seq);
         // The events are stored: a failure below only leaves the running set stale,
@@ -634,7 +711,10 @@ impl Backbone for NatsBackbone {
         let key = key_safe(run.as_str());
         match running {
             Some(r) => self.running.put(key, to_json(r)?).await.map(drop).map_err(unavailable),
-            None => self.running.delete(key).await.map_err(unavailable),
+            None => {
+                let subject = format!("$KV.{}_running.{key}", self.prefix);
+                self.running_stream.purge().filter(subject).await.map(drop).map_err(unavailable)
+            }
         }
     }
 
@@ -697,6 +777,21 @@ mod tests {
         assert_eq!(live, HashSet::from(["me".to_owned(), "b".to_owned()]));
         // Times are all the server's: a node whose own clock is hours off is judged the same.
         assert!(live_by_server_time(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_read_index_is_bounded_by_entries_whatever_the_number_of_threads() {
+        let mut index = IndexCache::with_weighter(64, 1_000, IndexWeight);
+        for t in 0..2_000u64 {
+            let thread = ThreadId::parse(&format!("thread_{t}")).unwrap();
+            for seq in 1..=3 {
+                learn(&mut index, &thread, seq, t * 10 + seq);
+            }
+        }
+        assert!(index.weight() <= 1_000, "{}", index.weight());
+        assert!(index.len() >= 100, "recent threads stay: {}", index.len());
+        let recent = ThreadId::parse("thread_1999").unwrap();
+        assert_eq!(index.get(&recent).map(BTreeMap::len), Some(3));
     }
 
     #[test]

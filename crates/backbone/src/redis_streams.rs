@@ -46,8 +46,8 @@ use redis::{AsyncCommands, Script};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, Tail, ThreadMeta,
-    TrimmedRuns, decode, decode_events, encode,
+    Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, SETTLE_FOR, Tail,
+    ThreadMeta, TrimmedRuns, decode, decode_events, encode,
 };
 
 /// Feed entries kept for nodes that fall behind (roughly: Redis trims lazily).
@@ -59,11 +59,13 @@ const FEED_BLOCK: Duration = Duration::from_millis(1000);
 /// A command that gets no answer in this long fails (`503`), rather than hanging a publisher.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// KEYS: thread hash, thread stream, feed, running hash, ages, event count.
-/// ARGV: expected head, thread id, feed maxlen, running op (`set`/`del`/``),
-/// run id, running entry, the append time (ms), then one envelope per event.
-/// Answers the new head, or -1 (no such thread), or -2 (the head moved).
+/// KEYS: thread hash, thread stream, feed, running hash, ages, event count,
+/// this attempt's fence. ARGV: expected head, thread id, feed maxlen, running
+/// op (`set`/`del`/``), run id, running entry, the append time (ms), then one
+/// envelope per event. Answers the new head, or -1 (no such thread), -2 (the
+/// head moved) or -3 (the attempt was fenced off: see [`FENCE`]).
 const APPEND: &str = r#"
+if redis.call('EXISTS', KEYS[7]) == 1 then return -3 end
 local head = redis.call('HGET', KEYS[1], 'head')
 if not head then return -1 end
 head = tonumber(head)
@@ -84,6 +86,19 @@ elseif ARGV[4] == 'del' then
   redis.call('HDEL', KEYS[4], ARGV[5])
 end
 return head
+"#;
+
+/// Settles an append whose answer was lost. KEYS: thread hash, the attempt's
+/// fence. ARGV: the head the append expected. If the thread is still there,
+/// the append never ran, and the fence makes sure it never will (Redis may
+/// still run a command sent before a timeout, once it reads it): answers 0.
+/// Otherwise answers 1: the head moved, by this append or another.
+const FENCE: &str = r#"
+if tonumber(redis.call('HGET', KEYS[1], 'head') or '-1') == tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], 1, 'EX', 3600)
+  return 0
+end
+return 1
 "#;
 
 /// KEYS: run key, running hash. ARGV: run id, registration, running entry.
@@ -190,6 +205,7 @@ pub struct RedisBackbone {
     heartbeat: Script,
     live_nodes: Script,
     trim: Script,
+    fence: Script,
     /// Feed entries kept ([`FEED_MAXLEN`] unless a test asks for fewer).
     feed_cap: usize,
 }
@@ -248,6 +264,7 @@ impl RedisBackbone {
             heartbeat: Script::new(HEARTBEAT),
             live_nodes: Script::new(LIVE_NODES),
             trim: Script::new(TRIM),
+            fence: Script::new(FENCE),
             feed_cap: FEED_MAXLEN,
         };
         backbone.ensure_indexed().await?;
@@ -327,6 +344,45 @@ impl RedisBackbone {
 
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// What became of an append whose answer was lost (`lost`): fenced off
+    /// before it ran (nothing stored: `Unavailable`), stored (its events are
+    /// where it put them), or overtaken by another append (`Moved`). Asks
+    /// until Redis answers, for up to [`SETTLE_FOR`]; past that the outcome is
+    /// unknown, and said so.
+    async fn settle(
+        &self,
+        thread: &ThreadId,
+        at: Position,
+        events: &[Arc<StoredEvent>],
+        fence: &str,
+        lost: redis::RedisError,
+    ) -> Result<Outcome, BackboneError> {
+        let deadline = tokio::time::Instant::now() + SETTLE_FOR;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let fenced: Result<i64, _> =
+                self.fence.key(self.thread_key(thread)).key(fence).arg(at.seq).invoke_async(&mut self.conn()).await;
+            match fenced {
+                Ok(0) => return Err(BackboneError::Unavailable(format!("redis: {lost}; nothing was stored"))),
+                Ok(_) => {
+                    let stored = self.read(thread, at, events.len()).await?;
+                    let ours = stored.events.len() == events.len()
+                        && stored.events.iter().zip(events).all(|(kept, sent)| kept.json == sent.json);
+                    return Ok(if ours { Outcome::Appended(stored.at) } else { Outcome::Moved });
+                }
+                Err(e) if tokio::time::Instant::now() + pause > deadline => {
+                    return Err(BackboneError::Unavailable(format!(
+                        "redis: {e}; whether the events were stored is unknown: publish them again with the same event_id"
+                    )));
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
     }
 
     /// One setting, by `CONFIG GET` (one name per call: Redis before 7 takes one).
@@ -486,6 +542,7 @@ impl Backbone for RedisBackbone {
         events: &[Arc<StoredEvent>],
         change: &RunningChange,
     ) -> Result<Outcome, BackboneError> {
+        let fence = self.key(&format!("fence:{:016x}", rand::random::<u64>()));
         let mut call = self.append.prepare_invoke();
         call.key(self.thread_key(thread))
             .key(self.events_key(thread))
@@ -493,6 +550,7 @@ impl Backbone for RedisBackbone {
             .key(self.key("running"))
             .key(self.key("ages"))
             .key(self.key("events"))
+            .key(&fence)
             .arg(at.seq)
             .arg(thread.as_str())
             .arg(self.feed_cap);
@@ -505,9 +563,17 @@ impl Backbone for RedisBackbone {
         for event in events {
             call.arg(&*event.json);
         }
-        let head: i64 = call.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+        let head: i64 = match call.invoke_async(&mut self.conn()).await {
+            Ok(head) => head,
+            // Refused as a whole (a script error, out of memory): nothing was stored.
+            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+                return Err(unavailable(e));
+            }
+            // No answer: it may or may not have run. Find out before answering.
+            Err(e) => return self.settle(thread, at, events, &fence, e).await,
+        };
         match head {
-            -2 => Ok(Outcome::Moved),
+            -2 | -3 => Ok(Outcome::Moved),
             -1 => Err(BackboneError::Corrupt(format!("thread {thread} has no record"))),
             head => {
                 let seq = u64::try_from(head).map_err(corrupt)?;

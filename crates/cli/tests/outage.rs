@@ -85,7 +85,8 @@ struct Tally {
 /// Publishes thoughts to `base` until `stop`; a `503` is retried with the same
 /// `event_id`, as a client should. Anything but `200` or `503` fails the test.
 async fn publish(base: String, run: String, tag: &'static str, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    // A write cut off by the outage is settled before it is answered, which can take a few seconds.
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         let event_id = format!("{tag}-{n}");
@@ -138,7 +139,8 @@ async fn survive_an_outage(engine: Engine) {
     ];
     let nodes = [start_with(node_dir.path(), &args).await, start_with(node_dir.path(), &args).await];
     let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    // A write cut off by the outage is settled before it is answered, which can take a few seconds.
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
 
     let (status, body) =
         post(&http, format!("{}/v1/runs", bases[0]), json!({"thread_id":THREAD,"user_id":"crash"})).await.unwrap();
@@ -209,4 +211,103 @@ async fn redis_outage_answers_503_and_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_outage_answers_503_and_loses_nothing_acknowledged() {
     survive_an_outage(Engine::Nats).await;
+}
+
+/// One node on a fresh engine of its own, with a run started in [`THREAD`].
+struct Held {
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    engine: Child,
+    port: u16,
+    node: Node,
+    http: reqwest::Client,
+    /// Where the run's events are published.
+    events: String,
+}
+
+impl Held {
+    async fn start(engine: Engine) -> Self {
+        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let port = free_port();
+        let server = engine.start(port, dirs.0.path()).await;
+        let url = engine.url(port);
+        let args = ["--backbone", url.as_str(), "--backbone-prefix", "held", "--allow-weak-durability"];
+        let node = start_with(dirs.1.path(), &args).await;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        let (status, body) =
+            post(&http, format!("{}/v1/runs", node.base), json!({"thread_id":THREAD,"user_id":"crash"})).await.unwrap();
+        assert_eq!(status, 201, "{body}");
+        let events = format!("{}/v1/runs/{}/events", node.base, body["run_id"].as_str().unwrap());
+        let started = json!({"event":"agent_started","data":{"agent_name":"held"}});
+        assert_eq!(post(&http, events.clone(), started).await.unwrap().0, 200);
+        Self { _dirs: dirs, engine: server, port, node, http, events }
+    }
+
+    /// Two thoughts, with an `event_id` and without.
+    fn bodies() -> [serde_json::Value; 2] {
+        [
+            json!({"event":"agent_thinking","data":{"thought":"with an id"},"event_id":"held-1"}),
+            json!({"event":"agent_thinking","data":{"thought":"without an id"}}),
+        ]
+    }
+
+    /// Publishes `body` and checks it is answered `200` with `seq`.
+    async fn publish(&self, body: serde_json::Value, seq: u64) {
+        let (status, answer) = post(&self.http, self.events.clone(), body).await.unwrap();
+        assert_eq!((status, answer["seqs"][0].as_u64()), (200, Some(seq)), "{answer}");
+    }
+
+    /// Both thoughts are in the thread, once each.
+    async fn stored_once(&self) {
+        let thoughts: Vec<String> = history(&self.http, &self.node.base, THREAD)
+            .await
+            .iter()
+            .filter_map(|e| e["data"]["thought"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(thoughts, ["with an id", "without an id"], "each stored once");
+    }
+}
+
+/// Issue 15: a write whose answer was lost was answered `503` ("not stored")
+/// though Redis went on to run it, so a publisher retrying without an
+/// `event_id` stored the event twice. A Redis that holds writes back for longer
+/// than a node waits for an answer (`CLIENT PAUSE … WRITE`) still runs them
+/// afterwards: the node finds out what happened before it answers, so both
+/// publishes, with an `event_id` and without, get `200` with their seq, and
+/// each event is stored once.
+#[tokio::test]
+async fn redis_a_publish_whose_answer_is_held_back_is_answered_with_what_happened() {
+    let held = Held::start(Engine::Redis).await;
+    for (n, body) in Held::bodies().into_iter().enumerate() {
+        // Longer than the node's 2 s wait for an answer.
+        let paused = Command::new("redis-cli")
+            .args(["-p", &held.port.to_string(), "CLIENT", "PAUSE", "3500", "WRITE"])
+            .output()
+            .await
+            .expect("redis-cli runs");
+        assert!(paused.status.success(), "{paused:?}");
+        held.publish(body, n as u64 + 2).await;
+    }
+    held.stored_once().await;
+}
+
+/// The same on NATS: a JetStream server frozen (SIGSTOP) for longer than a
+/// node waits for an acknowledgement takes the message when it wakes; the node
+/// has sent it again under the same `Nats-Msg-Id`, which JetStream stores at
+/// most once, so both publishes get `200` and each event is stored once.
+#[tokio::test]
+async fn nats_a_publish_whose_acknowledgement_is_held_back_is_answered_with_what_happened() {
+    let held = Held::start(Engine::Nats).await;
+    let pid = held.engine.id().expect("nats pid").to_string();
+    let signal = |sig: &'static str| Command::new("kill").args([sig, pid.as_str()]).status();
+    for (n, body) in Held::bodies().into_iter().enumerate() {
+        assert!(signal("-STOP").await.expect("kill runs").success());
+        // Longer than the node's 2 s wait for an acknowledgement.
+        let (publish, wake) = tokio::join!(held.publish(body, n as u64 + 2), async {
+            tokio::time::sleep(Duration::from_millis(3500)).await;
+            signal("-CONT").await.expect("kill runs")
+        });
+        let () = publish;
+        assert!(wake.success());
+    }
+    held.stored_once().await;
 }

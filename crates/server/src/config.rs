@@ -75,6 +75,8 @@ pub struct ServerConfig {
 
     /// Threads with no run going that the embedded log keeps in memory (the
     /// least recently idle go first; the others are read from disk when needed).
+    /// On a shared engine: the thread views a node keeps, and four times as
+    /// many registrations and thread records (the others are read again when needed).
     #[arg(long, env = "AGENTWIRE_THREAD_CACHE", default_value_t = 10_000)]
     pub thread_cache: usize,
 
