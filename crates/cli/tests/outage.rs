@@ -45,7 +45,15 @@ impl Engine {
             Engine::Redis => {
                 let mut c = Command::new("redis-server");
                 c.args(["--bind", "127.0.0.1", "--port", &port_arg, "--save", ""])
-                    .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                    .args([
+                        "--appendonly",
+                        "yes",
+                        "--appendfsync",
+                        "always",
+                        "--enable-debug-command",
+                        "local",
+                        "--dir",
+                    ])
                     .arg(dir);
                 c
             }
@@ -310,4 +318,42 @@ async fn nats_a_publish_whose_acknowledgement_is_held_back_is_answered_with_what
         assert!(wake.success());
     }
     held.stored_once().await;
+}
+
+/// Issue 15, item 1: nodes found live peers with a `SCAN` over the whole
+/// keyspace, which slowed with every key until a healthy node's heartbeat
+/// lapsed before its next one and its runs were ended with `worker_lost`.
+/// Here Redis holds a million unrelated keys under the deployment's prefix,
+/// nodes declare a peer lost after 2 s of silence, and a demo run on one node
+/// stays in flight for 20 s: nobody is declared lost.
+#[tokio::test]
+async fn redis_a_million_keys_under_the_prefix_do_not_make_a_live_node_look_dead() {
+    let (engine_dir, node_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let _redis = Engine::Redis.start(port, engine_dir.path()).await;
+    let populated = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "DEBUG", "POPULATE", "1000000", "many:junk", "16"])
+        .output()
+        .await
+        .expect("redis-cli runs");
+    assert!(populated.status.success() && String::from_utf8_lossy(&populated.stdout).contains("OK"), "{populated:?}");
+    let url = Engine::Redis.url(port);
+    let args = ["--backbone", url.as_str(), "--backbone-prefix", "many", "--node-ttl", "2s", "--allow-weak-durability"];
+    let nodes = [start_with(node_dir.path(), &args).await, start_with(node_dir.path(), &args).await];
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    // The demo agent's first step takes 30 s here (`--demo-step-delay 30s`): the run stays in flight.
+    let run = ask_demo(&http, &nodes[0].base, "thread_many0").await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let info: serde_json::Value = http
+        .get(format!("{}/v1/runs/{run}", nodes[1].base))
+        .bearer_auth(token("crash"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["status"], "running", "{info}");
+    let lost = history(&http, &nodes[1].base, "thread_many0").await.into_iter().find(|e| e["event"] == "agent_error");
+    assert!(lost.is_none(), "a live node was declared lost: {lost:?}");
 }
