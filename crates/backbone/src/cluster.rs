@@ -223,6 +223,8 @@ struct Inner<B> {
     /// clock) it has not changed: the idle watchdog's evidence. Holds the
     /// running runs only.
     unchanged: Mutex<HashMap<RunId, (Running, Instant)>>,
+    /// This node's hub.
+    sink: Arc<dyn FeedSink>,
     /// Trims the per-thread limit asks for, in order, for the retention worker.
     trims: tokio::sync::mpsc::Sender<(ThreadId, u64)>,
     /// What the engine's settings leave open for an acknowledged event to be lost (accepted at start).
@@ -275,6 +277,7 @@ impl<B: Backbone> ClusterLog<B> {
             threads: AtomicU64::new(0),
             unchanged: Mutex::new(HashMap::new()),
             trims,
+            sink: sink.clone(),
             weak,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -405,7 +408,21 @@ impl<B: Backbone> Inner<B> {
             }
             let extent = self.backbone.extent(thread).await.map_err(unavailable)?;
             let extent = extent.ok_or_else(|| LogError::ThreadNotFound(thread.clone()))?;
-            if extent.head.seq <= view.at.seq {
+            if extent.head.seq < view.at.seq {
+                // The head moved back: the engine lost events this view had seen (a
+                // failover of an asynchronously replicated Redis), and their seqs will
+                // be used again. Rebuild from what is there, and have every node's
+                // subscribers start again from the log with `reset`, never silence.
+                tracing::error!(%thread, was = view.at.seq, now = extent.head.seq,
+                    "the thread's head moved back: the engine lost acknowledged events");
+                *view = ThreadView::default();
+                if let Err(e) = self.backbone.announce_rewind(thread).await {
+                    tracing::warn!(%thread, error = %e, "could not tell the other nodes; telling this one");
+                    self.sink.thread_rewound(thread);
+                }
+                continue;
+            }
+            if extent.head.seq == view.at.seq {
                 view.at.token = extent.head.token;
                 view.loaded = true;
                 return Ok(());
@@ -788,6 +805,17 @@ impl<B: Backbone> Follower for Feed<B> {
             view.apply(events);
             view.at = at;
         }
+    }
+
+    fn rewound(&self, thread: &ThreadId) {
+        if let Some(inner) = self.inner.upgrade()
+            && let Some(cell) = inner.views.lock().peek(thread)
+            && let Ok(mut view) = cell.try_lock()
+        {
+            // A busy view is left to whoever holds it: its next sync finds the head moved back too.
+            *view = ThreadView::default();
+        }
+        self.sink.thread_rewound(thread);
     }
 
     /// Hands every watched thread's newest event to the hub again: a subscriber

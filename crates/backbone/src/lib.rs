@@ -264,6 +264,13 @@ pub trait Backbone: Send + Sync + 'static {
     /// The nodes whose heartbeat has not lapsed.
     async fn live_nodes(&self) -> Result<HashSet<String>, BackboneError>;
 
+    /// Tells every node, through the feed, that `thread`'s head moved back (the
+    /// engine lost events it had acknowledged): each hands it to
+    /// [`Follower::rewound`]. An engine whose writes cannot move back need not.
+    async fn announce_rewind(&self, _thread: &ThreadId) -> Result<(), BackboneError> {
+        Ok(())
+    }
+
     /// Follows everything appended from now on and hands it to `follower`, one
     /// append at a time in `seq` order per thread, until `stop`. Reconnects by
     /// itself. Never skips an entry silently: if the feed dropped entries this
@@ -279,6 +286,9 @@ pub trait Follower: Send + Sync + 'static {
     /// Entries of the feed were removed before this node read them (it fell
     /// behind a capped feed): what they held must be caught up from the threads.
     fn lost(&self) {}
+
+    /// A node found `thread`'s head moved back (see [`Backbone::announce_rewind`]).
+    fn rewound(&self, _thread: &ThreadId) {}
 }
 
 /// How a node takes part in a cluster.

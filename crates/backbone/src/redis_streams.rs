@@ -13,7 +13,7 @@
 //! | `P:run:{run}` | string | the run's registration (JSON) |
 //! | `P:running` | hash | run → running entry (JSON) |
 //! | `P:nodes` | sorted set | node → the time (Redis's clock, ms) its heartbeat expires; live nodes are one range read, never a keyspace scan |
-//! | `P:feed` | stream | one entry per append: `t` = thread, `e` = its events (JSON array), capped with `MAXLEN ~` |
+//! | `P:feed` | stream | one entry per append: `t` = thread, `e` = its events (JSON array), capped with `MAXLEN ~`; or `t` and `rewound`: that thread's head moved back (a failover lost acknowledged writes) |
 //!
 //! One stream per thread keeps reads of a thread's history a single `XRANGE`
 //! by `seq` (the entry id *is* the `seq`), and retention a single `XTRIM MINID`.
@@ -432,6 +432,14 @@ impl RedisBackbone {
         }
         let mut newest = None;
         for entry in entries {
+            if entry.contains_key("rewound") {
+                let thread: Option<String> = entry.get("t");
+                if let Some(thread) = thread.as_deref().and_then(|t| ThreadId::parse(t).ok()) {
+                    follower.rewound(&thread);
+                }
+                newest = Some(entry.id);
+                continue;
+            }
             let events: Option<String> = entry.get("e");
             match events.as_deref().map(|json| decode_events(json.as_bytes())) {
                 Some(Ok(events)) if !events.is_empty() => {
@@ -690,6 +698,23 @@ impl Backbone for RedisBackbone {
         let live: Vec<String> =
             self.live_nodes.key(self.key("nodes")).invoke_async(&mut self.conn()).await.map_err(unavailable)?;
         Ok(live.into_iter().collect())
+    }
+
+    async fn announce_rewind(&self, thread: &ThreadId) -> Result<(), BackboneError> {
+        let _: String = redis::cmd("XADD")
+            .arg(self.key("feed"))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.feed_cap)
+            .arg("*")
+            .arg("t")
+            .arg(thread.as_str())
+            .arg("rewound")
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     async fn follow(&self, follower: Arc<dyn Follower>, stop: CancellationToken) {

@@ -26,13 +26,17 @@ fn nats() -> String {
     std::env::var("AGENTWIRE_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
-/// Records what the feed hands over.
+/// Records what the feed hands over, and the threads said to be rewound.
 #[derive(Default)]
-struct Recorder(Mutex<Vec<(String, u64)>>);
+struct Recorder(Mutex<Vec<(String, u64)>>, Mutex<Vec<ThreadId>>);
 
 impl FeedSink for Recorder {
     fn deliver(&self, events: &[Arc<StoredEvent>]) {
         self.0.lock().extend(events.iter().map(|e| (e.thread_id().to_string(), e.seq())));
+    }
+
+    fn thread_rewound(&self, thread: &ThreadId) {
+        self.1.lock().push(thread.clone());
     }
 }
 
@@ -563,4 +567,58 @@ async fn redis_threads_stored_before_the_age_index_join_it_at_start() {
     let upgraded = RedisBackbone::connect(&redis(), &p).await.unwrap();
     assert_eq!(upgraded.oldest_threads(i64::MAX, 10).await.unwrap(), vec![thread]);
     assert_eq!(upgraded.event_count().await.unwrap(), Some(3));
+}
+
+/// Issue 15, item 4: after a Redis failover that lost acknowledged writes a
+/// thread's head is behind what the nodes saw. A node's view past the head
+/// made every append to the thread a refused compare-and-set, retried until
+/// `503` for ever, and subscribers dropped the reused seqs as already seen.
+/// Now the node that finds the head moved back rebuilds its view and tells
+/// every node through the feed, whose hubs restart the thread's subscriptions
+/// with `reset`. The lost writes are made here by hand.
+#[tokio::test]
+async fn redis_a_head_that_moves_back_is_rebuilt_and_every_node_is_told() {
+    let p = prefix("rewind");
+    let hour = Duration::from_secs(3600);
+    let (a, feed_a) = node(&redis(), &p, "a", hour).await;
+    let (b, feed_b) = node(&redis(), &p, "b", hour).await;
+    let (owner, thread) = (UserId::parse("u").unwrap(), ThreadId::parse("thread_rewind").unwrap());
+    let run = a.create_run(new_run(&thread, &owner)).await.unwrap().run_id;
+    a.append(run.as_str(), vec![started(), thought("1"), thought("2"), thought("3")]).await.unwrap();
+    assert_eq!(b.append(run.as_str(), vec![thought("4"), thought("5")]).await.unwrap().seqs, vec![5, 6]);
+    a.read(&thread, 0, 10).await.unwrap();
+
+    // The failover: the new primary never got seqs 5 and 6.
+    let client = redis::Client::open(redis()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let events = format!("{p}:events:{thread}");
+    let deleted: i64 = redis::cmd("XDEL").arg(&events).arg("5-0").arg("6-0").query_async(&mut conn).await.unwrap();
+    assert_eq!(deleted, 2);
+    // As on a replica that never had them: the stream's last id is 4 again.
+    let _: String = redis::cmd("XSETID")
+        .arg(&events)
+        .arg("4-0")
+        .arg("ENTRIESADDED")
+        .arg(4)
+        .arg("MAXDELETEDID")
+        .arg("0-0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let head = format!("{p}:thread:{thread}");
+    let _: i64 = redis::cmd("HSET").arg(head).arg("head").arg(4).query_async(&mut conn).await.unwrap();
+
+    let after = b.append(run.as_str(), vec![thought("after")]).await.unwrap();
+    assert_eq!(after.seqs, vec![5], "the thread goes on from its real head");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !(feed_a.1.lock().contains(&thread) && feed_b.1.lock().contains(&thread)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both nodes hear that the thread was rewound");
+    assert_eq!(a.append(run.as_str(), vec![thought("on a")]).await.unwrap().seqs, vec![6]);
+    let page = a.read(&thread, 0, 10).await.unwrap();
+    let thoughts: Vec<&str> = page.events.iter().filter_map(|e| e.envelope.data.get("thought")?.as_str()).collect();
+    assert_eq!(thoughts, ["1", "2", "3", "after", "on a"]);
 }

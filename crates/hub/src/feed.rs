@@ -10,6 +10,9 @@
 //!   replay of every new subscription finishes before live events flow again);
 //! - [`Next::Live`]: live events, in order, gaps already filled from the log;
 //! - [`Next::Deleted`]: a subscribed thread was deleted; its subscription is over;
+//! - [`Next::Reset`]: a subscribed thread's history was rewritten (a shared
+//!   engine lost acknowledged events): the client drops what it has of it and
+//!   takes the replay that follows from `oldest_seq`;
 //! - [`Next::End`]: the feed is over, and why; on shutdown, with what was
 //!   already queued, to send before the close.
 //!
@@ -26,7 +29,7 @@ use agentwire_protocol::ThreadId;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Connection, Notices, Outbox};
+use crate::hub::{Connection, Notice, Notices, Outbox};
 use crate::session::{Session, Started};
 
 /// Why a feed ended.
@@ -53,6 +56,8 @@ pub enum Next {
     Live(Vec<Arc<StoredEvent>>),
     /// A subscribed thread was deleted; the subscription has ended.
     Deleted(ThreadId),
+    /// A subscribed thread's history was rewritten; its replay from `oldest_seq` follows.
+    Reset { thread: ThreadId, oldest_seq: u64 },
     /// The feed is over; call [`Feed::next`] no more.
     End(End),
 }
@@ -79,8 +84,8 @@ pub struct Feed {
     replays: VecDeque<ThreadId>,
     /// Events taken from the queue and not yet turned into a step.
     held: Vec<Arc<StoredEvent>>,
-    /// Deleted threads, reported once the events taken before them are.
-    deleted: Vec<ThreadId>,
+    /// Notices (deleted and rewound threads), acted on once the events taken before them are out.
+    notices_due: Vec<Notice>,
     /// Steps decided and not yet handed out.
     ready: VecDeque<Next>,
     shutting_down: bool,
@@ -108,7 +113,7 @@ impl Feed {
             expiry: Box::pin(tokio::time::sleep(expires_in)),
             replays: VecDeque::new(),
             held: Vec::new(),
-            deleted: Vec::new(),
+            notices_due: Vec::new(),
             ready: VecDeque::new(),
             shutting_down: false,
         }
@@ -174,9 +179,26 @@ impl Feed {
             if self.shutting_down {
                 return Next::End(End::Shutdown(Vec::new()));
             }
-            for thread in std::mem::take(&mut self.deleted) {
-                if self.unsubscribe(&thread) {
-                    self.ready.push_back(Next::Deleted(thread));
+            for notice in std::mem::take(&mut self.notices_due) {
+                match notice {
+                    Notice::Deleted(thread) => {
+                        if self.unsubscribe(&thread) {
+                            self.ready.push_back(Next::Deleted(thread));
+                        }
+                    }
+                    Notice::Rewound(thread) if self.is_subscribed(&thread) => {
+                        // From past any head: the session answers with a reset to the oldest seq.
+                        match self.subscribe(&thread, u64::MAX).await {
+                            Ok(started) => {
+                                let oldest_seq = started.reset.unwrap_or(1);
+                                self.ready.push_back(Next::Reset { thread, oldest_seq });
+                            }
+                            // Deleted meanwhile: the failed subscribe has already let it go.
+                            Err(LogError::ThreadNotFound(thread)) => self.ready.push_back(Next::Deleted(thread)),
+                            Err(e) => return Next::End(End::ReadFailed(e)),
+                        }
+                    }
+                    Notice::Rewound(_) => {}
                 }
             }
             if !self.ready.is_empty() {
@@ -203,7 +225,7 @@ impl Feed {
                 Wake::Expired => return Next::End(End::TokenExpired),
                 Wake::Notice => {
                     self.held.extend(self.outbox.ready_batch());
-                    self.deleted.extend(self.notices.take());
+                    self.notices_due.extend(self.notices.take());
                 }
                 Wake::Batch(batch) if batch.is_empty() => return Next::End(End::Gone),
                 Wake::Batch(batch) => self.held = batch,
@@ -213,7 +235,7 @@ impl Feed {
                 Wake::Replay(Ok(page)) => return Next::Replay(page),
                 Wake::Replay(Err(LogError::ThreadNotFound(thread))) => {
                     // Deleted between the subscribe and its replay.
-                    self.deleted.push(thread);
+                    self.notices_due.push(Notice::Deleted(thread));
                 }
                 Wake::Replay(Err(e)) => return Next::End(End::ReadFailed(e)),
             }

@@ -47,22 +47,31 @@ impl Default for HubConfig {
     }
 }
 
-/// Threads deleted under a connection's subscriptions, waiting for its feed.
+/// What happened to a thread under a connection's subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// The thread was deleted: the subscription ends.
+    Deleted(ThreadId),
+    /// The thread's history was rewritten: the subscription starts again with `reset`.
+    Rewound(ThreadId),
+}
+
+/// Notices for a connection, waiting for its feed.
 #[derive(Default)]
 pub(crate) struct Notices {
-    deleted: Mutex<Vec<ThreadId>>,
+    waiting: Mutex<Vec<Notice>>,
     notify: Notify,
 }
 
 impl Notices {
-    fn push(&self, thread: ThreadId) {
-        self.deleted.lock().unwrap_or_else(|e| e.into_inner()).push(thread);
+    fn push(&self, notice: Notice) {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(notice);
         // A stored permit if nobody waits: the notice is seen on the next wait.
         self.notify.notify_one();
     }
 
-    pub(crate) fn take(&self) -> Vec<ThreadId> {
-        std::mem::take(&mut *self.deleted.lock().unwrap_or_else(|e| e.into_inner()))
+    pub(crate) fn take(&self) -> Vec<Notice> {
+        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub(crate) async fn arrived(&self) {
@@ -169,7 +178,15 @@ impl FeedSink for Hub {
     fn thread_deleted(&self, thread: &ThreadId) {
         if let Some((_, subs)) = self.threads.remove(thread) {
             for sub in subs {
-                sub.notices.push(thread.clone());
+                sub.notices.push(Notice::Deleted(thread.clone()));
+            }
+        }
+    }
+
+    fn thread_rewound(&self, thread: &ThreadId) {
+        if let Some(subs) = self.threads.get(thread) {
+            for sub in subs.iter() {
+                sub.notices.push(Notice::Rewound(thread.clone()));
             }
         }
     }

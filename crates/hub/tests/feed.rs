@@ -129,7 +129,7 @@ async fn a_deleted_thread_is_reported_after_the_events_queued_before_it() {
                 steps.push(format!("deleted {thread}"));
                 break;
             }
-            Next::End(end) => panic!("unexpected end {end:?}"),
+            other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(steps, vec!["events [2]".to_owned(), "deleted thread_feed".to_owned()]);
@@ -175,4 +175,39 @@ async fn a_slow_consumer_ends_the_feed() {
             other => panic!("slow consumer expected, got {other:?}"),
         }
     }
+}
+
+/// A thread whose history is rewritten under its subscribers (a shared
+/// engine's failover lost acknowledged events, and `seq`s will be used again)
+/// gets `reset` to the oldest seq and the whole replay again, never silence.
+#[tokio::test]
+async fn a_rewound_thread_is_reset_and_replayed_from_its_oldest_event() {
+    let s = setup().await;
+    s.log.append(&s.run, vec![thinking(0), thinking(1)]).await.unwrap();
+    let closing = CancellationToken::new();
+    let mut feed = feed(&s, &closing, HOUR);
+    feed.subscribe(&s.thread, 3).await.unwrap();
+    s.hub.thread_rewound(&s.thread);
+    match next(&mut feed).await {
+        Next::Reset { thread, oldest_seq } => assert_eq!((thread, oldest_seq), (s.thread.clone(), 1)),
+        other => panic!("reset expected, got {other:?}"),
+    }
+    let mut replayed = Vec::new();
+    while replayed.last() != Some(&3) {
+        match next(&mut feed).await {
+            Next::Replay(page) => replayed.extend(seqs(&page)),
+            other => panic!("the replay expected, got {other:?}"),
+        }
+    }
+    assert_eq!(replayed, vec![1, 2, 3]);
+    // And the thread goes on after it, each event once (replayed or live).
+    s.log.append(&s.run, vec![thinking(2)]).await.unwrap();
+    let mut after = Vec::new();
+    while after.last() != Some(&4) {
+        match next(&mut feed).await {
+            Next::Replay(events) | Next::Live(events) => after.extend(seqs(&events)),
+            other => panic!("events expected, got {other:?}"),
+        }
+    }
+    assert_eq!(after, vec![4]);
 }

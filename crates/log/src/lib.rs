@@ -110,6 +110,11 @@ pub trait FeedSink: Send + Sync + 'static {
     /// subscriptions end.
     fn thread_deleted(&self, _thread: &ThreadId) {}
 
+    /// The thread's history was rewritten under its subscribers: its head moved
+    /// back (a shared engine's failover lost acknowledged events) and `seq`s
+    /// may be used again. Subscriptions start again from the log with `reset`.
+    fn thread_rewound(&self, _thread: &ThreadId) {}
+
     /// Threads someone on this node is subscribed to (a node that missed part
     /// of a shared feed catches these up).
     fn watched(&self) -> Vec<ThreadId> {

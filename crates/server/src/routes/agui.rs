@@ -135,7 +135,8 @@ pub async fn run(
                 Next::Replay(events) | Next::Live(events) => (events, false),
                 // What was appended before shutdown still goes out.
                 Next::End(End::Shutdown(events)) => (events, true),
-                Next::Deleted(_) | Next::End(_) => break,
+                // A rewritten history cannot be taken back from an AG-UI run's stream: it ends.
+                Next::Deleted(_) | Next::Reset { .. } | Next::End(_) => break,
             };
             for stored in &events {
                 for event in agui.encode(&stored.envelope) {

@@ -87,6 +87,11 @@ pub async fn stream(
                     }
                     break;
                 }
+                Next::Reset { oldest_seq, .. } => {
+                    let frame = ServerFrame::Reset { thread_id: thread.to_string(), oldest_seq };
+                    yield Ok(Event::default().event("reset").data(frame.to_json()));
+                    continue;
+                }
                 Next::Deleted(_) => {
                     let frame = ServerFrame::error(ErrorCode::NotFound, "the thread was deleted", Some(thread.as_str()));
                     yield Ok(Event::default().event("error").data(frame.to_json()));

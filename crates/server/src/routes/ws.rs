@@ -212,6 +212,9 @@ impl Client {
         match step {
             Next::Replay(events) => self.send_events(&events, false).await,
             Next::Live(events) => self.send_events(&events, true).await,
+            Next::Reset { thread, oldest_seq } => {
+                self.send_frame(ServerFrame::Reset { thread_id: thread.to_string(), oldest_seq }).await
+            }
             Next::Deleted(thread) => {
                 self.send_error(ErrorCode::NotFound, "the thread was deleted", Some(thread.as_str())).await
             }
