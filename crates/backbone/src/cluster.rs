@@ -618,7 +618,14 @@ impl<B: Backbone> Inner<B> {
                 at = tail.at;
             }
             kept.through_seq = keep_from - 1;
-            kept.runs.retain(|_, run| run.ended_ms.is_none_or(|ended| ended.saturating_add(window) > now.millis()));
+            // Ended runs whose every event goes, past their de-duplication window: forgotten.
+            let forgotten: Vec<RunId> = kept
+                .runs
+                .iter()
+                .filter(|(_, run)| run.ended_ms.is_some_and(|ended| ended.saturating_add(window) <= now.millis()))
+                .map(|(id, _)| id.clone())
+                .collect();
+            kept.runs.retain(|id, _| !forgotten.contains(id));
             for run in kept.runs.values_mut().filter(|r| r.event_ids.len() > MAX_KEPT_IDS) {
                 let mut seqs: Vec<u64> = run.event_ids.values().copied().collect();
                 seqs.sort_unstable();
@@ -626,6 +633,13 @@ impl<B: Backbone> Inner<B> {
                 run.event_ids.retain(|_, seq| *seq >= oldest_kept);
             }
             if self.backbone.trim(thread, keep_from, &kept, expected, first_kept_ms).await.map_err(unavailable)? {
+                // After the trim: a registration must not go while events still name it.
+                if let Err(e) = self.backbone.remove_runs(&forgotten).await {
+                    tracing::warn!(%thread, error = %e, "could not forget the registrations of runs retention removed");
+                }
+                for run in &forgotten {
+                    self.registry.remove(run);
+                }
                 return Ok(true);
             }
             // Another node trimmed the thread meanwhile: start again from what it kept.

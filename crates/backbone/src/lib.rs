@@ -222,6 +222,11 @@ pub trait Backbone: Send + Sync + 'static {
     /// The thread's retained range, `None` if the thread does not exist.
     async fn extent(&self, thread: &ThreadId) -> Result<Option<Extent>, BackboneError>;
 
+    /// Forgets the registrations of `runs`: retention removed every event of
+    /// them and their de-duplication window has passed, so nothing refers to
+    /// them any more and the engine need not keep them for ever.
+    async fn remove_runs(&self, runs: &[RunId]) -> Result<(), BackboneError>;
+
     /// What retention recorded of the thread's runs when it last removed events.
     async fn trimmed_runs(&self, thread: &ThreadId) -> Result<Option<TrimmedRuns>, BackboneError>;
 

@@ -111,6 +111,8 @@ pub struct NatsBackbone {
     /// deleted, since a delete leaves a marker that every listing of the
     /// running runs would read again, for ever.
     running_stream: stream::Stream,
+    /// The stream under `runs`, where forgotten registrations are purged.
+    runs_stream: stream::Stream,
     nodes: kv::Store,
     /// thread → (last `seq` of a message → its stream sequence), bounded by
     /// entries in all: the least used threads' give way, and a read without
@@ -225,6 +227,7 @@ impl NatsBackbone {
             runs: bucket(&js, format!("{prefix}_runs"), replicas).await?,
             running: bucket(&js, format!("{prefix}_running"), replicas).await?,
             running_stream: js.get_stream(format!("KV_{prefix}_running")).await.map_err(unavailable)?,
+            runs_stream: js.get_stream(format!("KV_{prefix}_runs")).await.map_err(unavailable)?,
             nodes: bucket(&js, format!("{prefix}_nodes"), replicas).await?,
             client,
             js,
@@ -526,6 +529,16 @@ impl Backbone for NatsBackbone {
                 }
             }
         }
+    }
+
+    async fn remove_runs(&self, runs: &[RunId]) -> Result<(), BackboneError> {
+        self.connected()?;
+        // Purged, not deleted: a delete marker would stay for ever too.
+        for run in runs {
+            let subject = format!("$KV.{}_runs.{}", self.prefix, key_safe(run.as_str()));
+            self.runs_stream.purge().filter(subject).await.map_err(unavailable)?;
+        }
+        Ok(())
     }
 
     async fn run(&self, run: &str) -> Result<Option<RunEntry>, BackboneError> {

@@ -10,7 +10,7 @@
 //! | `P:ages` | sorted set | thread → the append time (ms) of its oldest retained event: what the age and whole-log retention limits take from |
 //! | `P:events` | string | events retained in all threads |
 //! | `P:indexed` | string | set once `P:ages` and `P:events` cover threads stored before they existed |
-//! | `P:run:{run}` | string | the run's registration (JSON) |
+//! | `P:run:{run}` | string | the run's registration (JSON); removed once retention removed all its events and its de-duplication window passed |
 //! | `P:running` | hash | run → running entry (JSON) |
 //! | `P:nodes` | sorted set | node → the time (Redis's clock, ms) its heartbeat expires; live nodes are one range read, never a keyspace scan |
 //! | `P:feed` | stream | one entry per append: `t` = thread, `e` = its events (JSON array), capped with `MAXLEN ~`; or `t` and `rewound`: that thread's head moved back (a failover lost acknowledged writes) |
@@ -536,6 +536,15 @@ impl Backbone for RedisBackbone {
             .await
             .map_err(unavailable)?;
         Ok(registered == 1)
+    }
+
+    async fn remove_runs(&self, runs: &[RunId]) -> Result<(), BackboneError> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = runs.iter().map(|run| self.run_key(run.as_str())).collect();
+        let _: i64 = self.conn().del(keys).await.map_err(unavailable)?;
+        Ok(())
     }
 
     async fn run(&self, run: &str) -> Result<Option<RunEntry>, BackboneError> {

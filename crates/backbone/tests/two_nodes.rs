@@ -622,3 +622,51 @@ async fn redis_a_head_that_moves_back_is_rebuilt_and_every_node_is_told() {
     let thoughts: Vec<&str> = page.events.iter().filter_map(|e| e.envelope.data.get("thought")?.as_str()).collect();
     assert_eq!(thoughts, ["1", "2", "3", "after", "on a"]);
 }
+
+/// Registrations no longer grow with history: a run whose every event
+/// retention removed, once its de-duplication window has passed, is forgotten
+/// by the engine too; a run with events left keeps its registration.
+async fn registrations_of_runs_retention_removed_are_forgotten(url: &str) {
+    let p = prefix("forget");
+    let config = ClusterConfig {
+        prefix: p.clone(),
+        node_id: "a".into(),
+        node_ttl: Duration::from_secs(5),
+        replicas: 1,
+        allow_weak_durability: true,
+        log: LogConfig {
+            retention: RetentionPolicy { max_events_per_thread: 2, ..Default::default() },
+            dedup_window: Duration::ZERO,
+            ..Default::default()
+        },
+    };
+    let a = agentwire_backbone::open(url, config, Arc::new(Recorder::default())).await.unwrap().unwrap();
+    let raw = records(url, &p).await;
+    let (owner, thread) = (UserId::parse("u").unwrap(), ThreadId::parse("thread_forget").unwrap());
+    let done = a.create_run(new_run(&thread, &owner)).await.unwrap().run_id;
+    a.append(done.as_str(), vec![started()]).await.unwrap();
+    a.append(done.as_str(), vec![ev(EventKind::AgentCompleted, json!({}))]).await.unwrap();
+    let going = a.create_run(new_run(&thread, &owner)).await.unwrap().run_id;
+    for event in [started(), thought("1"), thought("2")] {
+        a.append(going.as_str(), vec![event]).await.unwrap();
+    }
+    oldest_becomes(&*a, &thread, 4).await;
+    // Forgotten right after the trim that removed its last event.
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        while raw.run(done.as_str()).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(gone.await.is_ok(), "the ended run's registration is gone");
+    assert!(raw.run(going.as_str()).await.unwrap().is_some(), "the running one keeps it");
+}
+
+#[tokio::test]
+async fn redis_registrations_of_runs_retention_removed_are_forgotten() {
+    registrations_of_runs_retention_removed_are_forgotten(&redis()).await;
+}
+
+#[tokio::test]
+async fn nats_registrations_of_runs_retention_removed_are_forgotten() {
+    registrations_of_runs_retention_removed_are_forgotten(&nats()).await;
+}
