@@ -179,16 +179,21 @@ impl Feed {
             if self.shutting_down {
                 return Next::End(End::Shutdown(Vec::new()));
             }
-            for notice in std::mem::take(&mut self.notices_due) {
+            // One notice at a time, let go of only once acted on: dropped while a
+            // rewound thread is read again, the feed keeps the notice for its next call.
+            while let Some(notice) = self.notices_due.first().cloned() {
                 match notice {
                     Notice::Deleted(thread) => {
+                        self.notices_due.remove(0);
                         if self.unsubscribe(&thread) {
                             self.ready.push_back(Next::Deleted(thread));
                         }
                     }
                     Notice::Rewound(thread) if self.is_subscribed(&thread) => {
                         // From past any head: the session answers with a reset to the oldest seq.
-                        match self.subscribe(&thread, u64::MAX).await {
+                        let started = self.subscribe(&thread, u64::MAX).await;
+                        self.notices_due.remove(0);
+                        match started {
                             Ok(started) => {
                                 let oldest_seq = started.reset.unwrap_or(1);
                                 self.ready.push_back(Next::Reset { thread, oldest_seq });
@@ -198,7 +203,9 @@ impl Feed {
                             Err(e) => return Next::End(End::ReadFailed(e)),
                         }
                     }
-                    Notice::Rewound(_) => {}
+                    Notice::Rewound(_) => {
+                        self.notices_due.remove(0);
+                    }
                 }
             }
             if !self.ready.is_empty() {
