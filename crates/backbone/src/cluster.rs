@@ -225,6 +225,9 @@ struct Inner<B> {
     unchanged: Mutex<HashMap<RunId, (Running, Instant)>>,
     /// This node's hub.
     sink: Arc<dyn FeedSink>,
+    /// Threads said to be rewound while their view was busy: the holder's
+    /// next sync starts the view again.
+    rewound_busy: Mutex<std::collections::HashSet<ThreadId>>,
     /// Trims the per-thread limit asks for, in order, for the retention worker.
     trims: tokio::sync::mpsc::Sender<(ThreadId, u64)>,
     /// What the engine's settings leave open for an acknowledged event to be lost (accepted at start).
@@ -278,6 +281,7 @@ impl<B: Backbone> ClusterLog<B> {
             unchanged: Mutex::new(HashMap::new()),
             trims,
             sink: sink.clone(),
+            rewound_busy: Mutex::new(std::collections::HashSet::new()),
             weak,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -376,6 +380,9 @@ impl<B: Backbone> Inner<B> {
     /// view built from nothing starts from what retention kept of the runs
     /// whose events it removed, then reads only the events after that.
     async fn sync(&self, thread: &ThreadId, view: &mut ThreadView) -> Result<(), LogError> {
+        if self.rewound_busy.lock().remove(thread) {
+            *view = ThreadView::default();
+        }
         if !view.loaded && view.at.seq == 0 && view.runs.is_empty() {
             self.start_from_trimmed(thread, view, 0).await?;
         }
@@ -822,12 +829,18 @@ impl<B: Backbone> Follower for Feed<B> {
     }
 
     fn rewound(&self, thread: &ThreadId) {
-        if let Some(inner) = self.inner.upgrade()
-            && let Some(cell) = inner.views.lock().peek(thread)
-            && let Ok(mut view) = cell.try_lock()
-        {
-            // A busy view is left to whoever holds it: its next sync finds the head moved back too.
-            *view = ThreadView::default();
+        if let Some(inner) = self.inner.upgrade() {
+            let cell = inner.views.lock().peek(thread);
+            if let Some(cell) = cell {
+                match cell.try_lock() {
+                    Ok(mut view) => *view = ThreadView::default(),
+                    // Busy: whoever holds it starts it again at its next sync (which
+                    // a refused compare-and-set brings about).
+                    Err(_) => {
+                        inner.rewound_busy.lock().insert(thread.clone());
+                    }
+                }
+            }
         }
         self.sink.thread_rewound(thread);
     }
