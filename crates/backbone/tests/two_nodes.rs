@@ -3,6 +3,10 @@
 //! de-duplication, lifecycle and ownership rules, cancel, idle expiry,
 //! retention, and a feed on each node with every event in order.
 //!
+//! The rules test (`rules_hold`) is written against the `Log` trait alone and
+//! runs on the memory and embedded logs too: a first step towards one
+//! conformance suite for every log.
+//!
 //! Needs Redis and NATS with JetStream: the test run's own, which `scripts/test`
 //! starts on free ports (`AGENTWIRE_TEST_REDIS`, `AGENTWIRE_TEST_NATS`), else the
 //! default ports; fails when they are missing. Every test works under a prefix of its own.
@@ -153,6 +157,14 @@ async fn rules_hold_across_nodes(url: &str) {
     let p = prefix("rules");
     let (a, _) = node(url, &p, "a", Duration::from_secs(3600)).await;
     let (b, _) = node(url, &p, "b", Duration::from_secs(3600)).await;
+    rules_hold(&*a, &*b).await;
+}
+
+/// The log's rules, through `a` and `b`: two nodes of one deployment, or one
+/// log twice. The same function runs against every log (issue 15, item 8):
+/// the cluster on Redis and NATS here, and the memory and embedded logs in
+/// the tests below.
+async fn rules_hold(a: &dyn Log, b: &dyn Log) {
     let (alice, mallory) = (UserId::parse("alice").unwrap(), UserId::parse("mallory").unwrap());
     let thread = a.create_thread(None, &alice).await.unwrap();
     assert!(matches!(b.create_thread(Some(thread.clone()), &mallory).await, Err(LogError::ThreadExists(_))));
@@ -235,6 +247,21 @@ async fn redis_concurrent_appends_from_two_nodes_stay_gap_free() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nats_concurrent_appends_from_two_nodes_stay_gap_free() {
     concurrent_appends_from_two_nodes_stay_gap_free(&nats()).await;
+}
+
+#[tokio::test]
+async fn memory_log_rules_hold() {
+    let log = agentwire_log::MemoryLog::new(LogConfig::default(), Arc::new(Recorder::default())).unwrap();
+    rules_hold(&log, &log).await;
+}
+
+#[tokio::test]
+async fn embedded_log_rules_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = agentwire_log::EmbeddedStore::open(dir.path()).unwrap();
+    let log = agentwire_log::EmbeddedLog::open(store, LogConfig::default(), Arc::new(Recorder::default())).unwrap();
+    rules_hold(&log, &log).await;
+    log.close().await;
 }
 
 #[tokio::test]
