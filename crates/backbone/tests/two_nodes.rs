@@ -249,10 +249,39 @@ async fn nats_concurrent_appends_from_two_nodes_stay_gap_free() {
     concurrent_appends_from_two_nodes_stay_gap_free(&nats()).await;
 }
 
+/// Idle expiry through `a` and `b`, every log alike: a run that keeps
+/// publishing is not ended, a quiet one is, once, with `timeout`, and it is
+/// ended for both. The logs were opened with a 600 ms idle timeout.
+async fn idle_runs_end_once(a: &dyn Log, b: &dyn Log) {
+    let (owner, thread) = (UserId::parse("u").unwrap(), ThreadId::parse("thread_quiet").unwrap());
+    let run = a.create_run(new_run(&thread, &owner)).await.unwrap().run_id;
+    a.append(run.as_str(), vec![started()]).await.unwrap();
+    for n in 0..8 {
+        assert!(b.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty(), "an active run was ended");
+        b.append(run.as_str(), vec![thought(&n.to_string())]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A watchdog looks every tenth of the timeout; a node judges idleness on what it has looked at.
+    assert!(b.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(b.expire_idle_runs(Timestamp::now()).await.unwrap(), vec![run.clone()]);
+    assert!(a.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty(), "ended once");
+    let info = a.run(run.as_str()).await.unwrap().unwrap();
+    assert_eq!(info.status, RunStatus::Error);
+    let last = a.read(&thread, 9, 1).await.unwrap();
+    assert_eq!(last.events[0].envelope.data["code"], "timeout");
+}
+
+fn quick_idle() -> LogConfig {
+    LogConfig { run_idle_timeout: Duration::from_millis(600), ..Default::default() }
+}
+
 #[tokio::test]
 async fn memory_log_rules_hold() {
     let log = agentwire_log::MemoryLog::new(LogConfig::default(), Arc::new(Recorder::default())).unwrap();
     rules_hold(&log, &log).await;
+    let log = agentwire_log::MemoryLog::new(quick_idle(), Arc::new(Recorder::default())).unwrap();
+    idle_runs_end_once(&log, &log).await;
 }
 
 #[tokio::test]
@@ -262,6 +291,28 @@ async fn embedded_log_rules_hold() {
     let log = agentwire_log::EmbeddedLog::open(store, LogConfig::default(), Arc::new(Recorder::default())).unwrap();
     rules_hold(&log, &log).await;
     log.close().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = agentwire_log::EmbeddedStore::open(dir.path()).unwrap();
+    let log = agentwire_log::EmbeddedLog::open(store, quick_idle(), Arc::new(Recorder::default())).unwrap();
+    idle_runs_end_once(&log, &log).await;
+    log.close().await;
+}
+
+async fn idle_runs_end_once_across_nodes(url: &str) {
+    let p = prefix("quiet");
+    let (a, _) = node(url, &p, "a", Duration::from_millis(600)).await;
+    let (b, _) = node(url, &p, "b", Duration::from_millis(600)).await;
+    idle_runs_end_once(&*a, &*b).await;
+}
+
+#[tokio::test]
+async fn redis_idle_runs_end_once_across_nodes() {
+    idle_runs_end_once_across_nodes(&redis()).await;
+}
+
+#[tokio::test]
+async fn nats_idle_runs_end_once_across_nodes() {
+    idle_runs_end_once_across_nodes(&nats()).await;
 }
 
 #[tokio::test]
