@@ -379,6 +379,21 @@ pub const SCHEMES: &[&str] = &[
 /// waits this much longer during an outage, for a `503` it can trust.
 pub(crate) const SETTLE_FOR: Duration = Duration::from_secs(6);
 
+/// Where `sent` ended up if it is what the thread holds right after `at`
+/// (the same envelopes, byte for byte); `None` if other events took that
+/// place. How both engines settle an append whose answer was lost.
+#[cfg(any(feature = "redis", feature = "nats"))]
+pub(crate) async fn stored_as_sent<B: Backbone + ?Sized>(
+    backbone: &B,
+    thread: &ThreadId,
+    at: Position,
+    sent: &[Arc<StoredEvent>],
+) -> Result<Option<Position>, BackboneError> {
+    let stored = backbone.read(thread, at, sent.len()).await?;
+    let ours = stored.events.len() == sent.len() && stored.events.iter().zip(sent).all(|(kept, s)| kept.json == s.json);
+    Ok(ours.then_some(stored.at))
+}
+
 /// A record as JSON, for the engine to keep.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, BackboneError> {
     serde_json::to_vec(value).map_err(|e| BackboneError::Corrupt(e.to_string()))

@@ -331,10 +331,8 @@ impl NatsBackbone {
                     Ok(ack) => return Ok(Some(ack.sequence)),
                     Err(e) if matches!(e.kind(), PublishErrorKind::WrongLastSequence) => {
                         // The thread moved on: by this append, or by another.
-                        let stored = self.read(thread, at, events.len()).await?;
-                        let ours = stored.events.len() == events.len()
-                            && stored.events.iter().zip(events).all(|(kept, sent)| kept.json == sent.json);
-                        return Ok(ours.then_some(stored.at.token));
+                        let stored = crate::stored_as_sent(self, thread, at, events).await?;
+                        return Ok(stored.map(|at| at.token));
                     }
                     Err(e) => last_error = e.to_string(),
                 },

@@ -367,10 +367,8 @@ impl RedisBackbone {
             match fenced {
                 Ok(0) => return Err(BackboneError::Unavailable(format!("redis: {lost}; nothing was stored"))),
                 Ok(_) => {
-                    let stored = self.read(thread, at, events.len()).await?;
-                    let ours = stored.events.len() == events.len()
-                        && stored.events.iter().zip(events).all(|(kept, sent)| kept.json == sent.json);
-                    return Ok(if ours { Outcome::Appended(stored.at) } else { Outcome::Moved });
+                    let stored = crate::stored_as_sent(self, thread, at, events).await?;
+                    return Ok(stored.map_or(Outcome::Moved, Outcome::Appended));
                 }
                 Err(e) if tokio::time::Instant::now() + pause > deadline => {
                     return Err(BackboneError::Unavailable(format!(
