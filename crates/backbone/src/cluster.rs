@@ -226,7 +226,7 @@ struct Inner<B> {
     /// This node's hub.
     sink: Arc<dyn FeedSink>,
     /// Threads said to be rewound while their view was busy: the holder's
-    /// next sync starts the view again.
+    /// next sync starts the view again. At most one per view held.
     rewound_busy: Mutex<std::collections::HashSet<ThreadId>>,
     /// Trims the per-thread limit asks for, in order, for the retention worker.
     trims: tokio::sync::mpsc::Sender<(ThreadId, u64)>,
@@ -280,13 +280,13 @@ impl<B: Backbone> ClusterLog<B> {
             threads: AtomicU64::new(0),
             unchanged: Mutex::new(HashMap::new()),
             trims,
-            sink: sink.clone(),
+            sink,
             rewound_busy: Mutex::new(std::collections::HashSet::new()),
             weak,
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
-        let follower = Arc::new(Feed { inner: Arc::downgrade(&inner), sink });
+        let follower = Arc::new(Feed { inner: Arc::downgrade(&inner) });
         let (feed, stop) = (inner.clone(), inner.stop.clone());
         inner.tasks.spawn(async move { feed.backbone.follow(follower, stop).await });
         inner.tasks.spawn(janitor(inner.clone()));
@@ -596,15 +596,14 @@ impl<B: Backbone> Inner<B> {
     /// Removes the thread's events before `keep_from`, recording first what
     /// the rules still need of its runs (see [`TrimmedRuns`]): the state kept
     /// at the last trim, moved on by the events this one removes. Runs that
-    /// ended longer ago than the de-duplication window are left out. `false`
-    /// when there was nothing to remove.
-    async fn trim_keeping_runs(&self, thread: &ThreadId, keep_from: u64, now: Timestamp) -> Result<bool, LogError> {
+    /// ended longer ago than the de-duplication window are left out.
+    async fn trim_keeping_runs(&self, thread: &ThreadId, keep_from: u64, now: Timestamp) -> Result<TrimDone, LogError> {
         let window = i64::try_from(self.config.log.dedup_window.as_millis()).unwrap_or(i64::MAX);
         for _ in 0..MAX_ATTEMPTS {
             let before = self.backbone.trimmed_runs(thread).await.map_err(unavailable)?.unwrap_or_default();
             let expected = before.through_seq;
             if keep_from <= expected + 1 {
-                return Ok(false);
+                return Ok(TrimDone { removed: false, through_seq: expected });
             }
             let mut kept = before;
             let mut at = Position { seq: kept.through_seq, token: 0 };
@@ -647,7 +646,7 @@ impl<B: Backbone> Inner<B> {
                 for run in &forgotten {
                     self.registry.remove(run);
                 }
-                return Ok(true);
+                return Ok(TrimDone { removed: true, through_seq: kept.through_seq });
             }
             // Another node trimmed the thread meanwhile: start again from what it kept.
         }
@@ -700,7 +699,7 @@ impl<B: Backbone> Inner<B> {
             let mut moved = false;
             for trim in retention::take_oldest(&extents, total.saturating_sub(policy.max_events)) {
                 let was = extents.iter().find(|e| e.thread == trim.thread).map_or(trim.keep_from, |e| e.oldest_seq);
-                if self.trim_keeping_runs(&trim.thread, trim.keep_from, now).await? {
+                if self.trim_keeping_runs(&trim.thread, trim.keep_from, now).await?.removed {
                     removed += trim.keep_from.saturating_sub(was);
                     moved = true;
                 }
@@ -810,15 +809,16 @@ fn idle_candidates(
 /// view on when it is free and the events follow on from it, so the node's next
 /// append to a thread another node is busy with usually finds its view current
 /// (one round trip, not a refused compare-and-set and a catch-up read).
+/// Once the log is gone there is nobody left to hand anything to.
 struct Feed<B> {
     inner: std::sync::Weak<Inner<B>>,
-    sink: Arc<dyn FeedSink>,
 }
 
 impl<B: Backbone> Follower for Feed<B> {
     fn appended(&self, events: &[Arc<StoredEvent>], at: Position) {
-        self.sink.deliver(events);
-        let (Some(inner), Some(first)) = (self.inner.upgrade(), events.first()) else { return };
+        let Some(inner) = self.inner.upgrade() else { return };
+        inner.sink.deliver(events);
+        let Some(first) = events.first() else { return };
         let Some(cell) = inner.views.lock().peek(first.thread_id()) else { return };
         // A busy view is left alone: whoever holds it catches up on its own.
         let Ok(mut view) = cell.try_lock() else { return };
@@ -829,20 +829,23 @@ impl<B: Backbone> Follower for Feed<B> {
     }
 
     fn rewound(&self, thread: &ThreadId) {
-        if let Some(inner) = self.inner.upgrade() {
-            let cell = inner.views.lock().peek(thread);
-            if let Some(cell) = cell {
-                match cell.try_lock() {
-                    Ok(mut view) => *view = ThreadView::default(),
-                    // Busy: whoever holds it starts it again at its next sync (which
-                    // a refused compare-and-set brings about).
-                    Err(_) => {
-                        inner.rewound_busy.lock().insert(thread.clone());
-                    }
+        let Some(inner) = self.inner.upgrade() else { return };
+        let cell = inner.views.lock().peek(thread);
+        if let Some(cell) = cell {
+            match cell.try_lock() {
+                Ok(mut view) => *view = ThreadView::default(),
+                // Busy: whoever holds it starts it again at its next sync (which
+                // a refused compare-and-set brings about).
+                Err(_) => {
+                    let mut marked = inner.rewound_busy.lock();
+                    // A mark outlives its view for nothing (a view built anew starts
+                    // from the engine): only threads with a view stay marked.
+                    marked.retain(|t| inner.views.lock().peek(t).is_some());
+                    marked.insert(thread.clone());
                 }
             }
         }
-        self.sink.thread_rewound(thread);
+        inner.sink.thread_rewound(thread);
     }
 
     /// Hands every watched thread's newest event to the hub again: a subscriber
@@ -852,7 +855,7 @@ impl<B: Backbone> Follower for Feed<B> {
     fn lost(&self) {
         let Some(inner) = self.inner.upgrade() else { return };
         tracing::warn!("the feed dropped entries before this node read them; catching up watched threads from the log");
-        let (sink, threads) = (self.sink.clone(), self.sink.watched());
+        let (sink, threads) = (inner.sink.clone(), inner.sink.watched());
         let (stop, tasks) = (inner.stop.clone(), inner.tasks.clone());
         tasks.spawn(async move {
             for thread in threads {
@@ -879,6 +882,13 @@ async fn newest_event<B: Backbone>(backbone: &B, thread: &ThreadId) -> Result<Op
     Ok(backbone.read(thread, before, 1).await?.events.pop())
 }
 
+/// What a trim found: whether it removed events, and how far the runs'
+/// state retention keeps now goes (see [`TrimmedRuns`]).
+struct TrimDone {
+    removed: bool,
+    through_seq: u64,
+}
+
 /// The retention worker: trims the threads appends found past the per-thread
 /// limit, one at a time, then tells their views how far retention has gone.
 async fn trim_threads<B: Backbone>(
@@ -895,12 +905,12 @@ async fn trim_threads<B: Backbone>(
             },
         };
         let Some(inner) = inner.upgrade() else { return };
-        if let Err(e) = inner.trim_keeping_runs(&thread, keep_from, Timestamp::now()).await {
-            tracing::warn!(%thread, error = %e, "could not trim a thread past its limit; its next append retries");
-        }
-        let through = match inner.backbone.trimmed_runs(&thread).await {
-            Ok(trimmed) => trimmed.map_or(0, |t| t.through_seq),
-            Err(_) => 0,
+        let through = match inner.trim_keeping_runs(&thread, keep_from, Timestamp::now()).await {
+            Ok(done) => done.through_seq,
+            Err(e) => {
+                tracing::warn!(%thread, error = %e, "could not trim a thread past its limit; its next append retries");
+                0
+            }
         };
         let cell = inner.views.lock().peek(&thread);
         if let Some(cell) = cell {
@@ -1139,7 +1149,7 @@ impl<B: Backbone> Log for ClusterLog<B> {
                 let mut moved = false;
                 for thread in due {
                     let Some((oldest, last_old)) = inner.aged_out(&thread, cutoff).await? else { continue };
-                    if inner.trim_keeping_runs(&thread, last_old + 1, now).await? {
+                    if inner.trim_keeping_runs(&thread, last_old + 1, now).await?.removed {
                         removed += last_old + 1 - oldest;
                         moved = true;
                     }
