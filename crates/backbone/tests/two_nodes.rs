@@ -53,6 +53,19 @@ async fn node(url: &str, prefix: &str, id: &str, idle: Duration) -> (Arc<dyn Log
     node_keeping(url, prefix, id, idle, RetentionPolicy::default()).await
 }
 
+/// A node `id` of the deployment `prefix`, with the log's rules in `log`.
+fn cluster_config(prefix: &str, id: &str, log: LogConfig) -> ClusterConfig {
+    ClusterConfig {
+        prefix: prefix.into(),
+        node_id: id.into(),
+        node_ttl: Duration::from_secs(5),
+        replicas: 1,
+        // The test engines are single processes without fsync on every write.
+        allow_weak_durability: true,
+        log,
+    }
+}
+
 async fn node_keeping(
     url: &str,
     prefix: &str,
@@ -61,15 +74,7 @@ async fn node_keeping(
     retention: RetentionPolicy,
 ) -> (Arc<dyn Log>, Arc<Recorder>) {
     let feed = Arc::new(Recorder::default());
-    let config = ClusterConfig {
-        prefix: prefix.into(),
-        node_id: id.into(),
-        node_ttl: Duration::from_secs(5),
-        replicas: 1,
-        // The test engines are single processes without fsync on every write.
-        allow_weak_durability: true,
-        log: LogConfig { run_idle_timeout: idle, retention, ..Default::default() },
-    };
+    let config = cluster_config(prefix, id, LogConfig { run_idle_timeout: idle, retention, ..Default::default() });
     let log = agentwire_backbone::open(url, config, feed.clone())
         .await
         .expect("a backbone url")
@@ -472,14 +477,7 @@ impl FeedSink for Stalled {
 async fn redis_a_node_behind_a_trimmed_feed_catches_its_watched_threads_up() {
     use agentwire_backbone::{ClusterLog, RedisBackbone};
     let p = prefix("trimmed");
-    let config = |id: &str| ClusterConfig {
-        prefix: p.clone(),
-        node_id: id.into(),
-        node_ttl: Duration::from_secs(5),
-        replicas: 1,
-        allow_weak_durability: true,
-        log: LogConfig::default(),
-    };
+    let config = |id: &str| cluster_config(&p, id, LogConfig::default());
     // The feed is trimmed by whoever appends: `a` keeps about ten entries.
     let capped = RedisBackbone::connect(&redis(), &p).await.unwrap().with_feed_cap(10);
     let a = ClusterLog::start(capped, config("a"), Arc::new(Recorder::default())).await.unwrap();
@@ -706,18 +704,12 @@ async fn redis_a_head_that_moves_back_is_rebuilt_and_every_node_is_told() {
 /// by the engine too; a run with events left keeps its registration.
 async fn registrations_of_runs_retention_removed_are_forgotten(url: &str) {
     let p = prefix("forget");
-    let config = ClusterConfig {
-        prefix: p.clone(),
-        node_id: "a".into(),
-        node_ttl: Duration::from_secs(5),
-        replicas: 1,
-        allow_weak_durability: true,
-        log: LogConfig {
-            retention: RetentionPolicy { max_events_per_thread: 2, ..Default::default() },
-            dedup_window: Duration::ZERO,
-            ..Default::default()
-        },
+    let log = LogConfig {
+        retention: RetentionPolicy { max_events_per_thread: 2, ..Default::default() },
+        dedup_window: Duration::ZERO,
+        ..Default::default()
     };
+    let config = cluster_config(&p, "a", log);
     let a = agentwire_backbone::open(url, config, Arc::new(Recorder::default())).await.unwrap().unwrap();
     let raw = records(url, &p).await;
     let (owner, thread) = (UserId::parse("u").unwrap(), ThreadId::parse("thread_forget").unwrap());
