@@ -676,25 +676,18 @@ impl<B: Backbone> Inner<B> {
     }
 
     /// Removes the oldest threads' oldest events until the whole log holds at
-    /// most `policy.max_events`; answers how many went. Reads the engine's
-    /// count and the oldest threads only, unless the engine keeps no count.
+    /// most `policy.max_events` (as the engine counts, see
+    /// [`Backbone::event_count`]); answers how many went. Reads the engine's
+    /// count and the oldest threads only.
     async fn keep_whole_log_under(&self, policy: &RetentionPolicy, now: Timestamp) -> Result<u64, LogError> {
         let mut removed = 0;
         loop {
-            let (extents, total) = match self.backbone.event_count().await.map_err(unavailable)? {
-                Some(total) if total <= policy.max_events => return Ok(removed),
-                Some(total) => {
-                    let oldest = self.backbone.oldest_threads(i64::MAX, RETENTION_GROUP).await.map_err(unavailable)?;
-                    (self.extents(oldest).await?, total)
-                }
-                // No count kept: add every thread up (NATS; see the README).
-                None => {
-                    let all = self.extents(self.backbone.threads().await.map_err(unavailable)?).await?;
-                    let total = all.iter().map(|e| (e.head_seq + 1).saturating_sub(e.oldest_seq)).sum();
-                    (all, total)
-                }
-            };
-            let mut extents = extents;
+            let total = self.backbone.event_count().await.map_err(unavailable)?;
+            if total <= policy.max_events {
+                return Ok(removed);
+            }
+            let oldest = self.backbone.oldest_threads(i64::MAX, RETENTION_GROUP).await.map_err(unavailable)?;
+            let mut extents = self.extents(oldest).await?;
             extents.sort_by_key(|e| e.oldest_ts_ms.unwrap_or(i64::MAX));
             let mut moved = false;
             for trim in retention::take_oldest(&extents, total.saturating_sub(policy.max_events)) {

@@ -186,7 +186,7 @@ pub trait Backbone: Send + Sync + 'static {
     /// The thread's record, `None` if it does not exist.
     async fn thread(&self, thread: &ThreadId) -> Result<Option<ThreadMeta>, BackboneError>;
 
-    /// Every thread (for retention).
+    /// Every thread: a walk over all of them, never made periodically.
     async fn threads(&self) -> Result<Vec<ThreadId>, BackboneError>;
 
     /// How many threads there are (for the dashboard, every few seconds).
@@ -253,9 +253,12 @@ pub trait Backbone: Send + Sync + 'static {
     /// the number of threads.
     async fn oldest_threads(&self, at_or_before_ms: i64, limit: usize) -> Result<Vec<ThreadId>, BackboneError>;
 
-    /// Events retained in the whole deployment, if the engine keeps that
-    /// count (`None`: the whole-log limit must add the threads up).
-    async fn event_count(&self) -> Result<Option<u64>, BackboneError>;
+    /// What the whole-log retention limit counts, as the engine keeps it
+    /// (one read, whatever the number of threads): events retained in the
+    /// whole deployment (Redis), or stored appends (JetStream: one message
+    /// per append, whatever number of events it holds, and one per thread
+    /// whose every event retention removed).
+    async fn event_count(&self) -> Result<u64, BackboneError>;
 
     /// Sets or removes one running entry.
     async fn set_running(&self, run: &RunId, running: Option<&Running>) -> Result<(), BackboneError>;

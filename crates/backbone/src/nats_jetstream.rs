@@ -682,8 +682,12 @@ impl Backbone for NatsBackbone {
         Ok(found)
     }
 
-    async fn event_count(&self) -> Result<Option<u64>, BackboneError> {
-        Ok(None)
+    async fn event_count(&self) -> Result<u64, BackboneError> {
+        self.connected()?;
+        // JetStream counts messages, not the events in them: the stream's own
+        // count stands in (at most the events it holds, plus a marker per
+        // thread retention emptied), so the limit never adds threads up.
+        Ok(self.stream.get_info().await.map_err(unavailable)?.state.messages)
     }
 
     async fn trimmed_runs(&self, thread: &ThreadId) -> Result<Option<TrimmedRuns>, BackboneError> {

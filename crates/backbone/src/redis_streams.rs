@@ -665,9 +665,9 @@ impl Backbone for RedisBackbone {
         Ok(ids.iter().filter_map(|id| ThreadId::parse(id).ok()).collect())
     }
 
-    async fn event_count(&self) -> Result<Option<u64>, BackboneError> {
+    async fn event_count(&self) -> Result<u64, BackboneError> {
         let count: Option<i64> = self.conn().get(self.key("events")).await.map_err(unavailable)?;
-        Ok(Some(count.map_or(0, |n| u64::try_from(n).unwrap_or(0))))
+        Ok(count.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
     }
 
     async fn set_running(&self, run: &RunId, running: Option<&Running>) -> Result<(), BackboneError> {

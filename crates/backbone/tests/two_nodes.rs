@@ -610,8 +610,11 @@ async fn the_sweep_takes_the_oldest_threads_first(url: &str) {
     let whole = RetentionPolicy { max_events: 3, ..Default::default() };
     let (capped, _) = node_keeping(url, &p, "capped", hour, whole).await;
     // 1 event in the old thread and 3 in the new one: the oldest (the new thread's) give way first.
-    assert_eq!(capped.enforce_retention(Timestamp::now()).await.unwrap(), 1);
-    assert_eq!(capped.read(&new, 0, 100).await.unwrap().oldest_seq, 2);
+    // JetStream counts messages, and the old thread's also holds the marker
+    // its emptying left (see `Backbone::event_count`): one more goes there.
+    let over = if url.starts_with("nats") { 2 } else { 1 };
+    assert_eq!(capped.enforce_retention(Timestamp::now()).await.unwrap(), over);
+    assert_eq!(capped.read(&new, 0, 100).await.unwrap().oldest_seq, 1 + over);
     assert_eq!(capped.read(&old, 0, 100).await.unwrap().events.len(), 1);
 }
 
@@ -642,7 +645,7 @@ async fn redis_threads_stored_before_the_age_index_join_it_at_start() {
 
     let upgraded = RedisBackbone::connect(&redis(), &p).await.unwrap();
     assert_eq!(upgraded.oldest_threads(i64::MAX, 10).await.unwrap(), vec![thread]);
-    assert_eq!(upgraded.event_count().await.unwrap(), Some(3));
+    assert_eq!(upgraded.event_count().await.unwrap(), 3);
 }
 
 /// Issue 15, item 4: after a Redis failover that lost acknowledged writes a
