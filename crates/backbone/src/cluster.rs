@@ -98,6 +98,9 @@ struct RunView {
     /// When this node learnt of the run's latest event (its own clock; a view
     /// rebuilt from history counts from the rebuild, which only delays expiry).
     last_seen: Option<Instant>,
+    /// The `seq` of its latest event this view read (0: none read, as for a
+    /// run known from what retention kept).
+    last_seq: u64,
 }
 
 /// A node's cached view of a thread (see the module docs).
@@ -118,7 +121,13 @@ impl ThreadView {
     fn apply(&mut self, events: &[Arc<StoredEvent>]) {
         for event in events.iter().filter(|e| e.seq() > self.at.seq) {
             let run = self.runs.entry(event.envelope.run_id.clone()).or_default();
+            if run.state.lifecycle.ended() {
+                // An ended run takes no more events: this is a new run under
+                // the id of one retention forgot (see `Inner::forgotten`).
+                *run = RunView::default();
+            }
             run.last_seen = Some(Instant::now());
+            run.last_seq = event.seq();
             follow_run(&mut run.state, event);
         }
     }
@@ -130,7 +139,7 @@ impl ThreadView {
         let runs = trimmed
             .runs
             .into_iter()
-            .map(|(run, state)| (run, RunView { state, touched_ms: 0, last_seen: Some(now) }))
+            .map(|(run, state)| (run, RunView { state, touched_ms: 0, last_seen: Some(now), last_seq: 0 }))
             .collect();
         let (at, trimmed_through) = (Position { seq: trimmed.through_seq, token: 0 }, trimmed.through_seq);
         Self { loaded: false, at, runs, trimmed_through, trim_queued: false }
@@ -448,6 +457,28 @@ impl<B: Backbone> Inner<B> {
         Err(LogError::Unavailable(format!("thread {thread} is too contended; retry shortly")))
     }
 
+    /// Whether retention has forgotten the run `known` shows (ended past the
+    /// de-duplication window, with every event removed and left out of the
+    /// state kept): this view's state, and any cached registration, are of a
+    /// run that no longer exists, and its id may name a new one. Reads the
+    /// engine only for runs past that window.
+    async fn forgotten(&self, thread: &ThreadId, run: &RunId, known: &RunView) -> Result<bool, LogError> {
+        let window = i64::try_from(self.config.log.dedup_window.as_millis()).unwrap_or(i64::MAX);
+        let Some(ended) = known.state.ended_ms else { return Ok(false) };
+        if ended.saturating_add(window) > Timestamp::now().millis() {
+            return Ok(false);
+        }
+        let Some(kept) = self.backbone.trimmed_runs(thread).await.map_err(unavailable)? else { return Ok(false) };
+        Ok(kept.through_seq >= known.last_seq && !kept.runs.contains_key(run))
+    }
+
+    /// Drops what this node holds of a run retention forgot: its state in
+    /// `view` and its cached registration.
+    fn drop_forgotten(&self, view: &mut ThreadView, run: &RunId) {
+        view.runs.remove(run);
+        self.registry.remove(run);
+    }
+
     /// Queues a trim of the thread for the retention worker when the append
     /// just made took it past the per-thread limit (with the policy's slack),
     /// so the limit costs work where it is due, not a walk over every thread.
@@ -502,6 +533,14 @@ impl<B: Backbone> Inner<B> {
         if !view.loaded || quiet_for.is_some() {
             self.sync(&thread, &mut view).await?;
             current = true;
+        }
+        if let Some(known) = view.runs.get(&run)
+            && self.forgotten(&thread, &run, known).await?
+        {
+            // Route the id afresh: it may name a new run now, or none.
+            self.drop_forgotten(&mut view, &run);
+            drop(view);
+            return Box::pin(self.append_guarded(run_id, events, cancel, quiet_for)).await;
         }
         let idle_ms = i64::try_from(self.config.log.run_idle_timeout.as_millis()).unwrap_or(i64::MAX);
         for _ in 0..MAX_ATTEMPTS {
@@ -582,12 +621,27 @@ impl<B: Backbone> Inner<B> {
         let cell = self.cell(&thread);
         let mut view = cell.lock().await;
         self.sync(&thread, &mut view).await?;
+        let stale = match view.runs.get(&run) {
+            Some(known) => self.forgotten(&thread, &run, known).await?,
+            // Registered with no event yet, or a cached registration of a run
+            // retention forgot since: the engine says which.
+            None => self.backbone.run(run_id).await.map_err(unavailable)?.is_none_or(|e| e.thread_id != thread),
+        };
+        if stale {
+            self.drop_forgotten(&mut view, &run);
+            drop(view);
+            return match self.backbone.run(run_id).await.map_err(unavailable)? {
+                Some(_) => Box::pin(self.run_info(run_id)).await,
+                None => Ok(None),
+            };
+        }
         let known = view.runs.get(&run);
         Ok(Some(RunInfo {
             run_id: run.clone(),
             thread_id: thread,
             owner,
-            agent_name: known.and_then(|r| r.state.agent_name.clone()).or_else(|| entry.and_then(|e| e.agent_name)),
+            // As on one node: the name registered, else the one its `agent_started` gave.
+            agent_name: entry.and_then(|e| e.agent_name).or_else(|| known.and_then(|r| r.state.agent_name.clone())),
             status: known.map(|r| r.state.lifecycle.status()).unwrap_or_default(),
             cancel_requested: known.is_some_and(|r| r.state.cancel_requested),
         }))
@@ -643,8 +697,19 @@ impl<B: Backbone> Inner<B> {
                 if let Err(e) = self.backbone.remove_runs(&forgotten).await {
                     tracing::warn!(%thread, error = %e, "could not forget the registrations of runs retention removed");
                 }
+                // This node's view of the thread need not keep them either.
+                let cell = self.views.lock().peek(thread);
+                let mut view = match &cell {
+                    Some(cell) => Some(cell.lock().await),
+                    None => None,
+                };
                 for run in &forgotten {
-                    self.registry.remove(run);
+                    match view.as_deref_mut() {
+                        Some(view) => self.drop_forgotten(view, run),
+                        None => {
+                            self.registry.remove(run);
+                        }
+                    }
                 }
                 return Ok(TrimDone { removed: true, through_seq: kept.through_seq });
             }
@@ -1007,7 +1072,8 @@ impl<B: Backbone> Log for ClusterLog<B> {
                 {
                     return Err(LogError::Forbidden);
                 }
-                if inner.registration(chosen.as_str()).await?.is_some() {
+                // The engine, not the cache: a cached registration may be of a run retention forgot.
+                if inner.backbone.run(chosen.as_str()).await.map_err(unavailable)?.is_some() {
                     return Err(LogError::RunExists(chosen.to_string()));
                 }
                 chosen
@@ -1023,6 +1089,11 @@ impl<B: Backbone> Log for ClusterLog<B> {
             return Err(LogError::RunExists(run.to_string()));
         }
         inner.remember(run.clone(), entry);
+        // Whatever this node's view holds under the id is of a run retention forgot.
+        let cell = inner.views.lock().peek(&new.thread_id);
+        if let Some(cell) = cell {
+            cell.lock().await.runs.remove(&run);
+        }
         inner.runs_in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(RunInfo {
             run_id: run,

@@ -1,4 +1,6 @@
-//! The embedded log keeps everything across a restart, and refuses bad data directories.
+//! What only the embedded log does: refuse bad data directories, keep its
+//! working state small, upgrade old files, export and import threads. The rules
+//! it shares with every log (a restart among them) are in `crates/conformance`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,81 +22,6 @@ async fn reopen(log: EmbeddedLog, dir: &std::path::Path, idle: Duration) -> Embe
     log.close().await;
     drop(log);
     open(dir, idle)
-}
-
-#[tokio::test]
-async fn threads_runs_events_and_event_ids_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let hour = Duration::from_secs(3600);
-    let log = open(dir.path(), hour);
-    let (alice, thread) = (UserId::parse("alice").unwrap(), ThreadId::parse("thread_keep").unwrap());
-    let run = log
-        .create_run(NewRun {
-            thread_id: thread.clone(),
-            owner: alice.clone(),
-            agent_name: Some("a".into()),
-            in_process: false,
-            run_id: None,
-        })
-        .await
-        .unwrap()
-        .run_id;
-    let first = vec![
-        ev(EventKind::AgentStarted, json!({"agent_name":"a"})).with_event_id("s"),
-        ev(EventKind::ToolExecuting, json!({"tool_call_id":"c1","tool_name":"t"})).with_event_id("x"),
-    ];
-    assert_eq!(log.append(run.as_str(), first).await.unwrap().seqs, vec![1, 2]);
-    let ended = log.create_run(external_run(thread.as_str(), &alice, None)).await.unwrap().run_id;
-    let done = vec![
-        ev(EventKind::AgentStarted, json!({"agent_name":"b"})),
-        ev(EventKind::AgentCompleted, json!({})).with_event_id("fin"),
-    ];
-    assert_eq!(log.append(ended.as_str(), done).await.unwrap().seqs, vec![3, 4]);
-    let before: Vec<String> =
-        log.read(&thread, 0, 100).await.unwrap().events.iter().map(|e| e.json.to_string()).collect();
-
-    let log = reopen(log, dir.path(), hour).await;
-    let page = log.read(&thread, 0, 100).await.unwrap();
-    assert_eq!(page.head_seq, 4);
-    assert_eq!(page.events.iter().map(|e| e.json.to_string()).collect::<Vec<_>>(), before, "history byte for byte");
-    assert_eq!(log.thread_owner(&thread).await.unwrap(), Some(alice.clone()));
-    assert!(matches!(log.ensure_thread(&thread, &UserId::parse("bob").unwrap()).await, Err(LogError::Forbidden)));
-    // The running run goes on where it was: its tool call is still open, its ids still known.
-    let info = log.run(run.as_str()).await.unwrap().unwrap();
-    assert_eq!((info.status, info.agent_name.as_deref()), (RunStatus::Running, Some("a")));
-    assert_eq!(log.append(run.as_str(), vec![started_again()]).await.unwrap().seqs, vec![1]);
-    let early_end = log.append(run.as_str(), vec![ev(EventKind::AgentCompleted, json!({}))]).await;
-    assert!(matches!(early_end, Err(LogError::Lifecycle(LifecycleError::ToolCallsOpen(_)))));
-    let rest =
-        vec![ev(EventKind::ToolCompleted, json!({"tool_call_id":"c1"})), ev(EventKind::AgentCompleted, json!({}))];
-    assert_eq!(log.append(run.as_str(), rest).await.unwrap().seqs, vec![5, 6]);
-    // The ended run is read from the store: repeats still answer, new events are refused.
-    let repeat = ev(EventKind::AgentCompleted, json!({})).with_event_id("fin");
-    assert_eq!(log.append(ended.as_str(), vec![repeat]).await.unwrap().seqs, vec![4]);
-    let late = log.append(ended.as_str(), vec![ev(EventKind::AgentThinking, json!({"thought":"t"}))]).await;
-    assert!(matches!(late, Err(LogError::Lifecycle(LifecycleError::Ended))));
-    assert_eq!(log.run(ended.as_str()).await.unwrap().unwrap().status, RunStatus::Completed);
-    // And a run minted elsewhere still routes by extraction to the stored thread.
-    assert_eq!(log.append("legacy_thread_keep_1", vec![started_again()]).await.unwrap().seqs, vec![7]);
-}
-
-fn started_again() -> NewEvent {
-    ev(EventKind::AgentStarted, json!({"agent_name":"a"})).with_event_id("s")
-}
-
-#[tokio::test]
-async fn the_idle_clock_survives_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let idle = Duration::from_millis(200);
-    let log = open(dir.path(), idle);
-    let thread = ThreadId::parse("thread_idle").unwrap();
-    let run = log.create_run(external_run(thread.as_str(), &UserId::parse("u").unwrap(), None)).await.unwrap().run_id;
-    let log = reopen(log, dir.path(), idle).await;
-    assert_eq!(log.stats().runs_in_flight, 1);
-    assert!(log.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty());
-    let later = Timestamp(Timestamp::now().millis() + 250);
-    assert_eq!(log.expire_idle_runs(later).await.unwrap(), vec![run]);
-    assert_eq!(log.stats().runs_in_flight, 0);
 }
 
 #[tokio::test]
