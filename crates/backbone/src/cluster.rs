@@ -18,7 +18,12 @@
 //! runs), moved on from the previous record by exactly the events removed; the
 //! record is a compare-and-set, so two nodes trimming at once cannot set it
 //! back. A view built later, or one that finds a gap retention left, starts
-//! from that record and reads only the events after it. The per-thread limit
+//! from that record and reads only the events after it. Every
+//! [`ClusterConfig::checkpoint_every`] events a node's retention worker also
+//! writes a view's run state there (a checkpoint, which removes nothing), so a
+//! view rebuilt from nothing reads a bounded tail, not the whole history. A run
+//! retention forgot may leave state in other nodes' views and caches; they ask
+//! the engine before acting on it ([`Inner::forgotten`]). The per-thread limit
 //! is kept where it is passed: an append that takes its thread past the limit
 //! (and its slack) queues a trim for the node's retention worker, so no task
 //! walks every thread for it.
@@ -98,9 +103,6 @@ struct RunView {
     /// When this node learnt of the run's latest event (its own clock; a view
     /// rebuilt from history counts from the rebuild, which only delays expiry).
     last_seen: Option<Instant>,
-    /// The `seq` of its latest event this view read (0: none read, as for a
-    /// run known from what retention kept).
-    last_seq: u64,
 }
 
 /// A node's cached view of a thread (see the module docs).
@@ -114,6 +116,11 @@ struct ThreadView {
     trimmed_through: u64,
     /// A trim of this thread is queued for the retention worker.
     trim_queued: bool,
+    /// How far the thread's recorded run state goes, as far as this view
+    /// knows: the next checkpoint is due [`ClusterConfig::checkpoint_every`] after it.
+    checkpointed_through: u64,
+    /// A checkpoint of this view is queued for the retention worker.
+    checkpoint_queued: bool,
 }
 
 impl ThreadView {
@@ -127,28 +134,54 @@ impl ThreadView {
                 *run = RunView::default();
             }
             run.last_seen = Some(Instant::now());
-            run.last_seq = event.seq();
             follow_run(&mut run.state, event);
         }
     }
 
-    /// A view that starts where retention left the thread: its runs as they
-    /// were through `trimmed.through_seq`, the events after it still to read.
+    /// A view that starts where the recorded run state does (a trim's or a
+    /// checkpoint's): its runs as they were through `trimmed.through_seq`, the
+    /// events after it still to read.
     fn from_trimmed(trimmed: TrimmedRuns) -> Self {
         let now = Instant::now();
+        let removed_through = trimmed.removed_through();
         let runs = trimmed
             .runs
             .into_iter()
-            .map(|(run, state)| (run, RunView { state, touched_ms: 0, last_seen: Some(now), last_seq: 0 }))
+            .map(|(run, state)| (run, RunView { state, touched_ms: 0, last_seen: Some(now) }))
             .collect();
-        let (at, trimmed_through) = (Position { seq: trimmed.through_seq, token: 0 }, trimmed.through_seq);
-        Self { loaded: false, at, runs, trimmed_through, trim_queued: false }
+        Self {
+            loaded: false,
+            at: Position { seq: trimmed.through_seq, token: 0 },
+            runs,
+            trimmed_through: removed_through,
+            trim_queued: false,
+            checkpointed_through: trimmed.through_seq,
+            checkpoint_queued: false,
+        }
     }
+}
+
+/// Keeps at most [`MAX_KEPT_IDS`] `event_id`s per run in a record, the newest.
+fn cap_event_ids(kept: &mut TrimmedRuns) {
+    for run in kept.runs.values_mut().filter(|r| r.event_ids.len() > MAX_KEPT_IDS) {
+        let mut seqs: Vec<u64> = run.event_ids.values().copied().collect();
+        seqs.sort_unstable();
+        let oldest_kept = seqs[seqs.len() - MAX_KEPT_IDS];
+        run.event_ids.retain(|_, seq| *seq >= oldest_kept);
+    }
+}
+
+/// Whether `kept`, the thread's recorded run state, shows that retention
+/// forgot `run` (whose state a view holds as `state`): every event of it is
+/// removed, and the record left it out.
+fn is_forgotten(kept: &TrimmedRuns, run: &RunId, state: &RunState) -> bool {
+    kept.removed_through() >= state.last_seq && !kept.runs.contains_key(run)
 }
 
 /// Moves a run's state past one of its stored events.
 fn follow_run(run: &mut RunState, event: &StoredEvent) {
     let e = &event.envelope;
+    run.last_seq = e.seq;
     run.lifecycle.replay(e.event, &e.data);
     if let Some(id) = &e.event_id {
         run.event_ids.insert(id.clone(), e.seq);
@@ -237,8 +270,8 @@ struct Inner<B> {
     /// Threads said to be rewound while their view was busy: the holder's
     /// next sync starts the view again. At most one per view held.
     rewound_busy: Mutex<std::collections::HashSet<ThreadId>>,
-    /// Trims the per-thread limit asks for, in order, for the retention worker.
-    trims: tokio::sync::mpsc::Sender<(ThreadId, u64)>,
+    /// Trims the per-thread limit asks for, and checkpoints, in order, for the retention worker.
+    trims: tokio::sync::mpsc::Sender<Job>,
     /// What the engine's settings leave open for an acknowledged event to be lost (accepted at start).
     weak: Vec<String>,
     stop: CancellationToken,
@@ -469,7 +502,15 @@ impl<B: Backbone> Inner<B> {
             return Ok(false);
         }
         let Some(kept) = self.backbone.trimmed_runs(thread).await.map_err(unavailable)? else { return Ok(false) };
-        Ok(kept.through_seq >= known.last_seq && !kept.runs.contains_key(run))
+        Ok(is_forgotten(&kept, run, &known.state))
+    }
+
+    /// Whether the engine still registers `run` in `thread`: a run this
+    /// node's view has no event of may be one retention forgot since its
+    /// registration was cached (one read, once per run and view).
+    async fn still_registered(&self, run: &RunId, thread: &ThreadId) -> Result<bool, LogError> {
+        let entry = self.backbone.run(run.as_str()).await.map_err(unavailable)?;
+        Ok(entry.is_some_and(|e| &e.thread_id == thread))
     }
 
     /// Drops what this node holds of a run retention forgot: its state in
@@ -486,9 +527,45 @@ impl<B: Backbone> Inner<B> {
     fn queue_thread_trim(&self, thread: &ThreadId, view: &mut ThreadView) {
         let policy = &self.config.log.retention;
         let Some(keep_from) = policy.thread_trim(view.trimmed_through + 1, view.at.seq) else { return };
-        if !view.trim_queued && self.trims.try_send((thread.clone(), keep_from)).is_ok() {
+        if !view.trim_queued && self.trims.try_send(Job::Trim(thread.clone(), keep_from)).is_ok() {
             view.trim_queued = true;
         }
+    }
+
+    /// Queues a checkpoint of `view` for the retention worker once it has read
+    /// [`ClusterConfig::checkpoint_every`] events past the thread's recorded
+    /// run state, so that a view rebuilt later reads at most about that many.
+    /// A full queue skips it: the next append asks again.
+    fn queue_checkpoint(&self, thread: &ThreadId, view: &mut ThreadView) {
+        let every = self.config.checkpoint_every;
+        if every == 0 || view.checkpoint_queued || view.at.seq < view.checkpointed_through.saturating_add(every) {
+            return;
+        }
+        let runs = view.runs.iter().map(|(id, r)| (id.clone(), r.state.clone())).collect();
+        let snapshot = TrimmedRuns { through_seq: view.at.seq, runs, removed_through: None };
+        if self.trims.try_send(Job::Checkpoint(thread.clone(), snapshot)).is_ok() {
+            view.checkpoint_queued = true;
+        }
+    }
+
+    /// Records `snapshot` (a view's state of the thread's runs) unless the
+    /// record already goes as far; answers how far the record now goes. Runs
+    /// a trim forgot after the snapshot was taken are left out of it.
+    async fn checkpoint(&self, thread: &ThreadId, mut snapshot: TrimmedRuns) -> Result<u64, LogError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let record = self.backbone.trimmed_runs(thread).await.map_err(unavailable)?.unwrap_or_default();
+            if record.through_seq >= snapshot.through_seq {
+                return Ok(record.through_seq);
+            }
+            snapshot.runs.retain(|run, state| !is_forgotten(&record, run, state));
+            snapshot.removed_through = Some(record.removed_through());
+            cap_event_ids(&mut snapshot);
+            // Nothing before the oldest event goes: it only records.
+            if self.backbone.trim(thread, 0, &snapshot, record.mark(), None).await.map_err(unavailable)? {
+                return Ok(snapshot.through_seq);
+            }
+        }
+        Err(LogError::Unavailable(format!("thread {thread} is too contended to checkpoint; retry shortly")))
     }
 
     /// Replaces `view` with the runs' state retention kept, if that goes at
@@ -542,6 +619,12 @@ impl<B: Backbone> Inner<B> {
             drop(view);
             return Box::pin(self.append_guarded(run_id, events, cancel, quiet_for)).await;
         }
+        if entry.is_some() && !view.runs.contains_key(&run) && !self.still_registered(&run, &thread).await? {
+            // A registration this node cached, of a run retention has forgotten since.
+            self.registry.remove(&run);
+            drop(view);
+            return Box::pin(self.append_guarded(run_id, events, cancel, quiet_for)).await;
+        }
         let idle_ms = i64::try_from(self.config.log.run_idle_timeout.as_millis()).unwrap_or(i64::MAX);
         for _ in 0..MAX_ATTEMPTS {
             if let Some(quiet) = quiet_for {
@@ -588,6 +671,7 @@ impl<B: Backbone> Inner<B> {
                     view.apply(&stored);
                     view.at = at;
                     self.queue_thread_trim(&thread, &mut view);
+                    self.queue_checkpoint(&thread, &mut view);
                     if let (RunningChange::Set(..), Some(r)) = (&change, view.runs.get_mut(&run)) {
                         r.touched_ms = now.millis();
                     }
@@ -625,7 +709,7 @@ impl<B: Backbone> Inner<B> {
             Some(known) => self.forgotten(&thread, &run, known).await?,
             // Registered with no event yet, or a cached registration of a run
             // retention forgot since: the engine says which.
-            None => self.backbone.run(run_id).await.map_err(unavailable)?.is_none_or(|e| e.thread_id != thread),
+            None => !self.still_registered(&run, &thread).await?,
         };
         if stale {
             self.drop_forgotten(&mut view, &run);
@@ -648,21 +732,21 @@ impl<B: Backbone> Inner<B> {
     }
 
     /// Removes the thread's events before `keep_from`, recording first what
-    /// the rules still need of its runs (see [`TrimmedRuns`]): the state kept
-    /// at the last trim, moved on by the events this one removes. Runs that
-    /// ended longer ago than the de-duplication window are left out.
+    /// the rules still need of its runs (see [`TrimmedRuns`]): the state
+    /// recorded last, moved on (when it does not go that far yet) by the
+    /// events this trim removes. Runs that ended longer ago than the
+    /// de-duplication window and have no event left are left out.
     async fn trim_keeping_runs(&self, thread: &ThreadId, keep_from: u64, now: Timestamp) -> Result<TrimDone, LogError> {
         let window = i64::try_from(self.config.log.dedup_window.as_millis()).unwrap_or(i64::MAX);
         for _ in 0..MAX_ATTEMPTS {
             let before = self.backbone.trimmed_runs(thread).await.map_err(unavailable)?.unwrap_or_default();
-            let expected = before.through_seq;
-            if keep_from <= expected + 1 {
-                return Ok(TrimDone { removed: false, through_seq: expected });
+            if keep_from <= before.removed_through() + 1 {
+                return Ok(TrimDone { removed: false, removed_through: before.removed_through() });
             }
-            let mut kept = before;
-            let mut at = Position { seq: kept.through_seq, token: 0 };
+            let mut kept = before.clone();
             // When the first event kept was appended: where the thread now ranks by age.
             let mut first_kept_ms = None;
+            let mut at = Position { seq: kept.through_seq.min(keep_from - 1), token: 0 };
             'read: loop {
                 let tail = self.backbone.read(thread, at, SYNC_PAGE).await.map_err(unavailable)?;
                 for event in &tail.events {
@@ -670,29 +754,30 @@ impl<B: Backbone> Inner<B> {
                         first_kept_ms = Some(event.envelope.ts.millis());
                         break 'read;
                     }
-                    follow_run(kept.runs.entry(event.envelope.run_id.clone()).or_default(), event);
+                    if event.seq() > kept.through_seq {
+                        follow_run(kept.runs.entry(event.envelope.run_id.clone()).or_default(), event);
+                    }
                 }
                 if tail.events.len() < SYNC_PAGE {
                     break;
                 }
                 at = tail.at;
             }
-            kept.through_seq = keep_from - 1;
+            kept.through_seq = kept.through_seq.max(keep_from - 1);
+            kept.removed_through = Some(keep_from - 1);
             // Ended runs whose every event goes, past their de-duplication window: forgotten.
             let forgotten: Vec<RunId> = kept
                 .runs
                 .iter()
-                .filter(|(_, run)| run.ended_ms.is_some_and(|ended| ended.saturating_add(window) <= now.millis()))
+                .filter(|(_, run)| {
+                    run.last_seq < keep_from
+                        && run.ended_ms.is_some_and(|ended| ended.saturating_add(window) <= now.millis())
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             kept.runs.retain(|id, _| !forgotten.contains(id));
-            for run in kept.runs.values_mut().filter(|r| r.event_ids.len() > MAX_KEPT_IDS) {
-                let mut seqs: Vec<u64> = run.event_ids.values().copied().collect();
-                seqs.sort_unstable();
-                let oldest_kept = seqs[seqs.len() - MAX_KEPT_IDS];
-                run.event_ids.retain(|_, seq| *seq >= oldest_kept);
-            }
-            if self.backbone.trim(thread, keep_from, &kept, expected, first_kept_ms).await.map_err(unavailable)? {
+            cap_event_ids(&mut kept);
+            if self.backbone.trim(thread, keep_from, &kept, before.mark(), first_kept_ms).await.map_err(unavailable)? {
                 // After the trim: a registration must not go while events still name it.
                 if let Err(e) = self.backbone.remove_runs(&forgotten).await {
                     tracing::warn!(%thread, error = %e, "could not forget the registrations of runs retention removed");
@@ -711,7 +796,7 @@ impl<B: Backbone> Inner<B> {
                         }
                     }
                 }
-                return Ok(TrimDone { removed: true, through_seq: kept.through_seq });
+                return Ok(TrimDone { removed: true, removed_through: keep_from - 1 });
             }
             // Another node trimmed the thread meanwhile: start again from what it kept.
         }
@@ -940,22 +1025,31 @@ async fn newest_event<B: Backbone>(backbone: &B, thread: &ThreadId) -> Result<Op
     Ok(backbone.read(thread, before, 1).await?.events.pop())
 }
 
-/// What a trim found: whether it removed events, and how far the runs'
-/// state retention keeps now goes (see [`TrimmedRuns`]).
+/// What a trim found: whether it removed events, and through which `seq`
+/// the thread's events are now removed.
 struct TrimDone {
     removed: bool,
-    through_seq: u64,
+    removed_through: u64,
+}
+
+/// Work for the retention worker.
+enum Job {
+    /// Remove the thread's events before this `seq` (the per-thread limit).
+    Trim(ThreadId, u64),
+    /// Record this state of the thread's runs, as a view holds it.
+    Checkpoint(ThreadId, TrimmedRuns),
 }
 
 /// The retention worker: trims the threads appends found past the per-thread
-/// limit, one at a time, then tells their views how far retention has gone.
+/// limit and records checkpoints of views, one at a time, then tells their
+/// views how far the record and the removal have gone.
 async fn trim_threads<B: Backbone>(
     inner: std::sync::Weak<Inner<B>>,
-    mut queued: tokio::sync::mpsc::Receiver<(ThreadId, u64)>,
+    mut queued: tokio::sync::mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) {
     loop {
-        let (thread, keep_from) = tokio::select! {
+        let job = tokio::select! {
             _ = stop.cancelled() => return,
             next = queued.recv() => match next {
                 Some(next) => next,
@@ -963,20 +1057,39 @@ async fn trim_threads<B: Backbone>(
             },
         };
         let Some(inner) = inner.upgrade() else { return };
-        let through = match inner.trim_keeping_runs(&thread, keep_from, Timestamp::now()).await {
-            Ok(done) => done.through_seq,
-            Err(e) => {
-                tracing::warn!(%thread, error = %e, "could not trim a thread past its limit; its next append retries");
-                0
+        match job {
+            Job::Trim(thread, keep_from) => {
+                let removed_through = match inner.trim_keeping_runs(&thread, keep_from, Timestamp::now()).await {
+                    Ok(done) => done.removed_through,
+                    Err(e) => {
+                        tracing::warn!(%thread, error = %e, "could not trim a thread past its limit; its next append retries");
+                        0
+                    }
+                };
+                let cell = inner.views.lock().peek(&thread);
+                if let Some(cell) = cell {
+                    let mut view = cell.lock().await;
+                    view.trim_queued = false;
+                    view.trimmed_through = view.trimmed_through.max(removed_through);
+                    // Appends that came while this trim ran may have passed the limit again.
+                    inner.queue_thread_trim(&thread, &mut view);
+                }
             }
-        };
-        let cell = inner.views.lock().peek(&thread);
-        if let Some(cell) = cell {
-            let mut view = cell.lock().await;
-            view.trim_queued = false;
-            view.trimmed_through = view.trimmed_through.max(through);
-            // Appends that came while this trim ran may have passed the limit again.
-            inner.queue_thread_trim(&thread, &mut view);
+            Job::Checkpoint(thread, snapshot) => {
+                let recorded = match inner.checkpoint(&thread, snapshot).await {
+                    Ok(through) => through,
+                    Err(e) => {
+                        tracing::warn!(%thread, error = %e, "could not record a checkpoint; a later append retries");
+                        0
+                    }
+                };
+                let cell = inner.views.lock().peek(&thread);
+                if let Some(cell) = cell {
+                    let mut view = cell.lock().await;
+                    view.checkpoint_queued = false;
+                    view.checkpointed_through = view.checkpointed_through.max(recorded);
+                }
+            }
         }
     }
 }

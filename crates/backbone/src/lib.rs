@@ -147,17 +147,49 @@ pub struct RunState {
     /// `event_id`s are remembered for the de-duplication window after it.
     #[serde(default)]
     pub ended_ms: Option<i64>,
+    /// The `seq` of its latest event followed (0 in records written before
+    /// it was kept, whose ended runs have every event removed).
+    #[serde(default)]
+    pub last_seq: u64,
 }
 
-/// The state of a thread's runs as of `through_seq`, kept beside the thread
-/// when retention removes events up to it: a view rebuilt from the retained
-/// events starts from here, so lifecycle and de-duplication outlive the
-/// events they were learnt from.
+/// The state of a thread's runs as of `through_seq`, kept beside the thread:
+/// written when retention removes events (up to `removed_through`, never past
+/// `through_seq`), so lifecycle and de-duplication outlive the events they
+/// were learnt from, and every so many events as a checkpoint, so a view
+/// rebuilt from nothing reads this and the events after it, not the whole
+/// history.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrimmedRuns {
     pub through_seq: u64,
     #[serde(default)]
     pub runs: BTreeMap<RunId, RunState>,
+    /// The last `seq` retention removed (`None` in records written before
+    /// checkpoints, where it is `through_seq`).
+    #[serde(default)]
+    pub removed_through: Option<u64>,
+}
+
+impl TrimmedRuns {
+    /// The last `seq` retention removed, as far as this record says.
+    pub fn removed_through(&self) -> u64 {
+        self.removed_through.unwrap_or(self.through_seq)
+    }
+
+    /// What a compare-and-set on the record compares: every write moves one
+    /// of the two (a checkpoint the first, a trim the second), so a writer
+    /// that read an older record is refused.
+    pub fn mark(&self) -> RunsMark {
+        RunsMark { through_seq: self.through_seq, removed_through: self.removed_through() }
+    }
+}
+
+/// The position of a thread's [`TrimmedRuns`] record, for a compare-and-set
+/// (`RunsMark::default()`: no record yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunsMark {
+    pub through_seq: u64,
+    pub removed_through: u64,
 }
 
 /// A thread's retained range.
@@ -230,20 +262,22 @@ pub trait Backbone: Send + Sync + 'static {
     /// What retention recorded of the thread's runs when it last removed events.
     async fn trimmed_runs(&self, thread: &ThreadId) -> Result<Option<TrimmedRuns>, BackboneError>;
 
-    /// Records `kept` (the runs' state through `keep_from - 1`) and removes the
-    /// events of `thread` before `keep_from` (at the backbone's granularity: a
-    /// JetStream message holding newer events too is kept), if the state
-    /// recorded is still through `expected_through` (0: none); `false`, with
-    /// nothing changed, when another node trimmed meanwhile. The record comes
-    /// first: a crash between the two leaves it ahead of the removal, never
-    /// behind. `first_kept_ms` is when the first event kept was appended
-    /// (`None`: none is), for [`Backbone::oldest_threads`].
+    /// Records `kept` (the runs' state through `kept.through_seq`, at least
+    /// `keep_from - 1`) and removes the events of `thread` before `keep_from`
+    /// (at the backbone's granularity: a JetStream message holding newer
+    /// events too is kept), if the record is still at `expected`; `false`,
+    /// with nothing changed, when another node wrote it meanwhile. The record
+    /// comes first: a crash between the two leaves it ahead of the removal,
+    /// never behind. `first_kept_ms` is when the first event kept was
+    /// appended (`None`: none is), for [`Backbone::oldest_threads`]. With
+    /// `keep_from` at or before the oldest retained event, it only records:
+    /// a checkpoint.
     async fn trim(
         &self,
         thread: &ThreadId,
         keep_from: u64,
         kept: &TrimmedRuns,
-        expected_through: u64,
+        expected: RunsMark,
         first_kept_ms: Option<i64>,
     ) -> Result<bool, BackboneError>;
 
@@ -314,8 +348,16 @@ pub struct ClusterConfig {
     /// Start even when [`Backbone::durability`] finds a way to lose an
     /// acknowledged event; the log then reports it (`Log::durability_warnings`).
     pub allow_weak_durability: bool,
+    /// A node records a thread's run state after reading this many events
+    /// past the last record, so that a view rebuilt from nothing (a node that
+    /// starts, or one whose view was evicted) reads that record and at most
+    /// about this many events, not the whole history; 0: never.
+    pub checkpoint_every: u64,
     pub log: LogConfig,
 }
+
+/// [`ClusterConfig::checkpoint_every`] unless set otherwise.
+pub const CHECKPOINT_EVERY: u64 = 1024;
 
 impl ClusterConfig {
     /// Checks the prefix: it ends up in Redis keys, NATS subjects and bucket names.
@@ -456,6 +498,7 @@ mod tests {
             node_ttl: Duration::from_secs(10),
             replicas: 1,
             allow_weak_durability: false,
+            checkpoint_every: crate::CHECKPOINT_EVERY,
             log: LogConfig::default(),
         };
         assert!(config("agentwire-test_1").validate().is_ok());

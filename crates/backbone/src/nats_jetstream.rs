@@ -45,8 +45,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, SETTLE_FOR, Tail,
-    ThreadMeta, TrimmedRuns, decode, decode_events, encode, from_key_safe, key_safe,
+    Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, RunsMark,
+    SETTLE_FOR, Tail, ThreadMeta, TrimmedRuns, decode, decode_events, encode, from_key_safe, key_safe,
 };
 
 /// A request that gets no answer in this long fails (`503`), rather than hanging a publisher.
@@ -253,6 +253,9 @@ impl NatsBackbone {
             last = Some(message);
         }
         let first_kept = match (first_kept, last) {
+            // Nothing before it: nothing to remove (and a purge up to the stream's
+            // first sequence, 1, would be taken for a purge of the whole subject).
+            (Some(_), None) => return Ok(()),
             (Some(kept), _) => kept,
             // Every event goes, but the thread's last message carries its head:
             // a marker holding no events takes its place, so that nothing old
@@ -667,8 +670,9 @@ impl Backbone for NatsBackbone {
                 Some(&through) => through,
                 None => {
                     let record = self.thread_record(&thread).await?;
-                    let through = record
-                        .map_or(0, |r| r.oldest_seq.saturating_sub(1).max(r.runs.map_or(0, |runs| runs.through_seq)));
+                    let through = record.map_or(0, |r| {
+                        r.oldest_seq.saturating_sub(1).max(r.runs.map_or(0, |runs| runs.removed_through()))
+                    });
                     removed_through.insert(thread.clone(), through);
                     through
                 }
@@ -700,7 +704,7 @@ impl Backbone for NatsBackbone {
         thread: &ThreadId,
         keep_from: u64,
         kept: &TrimmedRuns,
-        expected_through: u64,
+        expected: RunsMark,
         // The stream is in append order already: it needs no index by age.
         _first_kept_ms: Option<i64>,
     ) -> Result<bool, BackboneError> {
@@ -708,7 +712,7 @@ impl Backbone for NatsBackbone {
         // The runs' state first, as a compare-and-set on the record's revision.
         let Some(entry) = self.threads.entry(thread.as_str()).await.map_err(unavailable)? else { return Ok(false) };
         let mut record: ThreadRecord = decode(&entry.value)?;
-        if record.runs.as_ref().map_or(0, |r| r.through_seq) != expected_through {
+        if record.runs.as_ref().map(TrimmedRuns::mark).unwrap_or_default() != expected {
             return Ok(false);
         }
         record.runs = Some(kept.clone());

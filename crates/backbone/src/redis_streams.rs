@@ -46,8 +46,8 @@ use redis::{AsyncCommands, Script};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, SETTLE_FOR, Tail,
-    ThreadMeta, TrimmedRuns, decode, decode_events, encode,
+    Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, RunsMark,
+    SETTLE_FOR, Tail, ThreadMeta, TrimmedRuns, decode, decode_events, encode,
 };
 
 /// Feed entries kept for nodes that fall behind (roughly: Redis trims lazily).
@@ -112,13 +112,16 @@ return 0
 
 /// KEYS: thread hash, thread stream, ages, event count. ARGV: keep from, the
 /// runs' state JSON, the `runs_through` expected, the thread id, the append
-/// time of the first event kept (`` if none is). Answers 1, or 0 when another
-/// trim came first.
+/// time of the first event kept (`` if none is), the `runs_removed` expected,
+/// the new `runs_through` and `runs_removed`. Answers 1, or 0 when another
+/// node wrote the record first. A `keep from` at or before the oldest event
+/// removes nothing: a checkpoint.
 const TRIM: &str = r#"
 local through = tonumber(redis.call('HGET', KEYS[1], 'runs_through') or '0')
-if through ~= tonumber(ARGV[3]) then return 0 end
+local removed = tonumber(redis.call('HGET', KEYS[1], 'runs_removed') or through)
+if through ~= tonumber(ARGV[3]) or removed ~= tonumber(ARGV[6]) then return 0 end
 local keep = tonumber(ARGV[1])
-redis.call('HSET', KEYS[1], 'runs', ARGV[2], 'runs_through', keep - 1)
+redis.call('HSET', KEYS[1], 'runs', ARGV[2], 'runs_through', ARGV[7], 'runs_removed', ARGV[8])
 local oldest = tonumber(redis.call('HGET', KEYS[1], 'oldest') or '1')
 if keep > oldest then
   local removed = redis.call('XTRIM', KEYS[2], 'MINID', keep .. '-0')
@@ -630,7 +633,7 @@ impl Backbone for RedisBackbone {
         thread: &ThreadId,
         keep_from: u64,
         kept: &TrimmedRuns,
-        expected_through: u64,
+        expected: RunsMark,
         first_kept_ms: Option<i64>,
     ) -> Result<bool, BackboneError> {
         let done: i64 = self
@@ -641,9 +644,12 @@ impl Backbone for RedisBackbone {
             .key(self.key("events"))
             .arg(keep_from)
             .arg(to_json(kept)?)
-            .arg(expected_through)
+            .arg(expected.through_seq)
             .arg(thread.as_str())
             .arg(first_kept_ms.map(|ms| ms.to_string()).unwrap_or_default())
+            .arg(expected.removed_through)
+            .arg(kept.through_seq)
+            .arg(kept.removed_through())
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;

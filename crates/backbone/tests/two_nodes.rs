@@ -61,6 +61,7 @@ fn cluster_config(prefix: &str, id: &str, log: LogConfig) -> ClusterConfig {
         replicas: 1,
         // The test engines are single processes without fsync on every write.
         allow_weak_durability: true,
+        checkpoint_every: agentwire_backbone::CHECKPOINT_EVERY,
         log,
     }
 }

@@ -106,6 +106,7 @@ async fn open_shared(
         node_ttl: settings.node_ttl,
         replicas: settings.backbone_replicas,
         allow_weak_durability: settings.allow_weak_durability,
+        checkpoint_every: agentwire_backbone::CHECKPOINT_EVERY,
         log: config,
     };
     let Some(opened) = agentwire_backbone::open(url, cluster, feed).await else {

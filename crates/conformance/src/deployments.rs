@@ -94,6 +94,7 @@ pub struct ClusterDeployment {
     prefix: String,
     faults: Arc<Faults>,
     opened: Option<(LogConfig, Arc<dyn FeedSink>)>,
+    checkpoint_every: u64,
 }
 
 impl ClusterDeployment {
@@ -104,7 +105,15 @@ impl ClusterDeployment {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let prefix = format!("c-{tag}-{}-{n}-{nanos}", std::process::id());
-        Self { url: url.to_owned(), prefix, faults: Arc::default(), opened: None }
+        let checkpoint_every = agentwire_backbone::CHECKPOINT_EVERY;
+        Self { url: url.to_owned(), prefix, faults: Arc::default(), opened: None, checkpoint_every }
+    }
+
+    /// Nodes that record a thread's run state every `events` events (see
+    /// `ClusterConfig::checkpoint_every`).
+    pub fn checkpoint_every(mut self, events: u64) -> Self {
+        self.checkpoint_every = events;
+        self
     }
 
     /// The switch that makes the engine refuse the next write.
@@ -124,6 +133,7 @@ impl ClusterDeployment {
             replicas: 1,
             // The test engines are single processes without fsync on every write.
             allow_weak_durability: true,
+            checkpoint_every: self.checkpoint_every,
             log: config,
         };
         async fn start<B: Backbone>(

@@ -1,29 +1,44 @@
 //! A [`Backbone`] that refuses a write when told to, as an engine that is
 //! down or unreachable would: the write never reaches the engine, and the
 //! node gets `Unavailable`. What the model-based test injects into a cluster.
+//! It also counts the events nodes read, for tests of what a node reads.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use agentwire_backbone::{
-    Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, Tail, ThreadMeta,
-    TrimmedRuns,
+    Backbone, BackboneError, Extent, Follower, Outcome, Position, RunEntry, Running, RunningChange, RunsMark, Tail,
+    ThreadMeta, TrimmedRuns,
 };
 use agentwire_log::StoredEvent;
 use agentwire_protocol::{RunId, ThreadId};
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+tokio::task_local! {
+    /// Set while a caller's operation runs (see [`Faults::on_behalf_of_caller`]).
+    static CALLER: ();
+}
+
 /// The switch shared by every node of a deployment.
 #[derive(Default)]
 pub struct Faults {
     fail_next_write: AtomicBool,
+    events_read: AtomicU64,
 }
 
 impl Faults {
-    /// The next write any node makes (a thread, a run, an append, a trim) is refused.
+    /// Runs `operation` as a caller's: only writes made within it meet the
+    /// injected failure, not those of the nodes' background work (their
+    /// checkpoints and trims), whose timing no model can predict.
+    pub async fn on_behalf_of_caller<F: std::future::Future>(operation: F) -> F::Output {
+        CALLER.scope((), operation).await
+    }
+
+    /// The next write a caller's operation makes on any node (a thread, a
+    /// run, an append, a trim) is refused.
     pub fn fail_next_write(&self) {
         self.fail_next_write.store(true, Ordering::Release);
     }
@@ -38,8 +53,13 @@ impl Faults {
         self.fail_next_write.store(false, Ordering::Release);
     }
 
+    /// Events the nodes have read from the engine so far.
+    pub fn events_read(&self) -> u64 {
+        self.events_read.load(Ordering::Relaxed)
+    }
+
     fn write(&self) -> Result<(), BackboneError> {
-        if self.fail_next_write.swap(false, Ordering::AcqRel) {
+        if CALLER.try_with(|_| ()).is_ok() && self.fail_next_write.swap(false, Ordering::AcqRel) {
             return Err(BackboneError::Unavailable("injected: the engine did not answer".into()));
         }
         Ok(())
@@ -111,7 +131,9 @@ impl<B: Backbone> Backbone for Faulty<B> {
     }
 
     async fn read(&self, thread: &ThreadId, after: Position, limit: usize) -> Result<Tail, BackboneError> {
-        self.inner.read(thread, after, limit).await
+        let tail = self.inner.read(thread, after, limit).await?;
+        self.faults.events_read.fetch_add(tail.events.len() as u64, Ordering::Relaxed);
+        Ok(tail)
     }
 
     async fn extent(&self, thread: &ThreadId) -> Result<Option<Extent>, BackboneError> {
@@ -131,11 +153,11 @@ impl<B: Backbone> Backbone for Faulty<B> {
         thread: &ThreadId,
         keep_from: u64,
         kept: &TrimmedRuns,
-        expected_through: u64,
+        expected: RunsMark,
         first_kept_ms: Option<i64>,
     ) -> Result<bool, BackboneError> {
         self.faults.write()?;
-        self.inner.trim(thread, keep_from, kept, expected_through, first_kept_ms).await
+        self.inner.trim(thread, keep_from, kept, expected, first_kept_ms).await
     }
 
     async fn oldest_threads(&self, at_or_before_ms: i64, limit: usize) -> Result<Vec<ThreadId>, BackboneError> {

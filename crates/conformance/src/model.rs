@@ -520,7 +520,8 @@ impl Subject {
     async fn open(target: &Target, keep: Option<u8>) -> Self {
         match target {
             Target::Cluster(url) => {
-                let mut deployment = ClusterDeployment::new(url, "model");
+                // A checkpoint every other event: views are rebuilt from them all the time.
+                let mut deployment = ClusterDeployment::new(url, "model").checkpoint_every(2);
                 let faults = deployment.faults();
                 // Retention forgets an ended run once its window has passed, and a
                 // node that did not trim knows by its own clock: the sweep a day
@@ -904,7 +905,7 @@ pub fn check(target: &Target, steps: &[Step], keep: Option<u8>) -> Result<(), Te
         };
         let mut outcome = Ok(());
         for step in steps {
-            outcome = self::step(&mut subject, &mut model, step).await;
+            outcome = Faults::on_behalf_of_caller(self::step(&mut subject, &mut model, step)).await;
             if outcome.is_err() {
                 break;
             }
