@@ -69,8 +69,9 @@ const SYNC_PAGE: usize = 1024;
 /// Registrations and thread records cached per thread view kept (both are
 /// small, and a node looks them up for threads it holds no view of too).
 const RECORDS_PER_VIEW: usize = 4;
-/// `event_id`s of one run kept by retention past the events they name (the
-/// newest): enough for any retry, small enough for one engine record.
+/// `event_id`s of one run kept by retention past the events they name, and by
+/// a view of a run that goes on (the newest): enough for any retry, small
+/// enough for one engine record.
 const MAX_KEPT_IDS: usize = 2048;
 /// Trims waiting for the retention worker; past it an append's request is
 /// dropped and the thread's next append asks again.
@@ -135,6 +136,11 @@ impl ThreadView {
             }
             run.last_seen = Some(Instant::now());
             follow_run(&mut run.state, event);
+            // A run that never ends must not grow its view without bound: past
+            // twice what a record keeps, the view keeps what a record would.
+            if run.state.event_ids.len() > 2 * MAX_KEPT_IDS {
+                keep_newest_ids(&mut run.state);
+            }
         }
     }
 
@@ -163,12 +169,21 @@ impl ThreadView {
 
 /// Keeps at most [`MAX_KEPT_IDS`] `event_id`s per run in a record, the newest.
 fn cap_event_ids(kept: &mut TrimmedRuns) {
-    for run in kept.runs.values_mut().filter(|r| r.event_ids.len() > MAX_KEPT_IDS) {
-        let mut seqs: Vec<u64> = run.event_ids.values().copied().collect();
-        seqs.sort_unstable();
-        let oldest_kept = seqs[seqs.len() - MAX_KEPT_IDS];
-        run.event_ids.retain(|_, seq| *seq >= oldest_kept);
+    for run in kept.runs.values_mut() {
+        keep_newest_ids(run);
     }
+}
+
+/// Keeps the run's newest [`MAX_KEPT_IDS`] `event_id`s: what a record keeps,
+/// and what a view keeps of a run that goes on and on.
+fn keep_newest_ids(run: &mut RunState) {
+    if run.event_ids.len() <= MAX_KEPT_IDS {
+        return;
+    }
+    let mut seqs: Vec<u64> = run.event_ids.values().copied().collect();
+    seqs.sort_unstable();
+    let oldest_kept = seqs[seqs.len() - MAX_KEPT_IDS];
+    run.event_ids.retain(|_, seq| *seq >= oldest_kept);
 }
 
 /// Whether `kept`, the thread's recorded run state, shows that retention
@@ -1362,6 +1377,27 @@ mod tests {
 
     fn id(n: usize) -> ThreadId {
         ThreadId::parse(&format!("thread_v{n}")).expect("thread id")
+    }
+
+    #[test]
+    fn a_run_that_goes_on_and_on_keeps_a_bounded_number_of_event_ids_the_newest() {
+        let (thread, run) = (id(0), RunId::parse("run_endless").expect("run id"));
+        let mut view = ThreadView::default();
+        let start = NewEvent::new(EventKind::AgentStarted, serde_json::Map::new());
+        let started = numbered(&thread, &run, 0, Timestamp::now(), vec![start]);
+        view.apply(&started);
+        view.at.seq = 1;
+        for n in 0..10_000u64 {
+            let thought =
+                NewEvent::new(EventKind::AgentThinking, serde_json::Map::new()).with_event_id(format!("e{n}"));
+            let stored = numbered(&thread, &run, view.at.seq, Timestamp::now(), vec![thought]);
+            view.apply(&stored);
+            view.at.seq += 1;
+        }
+        let ids = &view.runs[&run].state.event_ids;
+        assert!(ids.len() <= 2 * MAX_KEPT_IDS, "{} ids held", ids.len());
+        assert_eq!(ids.get("e9999"), Some(&10_001), "the newest are kept");
+        assert!(!ids.contains_key("e0"), "the oldest went");
     }
 
     #[test]
