@@ -512,12 +512,19 @@ impl<B: Backbone> Inner<B> {
     /// engine only for runs past that window.
     async fn forgotten(&self, thread: &ThreadId, run: &RunId, known: &RunView) -> Result<bool, LogError> {
         let window = i64::try_from(self.config.log.dedup_window.as_millis()).unwrap_or(i64::MAX);
-        let Some(ended) = known.state.ended_ms else { return Ok(false) };
+        let Some(ended) = known.state.ended_ms.filter(|_| self.forgets_runs()) else { return Ok(false) };
         if ended.saturating_add(window) > Timestamp::now().millis() {
             return Ok(false);
         }
         let Some(kept) = self.backbone.trimmed_runs(thread).await.map_err(unavailable)? else { return Ok(false) };
         Ok(is_forgotten(&kept, run, &known.state))
+    }
+
+    /// Whether retention may forget runs here: only then can a cached
+    /// registration or a view's state be of a run that no longer exists (every
+    /// node of a deployment runs with the same limits).
+    fn forgets_runs(&self) -> bool {
+        self.config.log.retention.is_active()
     }
 
     /// Whether the engine still registers `run` in `thread`: a run this
@@ -634,7 +641,11 @@ impl<B: Backbone> Inner<B> {
             drop(view);
             return Box::pin(self.append_guarded(run_id, events, cancel, quiet_for)).await;
         }
-        if entry.is_some() && !view.runs.contains_key(&run) && !self.still_registered(&run, &thread).await? {
+        if entry.is_some()
+            && self.forgets_runs()
+            && !view.runs.contains_key(&run)
+            && !self.still_registered(&run, &thread).await?
+        {
             // A registration this node cached, of a run retention has forgotten since.
             self.registry.remove(&run);
             drop(view);
@@ -724,7 +735,7 @@ impl<B: Backbone> Inner<B> {
             Some(known) => self.forgotten(&thread, &run, known).await?,
             // Registered with no event yet, or a cached registration of a run
             // retention forgot since: the engine says which.
-            None => !self.still_registered(&run, &thread).await?,
+            None => self.forgets_runs() && !self.still_registered(&run, &thread).await?,
         };
         if stale {
             self.drop_forgotten(&mut view, &run);
