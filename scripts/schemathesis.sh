@@ -27,6 +27,6 @@ for bearer in "$token" "dev-publish-key"; do
     -H "Authorization: Bearer $bearer" \
     --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
     --max-examples 25 --seed 1 \
-    --exclude-path /v1/ws --exclude-path /v1/agui \
+    --exclude-path /v1/ws --exclude-path /v1/publish --exclude-path /v1/agui \
     --exclude-path /v1/admin/stream --exclude-path '/v1/threads/{thread_id}/stream'
 done

@@ -97,6 +97,9 @@ pub struct Scenario {
     pub sources: u8,
     pub mode: Mode,
     pub shape: Shape,
+    /// agentwire only: publish over one publisher WebSocket per node
+    /// (`GET /v1/publish`, frames not awaited) instead of a request per event.
+    pub stream_publish: bool,
 }
 
 impl Scenario {
@@ -114,6 +117,7 @@ impl Scenario {
             sources: 8,
             mode: Mode::Stream,
             shape: Shape::Thinking,
+            stream_publish: false,
         }
     }
 }
@@ -125,6 +129,8 @@ struct Target {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// Frames for this node's publisher WebSocket, when publishes stream.
+    frames: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Target {
@@ -145,7 +151,47 @@ impl Target {
             }
             _ => String::new(),
         };
-        Ok(Self { kind, base: base.to_owned(), token, http: http.clone() })
+        Ok(Self { kind, base: base.to_owned(), token, http: http.clone(), frames: None })
+    }
+
+    /// Opens this node's publisher WebSocket: frames go out as they come, and
+    /// answers are read and counted (a refusal counts in `refused`).
+    async fn stream_publishes(&mut self, refused: Arc<AtomicU64>) -> Result<(), String> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}/v1/publish", self.base.replacen("http://", "ws://", 1));
+        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+        let auth = "Bearer dev-publish-key".parse().map_err(|_| "a header value")?;
+        request.headers_mut().insert("authorization", auth);
+        let (socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
+        let (mut sink, mut answers) = socket.split();
+        let (frames, mut queued) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(frame) = queued.recv().await {
+                if sink.feed(Message::text(frame)).await.is_err() {
+                    return;
+                }
+                // Whatever else is queued goes in the same write.
+                while let Ok(frame) = queued.try_recv() {
+                    if sink.feed(Message::text(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(Ok(answer)) = answers.next().await {
+                if let Message::Text(text) = answer
+                    && text.contains("\"error\"")
+                {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        self.frames = Some(frames);
+        Ok(())
     }
 
     fn ws_url(&self, thread: &str) -> String {
@@ -182,6 +228,10 @@ impl Target {
             ),
             Shape::Delta => ("agent_message", json!({"message_id": "m1", "delta": " token", "sent_ns": sent_ns})),
         };
+        if let Some(frames) = &self.frames {
+            let frame = json!({"run_id": to, "event": event, "data": data}).to_string();
+            return frames.send(frame).is_ok();
+        }
         let result = match self.kind {
             Kind::Agentwire => self.post(&format!("/v1/runs/{to}/events"), &json!({"event":event,"data":data})).await,
             Kind::Ws | Kind::SocketIo => {
@@ -487,8 +537,13 @@ pub async fn run(s: &Scenario) -> Result<Value, String> {
         targets.push(Target::connect(s.kind, b, &http).await?);
     }
     let mut publish_targets = Vec::new();
+    let refused = Arc::new(AtomicU64::new(0));
     for b in &s.publish_bases {
-        publish_targets.push(Target::connect(s.kind, b, &http).await?);
+        let mut target = Target::connect(s.kind, b, &http).await?;
+        if s.stream_publish && s.kind == Kind::Agentwire {
+            target.stream_publishes(refused.clone()).await?;
+        }
+        publish_targets.push(target);
     }
     let start = Instant::now();
     let tally = Arc::new(Tally::default());
@@ -589,6 +644,7 @@ pub async fn run(s: &Scenario) -> Result<Value, String> {
         "nodes": s.bases.len().max(s.publish_bases.len()),
         "threads": s.threads, "subscribers_per_thread": s.subs, "rate": s.rate, "seconds": s.seconds,
         "published": published.load(Ordering::Relaxed), "publish_seconds": publish_secs,
+        "stream_publish": s.stream_publish, "refused": refused.load(Ordering::Relaxed),
         "deliveries": received, "deliveries_per_s": if total > 0 { received as f64 / elapsed } else { 0.0 },
         "lost": expected.saturating_sub(received + lost_or_gap) + lost_or_gap,
         "duplicated": tally.duplicated.load(Ordering::Relaxed),

@@ -9,7 +9,8 @@
 //! `--shape` thinking | delta. Several nodes of one agentwire cluster: `--url`
 //! takes a comma-separated list (subscribers spread over it), `--publish-url`
 //! another (publishes spread over it; default: `--url`), and `--pid` one process
-//! id per node (figures summed).
+//! id per node (figures summed). `--stream-publish` (agentwire): publishes go
+//! over one publisher WebSocket per node, not a request each.
 
 use agentwire_bench::load::{Mode, Scenario, Shape, run};
 
@@ -38,6 +39,7 @@ async fn main() {
     scenario.sources = arg(&args, "--sources", scenario.sources);
     scenario.mode = arg(&args, "--mode", Mode::Stream);
     scenario.shape = if arg(&args, "--shape", String::new()) == "delta" { Shape::Delta } else { Shape::Thinking };
+    scenario.stream_publish = args.iter().any(|a| a == "--stream-publish");
     match run(&scenario).await {
         Ok(report) => println!("{report}"),
         Err(e) => {

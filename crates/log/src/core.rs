@@ -1047,17 +1047,25 @@ impl<S: Store> StoredLog<S> {
     }
 
     /// Appends under the resolved thread's lock, then waits for durability.
-    async fn append_to(&self, run_id: &str, mut events: Vec<NewEvent>, cancel: bool) -> Result<Appended, LogError> {
+    async fn append_to(&self, run_id: &str, events: Vec<NewEvent>, cancel: bool) -> Result<Appended, LogError> {
+        let (appended, ticket) = self.decide(run_id, events, cancel).await?;
+        durable(ticket).await?;
+        Ok(appended)
+    }
+
+    /// Decides an append under the resolved thread's lock and queues its write.
+    async fn decide(
+        &self,
+        run_id: &str,
+        mut events: Vec<NewEvent>,
+        cancel: bool,
+    ) -> Result<(Appended, Ticket), LogError> {
         let core = &self.core;
         core.check_writable()?;
         core.config.prepare(&mut events);
         let Resolved { run, entry, lookup } = core.resolve(run_id, !cancel, &events).await?;
-        let (appended, ticket) = {
-            let mut state = entry.state.lock();
-            core.append_locked(&entry, &mut state, &run, events, cancel, lookup)?
-        };
-        durable(ticket).await?;
-        Ok(appended)
+        let mut state = entry.state.lock();
+        core.append_locked(&entry, &mut state, &run, events, cancel, lookup)
     }
 
     /// Ends every running run that `pick` chooses with `agent_error {code, message}`; answers them.
@@ -1196,6 +1204,11 @@ impl<S: Store> Log for StoredLog<S> {
 
     async fn append(&self, run_id: &str, events: Vec<NewEvent>) -> Result<Appended, LogError> {
         self.append_to(run_id, events, false).await
+    }
+
+    async fn append_queued(&self, run_id: &str, events: Vec<NewEvent>) -> Result<crate::Queued, LogError> {
+        let (appended, ticket) = self.decide(run_id, events, false).await?;
+        Ok(Box::pin(async move { durable(ticket).await.map(|()| appended) }))
     }
 
     async fn cancel(&self, run_id: &str) -> Result<Appended, LogError> {

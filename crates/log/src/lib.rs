@@ -35,6 +35,9 @@ pub use memory::{MemoryLog, MemoryStore};
 pub use retention::RetentionPolicy;
 pub use store::{Store, StoreError};
 
+/// An append decided and on its way to the store (see [`Log::append_queued`]).
+pub type Queued = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended, LogError>> + Send>>;
+
 /// An event as stored: the envelope, its JSON encoded once for every
 /// subscriber, and when this node appended or received it (for delivery lag).
 #[derive(Debug)]
@@ -316,6 +319,17 @@ pub trait Log: Send + Sync + 'static {
     /// the thread extraction fallback), de-duplicates by `event_id`, checks the
     /// lifecycle, numbers the events and hands them to the feed.
     async fn append(&self, run_id: &str, events: Vec<NewEvent>) -> Result<Appended, LogError>;
+
+    /// [`Log::append`] in two steps, for a publisher that sends events one
+    /// after another without waiting for each to be stored: answers once the
+    /// append is decided (refusals are the answer), with what answers once it
+    /// is stored. Appends decided one after another are stored in that order;
+    /// one whose write fails fails every one decided after it. A log that
+    /// cannot tell the steps apart answers once the append is stored.
+    async fn append_queued(&self, run_id: &str, events: Vec<NewEvent>) -> Result<Queued, LogError> {
+        let appended = self.append(run_id, events).await?;
+        Ok(Box::pin(std::future::ready(Ok(appended))))
+    }
 
     /// Marks the run cancelled and appends `agent_error {code:"cancelled"}`.
     async fn cancel(&self, run_id: &str) -> Result<Appended, LogError>;

@@ -96,6 +96,8 @@ pub enum EventError {
     TooMany { got: usize, max: usize },
     #[error("invalid JSON: {0}")]
     Json(String),
+    #[error("a publish frame names its run: \"run_id\" is missing")]
+    MissingRunId,
     #[error("event {index}: {source}")]
     At { index: usize, source: Box<EventError> },
 }

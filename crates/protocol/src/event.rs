@@ -165,9 +165,15 @@ struct RawEvent {
     event_id: Option<String>,
 }
 
-/// A publish body: one event, or `{"events":[…]}`.
+/// A publish body: one event, or `{"events":[…]}`; on the publisher
+/// WebSocket, with the run's id and the frame's `ref` beside it (ignored in a
+/// request body).
 #[derive(Debug, Deserialize)]
 struct RawBody {
+    #[serde(default, rename = "ref")]
+    reference: Option<u64>,
+    #[serde(default)]
+    run_id: Option<String>,
     #[serde(default)]
     event: Option<String>,
     #[serde(default)]
@@ -203,6 +209,25 @@ impl RawEvent {
 /// Parses and validates a publisher's body (PROTOCOL §3, `POST /v1/runs/{id}/events`).
 pub fn parse_publish_body(body: &[u8], limits: PublishLimits) -> Result<Vec<NewEvent>, EventError> {
     let raw: RawBody = serde_json::from_slice(body).map_err(|e| EventError::Json(e.to_string()))?;
+    body_events(raw, limits)
+}
+
+/// A frame of the publisher WebSocket: its `ref`, run id and events.
+pub type PublishFrame = (Option<u64>, String, Vec<NewEvent>);
+
+/// Parses and validates a frame of the publisher WebSocket (PROTOCOL §3.1):
+/// a publish body with `run_id` and an optional `ref` beside it. A refusal
+/// carries the frame's `ref` when it could be read.
+pub fn parse_publish_frame(frame: &[u8], limits: PublishLimits) -> Result<PublishFrame, (Option<u64>, EventError)> {
+    let mut raw: RawBody = serde_json::from_slice(frame).map_err(|e| (None, EventError::Json(e.to_string())))?;
+    let reference = raw.reference;
+    let Some(run_id) = raw.run_id.take() else { return Err((reference, EventError::MissingRunId)) };
+    let events = body_events(raw, limits).map_err(|e| (reference, e))?;
+    Ok((reference, run_id, events))
+}
+
+/// The events of a publish body, checked.
+fn body_events(raw: RawBody, limits: PublishLimits) -> Result<Vec<NewEvent>, EventError> {
     let raws = match (raw.event, raw.events) {
         (Some(event), None) => vec![RawEvent { event, data: raw.data, event_id: raw.event_id }],
         (None, Some(events)) if raw.data.is_none() && raw.event_id.is_none() => events,
@@ -232,6 +257,22 @@ mod tests {
 
     fn parse(v: Value) -> Result<Vec<NewEvent>, EventError> {
         parse_publish_body(v.to_string().as_bytes(), LIMITS)
+    }
+
+    #[test]
+    fn a_publish_frame_is_a_body_with_its_run_and_ref() {
+        let frame = json!({"ref": 7, "run_id": "run_a", "event": "agent_started", "data": {"agent_name": "a"}});
+        let (reference, run, events) = parse_publish_frame(frame.to_string().as_bytes(), LIMITS).unwrap();
+        assert_eq!((reference, run.as_str(), events.len()), (Some(7), "run_a", 1));
+        let batch = json!({"run_id": "run_a", "events": [{"event": "agent_thinking", "data": {"thought": "t"}}]});
+        assert_eq!(parse_publish_frame(batch.to_string().as_bytes(), LIMITS).unwrap().0, None);
+        // Refusals keep the ref, so the publisher knows which frame it was.
+        let no_run = json!({"ref": 8, "event": "agent_started", "data": {"agent_name": "a"}});
+        let refused = parse_publish_frame(no_run.to_string().as_bytes(), LIMITS).unwrap_err();
+        assert_eq!((refused.0, refused.1), (Some(8), EventError::MissingRunId));
+        let bad = json!({"ref": 9, "run_id": "run_a", "event": "no_such_event"});
+        assert_eq!(parse_publish_frame(bad.to_string().as_bytes(), LIMITS).unwrap_err().0, Some(9));
+        assert_eq!(parse_publish_frame(b"{not json", LIMITS).unwrap_err().0, None);
     }
 
     #[test]

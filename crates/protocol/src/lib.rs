@@ -20,7 +20,7 @@ pub mod redact;
 
 pub use envelope::{Envelope, EnvelopeType, Timestamp};
 pub use error::{ErrorCode, EventError, IdError, LifecycleError};
-pub use event::{EventKind, NAME_MAX, NewEvent, PublishLimits, parse_publish_body};
+pub use event::{EventKind, NAME_MAX, NewEvent, PublishFrame, PublishLimits, parse_publish_body, parse_publish_frame};
 pub use frame::{ClientFrame, ServerFrame, encode_events, json_array};
 pub use ids::{RunId, ThreadId, UserId, extract_thread_id};
 pub use lifecycle::{RunLifecycle, RunStatus};

@@ -1,8 +1,12 @@
 """Publishers for agentwire: `Publisher` (blocking) and `AsyncPublisher` (asyncio).
 
-Both speak the HTTP API of PROTOCOL §3 with a publish key. Every event gets an
-``event_id`` before its first attempt, so retrying after a ``503`` or a network
-error can never store it twice: the server answers a repeat with the first seq.
+Both speak the API of PROTOCOL §3 with a publish key: runs over HTTP, events
+over one WebSocket per publisher (§3.1; ``stream=False`` sends each publish as
+an HTTP request instead). Token deltas (``run.message``) go without waiting for
+their answer; any refusal is raised by the run's next event or its end. Every
+event gets an ``event_id`` before its first attempt, so retrying after a
+``503`` or a network error can never store it twice: the server answers a
+repeat with the first seq.
 
 A run is best used as a context manager, which always ends it::
 
@@ -24,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import httpx
+
+from .stream import AsyncStream, SyncStream
 
 
 Json = Any
@@ -126,11 +132,15 @@ class Publisher:
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         timeout: float = 10.0,
+        stream: bool = True,
     ) -> None:
         self._s = _Settings(base_url, publish_key, retries, backoff, max_backoff)
         self._http = httpx.Client(timeout=timeout)
+        self._stream = SyncStream(self._s.base_url, self._s.headers, retries, backoff) if stream else None
 
     def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
         self._http.close()
 
     def __enter__(self) -> "Publisher":
@@ -160,9 +170,18 @@ class Publisher:
         """Registers a run (creating the thread for ``user_id`` if new); answers its id."""
         return self._request("POST", "/v1/runs", _run_body(thread_id, user_id, agent_name, run_id))["run_id"]
 
-    def publish(self, run_id: str, events: Iterable[Event]) -> List[int]:
-        """Publishes events of one run, all or nothing; answers their seqs."""
-        return self._request("POST", f"/v1/runs/{run_id}/events", {"events": [e.body() for e in events]})["seqs"]
+    def publish(self, run_id: str, events: Iterable[Event], wait: bool = True) -> List[int]:
+        """Publishes events of one run, all or nothing; answers their seqs. Without
+        ``wait`` (streaming only) it answers at once, and a refusal is raised later."""
+        bodies = [e.body() for e in events]
+        if self._stream is not None:
+            return self._stream.send(run_id, bodies, wait)
+        return self._request("POST", f"/v1/runs/{run_id}/events", {"events": bodies})["seqs"]
+
+    def flush(self) -> None:
+        """Waits for every event sent to be answered; raises the first refusal."""
+        if self._stream is not None:
+            self._stream.flush()
 
     def get_run(self, run_id: str) -> Dict[str, Json]:
         return self._request("GET", f"/v1/runs/{run_id}")
@@ -240,8 +259,8 @@ class Run(_RunState):
         self.emit(thinking(thought, step))
 
     def message(self, delta: str) -> None:
-        """A piece of the streamed answer."""
-        self.emit(self._delta(delta))
+        """A piece of the streamed answer: sent without waiting for its answer."""
+        self._p.publish(self.run_id, [self._delta(delta)], wait=False)
 
     def tool(self, name: str, args: Json = None) -> ToolCall:
         return ToolCall(self, name, args)
@@ -270,11 +289,15 @@ class AsyncPublisher:
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         timeout: float = 10.0,
+        stream: bool = True,
     ) -> None:
         self._s = _Settings(base_url, publish_key, retries, backoff, max_backoff)
         self._http = httpx.AsyncClient(timeout=timeout)
+        self._stream = AsyncStream(self._s.base_url, self._s.headers, retries, backoff) if stream else None
 
     async def aclose(self) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
         await self._http.aclose()
 
     async def __aenter__(self) -> "AsyncPublisher":
@@ -303,9 +326,15 @@ class AsyncPublisher:
     async def create_run(self, thread_id: str, user_id: str, agent_name: str, run_id: Optional[str] = None) -> str:
         return (await self._request("POST", "/v1/runs", _run_body(thread_id, user_id, agent_name, run_id)))["run_id"]
 
-    async def publish(self, run_id: str, events: Iterable[Event]) -> List[int]:
-        body = {"events": [e.body() for e in events]}
-        return (await self._request("POST", f"/v1/runs/{run_id}/events", body))["seqs"]
+    async def publish(self, run_id: str, events: Iterable[Event], wait: bool = True) -> List[int]:
+        bodies = [e.body() for e in events]
+        if self._stream is not None:
+            return await self._stream.send(run_id, bodies, wait)
+        return (await self._request("POST", f"/v1/runs/{run_id}/events", {"events": bodies}))["seqs"]
+
+    async def flush(self) -> None:
+        if self._stream is not None:
+            await self._stream.flush()
 
     async def get_run(self, run_id: str) -> Dict[str, Json]:
         return await self._request("GET", f"/v1/runs/{run_id}")
@@ -349,7 +378,8 @@ class AsyncRun(_RunState):
         await self.emit(thinking(thought, step))
 
     async def message(self, delta: str) -> None:
-        await self.emit(self._delta(delta))
+        """A piece of the streamed answer: sent without waiting for its answer."""
+        await self._p.publish(self.run_id, [self._delta(delta)], wait=False)
 
     def tool(self, name: str, args: Json = None) -> AsyncToolCall:
         return AsyncToolCall(self, name, args)

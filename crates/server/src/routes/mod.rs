@@ -5,6 +5,7 @@ pub mod agui;
 pub mod assets;
 pub mod openapi;
 pub mod ops;
+pub mod publish_ws;
 pub mod runs;
 pub mod schema;
 pub mod sse;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{run_id}", get(runs::get))
         .route("/v1/runs/{run_id}/events", post(runs::publish))
         .route("/v1/runs/{run_id}/cancel", post(runs::cancel))
+        .route("/v1/publish", get(publish_ws::upgrade))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/agui", post(agui::run))
         .route("/v1/admin/stats", get(admin::stats))

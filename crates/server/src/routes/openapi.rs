@@ -7,7 +7,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::schema;
-use crate::routes::{admin, agui, ops, runs, sse, threads, ws};
+use crate::routes::{admin, agui, ops, publish_ws, runs, sse, threads, ws};
 
 /// Every route and body of the HTTP API.
 #[derive(OpenApi)]
@@ -15,7 +15,7 @@ use crate::routes::{admin, agui, ops, runs, sse, threads, ws};
     info(title = "agentwire", description = "The real-time bridge between AI agents and the people watching them (PROTOCOL.md)."),
     paths(
         threads::create, threads::delete, threads::post_message, threads::events, sse::stream,
-        runs::create, runs::publish, runs::get, runs::cancel,
+        runs::create, runs::publish, runs::get, runs::cancel, publish_ws::upgrade,
         agui::run, ws::upgrade,
         ops::healthz, ops::readyz, ops::metrics, ops::dev_token,
         admin::stats, admin::stream,

@@ -139,6 +139,15 @@ impl TestServer {
         self.post(&format!("/v1/runs/{run}/events"), PUBLISH_KEY, body).await
     }
 
+    /// The publisher WebSocket (PROTOCOL §3.1) with `key` as its bearer.
+    pub async fn publisher_ws(&self, key: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("{}/v1/publish", self.ws_base).into_client_request()?;
+        request.headers_mut().insert("authorization", format!("Bearer {key}").parse().expect("a header value"));
+        let (stream, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Ws { stream })
+    }
+
     pub async fn ws(&self, token: &str) -> Ws {
         let (stream, _) = tokio_tungstenite::connect_async(format!("{}/v1/ws?token={token}", self.ws_base))
             .await
