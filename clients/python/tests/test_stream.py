@@ -83,3 +83,15 @@ def test_a_bad_key_is_refused_at_the_handshake(server):
         with pytest.raises(AgentwireError) as refused:
             pub.publish("run_thread_x1_1", [Event("agent_started", {"agent_name": "a"})])
     assert refused.value.status == 401
+
+
+def test_a_refusal_is_raised_once_and_the_stream_goes_on(server):
+    async def main():
+        async with AsyncPublisher(server, KEY) as pub:
+            run_id = await pub.create_run(fresh_thread(), "erin", "streamer")
+            with pytest.raises(AgentwireError) as refused:
+                await pub.publish(run_id, [Event("agent_thinking", {"thought": "before the start"})])
+            assert refused.value.code == "lifecycle_violation"
+            assert await pub.publish(run_id, [Event("agent_started", {"agent_name": "streamer"})]) == [1]
+
+    asyncio.run(main())

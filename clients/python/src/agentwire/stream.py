@@ -166,9 +166,14 @@ class AsyncStream(_Stream):
             reader = self._reader
             done, _ = await asyncio.wait({answer, reader} if reader else {answer}, return_when=asyncio.FIRST_COMPLETED)
             if answer in done:
-                seqs = answer.result()
+                refused = answer.exception()
+                if refused is not None:
+                    # Raised here, so not again by a later frame.
+                    if self._failed is refused:
+                        self._failed = None
+                    raise refused
                 self._raise_failed()
-                return seqs
+                return answer.result()
             # The connection dropped before the answer: connect again and resend.
             async with self._lock:
                 if self._ws is None:
