@@ -109,3 +109,17 @@ async fn shutdown_answers_what_was_read_then_closes_with_1001() {
     server.shutdown().await;
     assert_eq!(close_code(publisher.next().await), Some(1001));
 }
+
+#[tokio::test]
+async fn a_frame_over_the_body_limit_closes_with_1009_after_the_answers_before_it() {
+    let mut config = test_config();
+    config.max_body_bytes = 4096;
+    let server = TestServer::start_with(config).await;
+    let run = server.create_run("thread_big", "alice").await;
+    let mut publisher = server.publisher_ws(PUBLISH_KEY).await.expect("handshake");
+    publisher.send(json!({"ref": 1, "run_id": run, "event": "agent_started", "data": {"agent_name": "a"}})).await;
+    let huge = "x".repeat(8192);
+    publisher.send(json!({"ref": 2, "run_id": run, "event": "agent_thinking", "data": {"thought": huge}})).await;
+    assert_eq!(answers(&mut publisher, 1).await[0]["seqs"], json!([1]));
+    assert_eq!(close_code(publisher.next().await), Some(1009));
+}

@@ -166,7 +166,9 @@ async fn serve(mut socket: WebSocket, state: AppState, key: u64) {
             frame = socket.recv(), if waiting.len() < IN_FLIGHT => match frame {
                 Some(Ok(Message::Text(text))) => waiting.push_back(decide(&state, key, &text).await),
                 Some(Ok(Message::Binary(_))) => break Some((close::POLICY, "frames are JSON text")),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                // A frame over the limit (or not WebSocket at all) ends the reading.
+                Some(Err(_)) => break Some((close::TOO_BIG, "message too big or malformed")),
+                Some(Ok(Message::Close(_))) | None => break None,
                 // Pings are answered by the WebSocket layer.
                 Some(Ok(_)) => {}
             },
