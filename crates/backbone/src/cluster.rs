@@ -357,6 +357,12 @@ impl<B: Backbone> Inner<B> {
         self.views.lock().get(thread)
     }
 
+    /// This node's view of `thread`, locked, if it holds one (none is made).
+    async fn held_view(&self, thread: &ThreadId) -> Option<tokio::sync::OwnedMutexGuard<ThreadView>> {
+        let cell = self.views.lock().peek(thread)?;
+        Some(cell.lock_owned().await)
+    }
+
     async fn meta(&self, thread: &ThreadId) -> Result<Option<ThreadMeta>, LogError> {
         if let Some(meta) = self.metas.get(thread) {
             return Ok(Some(meta));
@@ -511,13 +517,18 @@ impl<B: Backbone> Inner<B> {
     /// run that no longer exists, and its id may name a new one. Reads the
     /// engine only for runs past that window.
     async fn forgotten(&self, thread: &ThreadId, run: &RunId, known: &RunView) -> Result<bool, LogError> {
-        let window = i64::try_from(self.config.log.dedup_window.as_millis()).unwrap_or(i64::MAX);
-        let Some(ended) = known.state.ended_ms.filter(|_| self.forgets_runs()) else { return Ok(false) };
-        if ended.saturating_add(window) > Timestamp::now().millis() {
+        if !self.forgets_runs() || !self.past_its_window(&known.state, Timestamp::now()) {
             return Ok(false);
         }
         let Some(kept) = self.backbone.trimmed_runs(thread).await.map_err(unavailable)? else { return Ok(false) };
         Ok(is_forgotten(&kept, run, &known.state))
+    }
+
+    /// Whether `run` ended longer ago than the de-duplication window, as of
+    /// `now`: only such a run may be forgotten by retention.
+    fn past_its_window(&self, run: &RunState, now: Timestamp) -> bool {
+        let window = i64::try_from(self.config.log.dedup_window.as_millis()).unwrap_or(i64::MAX);
+        run.ended_ms.is_some_and(|ended| ended.saturating_add(window) <= now.millis())
     }
 
     /// Whether retention may forget runs here: only then can a cached
@@ -533,6 +544,24 @@ impl<B: Backbone> Inner<B> {
     async fn still_registered(&self, run: &RunId, thread: &ThreadId) -> Result<bool, LogError> {
         let entry = self.backbone.run(run.as_str()).await.map_err(unavailable)?;
         Ok(entry.is_some_and(|e| &e.thread_id == thread))
+    }
+
+    /// Whether what this node holds of `run` (its state in `view`, or a
+    /// registration it resolved, `registered`) may be of a run retention has
+    /// forgotten since: then the id must be resolved again from the engine.
+    async fn holds_forgotten(
+        &self,
+        thread: &ThreadId,
+        run: &RunId,
+        view: &ThreadView,
+        registered: bool,
+    ) -> Result<bool, LogError> {
+        match view.runs.get(run) {
+            Some(known) => self.forgotten(thread, run, known).await,
+            // Registered with no event yet, or a cached registration of a run
+            // retention forgot since: the engine says which.
+            None => Ok(registered && self.forgets_runs() && !self.still_registered(run, thread).await?),
+        }
     }
 
     /// Drops what this node holds of a run retention forgot: its state in
@@ -633,21 +662,9 @@ impl<B: Backbone> Inner<B> {
             self.sync(&thread, &mut view).await?;
             current = true;
         }
-        if let Some(known) = view.runs.get(&run)
-            && self.forgotten(&thread, &run, known).await?
-        {
+        if self.holds_forgotten(&thread, &run, &view, entry.is_some()).await? {
             // Route the id afresh: it may name a new run now, or none.
             self.drop_forgotten(&mut view, &run);
-            drop(view);
-            return Box::pin(self.append_guarded(run_id, events, cancel, quiet_for)).await;
-        }
-        if entry.is_some()
-            && self.forgets_runs()
-            && !view.runs.contains_key(&run)
-            && !self.still_registered(&run, &thread).await?
-        {
-            // A registration this node cached, of a run retention has forgotten since.
-            self.registry.remove(&run);
             drop(view);
             return Box::pin(self.append_guarded(run_id, events, cancel, quiet_for)).await;
         }
@@ -731,19 +748,11 @@ impl<B: Backbone> Inner<B> {
         let cell = self.cell(&thread);
         let mut view = cell.lock().await;
         self.sync(&thread, &mut view).await?;
-        let stale = match view.runs.get(&run) {
-            Some(known) => self.forgotten(&thread, &run, known).await?,
-            // Registered with no event yet, or a cached registration of a run
-            // retention forgot since: the engine says which.
-            None => self.forgets_runs() && !self.still_registered(&run, &thread).await?,
-        };
-        if stale {
+        if self.holds_forgotten(&thread, &run, &view, entry.is_some()).await? {
+            // Looked up afresh: the id may name a new run now, or none.
             self.drop_forgotten(&mut view, &run);
             drop(view);
-            return match self.backbone.run(run_id).await.map_err(unavailable)? {
-                Some(_) => Box::pin(self.run_info(run_id)).await,
-                None => Ok(None),
-            };
+            return Box::pin(self.run_info(run_id)).await;
         }
         let known = view.runs.get(&run);
         Ok(Some(RunInfo {
@@ -763,7 +772,6 @@ impl<B: Backbone> Inner<B> {
     /// events this trim removes. Runs that ended longer ago than the
     /// de-duplication window and have no event left are left out.
     async fn trim_keeping_runs(&self, thread: &ThreadId, keep_from: u64, now: Timestamp) -> Result<TrimDone, LogError> {
-        let window = i64::try_from(self.config.log.dedup_window.as_millis()).unwrap_or(i64::MAX);
         for _ in 0..MAX_ATTEMPTS {
             let before = self.backbone.trimmed_runs(thread).await.map_err(unavailable)?.unwrap_or_default();
             if keep_from <= before.removed_through() + 1 {
@@ -795,10 +803,7 @@ impl<B: Backbone> Inner<B> {
             let forgotten: Vec<RunId> = kept
                 .runs
                 .iter()
-                .filter(|(_, run)| {
-                    run.last_seq < keep_from
-                        && run.ended_ms.is_some_and(|ended| ended.saturating_add(window) <= now.millis())
-                })
+                .filter(|(_, run)| run.last_seq < keep_from && self.past_its_window(run, now))
                 .map(|(id, _)| id.clone())
                 .collect();
             kept.runs.retain(|id, _| !forgotten.contains(id));
@@ -809,17 +814,11 @@ impl<B: Backbone> Inner<B> {
                     tracing::warn!(%thread, error = %e, "could not forget the registrations of runs retention removed");
                 }
                 // This node's view of the thread need not keep them either.
-                let cell = self.views.lock().peek(thread);
-                let mut view = match &cell {
-                    Some(cell) => Some(cell.lock().await),
-                    None => None,
-                };
+                let mut view = self.held_view(thread).await;
                 for run in &forgotten {
-                    match view.as_deref_mut() {
-                        Some(view) => self.drop_forgotten(view, run),
-                        None => {
-                            self.registry.remove(run);
-                        }
+                    self.registry.remove(run);
+                    if let Some(view) = view.as_deref_mut() {
+                        view.runs.remove(run);
                     }
                 }
                 return Ok(TrimDone { removed: true, removed_through: keep_from - 1 });
@@ -1092,9 +1091,7 @@ async fn trim_threads<B: Backbone>(
                         0
                     }
                 };
-                let cell = inner.views.lock().peek(&thread);
-                if let Some(cell) = cell {
-                    let mut view = cell.lock().await;
+                if let Some(mut view) = inner.held_view(&thread).await {
                     view.trim_queued = false;
                     view.trimmed_through = view.trimmed_through.max(removed_through);
                     // Appends that came while this trim ran may have passed the limit again.
@@ -1109,9 +1106,7 @@ async fn trim_threads<B: Backbone>(
                         0
                     }
                 };
-                let cell = inner.views.lock().peek(&thread);
-                if let Some(cell) = cell {
-                    let mut view = cell.lock().await;
+                if let Some(mut view) = inner.held_view(&thread).await {
                     view.checkpoint_queued = false;
                     view.checkpointed_through = view.checkpointed_through.max(recorded);
                 }
@@ -1229,9 +1224,8 @@ impl<B: Backbone> Log for ClusterLog<B> {
         }
         inner.remember(run.clone(), entry);
         // Whatever this node's view holds under the id is of a run retention forgot.
-        let cell = inner.views.lock().peek(&new.thread_id);
-        if let Some(cell) = cell {
-            cell.lock().await.runs.remove(&run);
+        if let Some(mut view) = inner.held_view(&new.thread_id).await {
+            view.runs.remove(&run);
         }
         inner.runs_in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(RunInfo {
