@@ -117,26 +117,33 @@ struct Row {
     sent: usize,
     /// Commits, mean events per commit and commit time during the latency run.
     commits: (usize, f64, Percentiles),
+    /// The same during the run of one event per append.
+    single_commits: (usize, f64, Percentiles),
 }
 
 async fn measure(name: &'static str, log: Arc<dyn Log>, commits: Arc<CommitLog>, args: &Args) -> Row {
     let runs = setup(&log).await;
     let mut single = 0.0;
     let mut batched = 0.0;
+    let mut single_commits = (0, 0.0, Percentiles::default());
+    let mut throughputs = async || {
+        commits.reset();
+        single = throughput(&log, &runs, args.publishers, 1, args.seconds).await;
+        single_commits = commits.summary();
+        batched = throughput(&log, &runs, args.publishers, 10, args.seconds).await;
+    };
     if args.grown {
         // The throughput runs first: latency is then measured on a store that has grown.
-        single = throughput(&log, &runs, args.publishers, 1, args.seconds).await;
-        batched = throughput(&log, &runs, args.publishers, 10, args.seconds).await;
+        throughputs().await;
     }
     commits.reset();
     let (latency, sent) = latency_at(&log, &runs, args.rate, args.seconds).await;
     let commit_summary = commits.summary();
     if !args.grown {
-        single = throughput(&log, &runs, args.publishers, 1, args.seconds).await;
-        batched = throughput(&log, &runs, args.publishers, 10, args.seconds).await;
+        throughputs().await;
     }
     log.close().await;
-    Row { name, single, batched, latency, sent, commits: commit_summary }
+    Row { name, single, batched, latency, sent, commits: commit_summary, single_commits }
 }
 
 struct Args {
@@ -196,13 +203,13 @@ fn main() {
     );
     println!("latency measured {when}");
     println!(
-        "| store | events/s, 1 per append | events/s, 10 per append | latency at {rate}/s p50 / p99 / p999 / max (ms) | appends timed | commits, events per commit, commit p50 / p99 (ms) |"
+        "| store | events/s, 1 per append | events/s, 10 per append | latency at {rate}/s p50 / p99 / p999 / max (ms) | appends timed | commits, events per commit, commit p50 / p99 / max (ms) | the same, 1 per append |"
     );
-    println!("|---|---:|---:|---|---:|---|");
+    println!("|---|---:|---:|---|---:|---|---|");
     for r in &rows {
-        let (l, (n, per, c)) = (r.latency, r.commits);
+        let (l, (n, per, c), (sn, sper, sc)) = (r.latency, r.commits, r.single_commits);
         println!(
-            "| {} | {:.0} | {:.0} | {} / {} / {} / {} | {} | {n}, {per:.1}, {} / {} / {} |",
+            "| {} | {:.0} | {:.0} | {} / {} / {} / {} | {} | {n}, {per:.1}, {} / {} / {} | {sn}, {sper:.1}, {} / {} / {} |",
             r.name,
             r.single,
             r.batched,
@@ -213,7 +220,10 @@ fn main() {
             r.sent,
             ms(c.p50),
             ms(c.p99),
-            ms(c.max)
+            ms(c.max),
+            ms(sc.p50),
+            ms(sc.p99),
+            ms(sc.max)
         );
     }
     let (Some(redb), Some(fjall)) = (rows.iter().find(|r| r.name == "redb"), rows.iter().find(|r| r.name == "fjall"))

@@ -493,6 +493,10 @@ enum Subject {
         keep: Option<u8>,
         log: Option<Arc<StoredLog<Hooked<FailNext>>>>,
         fail_next: Arc<AtomicBool>,
+        /// The embedded store under the log, and how many restarts it had:
+        /// every other restart is a crash (see [`Subject::restart`]).
+        embedded: Option<Arc<EmbeddedStore>>,
+        restarts: u32,
     },
     Cluster {
         deployment: ClusterDeployment,
@@ -534,8 +538,8 @@ impl Subject {
             Target::Memory | Target::Embedded => {
                 let dir = matches!(target, Target::Embedded).then(|| tempfile::tempdir().expect("temp dir"));
                 let fail_next = Arc::new(AtomicBool::new(false));
-                let log = Some(Self::open_stored(dir.as_ref(), keep, &fail_next));
-                Self::Stored { dir, keep, log, fail_next }
+                let (log, embedded) = Self::open_stored(dir.as_ref(), keep, &fail_next);
+                Self::Stored { dir, keep, log: Some(log), fail_next, embedded, restarts: 0 }
             }
         }
     }
@@ -544,13 +548,15 @@ impl Subject {
         dir: Option<&tempfile::TempDir>,
         keep: Option<u8>,
         fail_next: &Arc<AtomicBool>,
-    ) -> Arc<StoredLog<Hooked<FailNext>>> {
-        let inner: Box<dyn Store> = match dir {
-            Some(dir) => Box::new(EmbeddedStore::open(dir.path()).expect("open the store")),
+    ) -> (Arc<StoredLog<Hooked<FailNext>>>, Option<Arc<EmbeddedStore>>) {
+        let embedded = dir.map(|dir| Arc::new(EmbeddedStore::open(dir.path()).expect("open the store")));
+        let inner: Box<dyn Store> = match &embedded {
+            Some(store) => Box::new(store.clone()),
             None => Box::new(MemoryStore::default()),
         };
         let store = Hooked { inner, hook: FailNext(fail_next.clone()) };
-        Arc::new(StoredLog::open(store, log_config(keep), Arc::new(NoFeed)).expect("open the log"))
+        let log = Arc::new(StoredLog::open(store, log_config(keep), Arc::new(NoFeed)).expect("open the log"));
+        (log, embedded)
     }
 
     /// The handle a step goes through.
@@ -564,16 +570,24 @@ impl Subject {
         }
     }
 
-    /// Closes and reopens the same files, or starts fresh nodes; the memory log cannot restart.
+    /// Closes and reopens the same files, or starts fresh nodes; the memory
+    /// log cannot restart. Every other restart of the embedded log is a
+    /// crash: what its journal holds and its file does not yet, stays there,
+    /// and the reopened store must apply it.
     async fn restart(&mut self) -> bool {
         match self {
             Self::Stored { dir: None, .. } => false,
-            Self::Stored { dir: Some(dir), keep, log, fail_next } => {
+            Self::Stored { dir: Some(dir), keep, log, fail_next, embedded, restarts } => {
+                *restarts += 1;
+                if let Some(store) = embedded.take().filter(|_| *restarts % 2 == 1) {
+                    store.pause_applier();
+                }
                 if let Some(old) = log.take() {
                     old.close().await;
                 }
                 fail_next.store(false, Ordering::Release);
-                *log = Some(Self::open_stored(Some(dir), *keep, fail_next));
+                let (reopened, store) = Self::open_stored(Some(dir), *keep, fail_next);
+                (*log, *embedded) = (Some(reopened), store);
                 true
             }
             Self::Cluster { deployment, nodes, faults } => {

@@ -252,6 +252,49 @@ impl<H: WriteHook> Store for Hooked<H> {
     }
 }
 
+/// A store shared with whoever opened it (a test that reaches past the log to it).
+impl<S: Store> Store for Arc<S> {
+    fn write(&self, batches: &[&Batch]) -> Result<(), StoreError> {
+        (**self).write(batches)
+    }
+    fn read(&self, thread: &ThreadId, after_seq: u64, budget: PageBudget) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
+        (**self).read(thread, after_seq, budget)
+    }
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        (**self).load()
+    }
+    fn keeps_threads(&self) -> bool {
+        (**self).keeps_threads()
+    }
+    fn thread(&self, thread: &ThreadId) -> Result<Option<LoadedThread>, StoreError> {
+        (**self).thread(thread)
+    }
+    fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        (**self).run(run_id)
+    }
+    fn keeps_runs(&self) -> bool {
+        (**self).keeps_runs()
+    }
+    fn recover(&self) -> Result<(), StoreError> {
+        (**self).recover()
+    }
+    fn event_seq(&self, run: &RunId, event_id: &str) -> Result<Option<u64>, StoreError> {
+        (**self).event_seq(run, event_id)
+    }
+    fn runs_ended_before(&self, before_ms: i64, limit: usize) -> Result<Vec<(i64, RunId)>, StoreError> {
+        (**self).runs_ended_before(before_ms, limit)
+    }
+    fn oldest_threads(&self, at_or_before_ms: i64, limit: usize) -> Result<Vec<ThreadExtent>, StoreError> {
+        (**self).oldest_threads(at_or_before_ms, limit)
+    }
+    fn event_count(&self) -> Result<u64, StoreError> {
+        (**self).event_count()
+    }
+    fn last_seq_at_or_before(&self, thread: &ThreadId, ts_ms: i64) -> Result<Option<u64>, StoreError> {
+        (**self).last_seq_at_or_before(thread, ts_ms)
+    }
+}
+
 /// Where a thread's retained events start and end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadExtent {

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentwire_log::{EmbeddedLog, Log, LogConfig, LogError, NewRun, NoFeed, RetentionPolicy, Store, StoreError};
+use agentwire_log::{
+    EmbeddedLog, EmbeddedStore, Log, LogConfig, LogError, NewRun, NoFeed, RetentionPolicy, Store, StoreError, StoredLog,
+};
 use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
 use serde_json::{Value, json};
 
@@ -480,4 +482,48 @@ async fn a_sweep_planned_before_an_append_cut_further_never_moves_the_oldest_seq
     let log = open(dir.path(), Duration::from_secs(3600));
     let page = log.read(&thread, 0, 10).await.unwrap();
     assert_eq!((page.oldest_seq, page.events.iter().map(|e| e.seq()).collect::<Vec<_>>()), (5, vec![5, 6]));
+}
+
+/// A log over an embedded store the test also holds, so it can stop the applier.
+fn open_shared(dir: &std::path::Path) -> (StoredLog<Arc<EmbeddedStore>>, Arc<EmbeddedStore>) {
+    let store = Arc::new(EmbeddedStore::open(dir).expect("open the store"));
+    let config = LogConfig { run_idle_timeout: Duration::from_secs(3600), thread_cache: 1, ..Default::default() };
+    (StoredLog::open(store.clone(), config, Arc::new(NoFeed)).expect("open the log"), store)
+}
+
+#[tokio::test]
+async fn what_only_the_journal_holds_is_read_and_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = UserId::parse("j").unwrap();
+    let (log, store) = open_shared(dir.path());
+    let first = log.create_run(external_run("thread_journal1", &user, None)).await.unwrap().run_id;
+    log.append(first.as_str(), vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"}))]).await.unwrap();
+    store.flush().unwrap();
+    // From here on, nothing reaches the store file: every read below is
+    // answered from what the journal holds.
+    store.pause_applier();
+    let mut thought = ev(EventKind::AgentThinking, json!({"thought":"only in the journal"}));
+    thought.event_id = Some("t1".into());
+    let done = ev(EventKind::AgentCompleted, json!({"result":"ok"}));
+    assert_eq!(log.append(first.as_str(), vec![thought.clone(), done]).await.unwrap().seqs, vec![2, 3]);
+    // A second thread pushes the first (its run ended, now evicted) out of the working state.
+    let second = log.create_run(external_run("thread_journal2", &user, None)).await.unwrap().run_id;
+    log.append(second.as_str(), vec![ev(EventKind::AgentStarted, json!({"agent_name":"b"}))]).await.unwrap();
+    let thread = ThreadId::parse("thread_journal1").unwrap();
+    let page = log.read(&thread, 0, 100).await.unwrap();
+    assert_eq!(page.events.iter().map(|e| e.seq()).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(log.read(&thread, 1, 1).await.unwrap().events[0].seq(), 2, "a page after redb's part");
+    assert_eq!(log.run(first.as_str()).await.unwrap().unwrap().status, RunStatus::Completed);
+    assert_eq!(log.append(first.as_str(), vec![thought.clone()]).await.unwrap().seqs, vec![2], "a retry finds its seq");
+
+    // A crash: the applier never copied those records.
+    log.close().await;
+    drop((log, store));
+    let (log, _store) = open_shared(dir.path());
+    let page = log.read(&thread, 0, 100).await.unwrap();
+    assert_eq!((page.head_seq, page.events.len()), (3, 3));
+    assert_eq!(log.append(first.as_str(), vec![thought]).await.unwrap().seqs, vec![2]);
+    assert_eq!(log.run(second.as_str()).await.unwrap().unwrap().status, RunStatus::Running);
+    let next = log.append(second.as_str(), vec![ev(EventKind::AgentThinking, json!({"thought":"on"}))]).await.unwrap();
+    assert_eq!(next.seqs, vec![2], "numbering goes on after what the journal gave back");
 }

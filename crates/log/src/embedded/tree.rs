@@ -1,4 +1,5 @@
-//! The embedded store: one redb file in the data directory, the default.
+//! The B-tree: one redb file in the data directory, where the embedded store
+//! keeps everything once the journal has handed it over.
 //!
 //! redb is a pure-Rust B-tree with ACID transactions and copy-on-write pages:
 //! a commit is durable (fsynced) when it returns, and a crash leaves the last
@@ -16,7 +17,7 @@
 //! | `thread_ends` | (thread id, last seq, run id) | `()`: ended runs by their last event, for retention |
 //! | `thread_age` | (oldest event's time in ms, thread id) | that event's seq: threads oldest first, for retention |
 //! | `thread_oldest` | thread id | its key in `thread_age` |
-//! | `meta` | name | number (`format`; `events`: how many are stored) |
+//! | `meta` | name | number (`format`; `events`: how many are stored; `journal`: the last journal record applied) |
 //!
 //! The last four make retention cost what it removes: the sweep reads the
 //! threads with the oldest events from `thread_age` and the total from `meta`,
@@ -37,7 +38,7 @@ use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefini
 use crate::store::{
     Batch, LoadedRun, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadExtent, ThreadRecord,
 };
-use crate::{FeedSink, LogConfig, PageBudget, StoredEvent, StoredLog, packed};
+use crate::{PageBudget, StoredEvent, packed};
 
 const THREADS: TableDefinition<&str, &[u8]> = TableDefinition::new("threads");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
@@ -61,6 +62,8 @@ const THREAD_OLDEST: TableDefinition<&str, i64> = TableDefinition::new("thread_o
 /// `thread_runs`, version 2 none of the retention indexes; they are built when
 /// such a file is opened.
 const FORMAT: u64 = 3;
+/// `meta`'s entry for the last journal record applied.
+const JOURNAL: &str = "journal";
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "agentwire.redb";
 
@@ -69,22 +72,13 @@ pub const DB_FILE: &str = "agentwire.redb";
 /// reads mostly want the newest, so a small cache loses little.
 pub const CACHE_BYTES: usize = 32 << 20;
 
-/// The redb-backed [`Store`].
-pub struct EmbeddedStore {
+/// The redb file: a [`Store`] on its own (every write its own durable
+/// commit), and where the applier copies journal records.
+pub struct Tree {
     /// `None` only while [`Store::recover`] reopens the file (or could not).
     db: RwLock<Option<Database>>,
     path: PathBuf,
     cache_bytes: usize,
-}
-
-/// The log over the embedded store.
-pub type EmbeddedLog = StoredLog<EmbeddedStore>;
-
-impl StoredLog<EmbeddedStore> {
-    /// Opens (or creates) the log in `data_dir`.
-    pub fn open_dir(data_dir: &Path, config: LogConfig, sink: Arc<dyn FeedSink>) -> Result<Self, StoreError> {
-        Self::open(EmbeddedStore::open(data_dir)?, config, sink)
-    }
 }
 
 /// Opens (or creates) the database file; a file another process holds is [`StoreError::Locked`].
@@ -101,17 +95,12 @@ fn io(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Io(e.into().to_string())
 }
 
-impl EmbeddedStore {
-    /// Opens the store in `data_dir`, creating the directory and the file if
-    /// they do not exist. A directory that holds other things but no agentwire
-    /// file, a file that is not agentwire's, or one in use, is an error: the
-    /// server never starts empty by mistake.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(data_dir, CACHE_BYTES)
-    }
-
-    /// [`EmbeddedStore::open`] with a page cache of `cache_bytes` (tests and
-    /// benchmarks that must see a steady state sooner).
+impl Tree {
+    /// Opens the file in `data_dir` with a page cache of `cache_bytes`,
+    /// creating the directory and the file if they do not exist. A directory
+    /// that holds other things but no agentwire file, a file that is not
+    /// agentwire's, or one in use, is an error: the server never starts empty
+    /// by mistake.
     pub fn open_with_cache(data_dir: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         let path = data_dir.join(DB_FILE);
         std::fs::create_dir_all(data_dir)
@@ -286,7 +275,7 @@ impl EmbeddedStore {
     }
 }
 
-impl EmbeddedStore {
+impl Tree {
     /// Writes `chunk` (consecutive events of `thread`) as one frame, appended to
     /// the thread's last chunk when that has room, else as a value of its own;
     /// indexes the thread if these are its only events. Answers how many events
@@ -317,7 +306,7 @@ impl EmbeddedStore {
     }
 }
 
-impl EmbeddedStore {
+impl Tree {
     /// Removes `thread`'s events below `below` (all of them at `u64::MAX`) and
     /// moves it in the age index; answers how many retained events went.
     fn cut_events(
@@ -401,7 +390,7 @@ impl Ages<'_> {
     /// takes it out if it has none.
     fn reindex(
         &mut self,
-        store: &EmbeddedStore,
+        store: &Tree,
         events: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
         thread: &str,
         from: u64,
@@ -458,10 +447,26 @@ fn json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(value).map_err(|e| StoreError::Io(format!("cannot encode a record: {e}")))
 }
 
-impl Store for EmbeddedStore {
-    fn write(&self, batches: &[&Batch]) -> Result<(), StoreError> {
+impl Tree {
+    /// The number of the last journal record the file holds (0: none).
+    pub fn journal_applied(&self) -> Result<u64, StoreError> {
         let db = self.db()?;
-        let txn = db.begin_write().map_err(io)?;
+        let txn = db.begin_read().map_err(io)?;
+        let meta = txn.open_table(META).map_err(io)?;
+        Ok(meta.get(JOURNAL).map_err(io)?.map_or(0, |v| v.value()))
+    }
+
+    /// Writes `batches` in one commit; with `journal` (a record number),
+    /// records that this commit holds the journal up to it. A commit that is
+    /// not `durable` is seen by every read at once but reaches the disk with
+    /// the next durable one (or a clean close); a crash loses it, and the
+    /// journal still has it.
+    pub fn apply(&self, batches: &[&Batch], journal: Option<u64>, durable: bool) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let mut txn = db.begin_write().map_err(io)?;
+        if !durable {
+            txn.set_durability(redb::Durability::None).map_err(|e| StoreError::Io(e.to_string()))?;
+        }
         {
             let mut threads = txn.open_table(THREADS).map_err(io)?;
             let mut runs = txn.open_table(RUNS).map_err(io)?;
@@ -554,8 +559,17 @@ impl Store for EmbeddedStore {
                 count += self.store_chunk(&mut events, &mut ages, thread, chunk)?;
             }
             meta.insert("events", count).map_err(io)?;
+            if let Some(no) = journal {
+                meta.insert(JOURNAL, no).map_err(io)?;
+            }
         }
         txn.commit().map_err(io)
+    }
+}
+
+impl Store for Tree {
+    fn write(&self, batches: &[&Batch]) -> Result<(), StoreError> {
+        self.apply(batches, None, true)
     }
 
     fn read(
@@ -737,7 +751,7 @@ pub enum BackupLine {
     Event(serde_json::Value),
 }
 
-impl EmbeddedStore {
+impl Tree {
     /// Writes `thread` as JSON lines to `out`; `false` if there is no such thread.
     pub fn export_thread(&self, thread: &ThreadId, mut out: impl std::io::Write) -> Result<bool, StoreError> {
         let mut write =
@@ -775,7 +789,7 @@ impl EmbeddedStore {
         }
     }
 
-    /// Reads what [`EmbeddedStore::export_thread`] wrote and stores it, one
+    /// Reads what [`Tree::export_thread`] wrote and stores it, one
     /// thread per transaction. A thread that already exists here is refused.
     /// Answers the threads imported.
     pub fn import(&self, input: impl std::io::BufRead) -> Result<Vec<ThreadId>, StoreError> {
