@@ -49,7 +49,7 @@ const APPLY_EVENTS: usize = 4 * 1024;
 /// The least time between two of the applier's commits, unless someone waits
 /// for it: a redb commit has a fixed cost (page copies along each touched
 /// path, allocator work), so fewer, larger commits cost far less per event.
-const APPLY_EVERY: Duration = Duration::from_millis(10);
+const APPLY_EVERY: Duration = Duration::from_millis(50);
 /// How often the applier makes redb durable. Its commits in between skip
 /// redb's sync, which the journal makes unneeded; each durable one lets the
 /// journal recycle what it covers, so this also bounds what a restart after
@@ -248,9 +248,9 @@ impl Shared {
             let applying = self.applying.lock();
             // A recovery may have applied some of these since they were taken.
             let applied = self.state.lock().applied;
-            let fresh: Vec<&Batch> = records.iter().filter(|r| r.no > applied).map(|r| &r.batch).collect();
+            let fresh = pending::merged(records.iter().filter(|r| r.no > applied).map(|r| &r.batch));
             let through = records.last().map_or(applied, |r| r.no).max(applied);
-            let result = self.tree.apply(&fresh, Some(through), sync);
+            let result = self.tree.apply(&[&fresh], Some(through), sync);
             drop(applying);
             match result {
                 Ok(()) => {

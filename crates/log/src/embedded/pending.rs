@@ -24,6 +24,39 @@ pub struct Record {
     pub batch: Batch,
 }
 
+/// Journal records (which only add) as one batch with the same effect: each
+/// thread's and run's last record only, since every one before it is written
+/// over in the same commit anyway (most appends rewrite their run's record).
+pub fn merged<'a>(batches: impl Iterator<Item = &'a Batch>) -> Batch {
+    let mut out = Batch::default();
+    let mut threads = HashMap::new();
+    let mut runs = HashMap::new();
+    for batch in batches {
+        keep_last(&mut out.threads, &mut threads, &batch.threads);
+        keep_last(&mut out.runs, &mut runs, &batch.runs);
+        out.events.extend(batch.events.iter().cloned());
+        out.event_ids.extend(batch.event_ids.iter().cloned());
+    }
+    out
+}
+
+/// Adds `items` to `out`, an item whose key is there already taking its place.
+fn keep_last<K: Clone + Eq + std::hash::Hash, V: Clone>(
+    out: &mut Vec<(K, V)>,
+    at: &mut HashMap<K, usize>,
+    items: &[(K, V)],
+) {
+    for (key, value) in items {
+        match at.get(key) {
+            Some(&i) => out[i].1 = value.clone(),
+            None => {
+                at.insert(key.clone(), out.len());
+                out.push((key.clone(), value.clone()));
+            }
+        }
+    }
+}
+
 /// The records not yet in redb, oldest first, and what they wrote by key.
 #[derive(Default)]
 pub struct Pending {
@@ -154,5 +187,61 @@ impl Pending {
         let Some(first) = queue.front().map(|e| e.seq()) else { return Vec::new() };
         let skip = usize::try_from(after_seq.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
         queue.iter().skip(skip).take(most).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentwire_protocol::{RunLifecycle, UserId};
+
+    fn run_record(thread: &ThreadId, last_seq: u64) -> RunRecord {
+        RunRecord {
+            thread_id: thread.clone(),
+            agent_name: None,
+            lifecycle: RunLifecycle::default(),
+            cancel_requested: false,
+            last_activity_ms: 0,
+            in_process: false,
+            last_seq: Some(last_seq),
+        }
+    }
+
+    #[test]
+    fn merging_keeps_each_runs_last_record_and_every_event_id_in_order() {
+        let thread = ThreadId::parse("thread_m").unwrap();
+        let (a, b) = (RunId::parse("run_a").unwrap(), RunId::parse("run_b").unwrap());
+        let owner = UserId::parse("u").unwrap();
+        let mut first = Batch::default();
+        first.threads.push((thread.clone(), ThreadRecord { owner, oldest_seq: 1, by_publisher: true }));
+        first.runs.push((a.clone(), run_record(&thread, 1)));
+        first.event_ids.push((a.clone(), "x".into(), 1));
+        let mut second = Batch::default();
+        second.runs.push((b.clone(), run_record(&thread, 2)));
+        second.runs.push((a.clone(), run_record(&thread, 3)));
+        second.event_ids.push((a.clone(), "y".into(), 3));
+        let merged = merged([&first, &second].into_iter());
+        assert_eq!(merged.threads.len(), 1);
+        let runs: Vec<(&str, Option<u64>)> = merged.runs.iter().map(|(id, r)| (id.as_str(), r.last_seq)).collect();
+        assert_eq!(runs, vec![("run_a", Some(3)), ("run_b", Some(2))]);
+        let ids: Vec<u64> = merged.event_ids.iter().map(|(_, _, seq)| *seq).collect();
+        assert_eq!(ids, vec![1, 3]);
+    }
+
+    #[test]
+    fn an_entry_a_newer_record_wrote_stays_when_the_older_one_is_applied() {
+        let thread = ThreadId::parse("thread_p").unwrap();
+        let run = RunId::parse("run_p").unwrap();
+        let mut pending = Pending::default();
+        let mut first = Batch::default();
+        first.runs.push((run.clone(), run_record(&thread, 1)));
+        let mut second = Batch::default();
+        second.runs.push((run.clone(), run_record(&thread, 2)));
+        pending.push(1, &[&first]);
+        pending.push(2, &[&second]);
+        pending.applied_through(1);
+        assert_eq!(pending.run("run_p").and_then(|r| r.last_seq), Some(2));
+        pending.applied_through(2);
+        assert!(pending.run("run_p").is_none() && pending.is_empty());
     }
 }
