@@ -577,6 +577,8 @@ pub async fn run(s: &Scenario) -> Result<Value, String> {
     .await?;
     let connect_secs = connect_start.elapsed().as_secs_f64();
     let (rss_connected, cpu_before) = usage(&s.pids);
+    let own_cpu_before = usage_of(std::process::id()).1;
+    let lag_before = lag_counts(&http, s.kind, &s.bases).await;
 
     // Publish at `rate` events per second, round-robin over threads, up to 256 requests in flight.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
@@ -632,6 +634,15 @@ pub async fn run(s: &Scenario) -> Result<Value, String> {
     }
     let elapsed = publish_start.elapsed().as_secs_f64();
     let (rss_end, cpu_after) = usage(&s.pids);
+    let own_cpu = usage_of(std::process::id()).1 - own_cpu_before;
+    let lag = match (lag_before, lag_counts(&http, s.kind, &s.bases).await) {
+        (Some(before), Some(after)) => {
+            let counts: Vec<(f64, u64)> =
+                after.iter().zip(&before).map(|(&(le, a), &(_, b))| (le, a.saturating_sub(b))).collect();
+            json!({"p50": quantile(&counts, 0.5) * 1e3, "p99": quantile(&counts, 0.99) * 1e3, "count": counts.last().map_or(0, |c| c.1)})
+        }
+        _ => Value::Null,
+    };
     for t in tasks {
         t.abort();
     }
@@ -655,5 +666,67 @@ pub async fn run(s: &Scenario) -> Result<Value, String> {
         "rss_kib": {"before_connections": rss_idle, "connected": rss_connected, "end": rss_end},
         "rss_kib_per_connection": if connected > 0 { (rss_connected.saturating_sub(rss_idle)) as f64 / connected as f64 } else { 0.0 },
         "cpu_seconds": cpu_after - cpu_before,
+        "loadgen_cpu_seconds": own_cpu,
+        "delivery_lag_ms": lag,
     }))
+}
+
+/// agentwire's `agentwire_delivery_lag_seconds` buckets, summed over `bases`:
+/// (upper bound, cumulative count), `+Inf` last. `None` for other systems.
+async fn lag_counts(http: &reqwest::Client, kind: Kind, bases: &[String]) -> Option<Vec<(f64, u64)>> {
+    if kind != Kind::Agentwire {
+        return None;
+    }
+    let mut sum: Vec<(f64, u64)> = Vec::new();
+    for base in bases {
+        let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+        let buckets = text.lines().filter_map(|line| {
+            let rest = line.strip_prefix("agentwire_delivery_lag_seconds_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.trim().parse::<u64>().ok()?))
+        });
+        for (i, (le, count)) in buckets.enumerate() {
+            match sum.get_mut(i) {
+                Some(slot) => slot.1 += count,
+                None => sum.push((le, count)),
+            }
+        }
+    }
+    (!sum.is_empty()).then_some(sum)
+}
+
+/// The `q` quantile of cumulative bucket counts, interpolated inside its
+/// bucket as Prometheus's `histogram_quantile` does (in the unit of the bounds).
+fn quantile(cumulative: &[(f64, u64)], q: f64) -> f64 {
+    let Some(&(_, total)) = cumulative.last() else { return 0.0 };
+    let rank = q * total as f64;
+    let mut lower = (0.0, 0u64);
+    for &(le, count) in cumulative {
+        if count as f64 >= rank {
+            if le.is_infinite() {
+                return lower.0;
+            }
+            let inside = (count - lower.1) as f64;
+            let share = if inside > 0.0 { (rank - lower.1 as f64) / inside } else { 1.0 };
+            return lower.0 + (le - lower.0) * share;
+        }
+        lower = (le, count);
+    }
+    lower.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn a_quantile_is_interpolated_inside_its_bucket() {
+        // 100 observations: 90 under 1 ms, 9 between 1 and 2 ms, 1 past 4 ms.
+        let buckets = [(0.001, 90), (0.002, 99), (0.004, 99), (f64::INFINITY, 100)];
+        assert!((quantile(&buckets, 0.5) - 0.001 * 50.0 / 90.0).abs() < 1e-9);
+        assert!((quantile(&buckets, 0.99) - 0.002).abs() < 1e-9);
+        assert_eq!(quantile(&buckets, 1.0), 0.004, "past the last bound: the last bound");
+        assert_eq!(quantile(&[], 0.99), 0.0);
+    }
 }
