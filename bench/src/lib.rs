@@ -6,6 +6,7 @@
 
 pub mod fjall_store;
 pub mod load;
+pub mod publisher;
 pub mod soak;
 pub mod soak_http;
 pub mod stats;

@@ -24,6 +24,7 @@ use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::publisher::{Counts, Publish, Publisher};
 use crate::stats::{Percentiles, ms};
 
 /// The system under load.
@@ -220,26 +221,11 @@ impl Target {
         }
     }
 
-    async fn publish(&self, to: &str, thread: &str, shape: Shape, sent_ns: u64, n: u64) -> bool {
-        let (event, data) = match shape {
-            Shape::Thinking => (
-                "agent_thinking",
-                json!({"thought": format!("step {n}: reasoning about the question"), "sent_ns": sent_ns}),
-            ),
-            Shape::Delta => ("agent_message", json!({"message_id": "m1", "delta": " token", "sent_ns": sent_ns})),
-        };
-        if let Some(frames) = &self.frames {
-            let frame = json!({"run_id": to, "event": event, "data": data}).to_string();
-            return frames.send(frame).is_ok();
-        }
-        let result = match self.kind {
-            Kind::Agentwire => self.post(&format!("/v1/runs/{to}/events"), &json!({"event":event,"data":data})).await,
-            Kind::Ws | Kind::SocketIo => {
-                self.post("/publish", &json!({"thread":thread,"event":event,"data":data})).await
-            }
-            Kind::Fastapi => self.post("/publish", &json!({"run_id":to,"event":event,"data":data})).await,
-        };
-        result.is_ok()
+    /// Sends a publish over this node's publisher WebSocket; `false` if it is closed.
+    fn stream(&self, to: &str, shape: Shape, sent_ns: u64, n: u64) -> bool {
+        let Some(frames) = &self.frames else { return false };
+        let (event, data) = event_of(shape, sent_ns, n);
+        frames.send(format!(r#"{{"run_id":"{to}","event":"{event}","data":{data}}}"#)).is_ok()
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<Value, String> {
@@ -580,12 +566,21 @@ pub async fn run(s: &Scenario) -> Result<Value, String> {
     let own_cpu_before = usage_of(std::process::id()).1;
     let lag_before = lag_counts(&http, s.kind, &s.bases).await;
 
-    // Publish at `rate` events per second, round-robin over threads, up to 256 requests in flight.
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
-    let published = Arc::new(AtomicU64::new(0));
+    // Publish at `rate` events per second, round-robin over threads: over
+    // each node's publisher WebSocket, or on 64 keep-alive connections in all.
+    let streaming = s.stream_publish && s.kind == Kind::Agentwire;
+    let counts = Arc::new(Counts::default());
+    let mut http_publishers = Vec::new();
+    if !streaming {
+        let per_node = (64 / s.publish_bases.len().max(1)).max(8);
+        for base in &s.publish_bases {
+            let addr = base.trim_start_matches("http://").trim_end_matches('/');
+            http_publishers.push(Publisher::connect(addr, per_node, counts.clone()).await?);
+        }
+    }
+    let streamed = AtomicU64::new(0);
     let publish_start = Instant::now();
     let total = if s.mode == Mode::Idle { 0 } else { (s.rate as f64 * s.seconds) as u64 };
-    let mut publishers = Vec::new();
     let mut storm_started = None;
     for n in 0..total {
         let due = publish_start + Duration::from_secs_f64(n as f64 / s.rate as f64);
@@ -604,28 +599,31 @@ pub async fn run(s: &Scenario) -> Result<Value, String> {
                 .map(|()| began.elapsed().as_secs_f64())
             }));
         }
-        let permit = in_flight.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-        let t = (n as usize) % s.threads;
-        let target = publish_targets[(n as usize) % publish_targets.len()].clone();
-        let (to, name, published, shape) = (publish_to[t].clone(), names[t].clone(), published.clone(), s.shape);
-        publishers.push(tokio::spawn(async move {
-            let sent = start.elapsed().as_nanos() as u64;
-            if target.publish(&to, &name, shape, sent, n).await {
-                published.fetch_add(1, Ordering::Relaxed);
+        let (t, node) = ((n as usize) % s.threads, (n as usize) % publish_targets.len());
+        let sent = start.elapsed().as_nanos() as u64;
+        match http_publishers.get_mut(node) {
+            Some(publisher) => {
+                publisher.send(publish_request(s.kind, &publish_to[t], &names[t], s.shape, sent, n)).await?;
             }
-            drop(permit);
-        }));
+            None => {
+                if publish_targets[node].stream(&publish_to[t], s.shape, sent, n) {
+                    streamed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
     let storm_secs = match storm_started {
         Some(watcher) => Some(watcher.await.map_err(|e| e.to_string())??),
         None => None,
     };
-    for p in publishers {
-        let _ = p.await;
+    for publisher in http_publishers {
+        publisher.finish().await;
     }
+    let published = streamed.load(Ordering::Relaxed) + counts.answered.load(Ordering::Relaxed);
+    refused.fetch_add(counts.refused.load(Ordering::Relaxed), Ordering::Relaxed);
     let publish_secs = publish_start.elapsed().as_secs_f64();
     let connected = want - tally.failed_connections.load(Ordering::Relaxed);
-    let expected = published.load(Ordering::Relaxed) * connected / s.threads.max(1) as u64;
+    let expected = published * connected / s.threads.max(1) as u64;
     let drain = Instant::now();
     while tally.received.load(Ordering::Relaxed) + tally.lost_or_gap.load(Ordering::Relaxed) < expected
         && drain.elapsed() < Duration::from_secs(10)
@@ -654,7 +652,7 @@ pub async fn run(s: &Scenario) -> Result<Value, String> {
         "target": format!("{:?}", s.kind).to_lowercase(), "mode": format!("{:?}", s.mode).to_lowercase(),
         "nodes": s.bases.len().max(s.publish_bases.len()),
         "threads": s.threads, "subscribers_per_thread": s.subs, "rate": s.rate, "seconds": s.seconds,
-        "published": published.load(Ordering::Relaxed), "publish_seconds": publish_secs,
+        "published": published, "publish_seconds": publish_secs,
         "stream_publish": s.stream_publish, "refused": refused.load(Ordering::Relaxed),
         "deliveries": received, "deliveries_per_s": if total > 0 { received as f64 / elapsed } else { 0.0 },
         "lost": expected.saturating_sub(received + lost_or_gap) + lost_or_gap,
@@ -669,6 +667,33 @@ pub async fn run(s: &Scenario) -> Result<Value, String> {
         "loadgen_cpu_seconds": own_cpu,
         "delivery_lag_ms": lag,
     }))
+}
+
+/// The event a publish carries: its name and its `data` as JSON.
+fn event_of(shape: Shape, sent_ns: u64, n: u64) -> (&'static str, String) {
+    match shape {
+        Shape::Thinking => {
+            ("agent_thinking", format!(r#"{{"thought":"step {n}: reasoning about the question","sent_ns":{sent_ns}}}"#))
+        }
+        Shape::Delta => ("agent_message", format!(r#"{{"message_id":"m1","delta":" token","sent_ns":{sent_ns}}}"#)),
+    }
+}
+
+/// One publish as an HTTP request to `kind`'s publish endpoint.
+fn publish_request(kind: Kind, to: &str, thread: &str, shape: Shape, sent_ns: u64, n: u64) -> Publish {
+    let (event, data) = event_of(shape, sent_ns, n);
+    match kind {
+        Kind::Agentwire => {
+            Publish { path: format!("/v1/runs/{to}/events"), body: format!(r#"{{"event":"{event}","data":{data}}}"#) }
+        }
+        Kind::Ws | Kind::SocketIo => Publish {
+            path: "/publish".into(),
+            body: format!(r#"{{"thread":"{thread}","event":"{event}","data":{data}}}"#),
+        },
+        Kind::Fastapi => {
+            Publish { path: "/publish".into(), body: format!(r#"{{"run_id":"{to}","event":"{event}","data":{data}}}"#) }
+        }
+    }
 }
 
 /// agentwire's `agentwire_delivery_lag_seconds` buckets, summed over `bases`:
