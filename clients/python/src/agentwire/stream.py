@@ -81,6 +81,16 @@ class _Stream:
         self._next_ref = 0
         self._failed: Optional[Exception] = None
 
+    def _retry_after(self, error: Exception, attempt: int) -> float:
+        """How long to wait before connecting again after `error`, or raises:
+        a refusal at the handshake at once, a failure to connect once the
+        retries are spent."""
+        if isinstance(error, InvalidStatus):
+            raise _refused_at_handshake(error) from error
+        if attempt >= self._retries:
+            raise error
+        return self._backoff * 2**attempt
+
     def _raise_failed(self) -> None:
         failed, self._failed = self._failed, None
         if failed is not None:
@@ -99,16 +109,14 @@ class AsyncStream(_Stream):
         self._lock = asyncio.Lock()
 
     async def _connect(self) -> ClientConnection:
-        for attempt in range(self._retries + 1):
+        attempt = 0
+        while True:
             try:
                 ws = await connect(self._url, additional_headers=self._headers, max_size=None)
                 break
-            except InvalidStatus as e:
-                raise _refused_at_handshake(e) from e
-            except OSError:
-                if attempt == self._retries:
-                    raise
-                await asyncio.sleep(self._backoff * 2**attempt)
+            except (InvalidStatus, OSError) as e:
+                await asyncio.sleep(self._retry_after(e, attempt))
+                attempt += 1
         self._ws = ws
         self._reader = asyncio.ensure_future(self._read(ws))
         # What the last connection left unanswered goes again, in order.
@@ -208,16 +216,14 @@ class SyncStream(_Stream):
         self._answer: List[int] = []
 
     def _connect(self) -> SyncConnection:
-        for attempt in range(self._retries + 1):
+        attempt = 0
+        while True:
             try:
                 ws = sync_connect(self._url, additional_headers=self._headers, max_size=None)
                 break
-            except InvalidStatus as e:
-                raise _refused_at_handshake(e) from e
-            except OSError:
-                if attempt == self._retries:
-                    raise
-                time.sleep(self._backoff * 2**attempt)
+            except (InvalidStatus, OSError) as e:
+                time.sleep(self._retry_after(e, attempt))
+                attempt += 1
         self._ws = ws
         for frame in list(self._pending.values()):
             ws.send(frame)

@@ -55,6 +55,8 @@ pub const SEGMENT_BYTES: u64 = 16 << 20;
 /// segments in use are nearly always old files written over.
 const SPARES: usize = 3;
 const HEADER: usize = 8;
+/// The largest record buffer kept between appends.
+const KEPT_BUFFER: usize = 1 << 20;
 
 /// The journal of one data directory, open for appending.
 pub struct Journal {
@@ -153,6 +155,10 @@ impl Journal {
         }
         self.len += self.buf.len() as u64;
         self.next_no += 1;
+        // One large group must not keep its buffer for the life of the server.
+        if self.buf.capacity() > KEPT_BUFFER {
+            self.buf = Vec::new();
+        }
         Ok(no)
     }
 

@@ -41,10 +41,11 @@ pub use tree::{BackupLine, CACHE_BYTES, DB_FILE};
 
 /// The journal's directory inside the data directory.
 pub const JOURNAL_DIR: &str = "journal";
-/// Events the journal may hold ahead of redb before a write waits for the
-/// applier: what bounds the memory [`pending`] takes if redb falls behind.
+/// Events (and records, one each) the journal may hold ahead of redb before a
+/// write waits for the applier: what bounds the memory [`pending`] takes if
+/// redb falls behind.
 const MOST_PENDING: usize = 8 * 1024;
-/// Events the applier copies into redb per commit, at most.
+/// Events (and records) the applier copies into redb per commit, at most.
 const APPLY_EVENTS: usize = 4 * 1024;
 /// The least time between two of the applier's commits, unless someone waits
 /// for it: a redb commit has a fixed cost (page copies along each touched

@@ -66,19 +66,21 @@ pub struct Pending {
     /// Each thread's events not in redb: consecutive seqs, so a position is an offset.
     events: HashMap<ThreadId, VecDeque<Arc<StoredEvent>>>,
     ids: HashMap<RunId, HashMap<String, (u64, u64)>>,
+    /// The [`weight`] of the records held.
     held: usize,
+}
+
+/// What a record counts for against the bounds: its events, and one for the
+/// record itself, so records that carry no event (a run registered, a repeat)
+/// are bounded too.
+fn weight(batch: &Batch) -> usize {
+    batch.events.len() + 1
 }
 
 impl Pending {
     /// Adds a record the journal holds; records come in their numbers' order.
     pub fn push(&mut self, no: u64, batches: &[&Batch]) {
-        let mut batch = Batch::default();
-        for b in batches {
-            batch.threads.extend(b.threads.iter().cloned());
-            batch.runs.extend(b.runs.iter().cloned());
-            batch.events.extend(b.events.iter().cloned());
-            batch.event_ids.extend(b.event_ids.iter().cloned());
-        }
+        let batch = merged(batches.iter().copied());
         for (id, record) in &batch.threads {
             self.threads.insert(id.clone(), (no, record.clone()));
         }
@@ -91,19 +93,19 @@ impl Pending {
         for (run, event_id, seq) in &batch.event_ids {
             self.ids.entry(run.clone()).or_default().insert(event_id.clone(), (no, *seq));
         }
-        self.held += batch.events.len();
+        self.held += weight(&batch);
         self.records.push_back(Arc::new(Record { no, batch }));
     }
 
-    /// The oldest records, up to about `events` events (at least one record).
-    pub fn oldest(&self, events: usize) -> Vec<Arc<Record>> {
+    /// The oldest records, up to about `most` in [`weight`] (at least one record).
+    pub fn oldest(&self, most: usize) -> Vec<Arc<Record>> {
         let mut taken = 0;
         let mut out = Vec::new();
         for record in &self.records {
-            if !out.is_empty() && taken + record.batch.events.len() > events {
+            if !out.is_empty() && taken + weight(&record.batch) > most {
                 break;
             }
-            taken += record.batch.events.len();
+            taken += weight(&record.batch);
             out.push(record.clone());
         }
         out
@@ -146,7 +148,7 @@ impl Pending {
                     }
                 }
             }
-            self.held -= batch.events.len();
+            self.held -= weight(batch);
         }
     }
 
@@ -159,7 +161,7 @@ impl Pending {
         self.records.is_empty()
     }
 
-    /// Events held.
+    /// The [`weight`] of the records held: their events and the records themselves.
     pub fn held(&self) -> usize {
         self.held
     }
