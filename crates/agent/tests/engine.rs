@@ -53,7 +53,7 @@ async fn run_to_end(agent: Arc<dyn Agent>, text: &str) -> (Vec<(EventKind, Value
     // Let any spawned flush land.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let page = log.read(&thread, 0, 1000).await.unwrap();
-    let events = page.events.iter().map(|e| (e.envelope.event, Value::Object(e.envelope.data.clone()))).collect();
+    let events = page.events.iter().map(|e| (e.kind(), Value::Object(e.envelope().data.clone()))).collect();
     let info = log.run(run.run_id.as_str()).await.unwrap().unwrap();
     (events, info)
 }
@@ -156,8 +156,8 @@ async fn cancelling_stops_the_agent_without_a_second_terminal_event() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(engine.running(), 0);
     let events = log.read(&thread, 0, 100).await.unwrap().events;
-    assert_eq!(events.iter().filter(|e| e.envelope.event.is_terminal()).count(), 1);
-    assert_eq!(events.last().unwrap().envelope.data["code"], "cancelled");
+    assert_eq!(events.iter().filter(|e| e.kind().is_terminal()).count(), 1);
+    assert_eq!(events.last().unwrap().envelope().data["code"], "cancelled");
     // A late append from the stopped agent would be refused by the lifecycle.
     let late = NewEvent::new(EventKind::AgentThinking, json!({"thought":"late"}).as_object().cloned().unwrap());
     assert!(log.append(run.run_id.as_str(), vec![late]).await.is_err());
@@ -171,7 +171,7 @@ async fn shutdown_ends_running_runs_with_worker_lost() {
     tokio::time::sleep(Duration::from_millis(30)).await;
     engine.shutdown(Duration::from_secs(5)).await;
     let events = log.read(&thread, 0, 100).await.unwrap().events;
-    assert_eq!(events.last().unwrap().envelope.data["code"], "worker_lost");
+    assert_eq!(events.last().unwrap().envelope().data["code"], "worker_lost");
     assert_eq!(engine.reserve(&run.owner).err(), Some(StartError::ShuttingDown), "no new runs after shutdown");
 }
 
@@ -185,8 +185,8 @@ async fn last_event_when_done(engine: &Engine, log: &Arc<dyn Log>, thread: &Thre
     }
     assert_eq!(engine.running(), 0, "the run did not end");
     let events = log.read(thread, 0, 1000).await.unwrap().events;
-    assert_eq!(events.iter().filter(|e| e.envelope.event.is_terminal()).count(), 1);
-    Value::Object(events.last().unwrap().envelope.data.clone())
+    assert_eq!(events.iter().filter(|e| e.kind().is_terminal()).count(), 1);
+    Value::Object(events.last().unwrap().envelope().data.clone())
 }
 
 #[tokio::test]

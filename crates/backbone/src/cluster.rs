@@ -128,7 +128,7 @@ impl ThreadView {
     /// Follows events already stored, in `seq` order.
     fn apply(&mut self, events: &[Arc<StoredEvent>]) {
         for event in events.iter().filter(|e| e.seq() > self.at.seq) {
-            let run = self.runs.entry(event.envelope.run_id.clone()).or_default();
+            let run = self.runs.entry(event.run_id().clone()).or_default();
             if run.state.lifecycle.ended() {
                 // An ended run takes no more events: this is a new run under
                 // the id of one retention forgot (see `Inner::forgotten`).
@@ -195,7 +195,7 @@ fn is_forgotten(kept: &TrimmedRuns, run: &RunId, state: &RunState) -> bool {
 
 /// Moves a run's state past one of its stored events.
 fn follow_run(run: &mut RunState, event: &StoredEvent) {
-    let e = &event.envelope;
+    let e = event.envelope();
     run.last_seq = e.seq;
     run.lifecycle.replay(e.event, &e.data);
     if let Some(id) = &e.event_id {
@@ -785,11 +785,11 @@ impl<B: Backbone> Inner<B> {
                 let tail = self.backbone.read(thread, at, SYNC_PAGE).await.map_err(unavailable)?;
                 for event in &tail.events {
                     if event.seq() >= keep_from {
-                        first_kept_ms = Some(event.envelope.ts.millis());
+                        first_kept_ms = Some(event.ts().millis());
                         break 'read;
                     }
                     if event.seq() > kept.through_seq {
-                        follow_run(kept.runs.entry(event.envelope.run_id.clone()).or_default(), event);
+                        follow_run(kept.runs.entry(event.run_id().clone()).or_default(), event);
                     }
                 }
                 if tail.events.len() < SYNC_PAGE {
@@ -837,7 +837,7 @@ impl<B: Backbone> Inner<B> {
         'pages: loop {
             let page = self.backbone.read(thread, at, AGE_PAGE).await.map_err(unavailable)?;
             for e in &page.events {
-                if e.envelope.ts.millis() > cutoff {
+                if e.ts().millis() > cutoff {
                     break 'pages;
                 }
                 last_old = Some(e.seq());
@@ -885,7 +885,7 @@ impl<B: Backbone> Inner<B> {
             let Some(extent) = self.backbone.extent(&thread).await.map_err(unavailable)? else { continue };
             let before = Position { seq: extent.oldest_seq.saturating_sub(1), token: 0 };
             let first = self.backbone.read(&thread, before, 1).await.map_err(unavailable)?;
-            let oldest_ts_ms = first.events.first().map(|e| e.envelope.ts.millis());
+            let oldest_ts_ms = first.events.first().map(|e| e.ts().millis());
             extents.push(ThreadExtent {
                 thread,
                 oldest_seq: extent.oldest_seq,

@@ -678,7 +678,7 @@ impl Backbone for NatsBackbone {
                 }
             };
             let Some(first_kept) = events.iter().find(|e| e.seq() > through) else { continue };
-            if first_kept.envelope.ts.millis() > at_or_before_ms {
+            if first_kept.ts().millis() > at_or_before_ms {
                 break;
             }
             found.push(thread);

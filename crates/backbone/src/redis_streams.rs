@@ -309,7 +309,7 @@ impl RedisBackbone {
                 let () = redis::cmd("ZADD")
                     .arg(self.key("ages"))
                     .arg("NX")
-                    .arg(first.envelope.ts.millis())
+                    .arg(first.ts().millis())
                     .arg(thread.as_str())
                     .query_async(&mut conn)
                     .await
@@ -577,7 +577,7 @@ impl Backbone for RedisBackbone {
             RunningChange::Set(run, running) => call.arg("set").arg(run.as_str()).arg(to_json(running)?),
             RunningChange::Remove(run) => call.arg("del").arg(run.as_str()).arg(""),
         };
-        call.arg(events.first().map_or(0, |e| e.envelope.ts.millis()));
+        call.arg(events.first().map_or(0, |e| e.ts().millis()));
         for event in events {
             call.arg(&*event.json);
         }

@@ -360,7 +360,7 @@ async fn redis_a_head_that_moves_back_is_rebuilt_and_every_node_is_told() {
     .expect("both nodes hear that the thread was rewound");
     assert_eq!(a.append(run.as_str(), vec![thought("on a")]).await.unwrap().seqs, vec![6]);
     let page = a.read(&thread, 0, 10).await.unwrap();
-    let thoughts: Vec<&str> = page.events.iter().filter_map(|e| e.envelope.data.get("thought")?.as_str()).collect();
+    let thoughts: Vec<&str> = page.events.iter().filter_map(|e| e.envelope().data.get("thought")?.as_str()).collect();
     assert_eq!(thoughts, ["1", "2", "3", "after", "on a"]);
 }
 

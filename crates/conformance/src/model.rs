@@ -659,9 +659,7 @@ fn user(u: u8) -> UserId {
 async fn read_all(log: &dyn Log, thread: u8) -> Answer {
     let Ok(thread) = ThreadId::parse(&thread_name(thread)) else { return Answer::Refused("bad id") };
     match log.read(&thread, 0, 10_000).await {
-        Ok(page) => Answer::Events(
-            page.events.iter().map(|e| (e.seq(), e.envelope.event, e.envelope.run_id.to_string())).collect(),
-        ),
+        Ok(page) => Answer::Events(page.events.iter().map(|e| (e.seq(), e.kind(), e.run_id().to_string())).collect()),
         Err(e) => refused(&e),
     }
 }

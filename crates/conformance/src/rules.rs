@@ -94,7 +94,7 @@ pub async fn numbering(d: &mut dyn Deployment) {
     let page = b.read(&one, 1, 2).await.unwrap();
     assert_eq!(page.events.iter().map(|e| e.seq()).collect::<Vec<_>>(), vec![2, 3]);
     assert_eq!((page.oldest_seq, page.head_seq), (1, 4));
-    let thoughts: Vec<&str> = page.events.iter().filter_map(|e| e.envelope.data.get("thought")?.as_str()).collect();
+    let thoughts: Vec<&str> = page.events.iter().filter_map(|e| e.envelope().data.get("thought")?.as_str()).collect();
     assert_eq!(thoughts, ["a", "b"], "stored as sent");
     assert_eq!(seqs(a, &two).await, vec![1]);
     assert!(matches!(a.read(&thread("thread_none"), 0, 10).await, Err(LogError::ThreadNotFound(_))));
@@ -299,7 +299,7 @@ pub async fn cancel(d: &mut dyn Deployment) {
     let info = a.run(run.as_str()).await.unwrap().expect("registered");
     assert_eq!((info.status, info.cancel_requested), (RunStatus::Error, true));
     let last = a.read(&t, 2, 1).await.unwrap();
-    assert_eq!(last.events[0].envelope.data["code"], "cancelled");
+    assert_eq!(last.events[0].envelope().data["code"], "cancelled");
     assert!(matches!(a.cancel(run.as_str()).await, Err(LogError::Lifecycle(LifecycleError::Ended))));
     assert!(matches!(a.append(run.as_str(), vec![tool_done("c1")]).await, Err(LogError::Lifecycle(_))));
     assert!(matches!(b.cancel("run_thread_cancel_unknown").await, Err(LogError::RunNotFound(_))));
@@ -424,7 +424,7 @@ pub async fn idle_expiry(d: &mut dyn Deployment) {
     let info = a.run(run.as_str()).await.unwrap().unwrap();
     assert_eq!(info.status, RunStatus::Error);
     let last = a.read(&t, 9, 1).await.unwrap();
-    assert_eq!(last.events[0].envelope.data["code"], "timeout");
+    assert_eq!(last.events[0].envelope().data["code"], "timeout");
     settles("nothing is left running", || async { a.stats().runs_in_flight == 0 }).await;
     d.close(nodes).await;
 }

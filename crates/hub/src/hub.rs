@@ -197,7 +197,7 @@ impl FeedSink for Hub {
 
     fn deliver(&self, events: &[Arc<StoredEvent>]) {
         for e in events {
-            self.metrics.appended.get(e.envelope.event).inc();
+            self.metrics.appended.get(e.kind()).inc();
         }
         self.redeliver(events);
     }

@@ -229,7 +229,7 @@ impl HubMetrics {
     pub fn record_sent(&self, events: &[Arc<StoredEvent>], live: bool) {
         let now = Instant::now();
         for e in events {
-            self.delivered.get(e.envelope.event).inc();
+            self.delivered.get(e.kind()).inc();
             if live {
                 let lag = now.saturating_duration_since(e.received_at).as_secs_f64();
                 self.delivery_lag.observe(lag);

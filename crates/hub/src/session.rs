@@ -14,8 +14,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use agentwire_log::{Log, LogError, StoredEvent};
+use agentwire_log::{Log, LogError, Page, StoredEvent};
 use agentwire_protocol::ThreadId;
+use tokio::task::JoinHandle;
 
 use crate::hub::Connection;
 
@@ -37,12 +38,30 @@ pub struct Session {
     /// thread → last `seq` handed to the transport.
     sent: HashMap<ThreadId, u64>,
     page_size: usize,
+    /// The replay's next page, read while the transport sends the one before.
+    ahead: Option<ReadAhead>,
+}
+
+/// A page being read ahead: of `thread`, after `after`. A replay that waits
+/// for each page before it reads the next leaves the cores idle half the
+/// time; one page ahead keeps the reading and the sending side by side, and
+/// costs at most one page of memory more per connection.
+struct ReadAhead {
+    thread: ThreadId,
+    after: u64,
+    task: JoinHandle<Result<Page, LogError>>,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Session {
     /// A session over a hub connection, reading history from `log` in pages of `page_size`.
     pub fn new(conn: Connection, log: Arc<dyn Log>, page_size: usize) -> Self {
-        Self { conn, log, sent: HashMap::new(), page_size: page_size.max(1) }
+        Self { conn, log, sent: HashMap::new(), page_size: page_size.max(1), ahead: None }
     }
 
     /// The hub connection (to wait for overflow, count subscriptions).
@@ -63,6 +82,7 @@ impl Session {
     /// Starts (or restarts) a subscription: watches the thread, then positions
     /// the replay after `after_seq`. Follow with [`Session::replay`] until it is empty.
     pub async fn subscribe(&mut self, thread: &ThreadId, after_seq: u64) -> Result<Started, LogError> {
+        self.forget_read_ahead(thread);
         self.conn.watch(thread);
         let metrics = self.conn.hub().metrics();
         let probe = match self.log.read(thread, after_seq, 0).await {
@@ -94,15 +114,41 @@ impl Session {
     /// The next page of a subscription's replay; empty when it has caught up.
     pub async fn replay(&mut self, thread: &ThreadId) -> Result<Vec<Arc<StoredEvent>>, LogError> {
         let Some(&cursor) = self.sent.get(thread) else { return Ok(Vec::new()) };
-        let page = self.log.read(thread, cursor, self.page_size).await?;
+        let page = match &mut self.ahead {
+            // Awaited in place: a caller that drops this future finds the read still going.
+            Some(ahead) if ahead.thread == *thread && ahead.after == cursor => {
+                let read = (&mut ahead.task).await;
+                self.ahead = None;
+                read.map_err(|e| LogError::Unavailable(format!("read task failed: {e}")))??
+            }
+            _ => {
+                self.ahead = None;
+                self.log.read(thread, cursor, self.page_size).await?
+            }
+        };
         if let Some(last) = page.events.last() {
-            self.sent.insert(thread.clone(), last.seq());
+            let last = last.seq();
+            self.sent.insert(thread.clone(), last);
+            if last < page.head_seq {
+                let (log, next, size) = (self.log.clone(), thread.clone(), self.page_size);
+                let task = tokio::spawn(async move { log.read(&next, last, size).await });
+                self.ahead = Some(ReadAhead { thread: thread.clone(), after: last, task });
+            }
         }
         Ok(page.events)
     }
 
+    /// Drops a page read ahead for `thread`: a subscription started again
+    /// (after a rewind, say) must not be answered from what was read before.
+    fn forget_read_ahead(&mut self, thread: &ThreadId) {
+        if self.ahead.as_ref().is_some_and(|a| a.thread == *thread) {
+            self.ahead = None;
+        }
+    }
+
     /// Ends a subscription; `false` if there was none.
     pub fn unsubscribe(&mut self, thread: &ThreadId) -> bool {
+        self.forget_read_ahead(thread);
         self.conn.unwatch(thread);
         self.sent.remove(thread).is_some()
     }

@@ -983,7 +983,7 @@ impl<S: Store> Core<S> {
         let event_ids: Vec<(RunId, String, u64)> = batch
             .events
             .iter()
-            .filter_map(|e| e.envelope.event_id.as_ref().map(|id| (run.clone(), id.clone(), e.seq())))
+            .filter_map(|e| e.envelope().event_id.as_ref().map(|id| (run.clone(), id.clone(), e.seq())))
             .collect();
         if record.agent_name.is_none() {
             record.agent_name = batch.events.iter().find_map(|e| e.started_agent_name()).map(str::to_owned);

@@ -21,11 +21,14 @@ pub mod retention;
 pub mod store;
 pub mod watchdog;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use agentwire_protocol::{Envelope, EnvelopeType, EventKind, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
 use async_trait::async_trait;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::Map;
 
 pub use append::{AppendPlan, PlannedEvent, plan_append};
 pub use core::StoredLog;
@@ -38,11 +41,22 @@ pub use store::{Store, StoreError};
 /// An append decided and on its way to the store (see [`Log::append_queued`]).
 pub type Queued = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended, LogError>> + Send>>;
 
-/// An event as stored: the envelope, its JSON encoded once for every
-/// subscriber, and when this node appended or received it (for delivery lag).
+/// An event as stored: its JSON, encoded once for every subscriber, the
+/// fields every path needs, and when this node appended or received it (for
+/// delivery lag).
+///
+/// An event read back from storage is checked whole but decodes only its
+/// head: a replay sends `json` as it is, so building the `data` map of every
+/// event would cost most of a cold replay's CPU for nothing. [`Self::envelope`]
+/// decodes the rest the first time a path asks for it.
 #[derive(Debug)]
 pub struct StoredEvent {
-    pub envelope: Envelope,
+    thread_id: ThreadId,
+    run_id: RunId,
+    seq: u64,
+    kind: EventKind,
+    ts: Timestamp,
+    envelope: OnceLock<Envelope>,
     pub json: Box<str>,
     pub received_at: Instant,
 }
@@ -51,29 +65,155 @@ impl StoredEvent {
     /// Encodes `envelope` once.
     pub fn new(envelope: Envelope) -> Self {
         let json = envelope.to_json().into_boxed_str();
-        Self { envelope, json, received_at: Instant::now() }
+        Self {
+            thread_id: envelope.thread_id.clone(),
+            run_id: envelope.run_id.clone(),
+            seq: envelope.seq,
+            kind: envelope.event,
+            ts: envelope.ts,
+            envelope: OnceLock::from(envelope),
+            json,
+            received_at: Instant::now(),
+        }
     }
 
     /// An event read back from storage: `json` is the envelope as it was sent.
     pub fn from_json(json: impl AsRef<str> + Into<Box<str>>) -> Result<Self, serde_json::Error> {
-        let envelope = serde_json::from_str(json.as_ref())?;
-        Ok(Self { envelope, json: json.into(), received_at: Instant::now() })
+        EventReader::default().read(json)
     }
 
     /// The event's position in its thread.
     pub fn seq(&self) -> u64 {
-        self.envelope.seq
+        self.seq
     }
 
     /// The event's thread.
     pub fn thread_id(&self) -> &ThreadId {
-        &self.envelope.thread_id
+        &self.thread_id
+    }
+
+    /// The run that published it.
+    pub fn run_id(&self) -> &RunId {
+        &self.run_id
+    }
+
+    /// Its type.
+    pub fn kind(&self) -> EventKind {
+        self.kind
+    }
+
+    /// When it was appended.
+    pub fn ts(&self) -> Timestamp {
+        self.ts
+    }
+
+    /// The whole envelope, decoded from `json` on first use.
+    pub fn envelope(&self) -> &Envelope {
+        self.envelope.get_or_init(|| {
+            let body = serde_json::from_str::<Body>(&self.json).unwrap_or_else(|e| {
+                // The head was checked against the same text, `data` as an object
+                // and `event_id` as a string: this cannot fail.
+                tracing::error!(error = %e, seq = self.seq, "a stored event's body did not decode twice");
+                Body { event_id: None, data: Map::new() }
+            });
+            Envelope {
+                frame_type: EnvelopeType::Event,
+                thread_id: self.thread_id.clone(),
+                run_id: self.run_id.clone(),
+                seq: self.seq,
+                event: self.kind,
+                event_id: body.event_id,
+                ts: self.ts,
+                data: body.data,
+            }
+        })
     }
 
     /// The agent's name, when this is the run's `agent_started`.
     pub fn started_agent_name(&self) -> Option<&str> {
-        let e = &self.envelope;
-        (e.event == EventKind::AgentStarted).then(|| e.data.get("agent_name").and_then(|v| v.as_str())).flatten()
+        (self.kind == EventKind::AgentStarted)
+            .then(|| self.envelope().data.get("agent_name").and_then(|v| v.as_str()))
+            .flatten()
+    }
+}
+
+/// Decodes stored events, sharing the thread and run ids that consecutive
+/// events have in common (a page is one thread, mostly one run).
+#[derive(Default)]
+pub struct EventReader {
+    thread: Option<ThreadId>,
+    run: Option<RunId>,
+}
+
+impl EventReader {
+    /// Checks `json` as a whole envelope and decodes its head.
+    pub fn read(&mut self, json: impl AsRef<str> + Into<Box<str>>) -> Result<StoredEvent, serde_json::Error> {
+        let head: Head<'_> = serde_json::from_str(json.as_ref())?;
+        let thread_id = match &self.thread {
+            Some(t) if t.as_str() == head.thread_id => t.clone(),
+            _ => ThreadId::parse(head.thread_id).map_err(serde::de::Error::custom)?,
+        };
+        let run_id = match &self.run {
+            Some(r) if r.as_str() == head.run_id => r.clone(),
+            _ => RunId::parse(head.run_id).map_err(serde::de::Error::custom)?,
+        };
+        let (seq, kind, ts) = (head.seq, head.event, head.ts);
+        self.thread = Some(thread_id.clone());
+        self.run = Some(run_id.clone());
+        Ok(StoredEvent {
+            thread_id,
+            run_id,
+            seq,
+            kind,
+            ts,
+            envelope: OnceLock::new(),
+            json: json.into(),
+            received_at: Instant::now(),
+        })
+    }
+}
+
+/// An envelope's fields without its body; ids borrowed (they never need escapes).
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", default)]
+    _frame_type: EnvelopeType,
+    thread_id: &'a str,
+    run_id: &'a str,
+    seq: u64,
+    event: EventKind,
+    #[serde(rename = "event_id", default, borrow)]
+    _event_id: Option<std::borrow::Cow<'a, str>>,
+    ts: Timestamp,
+    #[serde(rename = "data")]
+    _data: AnyObject,
+}
+
+/// What [`StoredEvent::envelope`] decodes later.
+#[derive(Deserialize)]
+struct Body {
+    #[serde(default)]
+    event_id: Option<String>,
+    data: Map<String, serde_json::Value>,
+}
+
+/// A JSON object, checked and skipped.
+struct AnyObject;
+
+impl<'de> Deserialize<'de> for AnyObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AnyObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<AnyObject, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(AnyObject)
+            }
+        }
+        d.deserialize_map(Visitor)
     }
 }
 
@@ -392,4 +532,60 @@ pub trait Log: Send + Sync + 'static {
 
     /// Writes what is queued and stops background work; later writes are refused.
     async fn close(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stored() -> StoredEvent {
+        let thread = ThreadId::parse("thread_lazy1").unwrap();
+        let run = RunId::parse("run_thread_lazy1_0000abcd").unwrap();
+        let mut event = NewEvent::new(
+            EventKind::ToolExecuting,
+            json!({"tool_call_id":"c1","args":{"q":"é\n"}}).as_object().cloned().unwrap(),
+        );
+        event.event_id = Some("e-\"1\"".into());
+        let mut events = numbered(&thread, &run, 6, Timestamp(1_795_600_800_123), vec![event]);
+        Arc::try_unwrap(events.remove(0)).unwrap()
+    }
+
+    #[test]
+    fn an_event_read_back_decodes_its_body_only_when_asked_and_equal_to_what_was_stored() {
+        let original = stored();
+        let read = StoredEvent::from_json(original.json.to_string()).unwrap();
+        assert_eq!((read.seq(), read.kind(), read.ts()), (7, EventKind::ToolExecuting, original.ts()));
+        assert_eq!((read.thread_id(), read.run_id()), (original.thread_id(), original.run_id()));
+        assert!(read.envelope.get().is_none(), "the head alone was decoded");
+        assert_eq!(read.envelope(), original.envelope());
+    }
+
+    #[test]
+    fn a_reader_refuses_what_a_whole_envelope_would_not_decode_from() {
+        let json = stored().json.to_string();
+        let broken = [
+            json.replace(r#""data":{"#, r#""data":["#).replace("}}", "]}"),
+            json.replace(r#""seq":7"#, r#""seq":"7""#),
+            json.replace(r#""event_id":"#, r#""event_id":1,"x":"#),
+            json.replace("thread_lazy1\"", "thread-lazy1\""),
+            json.replace(r#""type":"event""#, r#""type":"batch""#),
+            json.replace("Z\"", "\""),
+            json[..json.len() - 1].to_owned(),
+        ];
+        for text in broken {
+            assert!(serde_json::from_str::<Envelope>(&text).is_err(), "a whole envelope refuses {text}");
+            assert!(EventReader::default().read(text.clone()).is_err(), "the head reader refuses {text}");
+        }
+    }
+
+    #[test]
+    fn a_reader_shares_ids_between_events_and_still_checks_a_changed_one() {
+        let json = stored().json.to_string();
+        let mut reader = EventReader::default();
+        let first = reader.read(json.clone()).unwrap();
+        let second = reader.read(json.replace(r#""seq":7"#, r#""seq":8"#)).unwrap();
+        assert!(std::ptr::eq(first.thread_id().as_str(), second.thread_id().as_str()));
+        assert!(reader.read(json.replace("run_thread_lazy1_0000abcd", "run thread")).is_err());
+    }
 }

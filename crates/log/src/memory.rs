@@ -31,9 +31,7 @@ struct Kept {
 impl Kept {
     /// `thread`'s oldest event time and its number of events.
     fn shape(&self, thread: &ThreadId) -> (Option<i64>, usize) {
-        self.threads
-            .get(thread)
-            .map_or((None, 0), |events| (events.front().map(|e| e.envelope.ts.millis()), events.len()))
+        self.threads.get(thread).map_or((None, 0), |events| (events.front().map(|e| e.ts().millis()), events.len()))
     }
 
     /// Changes `thread`'s events with `change`, keeping the count and the age order.
@@ -144,7 +142,7 @@ impl Store for MemoryStore {
         Ok(kept
             .threads
             .get(thread)
-            .and_then(|events| events.iter().take_while(|e| e.envelope.ts.millis() <= ts_ms).last().map(|e| e.seq())))
+            .and_then(|events| events.iter().take_while(|e| e.ts().millis() <= ts_ms).last().map(|e| e.seq())))
     }
 }
 

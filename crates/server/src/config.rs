@@ -149,7 +149,7 @@ pub struct ServerConfig {
     pub max_batch: usize,
 
     /// Events read from the log per page when a subscription replays history.
-    #[arg(long, env = "AGENTWIRE_REPLAY_PAGE", default_value_t = 500)]
+    #[arg(long, env = "AGENTWIRE_REPLAY_PAGE", default_value_t = 2000)]
     pub replay_page: usize,
 
     /// How often idle WebSockets are pinged; one silent for two intervals is dropped.

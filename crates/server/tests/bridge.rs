@@ -413,7 +413,7 @@ async fn shutdown_closes_websockets_with_1001_and_ends_agent_runs() {
     assert_eq!(last["data"]["code"], "worker_lost", "{last}");
     let thread = agentwire_protocol::ThreadId::parse("thread_bye").unwrap();
     let stored = log.read(&thread, 0, 100).await.unwrap().events;
-    assert_eq!(stored.last().unwrap().envelope.data["code"], "worker_lost");
+    assert_eq!(stored.last().unwrap().envelope().data["code"], "worker_lost");
 }
 
 #[tokio::test]

@@ -38,7 +38,7 @@ use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefini
 use crate::store::{
     Batch, LoadedRun, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadExtent, ThreadRecord,
 };
-use crate::{PageBudget, StoredEvent, packed};
+use crate::{EventReader, PageBudget, StoredEvent, packed};
 
 const THREADS: TableDefinition<&str, &[u8]> = TableDefinition::new("threads");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
@@ -268,7 +268,7 @@ impl Tree {
     ) -> Result<Option<(i64, u64)>, StoreError> {
         let mut first = None;
         self.each_event(events, thread, from, |seq, json| {
-            first = Some((self.event(json)?.envelope.ts.millis(), seq));
+            first = Some((self.event(json)?.ts().millis(), seq));
             Ok(false)
         })?;
         Ok(first)
@@ -300,7 +300,7 @@ impl Tree {
         let replaced = events.insert((thread, start), value.as_slice()).map_err(io)?;
         let replaced = replaced.map_or(0, |old| packed::count(old.value()));
         if !ages.has(thread)? {
-            ages.set(thread, Some((first.envelope.ts.millis(), first.seq())))?;
+            ages.set(thread, Some((first.ts().millis(), first.seq())))?;
         }
         Ok(packed::count(&value).saturating_sub(replaced))
     }
@@ -583,12 +583,14 @@ impl Store for Tree {
         let events = txn.open_table(EVENTS).map_err(io)?;
         let Some(from) = self.retained_from(&txn, thread.as_str())? else { return Ok(Vec::new()) };
         let mut out = Vec::with_capacity(budget.events_left().min(1024));
+        let mut reader = EventReader::default();
         self.each_event(&events, thread.as_str(), from.max(after_seq.saturating_add(1)), |_, json| {
             // Checked on the text, before decoding an event the page has no room for.
             if !budget.admit(json.len()) {
                 return Ok(false);
             }
-            out.push(self.event(json)?);
+            let event = reader.read(json).map_err(|e| self.corrupt(format!("event: {e}")))?;
+            out.push(Arc::new(event));
             Ok(true)
         })?;
         Ok(out)
@@ -731,7 +733,7 @@ impl Store for Tree {
         let mut last = None;
         // Events are in append order, so times only rise along a thread: stop at the first younger one.
         self.each_event(&events, thread.as_str(), from, |seq, json| {
-            if self.event(json)?.envelope.ts.millis() > ts_ms {
+            if self.event(json)?.ts().millis() > ts_ms {
                 return Ok(false);
             }
             last = Some(seq);
@@ -824,8 +826,8 @@ impl Tree {
                     if event.thread_id() != thread {
                         return Err(bad(n, &format!("an event of {} inside {thread}", event.thread_id())));
                     }
-                    if let Some(id) = &event.envelope.event_id {
-                        b.event_ids.push((event.envelope.run_id.clone(), id.clone(), event.seq()));
+                    if let Some(id) = &event.envelope().event_id {
+                        b.event_ids.push((event.run_id().clone(), id.clone(), event.seq()));
                     }
                     b.events.push(Arc::new(event));
                 }

@@ -139,7 +139,7 @@ pub async fn run(
                 Next::Deleted(_) | Next::Reset { .. } | Next::End(_) => break,
             };
             for stored in &events {
-                for event in agui.encode(&stored.envelope) {
+                for event in agui.encode(stored.envelope()) {
                     yield sse(&event);
                 }
             }

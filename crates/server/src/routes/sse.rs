@@ -31,7 +31,7 @@ pub struct StreamQuery {
 }
 
 fn sse_event(e: &StoredEvent) -> Event {
-    Event::default().id(e.seq().to_string()).event(e.envelope.event.as_str()).data(&*e.json)
+    Event::default().id(e.seq().to_string()).event(e.kind().as_str()).data(&*e.json)
 }
 
 /// `GET /v1/threads/{thread_id}/stream`.

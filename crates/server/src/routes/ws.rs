@@ -141,7 +141,7 @@ impl Client {
     async fn send_events(&mut self, events: &[Arc<StoredEvent>], live: bool) -> Result<(), End> {
         if self.legacy.is_some() {
             for event in events {
-                let frame = self.legacy_frame(&event.envelope).await;
+                let frame = self.legacy_frame(event.envelope()).await;
                 self.send(frame.to_string()).await?;
             }
             self.state.hub.metrics().record_sent(events, live);
