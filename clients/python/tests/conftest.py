@@ -51,3 +51,12 @@ def history(base: str, thread: str, user: str) -> list:
     page = httpx.get(f"{base}/v1/threads/{thread}/events", params={"limit": 10000}, headers={"authorization": f"Bearer {token}"})
     page.raise_for_status()
     return page.json()["events"]
+
+
+def by_call(events: list, kind: str) -> dict:
+    """The data of `kind` events (tool_executing, tool_completed) by tool_call_id."""
+    return {e["data"]["tool_call_id"]: e["data"] for e in events if e["event"] == kind}
+
+
+def thoughts(events: list) -> list:
+    return [e["data"]["thought"] for e in events if e["event"] == "agent_thinking"]

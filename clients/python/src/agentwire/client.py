@@ -235,8 +235,8 @@ class _RunState:
         self._message_id = f"msg_{uuid.uuid4().hex[:12]}"
         self._started = 0.0
 
-    def _delta(self, delta: str) -> Event:
-        return Event("agent_message", {"message_id": self._message_id, "delta": delta})
+    def _delta(self, delta: str, message_id: Optional[str]) -> Event:
+        return Event("agent_message", {"message_id": message_id or self._message_id, "delta": delta})
 
     def _start(self) -> Event:
         self._started = time.monotonic()
@@ -258,9 +258,10 @@ class Run(_RunState):
     def thinking(self, thought: str, step: Optional[int] = None) -> None:
         self.emit(thinking(thought, step))
 
-    def message(self, delta: str) -> None:
-        """A piece of the streamed answer: sent without waiting for its answer."""
-        self._p.publish(self.run_id, [self._delta(delta)], wait=False)
+    def message(self, delta: str, message_id: Optional[str] = None) -> None:
+        """A piece of the streamed answer: sent without waiting for its answer.
+        Deltas share the run's ``message_id`` unless one is given."""
+        self._p.publish(self.run_id, [self._delta(delta, message_id)], wait=False)
 
     def tool(self, name: str, args: Json = None) -> ToolCall:
         return ToolCall(self, name, args)
@@ -377,9 +378,10 @@ class AsyncRun(_RunState):
     async def thinking(self, thought: str, step: Optional[int] = None) -> None:
         await self.emit(thinking(thought, step))
 
-    async def message(self, delta: str) -> None:
-        """A piece of the streamed answer: sent without waiting for its answer."""
-        await self._p.publish(self.run_id, [self._delta(delta)], wait=False)
+    async def message(self, delta: str, message_id: Optional[str] = None) -> None:
+        """A piece of the streamed answer: sent without waiting for its answer.
+        Deltas share the run's ``message_id`` unless one is given."""
+        await self._p.publish(self.run_id, [self._delta(delta, message_id)], wait=False)
 
     def tool(self, name: str, args: Json = None) -> AsyncToolCall:
         return AsyncToolCall(self, name, args)

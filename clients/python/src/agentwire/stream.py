@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
@@ -205,10 +206,13 @@ class AsyncStream(_Stream):
 
 
 class SyncStream(_Stream):
-    """The blocking stream of one `Publisher`: answers are read as frames are sent."""
+    """The blocking stream of one `Publisher`: answers are read as frames are sent.
+    Safe to share between threads (LangChain runs tools on a thread pool): one
+    thread at a time sends and reads."""
 
     def __init__(self, base_url: str, headers: Dict[str, str], retries: int, backoff: float) -> None:
         super().__init__(base_url, headers, retries, backoff)
+        self._lock = threading.Lock()
         self._ws: Optional[SyncConnection] = None
         self._pending: "OrderedDict[int, str]" = OrderedDict()
         # The frame whose answer `send` waits for, and that answer.
@@ -255,6 +259,10 @@ class SyncStream(_Stream):
                 self._ws = None
 
     def send(self, run_id: str, events: List[Dict[str, Json]], wait: bool = True) -> List[int]:
+        with self._lock:
+            return self._send(run_id, events, wait)
+
+    def _send(self, run_id: str, events: List[Dict[str, Json]], wait: bool) -> List[int]:
         ws = self._ws or self._connect()
         self._next_ref += 1
         ref = self._next_ref
@@ -276,11 +284,13 @@ class SyncStream(_Stream):
         return self._answer
 
     def flush(self) -> None:
-        if self._pending:
-            self._read(next(reversed(self._pending)))
-        self._raise_failed()
+        with self._lock:
+            if self._pending:
+                self._read(next(reversed(self._pending)))
+            self._raise_failed()
 
     def close(self) -> None:
-        if self._ws is not None:
-            self._ws.close()
-            self._ws = None
+        with self._lock:
+            if self._ws is not None:
+                self._ws.close()
+                self._ws = None
