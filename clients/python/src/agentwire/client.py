@@ -64,6 +64,12 @@ def thinking(thought: str, step: Optional[int] = None) -> Event:
     return Event("agent_thinking", data)
 
 
+# Every connection kept for the next request: httpx keeps 20 of its 100 by
+# default, so a burst of concurrent registrations paid a new TCP connection
+# for four requests in five.
+_POOL = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=30.0)
+
+
 def _retryable(status: Optional[int]) -> bool:
     # None: the request never got an answer (connection refused, reset, timeout).
     return status is None or status == 503
@@ -135,7 +141,7 @@ class Publisher:
         stream: bool = True,
     ) -> None:
         self._s = _Settings(base_url, publish_key, retries, backoff, max_backoff)
-        self._http = httpx.Client(timeout=timeout)
+        self._http = httpx.Client(timeout=timeout, limits=_POOL)
         self._stream = SyncStream(self._s.base_url, self._s.headers, retries, backoff) if stream else None
 
     def close(self) -> None:
@@ -293,7 +299,7 @@ class AsyncPublisher:
         stream: bool = True,
     ) -> None:
         self._s = _Settings(base_url, publish_key, retries, backoff, max_backoff)
-        self._http = httpx.AsyncClient(timeout=timeout)
+        self._http = httpx.AsyncClient(timeout=timeout, limits=_POOL)
         self._stream = AsyncStream(self._s.base_url, self._s.headers, retries, backoff) if stream else None
 
     async def aclose(self) -> None:
