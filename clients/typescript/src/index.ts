@@ -2,7 +2,7 @@
  * A publisher for agentwire on Node.js: what an agent does, as the events of
  * PROTOCOL §2, to every tab watching its thread.
  *
- * Runs are registered over HTTP; events go over one WebSocket per publisher
+ * Runs are registered and events published over one WebSocket per publisher
  * (PROTOCOL §3.1), or a request each with `stream: false`. Every event gets an
  * `event_id` before its first attempt, so a retry after a `503` or a dropped
  * connection can never store it twice. Token deltas (`run.message`) do not
@@ -108,7 +108,9 @@ export class Publisher {
     if (options.runId !== undefined) {
       body.run_id = options.runId;
     }
-    const created = (await this.request("POST", "/v1/runs", body)) as { run_id: string };
+    // Over the publisher WebSocket when streaming: no HTTP request per run.
+    const created =
+      this.stream !== null ? await this.stream.register(body) : ((await this.request("POST", "/v1/runs", body)) as { run_id: string });
     return created.run_id;
   }
 

@@ -17,16 +17,19 @@ import { AgentwireError, STATUS_OF_CODE, type PublishBody } from "./types.js";
 
 interface Waiting {
   frame: string;
-  resolve: (seqs: number[]) => void;
+  resolve: (ack: Ack) => void;
   reject: (error: Error) => void;
   /** Resolves once answered, either way. */
   settled: Promise<void>;
 }
 
 /** An answer as the server writes it. */
-interface Ack {
+export interface Ack {
   ref?: number;
   seqs?: number[];
+  /** A registration's answer. */
+  run_id?: string;
+  thread_id?: string;
   error?: { code: string; message: string; retry_after?: number };
 }
 
@@ -50,14 +53,24 @@ export class PublishStream {
   constructor(private readonly options: StreamOptions) {}
 
   /** Sends one frame; resolves with its seqs once stored, rejects with the server's refusal. */
-  send(runId: string, events: PublishBody[]): Promise<number[]> {
+  async send(runId: string, events: PublishBody[]): Promise<number[]> {
+    return (await this.post((ref) => ({ ref, run_id: runId, events }))).seqs ?? [];
+  }
+
+  /** Registers a run (the body of `POST /v1/runs`); resolves with its `run_id` and `thread_id`. */
+  async register(body: Record<string, unknown>): Promise<{ run_id: string; thread_id: string }> {
+    const ack = await this.post((ref) => ({ ref, register: body }));
+    return { run_id: ack.run_id ?? "", thread_id: ack.thread_id ?? "" };
+  }
+
+  private post(frameFor: (ref: number) => unknown): Promise<Ack> {
     if (this.closed) {
       return Promise.reject(new Error("the publisher is closed"));
     }
     const ref = ++this.nextRef;
-    const frame = JSON.stringify({ ref, run_id: runId, events });
+    const frame = JSON.stringify(frameFor(ref));
     let waiting!: Waiting;
-    const answer = new Promise<number[]>((resolve, reject) => {
+    const answer = new Promise<Ack>((resolve, reject) => {
       waiting = { frame, resolve, reject, settled: Promise.resolve() };
     });
     waiting.settled = answer.then(
@@ -165,7 +178,7 @@ export class PublishStream {
       const { code, message, retry_after } = ack.error;
       waiting.reject(new AgentwireError(STATUS_OF_CODE[code] ?? 0, code, message, retry_after));
     } else {
-      waiting.resolve(ack.seqs ?? []);
+      waiting.resolve(ack);
     }
   }
 

@@ -81,15 +81,16 @@ test("a delta the server refuses is thrown by the run's next awaited call", asyn
 });
 
 test("a bad publish key is refused at once, over HTTP and at the WebSocket handshake", async () => {
-  const publisher = new Publisher({ baseUrl: server.base, publishKey: "not-a-key", retries: 50 });
-  await assert.rejects(
-    publisher.createRun({ threadId: newThread(), userId: "ada", agentName: "helper" }),
-    (e) => e instanceof AgentwireError && e.status === 401,
-  );
+  const options = { threadId: newThread(), userId: "ada", agentName: "helper" };
+  const overHttp = new Publisher({ baseUrl: server.base, publishKey: "not-a-key", retries: 50, stream: false });
+  await assert.rejects(overHttp.createRun(options), (e) => e instanceof AgentwireError && e.status === 401);
+  const streaming = new Publisher({ baseUrl: server.base, publishKey: "not-a-key", retries: 50 });
   const began = Date.now();
-  await assert.rejects(publisher.publish("run_thread_x_00000000", []), (e) => e instanceof AgentwireError && e.status === 401);
+  await assert.rejects(streaming.createRun(options), (e) => e instanceof AgentwireError && e.status === 401);
+  await assert.rejects(streaming.publish("run_thread_x_00000000", []), (e) => e instanceof AgentwireError && e.status === 401);
   assert.ok(Date.now() - began < 2_000, "not retried");
-  await publisher.close();
+  await overHttp.close();
+  await streaming.close();
 });
 
 test("token deltas of one turn go together, and thousands of them arrive in order", async () => {

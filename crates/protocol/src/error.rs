@@ -98,6 +98,8 @@ pub enum EventError {
     Json(String),
     #[error("a publish frame names its run: \"run_id\" is missing")]
     MissingRunId,
+    #[error("a \"register\" frame carries only its \"ref\" beside it")]
+    RegisterAlone,
     #[error("event {index}: {source}")]
     At { index: usize, source: Box<EventError> },
 }

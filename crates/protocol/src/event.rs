@@ -182,6 +182,9 @@ struct RawBody {
     event_id: Option<String>,
     #[serde(default)]
     events: Option<Vec<RawEvent>>,
+    /// On the publisher WebSocket: a run to register, the body of `POST /v1/runs`.
+    #[serde(default)]
+    register: Option<Value>,
 }
 
 /// Options for [`parse_publish_body`].
@@ -212,18 +215,33 @@ pub fn parse_publish_body(body: &[u8], limits: PublishLimits) -> Result<Vec<NewE
     body_events(raw, limits)
 }
 
-/// A frame of the publisher WebSocket: its `ref`, run id and events.
-pub type PublishFrame = (Option<u64>, String, Vec<NewEvent>);
+/// A frame of the publisher WebSocket (PROTOCOL §3.1).
+#[derive(Debug)]
+pub enum PublishFrame {
+    /// Events of a run: a publish body with its `run_id`.
+    Events { reference: Option<u64>, run_id: String, events: Vec<NewEvent> },
+    /// A run to register: the body of `POST /v1/runs`, checked by whoever registers it.
+    Register { reference: Option<u64>, body: Value },
+}
 
 /// Parses and validates a frame of the publisher WebSocket (PROTOCOL §3.1):
-/// a publish body with `run_id` and an optional `ref` beside it. A refusal
-/// carries the frame's `ref` when it could be read.
+/// a publish body with `run_id` and an optional `ref` beside it, or
+/// `{"ref","register":{…}}`. A refusal carries the frame's `ref` when it could
+/// be read.
 pub fn parse_publish_frame(frame: &[u8], limits: PublishLimits) -> Result<PublishFrame, (Option<u64>, EventError)> {
     let mut raw: RawBody = serde_json::from_slice(frame).map_err(|e| (None, EventError::Json(e.to_string())))?;
     let reference = raw.reference;
+    if let Some(body) = raw.register.take() {
+        let alone = raw.run_id.is_none() && raw.event.is_none() && raw.events.is_none() && raw.data.is_none();
+        return if alone && raw.event_id.is_none() {
+            Ok(PublishFrame::Register { reference, body })
+        } else {
+            Err((reference, EventError::RegisterAlone))
+        };
+    }
     let Some(run_id) = raw.run_id.take() else { return Err((reference, EventError::MissingRunId)) };
     let events = body_events(raw, limits).map_err(|e| (reference, e))?;
-    Ok((reference, run_id, events))
+    Ok(PublishFrame::Events { reference, run_id, events })
 }
 
 /// The events of a publish body, checked.
@@ -262,10 +280,17 @@ mod tests {
     #[test]
     fn a_publish_frame_is_a_body_with_its_run_and_ref() {
         let frame = json!({"ref": 7, "run_id": "run_a", "event": "agent_started", "data": {"agent_name": "a"}});
-        let (reference, run, events) = parse_publish_frame(frame.to_string().as_bytes(), LIMITS).unwrap();
-        assert_eq!((reference, run.as_str(), events.len()), (Some(7), "run_a", 1));
+        let frames = |v: Value| parse_publish_frame(v.to_string().as_bytes(), LIMITS);
+        let Ok(PublishFrame::Events { reference, run_id, events }) = frames(frame) else { panic!("events") };
+        assert_eq!((reference, run_id.as_str(), events.len()), (Some(7), "run_a", 1));
         let batch = json!({"run_id": "run_a", "events": [{"event": "agent_thinking", "data": {"thought": "t"}}]});
-        assert_eq!(parse_publish_frame(batch.to_string().as_bytes(), LIMITS).unwrap().0, None);
+        assert!(matches!(frames(batch), Ok(PublishFrame::Events { reference: None, .. })));
+        // A registration is the body of POST /v1/runs, alone beside its ref.
+        let register = json!({"ref": 3, "register": {"thread_id": "thread_a", "user_id": "u"}});
+        let Ok(PublishFrame::Register { reference, body }) = frames(register) else { panic!("register") };
+        assert_eq!((reference, &body["thread_id"]), (Some(3), &json!("thread_a")));
+        let mixed = json!({"ref": 4, "run_id": "run_a", "register": {"thread_id": "thread_a", "user_id": "u"}});
+        assert_eq!(frames(mixed).unwrap_err(), (Some(4), EventError::RegisterAlone));
         // Refusals keep the ref, so the publisher knows which frame it was.
         let no_run = json!({"ref": 8, "event": "agent_started", "data": {"agent_name": "a"}});
         let refused = parse_publish_frame(no_run.to_string().as_bytes(), LIMITS).unwrap_err();

@@ -123,3 +123,41 @@ async fn a_frame_over_the_body_limit_closes_with_1009_after_the_answers_before_i
     assert_eq!(answers(&mut publisher, 1).await[0]["seqs"], json!([1]));
     assert_eq!(close_code(publisher.next().await), Some(1009));
 }
+
+#[tokio::test]
+async fn a_register_frame_registers_a_run_as_post_v1_runs_does_and_the_next_frame_may_publish_to_it() {
+    let server = TestServer::start().await;
+    let mut publisher = server.publisher_ws(PUBLISH_KEY).await.expect("handshake");
+    let register = json!({"thread_id": "thread_sockreg", "user_id": "alice", "agent_name": "a"});
+    publisher.send(json!({"ref": 1, "register": register})).await;
+    let answer = answers(&mut publisher, 1).await.remove(0);
+    assert_eq!((answer["ref"].clone(), answer["thread_id"].clone()), (json!(1), json!("thread_sockreg")));
+    let run = answer["run_id"].as_str().expect("a run id").to_owned();
+    assert!(run.starts_with("run_thread_sockreg_"), "{run}");
+    // Decided in order: a frame sent right after a registration, unanswered, may use its run.
+    let chosen = json!({"thread_id": "thread_sockreg", "user_id": "alice", "run_id": "run_thread_sockreg_chosen"});
+    publisher.send(json!({"ref": 2, "register": chosen})).await;
+    publisher.send(json!({"ref": 3, "run_id": "run_thread_sockreg_chosen", "event": "agent_started", "data": {"agent_name": "a"}})).await;
+    // Refused as POST /v1/runs refuses: someone else's thread, a taken id, a bad body, a frame that mixes.
+    let frames = [
+        json!({"ref": 4, "register": {"thread_id": "thread_sockreg", "user_id": "mallory"}}),
+        json!({"ref": 5, "register": {"thread_id": "thread_sockreg", "user_id": "alice", "run_id": "run_thread_sockreg_chosen"}}),
+        json!({"ref": 6, "register": {"thread_id": "not a thread", "user_id": "alice"}}),
+        json!({"ref": 7, "register": {"user_id": "alice"}}),
+        json!({"ref": 8, "run_id": run, "register": {"thread_id": "thread_sockreg", "user_id": "alice"}}),
+    ];
+    for frame in frames {
+        publisher.send(frame).await;
+    }
+    let got = answers(&mut publisher, 7).await;
+    assert_eq!(got[0], json!({"ref": 2, "run_id": "run_thread_sockreg_chosen", "thread_id": "thread_sockreg"}));
+    assert_eq!(got[1], json!({"ref": 3, "seqs": [1]}));
+    let codes: Vec<Value> = got[2..].iter().map(|a| a["error"]["code"].clone()).collect();
+    assert_eq!(
+        codes,
+        [json!("forbidden"), json!("conflict"), json!("bad_request"), json!("bad_request"), json!("bad_request")]
+    );
+    assert!(got[2..].iter().all(|a| a.get("run_id").is_none()), "a refusal registers nothing");
+    let (status, body) = server.get(&format!("/v1/runs/{run}"), PUBLISH_KEY).await;
+    assert_eq!((status, body["thread_id"].clone()), (200, json!("thread_sockreg")));
+}

@@ -1,8 +1,8 @@
 """Publishers for agentwire: `Publisher` (blocking) and `AsyncPublisher` (asyncio).
 
-Both speak the API of PROTOCOL §3 with a publish key: runs over HTTP, events
-over one WebSocket per publisher (§3.1; ``stream=False`` sends each publish as
-an HTTP request instead). Token deltas (``run.message``) go without waiting for
+Both speak the API of PROTOCOL §3 with a publish key: runs and events over one
+WebSocket per publisher (§3.1; ``stream=False`` sends each as an HTTP request
+instead). Token deltas (``run.message``) go without waiting for
 their answer; any refusal is raised by the run's next event or its end. Every
 event gets an ``event_id`` before its first attempt, so retrying after a
 ``503`` or a network error can never store it twice: the server answers a
@@ -173,8 +173,12 @@ class Publisher:
         raise AssertionError("unreachable")
 
     def create_run(self, thread_id: str, user_id: str, agent_name: str, run_id: Optional[str] = None) -> str:
-        """Registers a run (creating the thread for ``user_id`` if new); answers its id."""
-        return self._request("POST", "/v1/runs", _run_body(thread_id, user_id, agent_name, run_id))["run_id"]
+        """Registers a run (creating the thread for ``user_id`` if new); answers its id.
+        With the stream, over the publisher WebSocket: no HTTP request per run."""
+        body = _run_body(thread_id, user_id, agent_name, run_id)
+        if self._stream is not None:
+            return self._stream.register(body)["run_id"]
+        return self._request("POST", "/v1/runs", body)["run_id"]
 
     def publish(self, run_id: str, events: Iterable[Event], wait: bool = True) -> List[int]:
         """Publishes events of one run, all or nothing; answers their seqs. Without
@@ -331,7 +335,10 @@ class AsyncPublisher:
         raise AssertionError("unreachable")
 
     async def create_run(self, thread_id: str, user_id: str, agent_name: str, run_id: Optional[str] = None) -> str:
-        return (await self._request("POST", "/v1/runs", _run_body(thread_id, user_id, agent_name, run_id)))["run_id"]
+        body = _run_body(thread_id, user_id, agent_name, run_id)
+        if self._stream is not None:
+            return (await self._stream.register(body))["run_id"]
+        return (await self._request("POST", "/v1/runs", body))["run_id"]
 
     async def publish(self, run_id: str, events: Iterable[Event], wait: bool = True) -> List[int]:
         bodies = [e.body() for e in events]

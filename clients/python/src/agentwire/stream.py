@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -54,9 +54,14 @@ def _frame(ref: int, run_id: str, events: List[Dict[str, Json]]) -> str:
     return json.dumps({"ref": ref, "run_id": run_id, "events": events}, separators=(",", ":"))
 
 
-def _answer(text: str) -> Tuple[Optional[int], Optional[List[int]], Optional[Dict[str, Json]]]:
+def _register_frame(ref: int, body: Dict[str, Json]) -> str:
+    return json.dumps({"ref": ref, "register": body}, separators=(",", ":"))
+
+
+def _answer(text: str) -> Tuple[Optional[int], Dict[str, Json], Optional[Dict[str, Json]]]:
+    """An answer: its ref, the whole answer, its error."""
     ack = json.loads(text)
-    return ack.get("ref"), ack.get("seqs"), ack.get("error")
+    return ack.get("ref"), ack, ack.get("error")
 
 
 def _refusal(error: Dict[str, Json]) -> Exception:
@@ -128,7 +133,7 @@ class AsyncStream(_Stream):
     async def _read(self, ws: ClientConnection) -> None:
         try:
             async for text in ws:
-                ref, seqs, error = _answer(text)
+                ref, ack, error = _answer(text)
                 if not self._pending:
                     continue
                 oldest, (_, answer) = next(iter(self._pending.items()))
@@ -140,7 +145,7 @@ class AsyncStream(_Stream):
                 if error is not None:
                     answer.set_exception(_refusal(error))
                 else:
-                    answer.set_result(seqs or [])
+                    answer.set_result(ack)
         except ConnectionClosed:
             pass
         finally:
@@ -149,11 +154,19 @@ class AsyncStream(_Stream):
 
     async def send(self, run_id: str, events: List[Dict[str, Json]], wait: bool = True) -> List[int]:
         """Sends one frame; with ``wait``, answers its seqs (raising any refusal so far)."""
+        ack = await self._post(lambda ref: _frame(ref, run_id, events), wait)
+        return (ack or {}).get("seqs") or []
+
+    async def register(self, body: Dict[str, Json]) -> Dict[str, Json]:
+        """Registers a run (the body of ``POST /v1/runs``); answers ``run_id`` and ``thread_id``."""
+        return await self._post(lambda ref: _register_frame(ref, body), True) or {}
+
+    async def _post(self, frame_for: Callable[[int], str], wait: bool) -> Optional[Dict[str, Json]]:
         async with self._lock:
             ws = self._ws or await self._connect()
             self._next_ref += 1
             ref = self._next_ref
-            frame = _frame(ref, run_id, events)
+            frame = frame_for(ref)
             answer: asyncio.Future = asyncio.get_running_loop().create_future()
             answer.add_done_callback(self._note)
             self._pending[ref] = (frame, answer)
@@ -163,14 +176,14 @@ class AsyncStream(_Stream):
                 # Sent again, with the rest, on the next connection.
                 await self._connect()
         if not wait:
-            return []
+            return None
         return await self._wait(answer)
 
     def _note(self, answer: asyncio.Future) -> None:
         if not answer.cancelled() and answer.exception() is not None and self._failed is None:
             self._failed = answer.exception()
 
-    async def _wait(self, answer: asyncio.Future) -> List[int]:
+    async def _wait(self, answer: asyncio.Future) -> Dict[str, Json]:
         while True:
             reader = self._reader
             done, _ = await asyncio.wait({answer, reader} if reader else {answer}, return_when=asyncio.FIRST_COMPLETED)
@@ -217,7 +230,7 @@ class SyncStream(_Stream):
         self._pending: "OrderedDict[int, str]" = OrderedDict()
         # The frame whose answer `send` waits for, and that answer.
         self._want: Optional[int] = None
-        self._answer: List[int] = []
+        self._answer: Dict[str, Json] = {}
 
     def _connect(self) -> SyncConnection:
         attempt = 0
@@ -234,7 +247,7 @@ class SyncStream(_Stream):
         return ws
 
     def _take(self, text: str) -> None:
-        ref, seqs, error = _answer(text)
+        ref, ack, error = _answer(text)
         if not self._pending:
             return
         oldest = next(iter(self._pending))
@@ -245,7 +258,7 @@ class SyncStream(_Stream):
             if self._failed is None:
                 self._failed = _refusal(error)
         elif oldest == self._want:
-            self._answer = seqs or []
+            self._answer = ack
 
     def _read(self, until: Optional[int]) -> None:
         """Reads answers: all that are there (``until`` None), or up to frame ``until``."""
@@ -260,13 +273,18 @@ class SyncStream(_Stream):
 
     def send(self, run_id: str, events: List[Dict[str, Json]], wait: bool = True) -> List[int]:
         with self._lock:
-            return self._send(run_id, events, wait)
+            return self._post(lambda ref: _frame(ref, run_id, events), wait).get("seqs") or []
 
-    def _send(self, run_id: str, events: List[Dict[str, Json]], wait: bool) -> List[int]:
+    def register(self, body: Dict[str, Json]) -> Dict[str, Json]:
+        """Registers a run (the body of ``POST /v1/runs``); answers ``run_id`` and ``thread_id``."""
+        with self._lock:
+            return self._post(lambda ref: _register_frame(ref, body), True)
+
+    def _post(self, frame_for: Callable[[int], str], wait: bool) -> Dict[str, Json]:
         ws = self._ws or self._connect()
         self._next_ref += 1
         ref = self._next_ref
-        frame = _frame(ref, run_id, events)
+        frame = frame_for(ref)
         self._pending[ref] = frame
         try:
             ws.send(frame)
@@ -276,8 +294,8 @@ class SyncStream(_Stream):
         # Answers are read as we go, so the server never waits on us to read.
         if not wait:
             self._read(None)
-            return []
-        self._want, self._answer = ref, []
+            return {}
+        self._want, self._answer = ref, {}
         self._read(ref)
         self._want = None
         self._raise_failed()

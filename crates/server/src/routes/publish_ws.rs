@@ -11,6 +11,9 @@
 //! costs one decision per event and shares the log's group commits, not one
 //! HTTP request and one commit wait each.
 //!
+//! A frame may also register a run (`{"ref","register":{…}}`, the body of
+//! `POST /v1/runs`), so a publisher needs no HTTP request per run either.
+//!
 //! Why a WebSocket rather than NDJSON over one long request: an ack per
 //! frame needs both directions at once, and common HTTP/1.1 clients (fetch,
 //! requests, httpx) read a response only once they have sent the whole body.
@@ -20,7 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use agentwire_log::Queued;
-use agentwire_protocol::{PublishLimits, parse_publish_frame};
+use agentwire_protocol::{ErrorCode, PublishFrame, PublishLimits, parse_publish_frame};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +34,8 @@ use serde::Serialize;
 use crate::error::ApiError;
 use crate::extract::Caller;
 use crate::routes::ConnectionGauge;
+use crate::routes::runs;
+use crate::routes::schema::{CreateRun, RunCreated};
 use crate::routes::ws::close;
 use crate::state::AppState;
 
@@ -60,6 +65,9 @@ struct Ack<'a> {
     reference: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seqs: Option<&'a [u64]>,
+    /// A registration's answer: `run_id` and `thread_id`, as `POST /v1/runs` answers.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    registered: Option<&'a RunCreated>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<AckError<'a>>,
 }
@@ -73,16 +81,37 @@ struct AckError<'a> {
 }
 
 fn ack(reference: Option<u64>, answer: Result<Vec<u64>, ApiError>) -> String {
-    let frame = match &answer {
-        Ok(seqs) => Ack { reference, seqs: Some(seqs), error: None },
-        Err(e) => Ack {
-            reference,
-            seqs: None,
-            error: Some(AckError { code: e.code.as_str(), message: &e.message, retry_after: e.retry_after }),
-        },
-    };
+    match &answer {
+        Ok(seqs) => encode(&Ack { reference, seqs: Some(seqs), registered: None, error: None }),
+        Err(e) => refusal(reference, e),
+    }
+}
+
+fn refusal(reference: Option<u64>, e: &ApiError) -> String {
+    let error = AckError { code: e.code.as_str(), message: &e.message, retry_after: e.retry_after };
+    encode(&Ack { reference, seqs: None, registered: None, error: Some(error) })
+}
+
+fn encode(ack: &Ack<'_>) -> String {
     // Plain strings and numbers: serializing cannot fail.
-    serde_json::to_string(&frame).unwrap_or_default()
+    serde_json::to_string(ack).unwrap_or_default()
+}
+
+/// Registers a run as `POST /v1/runs` does; answered once it is stored, so the
+/// frames after it may publish to it.
+async fn register<'a>(state: &'a AppState, key: u64, reference: Option<u64>, body: serde_json::Value) -> Pending<'a> {
+    let registered = match state.limits.allow_publish(key) {
+        Ok(()) => match serde_json::from_value::<CreateRun>(body) {
+            Ok(req) => runs::register(state, key, req).await,
+            Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("register: {e}"))),
+        },
+        Err(e) => Err(e),
+    };
+    let answer = match registered {
+        Ok(created) => encode(&Ack { reference, seqs: None, registered: Some(&created), error: None }),
+        Err(e) => refusal(reference, &e),
+    };
+    Box::pin(std::future::ready(answer))
 }
 
 /// One frame's answer, ready or waiting for the disk.
@@ -93,7 +122,8 @@ type Pending<'a> = Pin<Box<dyn Future<Output = String> + Send + 'a>>;
 async fn decide<'a>(state: &'a AppState, key: u64, text: &str) -> Pending<'a> {
     let limits = PublishLimits { max_events: state.config.max_events_per_publish };
     let (reference, run_id, events) = match parse_publish_frame(text.as_bytes(), limits) {
-        Ok(frame) => frame,
+        Ok(PublishFrame::Events { reference, run_id, events }) => (reference, run_id, events),
+        Ok(PublishFrame::Register { reference, body }) => return register(state, key, reference, body).await,
         Err((reference, e)) => {
             let e = ApiError::from(e);
             state.metrics.record_rejected(e.code, 1);

@@ -19,8 +19,15 @@ use crate::state::AppState;
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 429, body = ErrorBody)))]
 pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -> Result<impl IntoResponse, ApiError> {
-    state.limits.allow_publish(caller.publisher()?)?;
-    let req: CreateRun = body.json()?;
+    let key = caller.publisher()?;
+    state.limits.allow_publish(key)?;
+    let created = register(&state, key, body.json()?).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Registers a run for publish key `key` (rate already allowed): what
+/// `POST /v1/runs` and a `register` frame of the publisher WebSocket do.
+pub async fn register(state: &AppState, key: u64, req: CreateRun) -> Result<RunCreated, ApiError> {
     if req.agent_name.as_ref().is_some_and(|n| n.len() > agentwire_protocol::NAME_MAX) {
         let message = format!("agent_name is longer than {} bytes", agentwire_protocol::NAME_MAX);
         return Err(ApiError::new(agentwire_protocol::ErrorCode::TooLarge, message));
@@ -32,10 +39,10 @@ pub async fn create(State(state): State<AppState>, caller: Caller, body: Body) -
         in_process: false,
         run_id: req.run_id.as_deref().map(RunId::parse).transpose()?,
     };
-    let charge = state.quotas.key_runs.charge(&caller.publisher()?, 1)?;
+    let charge = state.quotas.key_runs.charge(&key, 1)?;
     let run = state.log.create_run(new).await?;
     charge.keep();
-    Ok((StatusCode::CREATED, Json(RunCreated { run_id: run.run_id.to_string(), thread_id: run.thread_id.to_string() })))
+    Ok(RunCreated { run_id: run.run_id.to_string(), thread_id: run.thread_id.to_string() })
 }
 
 /// `POST /v1/runs/{run_id}/events`: one event or a batch, all or nothing.
