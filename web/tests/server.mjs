@@ -9,7 +9,7 @@ const root = new URL("../..", import.meta.url).pathname;
 export const BIN = process.env.AGENTWIRE_BIN ?? join(root, "target/debug/agentwire");
 export const WAIT = 20_000;
 
-function freePort() {
+export function freePort() {
   return new Promise((resolve, reject) => {
     const probe = createServer();
     probe.once("error", reject);
@@ -28,22 +28,24 @@ function devEnv() {
 
 /** An agentwire that can be killed and started again on the same port and data. */
 export class Agentwire {
-  static async create(stepDelay = "80ms") {
-    const node = new Agentwire(await freePort(), mkdtempSync(join(tmpdir(), "agentwire-node-")), stepDelay);
+  /** `extraArgs` go to `agentwire serve` after the test's own (`--allowed-origins …`, say). */
+  static async create(stepDelay = "80ms", extraArgs = []) {
+    const node = new Agentwire(await freePort(), mkdtempSync(join(tmpdir(), "agentwire-node-")), stepDelay, extraArgs);
     await node.start();
     return node;
   }
 
-  constructor(port, dataDir, stepDelay) {
+  constructor(port, dataDir, stepDelay, extraArgs = []) {
     this.port = port;
     this.dataDir = dataDir;
     this.stepDelay = stepDelay;
+    this.extraArgs = extraArgs;
     this.base = `http://127.0.0.1:${port}`;
   }
 
   start() {
     return new Promise((resolve, reject) => {
-      const args = ["serve", "--listen", `127.0.0.1:${this.port}`, "--data-dir", this.dataDir, "--demo-step-delay", this.stepDelay];
+      const args = ["serve", "--listen", `127.0.0.1:${this.port}`, "--data-dir", this.dataDir, "--demo-step-delay", this.stepDelay, ...this.extraArgs];
       const child = spawn(BIN, args, { stdio: ["ignore", "pipe", "inherit"], env: devEnv() });
       const timer = setTimeout(() => reject(new Error("agentwire did not start")), WAIT);
       child.stdout.on("data", (chunk) => {

@@ -1,0 +1,89 @@
+// The example pages (examples/watch.html, examples/legacy.html) in a real browser:
+// served from another origin than agentwire's, as a team's own frontend would be,
+// they show a run published while they watch.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { createReadStream, existsSync } from "node:fs";
+import { createServer } from "node:http";
+import { extname, join, normalize } from "node:path";
+import { chromium } from "playwright-core";
+import { Agentwire, WAIT, freePort } from "./server.mjs";
+
+const root = new URL("../..", import.meta.url).pathname;
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript" };
+
+let browser;
+let server;
+let pages;
+let pagesBase;
+
+/** The repository's files over HTTP on a loopback port: where the example pages live. */
+function serveFiles(port) {
+  const files = createServer((request, response) => {
+    const path = normalize(join(root, decodeURIComponent(new URL(request.url, "http://x").pathname)));
+    if (!path.startsWith(root) || !existsSync(path)) {
+      response.writeHead(404).end();
+      return;
+    }
+    response.writeHead(200, { "content-type": TYPES[extname(path)] ?? "application/octet-stream" });
+    createReadStream(path).pipe(response);
+  });
+  return new Promise((resolve) => files.listen(port, "127.0.0.1", () => resolve(files)));
+}
+
+before(async () => {
+  const port = await freePort();
+  pagesBase = `http://127.0.0.1:${port}`;
+  pages = await serveFiles(port);
+  server = await Agentwire.create("80ms", ["--allowed-origins", pagesBase]);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+  pages?.close();
+});
+
+/** Registers a run into `thread` for alice, as an external agent; answers a function that publishes its events. */
+async function registerRun(thread) {
+  const created = await server.publish("/v1/runs", { thread_id: thread, user_id: "alice", agent_name: "example-agent" });
+  const run = created.body.run_id;
+  return () =>
+    server.publish(`/v1/runs/${run}/events`, {
+      events: [
+        { event: "agent_started", data: { agent_name: "example-agent" } },
+        { event: "agent_thinking", data: { thought: "checking the clock" } },
+        { event: "tool_executing", data: { tool_call_id: "c1", tool_name: "clock", args: {} } },
+        { event: "tool_completed", data: { tool_call_id: "c1", result: "10:00" } },
+        { event: "agent_message", data: { message_id: "m1", delta: "It is 10:00." } },
+        { event: "agent_completed", data: { result: "10:00" } },
+      ],
+    });
+}
+
+const KINDS = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_message", "agent_completed"];
+
+for (const [file, ready, selector, attribute] of [
+  ["watch.html", "#state:text-is('open')", "#events li", "data-event"],
+  ["legacy.html", "body[data-subscribed]", "#messages li", "data-type"],
+]) {
+  test(`examples/${file}, served from another origin, shows a run published while it watches`, async () => {
+    const thread = `thread_page${Date.now().toString(36)}`;
+    const publish = await registerRun(thread);
+    const page = await browser.newPage();
+    const query = new URLSearchParams({ server: server.base, thread, token: await server.token("alice") });
+    await page.goto(`${pagesBase}/examples/${file}?${query}`);
+    await page.waitForSelector(ready, { state: "attached", timeout: WAIT });
+    await publish();
+    await page.waitForFunction((s) => document.querySelectorAll(s).length >= 6, selector, { timeout: WAIT });
+    const shown = await page.locator(selector).evaluateAll((items, a) => items.map((i) => i.getAttribute(a)), attribute);
+    assert.deepEqual(shown, KINDS);
+    await page.close();
+  });
+}
