@@ -10,3 +10,9 @@ venv="$root/target/py-venv"
 (cd "$root" && cargo build --locked -p agentwire)
 cd "$here"
 AGENTWIRE_BIN="$root/target/debug/agentwire" "$venv/bin/python" -m pytest -q tests
+# The package builds as its ecosystem expects: a wheel and an sdist that carry the
+# type marker, every module and the extras.
+"$venv/bin/pip" install --quiet --disable-pip-version-check build
+rm -rf "$root/target/py-dist"
+"$venv/bin/python" -m build --sdist --wheel --outdir "$root/target/py-dist" "$here" >/dev/null
+"$venv/bin/python" scripts/check_dist.py "$root/target/py-dist"
