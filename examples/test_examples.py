@@ -88,6 +88,18 @@ def test_an_agent_example_publishes_its_run(server, command, agent, answer):
     check_run(events_of(server, thread), agent, answer)
 
 
+def test_the_use_chat_example_gets_the_demo_agents_run_as_one_message(server):
+    thread = f"thread_ex{uuid.uuid4().hex[:12]}"
+    env = {**clean_env(), "AGENTWIRE_URL": server, "AGENTWIRE_THREAD": thread}
+    done = subprocess.run(["node", "node/use_chat.mjs"], cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    events = events_of(server, thread)
+    assert events[0]["event"] == "user_message" and events[-1]["event"] == "agent_completed"
+    answer = "".join(e["data"]["delta"] for e in events if e["event"] == "agent_message")
+    assert f"answer: {answer}" in done.stdout.splitlines(), done.stdout
+    assert sum(line.startswith("tool ") for line in done.stdout.splitlines()) == sum(e["event"] == "tool_completed" for e in events)
+
+
 def test_the_rust_example_serves_its_own_agent():
     port = free_port()
     env = {**clean_env(), "AGENTWIRE_LISTEN": f"127.0.0.1:{port}"}

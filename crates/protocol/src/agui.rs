@@ -26,7 +26,8 @@ pub struct AguiStream {
     ended: bool,
 }
 
-fn text_of(value: &Value) -> String {
+/// A value as text: strings as they are, `null` as nothing, anything else as JSON.
+pub(crate) fn text_of(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
@@ -131,19 +132,9 @@ impl AguiStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{EnvelopeType, RunId, ThreadId, Timestamp};
 
     fn env(seq: u64, run: &str, event: EventKind, data: Value) -> Envelope {
-        Envelope {
-            frame_type: EnvelopeType::Event,
-            thread_id: ThreadId::parse("thread_ag").unwrap(),
-            run_id: RunId::parse(run).unwrap(),
-            seq,
-            event,
-            event_id: None,
-            ts: Timestamp(0),
-            data: data.as_object().cloned().unwrap(),
-        }
+        Envelope::sample("thread_ag", run, seq, event, data)
     }
 
     fn types(events: &[Value]) -> Vec<&str> {

@@ -78,6 +78,21 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// An envelope for the format encoders' tests: `data` must be an object.
+    #[cfg(test)]
+    pub(crate) fn sample(thread: &str, run: &str, seq: u64, event: EventKind, data: Value) -> Self {
+        Self {
+            frame_type: EnvelopeType::Event,
+            thread_id: ThreadId::parse(thread).expect("a thread id"),
+            run_id: RunId::parse(run).expect("a run id"),
+            seq,
+            event,
+            event_id: None,
+            ts: Timestamp(0),
+            data: data.as_object().cloned().expect("an object"),
+        }
+    }
+
     /// The envelope as one line of JSON.
     pub fn to_json(&self) -> String {
         // Serializing plain maps, strings and numbers cannot fail.

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod legacy;
 pub mod lifecycle;
 pub mod redact;
+pub mod ui_message;
 
 pub use envelope::{Envelope, EnvelopeType, Timestamp};
 pub use error::{ErrorCode, EventError, IdError, LifecycleError};

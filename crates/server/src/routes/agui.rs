@@ -10,21 +10,18 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use agentwire_agent::RunInput;
-use agentwire_hub::{End, Feed, Next};
-use agentwire_log::NewRun;
 use agentwire_protocol::agui::AguiStream;
 use agentwire_protocol::{RunId, ThreadId};
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::remaining;
 use crate::error::ApiError;
 use crate::extract::{Body, Caller};
-use crate::routes::ConnectionGauge;
+use crate::routes::{ConnectionGauge, watched};
 use crate::state::AppState;
 
 /// The parts of AG-UI's `RunAgentInput` agentwire reads; others are ignored.
@@ -45,10 +42,11 @@ struct RunAgentInput {
     forwarded_props: Value,
 }
 
-/// The text of the last user message (string content, or the text parts of a list).
-fn last_user_text(messages: &[Value]) -> Option<String> {
+/// The text of the last user message: string content, or the text parts of a
+/// list (AG-UI's `content`, the AI SDK's `parts`).
+pub(crate) fn last_user_text(messages: &[Value]) -> Option<String> {
     let message = messages.iter().rev().find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?;
-    match message.get("content")? {
+    match message.get("content").or_else(|| message.get("parts"))? {
         Value::String(s) => Some(s.clone()),
         Value::Array(parts) => {
             let text: Vec<&str> = parts
@@ -91,61 +89,26 @@ pub async fn run(
     let run_id = RunId::parse(&input.run_id)?;
     let text = last_user_text(&input.messages)
         .ok_or_else(|| ApiError::bad_request("no user message with text in messages"))?;
-    let engine = state.agent_engine()?;
-    let (runs, threads) = state.user_run_charges(&user, &thread).await?;
-    let slot = engine.reserve(&user)?;
-    state.log.ensure_thread(&thread, &user).await?;
-
-    // Watch the thread from its current head before the run exists, so none of its events can be missed.
-    let (conn, outbox) = state.hub.connect();
-    let (log, page, closing) = (state.log.clone(), state.config.replay_page, state.closing.clone());
-    let mut feed = Feed::new(conn, outbox, log, page, closing, remaining(exp));
-    let head = state.log.read(&thread, 0, 0).await?.head_seq;
-    feed.subscribe(&thread, head).await?;
-    let new = NewRun {
-        thread_id: thread.clone(),
-        owner: user,
-        agent_name: Some(engine.agent_name().to_owned()),
-        in_process: true,
-        run_id: Some(run_id.clone()),
-    };
-    let run = state.log.create_run(new).await?;
     let extra = json!({
         "tools": input.tools,
         "context": input.context,
         "state": input.state,
         "forwardedProps": input.forwarded_props,
     });
-    if !engine.start(slot, run, RunInput { user_message: Some(text), extra }) {
-        return Err(ApiError::unavailable("the server is shutting down"));
-    }
-    runs.keep();
-    threads.keep();
+    let input = RunInput { user_message: Some(text), extra };
+    let (feed, run_id) = watched::start_run(&state, &user, exp, &thread, Some(run_id), input).await?;
 
     let keep_alive = KeepAlive::new().interval(state.config.sse_keepalive).text("ping");
+    let agui = AguiStream::new(thread.as_str(), run_id.as_str());
+    let first = agui.started();
     let events = async_stream::stream! {
         let _gauge = ConnectionGauge::open(state.hub.metrics(), "agui");
         let _permit = permit;
-        let mut agui = AguiStream::new(thread.as_str(), run_id.as_str());
-        yield sse(&agui.started());
-        while !agui.ended() {
-            // The run goes on whatever ends this stream (like any watcher's): the
-            // server shutting down, a slow consumer, the token expiring, the thread deleted.
-            let (events, last) = match feed.next().await {
-                Next::Replay(events) | Next::Live(events) => (events, false),
-                // What was appended before shutdown still goes out.
-                Next::End(End::Shutdown(events)) => (events, true),
-                // A rewritten history cannot be taken back from an AG-UI run's stream: it ends.
-                Next::Deleted(_) | Next::Reset { .. } | Next::End(_) => break,
-            };
-            for stored in &events {
-                for event in agui.encode(stored.envelope()) {
-                    yield sse(&event);
-                }
-            }
-            if last {
-                break;
-            }
+        yield sse(&first);
+        let messages = watched::run_messages(feed, agui);
+        futures_util::pin_mut!(messages);
+        while let Some(message) = messages.next().await {
+            yield sse(&message);
         }
     };
     Ok(Sse::new(events).keep_alive(keep_alive))

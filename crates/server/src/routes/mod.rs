@@ -10,6 +10,8 @@ pub mod runs;
 pub mod schema;
 pub mod sse;
 pub mod threads;
+pub mod ui_chat;
+pub(crate) mod watched;
 pub mod ws;
 
 use agentwire_hub::{HubMetrics, TransportLabel};
@@ -36,6 +38,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/publish", get(publish_ws::upgrade))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/agui", post(agui::run))
+        .route("/v1/ui/chat", post(ui_chat::chat))
+        .route("/v1/ui/chat/{thread_id}/stream", get(ui_chat::resume))
         .route("/v1/admin/stats", get(admin::stats))
         .route("/v1/admin/stream", get(admin::stream))
         .route("/", get(assets::chat_page))

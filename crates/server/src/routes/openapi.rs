@@ -7,7 +7,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::schema;
-use crate::routes::{admin, agui, ops, publish_ws, runs, sse, threads, ws};
+use crate::routes::{admin, agui, ops, publish_ws, runs, sse, threads, ui_chat, ws};
 
 /// Every route and body of the HTTP API.
 #[derive(OpenApi)]
@@ -16,7 +16,7 @@ use crate::routes::{admin, agui, ops, publish_ws, runs, sse, threads, ws};
     paths(
         threads::create, threads::delete, threads::post_message, threads::events, sse::stream,
         runs::create, runs::publish, runs::get, runs::cancel, publish_ws::upgrade,
-        agui::run, ws::upgrade,
+        agui::run, ui_chat::chat, ui_chat::resume, ws::upgrade,
         ops::healthz, ops::readyz, ops::metrics, ops::dev_token,
         admin::stats, admin::stream,
     ),

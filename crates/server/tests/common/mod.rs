@@ -51,12 +51,21 @@ impl TestServer {
     }
 
     pub async fn start_with(config: ServerConfig) -> Self {
+        let agent = Arc::new(DemoAgent { step_delay: config.demo_step_delay });
+        Self::start_serving(config, Some(agent)).await
+    }
+
+    /// A server with no in-process agent: only external publishers speak.
+    pub async fn start_without_agent() -> Self {
+        Self::start_serving(test_config(), None).await
+    }
+
+    async fn start_serving(config: ServerConfig, agent: Option<Arc<dyn agentwire_agent::Agent>>) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let hub = Hub::new(config.hub_config(), HubMetrics::new());
         let store = EmbeddedStore::open(data_dir.path()).expect("store");
         let log = Arc::new(EmbeddedLog::open(store, config.log_config(), hub.clone()).expect("log"));
-        let agent = Arc::new(DemoAgent { step_delay: config.demo_step_delay });
-        let server = Server::new(config, log, hub, Some(agent)).await.expect("server");
+        let server = Server::new(config, log, hub, agent).await.expect("server");
         let listener = server.bind().await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let state = server.state().clone();
