@@ -4,11 +4,9 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
-import { Agentwire, WAIT } from "./server.mjs";
+import { Agentwire, WAIT, launchChromium } from "./server.mjs";
 
 const root = new URL("../..", import.meta.url).pathname;
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 // Screenshots go to docs/ (and into the README) when asked, else next to the build.
 const SHOTS = process.env.UPDATE_SCREENSHOTS ? join(root, "docs/screenshots") : join(root, "target/screenshots");
 
@@ -19,11 +17,7 @@ const base = () => server.base;
 
 before(async () => {
   server = await Agentwire.create();
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launchChromium();
   mkdirSync(SHOTS, { recursive: true });
 });
 

@@ -3,45 +3,20 @@
 // they show a run published while they watch.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { createReadStream, existsSync } from "node:fs";
-import { createServer } from "node:http";
-import { extname, join, normalize } from "node:path";
-import { chromium } from "playwright-core";
-import { Agentwire, WAIT, freePort } from "./server.mjs";
+import { Agentwire, WAIT, freePort, launchChromium, serveFiles } from "./server.mjs";
 
-const root = new URL("../..", import.meta.url).pathname;
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript" };
 
 let browser;
 let server;
 let pages;
 let pagesBase;
 
-/** The repository's files over HTTP on a loopback port: where the example pages live. */
-function serveFiles(port) {
-  const files = createServer((request, response) => {
-    const path = normalize(join(root, decodeURIComponent(new URL(request.url, "http://x").pathname)));
-    if (!path.startsWith(root) || !existsSync(path)) {
-      response.writeHead(404).end();
-      return;
-    }
-    response.writeHead(200, { "content-type": TYPES[extname(path)] ?? "application/octet-stream" });
-    createReadStream(path).pipe(response);
-  });
-  return new Promise((resolve) => files.listen(port, "127.0.0.1", () => resolve(files)));
-}
-
 before(async () => {
   const port = await freePort();
   pagesBase = `http://127.0.0.1:${port}`;
   pages = await serveFiles(port);
   server = await Agentwire.create("80ms", ["--allowed-origins", pagesBase]);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

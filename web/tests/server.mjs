@@ -1,9 +1,10 @@
 // A real agentwire process on a loopback port for the node tests (dev mode, embedded store).
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { createReadStream, existsSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { extname, join, normalize } from "node:path";
 
 const root = new URL("../..", import.meta.url).pathname;
 export const BIN = process.env.AGENTWIRE_BIN ?? join(root, "target/debug/agentwire");
@@ -18,6 +19,32 @@ export function freePort() {
       probe.close(() => resolve(port));
     });
   });
+}
+
+/** Debian's Chromium, headless, with the flags this machine needs (no sandbox as root, no background networking). */
+export async function launchChromium() {
+  const { chromium } = await import("playwright-core");
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+}
+
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript" };
+
+/** The repository's files over HTTP on a loopback port: where the example pages live. */
+export function serveFiles(port) {
+  const files = createHttpServer((request, response) => {
+    const path = normalize(join(root, decodeURIComponent(new URL(request.url, "http://x").pathname)));
+    if (!path.startsWith(root) || !existsSync(path)) {
+      response.writeHead(404).end();
+      return;
+    }
+    response.writeHead(200, { "content-type": TYPES[extname(path)] ?? "application/octet-stream" });
+    createReadStream(path).pipe(response);
+  });
+  return new Promise((resolve) => files.listen(port, "127.0.0.1", () => resolve(files)));
 }
 
 /** The environment without any AGENTWIRE_* setting that would leave dev mode. */

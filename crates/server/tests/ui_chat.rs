@@ -106,3 +106,51 @@ async fn only_the_owner_may_chat_or_resume_and_a_chat_needs_a_thread_id() {
     let (status, _) = server.post("/v1/ui/chat", &alice, json!({"id": "thread_uiowner", "messages": []})).await;
     assert_eq!(status, 400, "no user message to answer");
 }
+
+#[tokio::test]
+async fn pages_on_an_allowed_origin_may_call_the_api_across_origins_and_others_may_not() {
+    let mut config = test_config();
+    config.allowed_origins = vec!["http://app.example:3000".into()];
+    let server = TestServer::start_with(config).await;
+    let preflight = |origin: &'static str| {
+        server
+            .http
+            .request(reqwest::Method::OPTIONS, format!("{}/v1/ui/chat", server.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type")
+            .send()
+    };
+    let allowed = preflight("http://app.example:3000").await.unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "http://app.example:3000");
+    let methods = allowed.headers()["access-control-allow-methods"].to_str().unwrap().to_ascii_uppercase();
+    assert!(methods.contains("POST"), "{methods}");
+    let other = preflight("http://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    // A plain request from the allowed origin carries the header too; the body is the API's own.
+    let resume = format!("{}/v1/ui/chat/thread_nothing/stream", server.base);
+    let response = server
+        .http
+        .get(&resume)
+        .bearer_auth(server.token("alice"))
+        .header("origin", "http://app.example:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "a thread that does not exist yet has nothing to resume");
+    assert_eq!(response.headers()["access-control-allow-origin"], "http://app.example:3000");
+}
+
+#[tokio::test]
+async fn without_allowed_origins_there_is_no_cors() {
+    let server = TestServer::start().await;
+    let response = server
+        .http
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/ui/chat", server.base))
+        .header("origin", "http://app.example:3000")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().get("access-control-allow-origin").is_none());
+}

@@ -17,15 +17,17 @@ pub mod ws;
 use agentwire_hub::{HubMetrics, TransportLabel};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::{delete, get, post};
 use prometheus_client::metrics::gauge::Gauge;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::state::AppState;
 
 /// All routes, with the body limit applied.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
-    Router::new()
+    let router = Router::new()
         .route("/v1/threads", post(threads::create))
         .route("/v1/threads/{thread_id}", delete(threads::delete))
         .route("/v1/threads/{thread_id}/messages", post(threads::post_message))
@@ -51,9 +53,34 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi::spec))
         .fallback(ops::fallback)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), host_guard))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit));
+    let router = match cors(&state.config.allowed_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.layer(axum::middleware::from_fn_with_state(state.clone(), host_guard)).with_state(state)
+}
+
+/// Cross-origin requests from the origins of `AGENTWIRE_ALLOWED_ORIGINS`
+/// (`*`: any), so a page served elsewhere (a `useChat` app, a history view)
+/// can call the HTTP API with a token in `Authorization`; no cookies are
+/// involved, so none are allowed. Without the setting, no CORS at all.
+fn cors(allowed: &[String]) -> Option<CorsLayer> {
+    if allowed.is_empty() {
+        return None;
+    }
+    let any = allowed.iter().any(|o| o == "*");
+    let listed: Vec<String> = allowed.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect();
+    let origin = AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+        any || origin.to_str().is_ok_and(|o| listed.iter().any(|l| l.eq_ignore_ascii_case(o.trim_end_matches('/'))))
+    });
+    let layer = CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("last-event-id")])
+        .expose_headers([HeaderName::from_static("x-vercel-ai-ui-message-stream")])
+        .max_age(std::time::Duration::from_secs(600));
+    Some(layer)
 }
 
 /// Refuses requests for a host name this server does not answer to (DNS rebinding).

@@ -7,7 +7,8 @@
 //! message's text (without an agent, it attaches to the run an external
 //! publisher is feeding) and streams that run. `GET /v1/ui/chat/{id}/stream`
 //! is the SDK's resume: the thread's running run, from its start, so a
-//! reloaded page rebuilds the message it lost; `204` when nothing runs. Either
+//! reloaded page rebuilds the message it lost; `204` when nothing runs (or
+//! the thread does not exist yet: a new chat's page asks too). Either
 //! run is an ordinary run of the thread: its WebSocket and SSE watchers see it.
 
 use std::convert::Infallible;
@@ -15,8 +16,8 @@ use std::net::SocketAddr;
 
 use agentwire_agent::RunInput;
 use agentwire_hub::Feed;
-use agentwire_protocol::ThreadId;
 use agentwire_protocol::ui_message::{UI_MESSAGE_STREAM_VERSION, UiMessageStream};
+use agentwire_protocol::{ErrorCode, ThreadId};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -103,7 +104,7 @@ pub async fn chat(
 /// `GET /v1/ui/chat/{thread_id}/stream`: the AI SDK's resume.
 #[utoipa::path(get, path = "/v1/ui/chat/{thread_id}/stream", tag = "ai-sdk", params(("thread_id" = String, Path)),
     responses((status = 200, description = "the running run's UI message stream, from its start", content_type = "text/event-stream"),
-        (status = 204, description = "no run is going in the thread"),
+        (status = 204, description = "no run is going in the thread, or there is no such thread yet"),
         (status = 400, body = crate::routes::schema::ErrorBody), (status = 401, body = crate::routes::schema::ErrorBody),
         (status = 403, body = crate::routes::schema::ErrorBody), (status = 404, body = crate::routes::schema::ErrorBody),
         (status = 429, body = crate::routes::schema::ErrorBody)))]
@@ -118,7 +119,11 @@ pub async fn resume(
     let user = user.clone();
     let thread = ThreadId::parse(&thread_id)?;
     state.limits.check_origin(&headers)?;
-    state.check_owner(&user, &thread).await?;
+    match state.check_owner(&user, &thread).await {
+        // A new chat's page asks before its first message made the thread: nothing runs.
+        Err(e) if e.code == ErrorCode::NotFound => return Ok(StatusCode::NO_CONTENT.into_response()),
+        checked => checked?,
+    }
     let permit = state.limits.open_connection(&user, peer.ip())?;
     match watched::attach_running(&state, exp, &thread).await? {
         Some((feed, run_id)) => Ok(respond(state, permit, feed, run_id.as_str())),
