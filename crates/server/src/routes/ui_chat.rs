@@ -19,7 +19,7 @@ use agentwire_hub::Feed;
 use agentwire_protocol::ui_message::{UI_MESSAGE_STREAM_VERSION, UiMessageStream};
 use agentwire_protocol::{ErrorCode, ThreadId};
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -59,9 +59,7 @@ fn respond(state: AppState, permit: ConnectionPermit, feed: Feed, run_id: &str) 
         yield Ok(Event::default().data("[DONE]"));
     };
     let mut response = Sse::new(events).keep_alive(keep_alive).into_response();
-    response
-        .headers_mut()
-        .insert("x-vercel-ai-ui-message-stream", UI_MESSAGE_STREAM_VERSION.parse().expect("a header value"));
+    response.headers_mut().insert("x-vercel-ai-ui-message-stream", HeaderValue::from_static(UI_MESSAGE_STREAM_VERSION));
     response
 }
 
