@@ -86,8 +86,10 @@ pub(crate) async fn start_run(
     Ok((feed, run_id))
 }
 
-/// Events looked back over at most, to find where the running run began.
-const LOOK_BACK: u64 = 100_000;
+/// Events looked back over at most, to find where the running run began: a
+/// resume costs at most two history pages' worth of reading (a run longer
+/// than this is resumed from this far back).
+const LOOK_BACK: u64 = 20_000;
 /// Events read per step of that look.
 const LOOK_BACK_PAGE: u64 = 1_000;
 
