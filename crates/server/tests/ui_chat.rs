@@ -45,9 +45,10 @@ async fn a_chat_attaches_to_an_external_run_and_the_resume_replays_it_from_its_s
         )
         .await;
     assert_eq!(status, 200);
+    // Both streams are open (their headers are in) before the run goes on and ends.
     let url = format!("{}/v1/ui/chat", server.base);
-    let (http, posted_token) = (server.http.clone(), token.clone());
-    let posted = tokio::spawn(async move { http.post(url).bearer_auth(posted_token).json(&chat).send().await });
+    let posted = server.http.post(url).bearer_auth(&token).json(&chat).send().await.unwrap();
+    assert_eq!(posted.status(), 200);
     let resumed = server.http.get(&resume).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resumed.status(), 200);
     assert_eq!(resumed.headers()["x-vercel-ai-ui-message-stream"], "v1");
@@ -77,7 +78,7 @@ async fn a_chat_attaches_to_an_external_run_and_the_resume_replays_it_from_its_s
         "text-end",
         "finish",
     ];
-    for response in [resumed, posted.await.unwrap().unwrap()] {
+    for response in [resumed, posted] {
         let (chunks, done) = chunks(&response.text().await.unwrap());
         assert!(done, "the stream ends with [DONE]");
         assert_eq!(types(&chunks), want, "the whole run, from its start, each event once");
