@@ -148,3 +148,19 @@ def test_an_async_langgraph_run_is_published_and_a_failing_graph_ends_with_agent
     check([e for e in events if e["run_id"] == runs[0]])
     second = [e["event"] for e in events if e["run_id"] == runs[1]]
     assert second == ["agent_started", "agent_error"]
+
+
+def test_a_run_that_could_not_be_registered_does_not_stop_the_next_one(server):
+    thread = f"thread_lc{uuid.uuid4().hex[:12]}"
+    with Publisher(server, KEY) as publisher:
+        # The first invocation names a thread that is not a thread id: its registration is refused,
+        # LangChain logs that, and the graph runs on.
+        refused = AgentwireCallbackHandler(publisher, thread_id="not a thread", user_id="ada", agent_name="langgraph-agent")
+        graph = react_graph(scripted())
+        graph.invoke({"messages": [("user", "time and weather?")]}, config={"callbacks": [refused]})
+        assert refused.run_id == ""
+        refused._m.thread_id = thread
+        graph = react_graph(scripted())
+        list(graph.stream({"messages": [("user", "time and weather?")]}, config={"callbacks": [refused]}, stream_mode="messages"))
+        publisher.flush()
+    check(history(server, thread, "ada"))

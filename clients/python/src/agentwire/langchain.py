@@ -101,7 +101,7 @@ class _Mapping:
     def starts_run(self, run_id: UUID, parent_run_id: Optional[UUID]) -> bool:
         if parent_run_id is not None or self.root is not None:
             return False
-        self.root, self.started = run_id, time.monotonic()
+        self.root, self.started, self.run_id = run_id, time.monotonic(), ""
         self.tools.clear()
         self.messages.clear()
         return True
@@ -110,10 +110,13 @@ class _Mapping:
         return Event("agent_started", {"agent_name": self.agent_name, "input": jsonable(inputs)})
 
     def ends_run(self, run_id: UUID) -> bool:
-        if run_id != self.root or not self.run_id:
+        """Whether `run_id` ends the run being published. The outermost chain
+        ends even when its run could not be registered, so the next one starts
+        a run of its own."""
+        if run_id != self.root:
             return False
         self.root = None
-        return True
+        return bool(self.run_id)
 
     def completed(self, outputs: Any) -> Event:
         return _terminal(self.started, _final_result(outputs), None)
