@@ -527,3 +527,52 @@ async fn what_only_the_journal_holds_is_read_and_survives_a_crash() {
     let next = log.append(second.as_str(), vec![ev(EventKind::AgentThinking, json!({"thought":"on"}))]).await.unwrap();
     assert_eq!(next.seqs, vec![2], "numbering goes on after what the journal gave back");
 }
+
+#[tokio::test]
+async fn event_ids_packed_per_commit_and_a_version_3_files_single_ids_both_deduplicate_after_a_reopen() {
+    use redb::TableDefinition;
+    let dir = tempfile::tempdir().unwrap();
+    let hour = Duration::from_secs(3600);
+    let user = UserId::parse("u").unwrap();
+    let log = open(dir.path(), hour);
+    let old = log.create_run(external_run("thread_ids", &user, None)).await.unwrap().run_id;
+    let going = log.create_run(external_run("thread_ids", &user, None)).await.unwrap().run_id;
+    let started = |id: &str| ev(EventKind::AgentStarted, json!({"agent_name":"a"})).with_event_id(id);
+    let thought = |id: &str| ev(EventKind::AgentThinking, json!({"thought":"t"})).with_event_id(id);
+    log.append(old.as_str(), vec![started("o1")]).await.unwrap();
+    log.append(going.as_str(), vec![started("g1"), thought("g2")]).await.unwrap();
+    log.append(going.as_str(), vec![thought("g3")]).await.unwrap();
+    log.append(old.as_str(), vec![ev(EventKind::AgentCompleted, json!({})).with_event_id("o2")]).await.unwrap();
+    log.close().await;
+    drop(log);
+    {
+        // What version 3 left for the ended run: its ids one per key, no packs.
+        let db = redb::Database::create(dir.path().join(agentwire_log::embedded::DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut packs = txn.open_table(TableDefinition::<(&str, u64), &[u8]>::new("event_id_packs")).unwrap();
+        packs.retain_in((old.as_str(), 0)..=(old.as_str(), u64::MAX), |_, _| false).unwrap();
+        drop(packs);
+        let mut single = txn.open_table(TableDefinition::<(&str, &str), u64>::new("event_ids")).unwrap();
+        single.insert((old.as_str(), "o1"), 1).unwrap();
+        single.insert((old.as_str(), "o2"), 5).unwrap();
+        drop(single);
+        txn.open_table(TableDefinition::<&str, u64>::new("meta")).unwrap().insert("format", 3).unwrap();
+        txn.commit().unwrap();
+    }
+    let log = open(dir.path(), hour);
+    // A retry answers the first seq: for the going run from what the reopen loaded,
+    // for the ended one from the store (single keys), whatever commit carried them.
+    let again = log.append(going.as_str(), vec![thought("g2"), thought("g3")]).await.unwrap();
+    assert_eq!(again.seqs, vec![3, 4]);
+    assert_eq!(log.append(old.as_str(), vec![started("o1")]).await.unwrap().seqs, vec![1]);
+    let fresh = log.append(going.as_str(), vec![thought("g4")]).await.unwrap();
+    assert_eq!(fresh.seqs, vec![6]);
+    log.append(going.as_str(), vec![ev(EventKind::AgentCompleted, json!({})).with_event_id("g5")]).await.unwrap();
+    log.close().await;
+    drop(log);
+    // Ended and reopened: every id of the packs is still known.
+    let log = open(dir.path(), hour);
+    for (id, seq) in [("g1", 2), ("g3", 4), ("g4", 6)] {
+        assert_eq!(log.append(going.as_str(), vec![thought(id)]).await.unwrap().seqs, vec![seq], "{id}");
+    }
+}

@@ -11,7 +11,8 @@
 //! | `runs` | run id | `RunRecord` (JSON) |
 //! | `running` | run id | `()`: the runs to load at start-up |
 //! | `events` | (thread id, seq) | the envelope's JSON as sent to clients, packed ([`crate::packed`]) |
-//! | `event_ids` | (run id, event id) | seq |
+//! | `event_ids` | (run id, event id) | seq (layout 3 and before; read, no longer written) |
+//! | `event_id_packs` | (run id, first seq) | the run's event ids of one commit, packed ([`id_pack`]) |
 //! | `thread_runs` | (thread id, run id) | `()`: a thread's runs, to delete them with it |
 //! | `run_ends` | (end time in ms, run id) | `()`: ended runs whose event ids are kept |
 //! | `thread_ends` | (thread id, last seq, run id) | `()`: ended runs by their last event, for retention |
@@ -45,6 +46,10 @@ const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
 const RUNNING: TableDefinition<&str, ()> = TableDefinition::new("running");
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 const EVENT_IDS: TableDefinition<(&str, &str), u64> = TableDefinition::new("event_ids");
+/// A run's event ids of one commit as one value: one insert per run and commit
+/// instead of one per event at a random place of a B-tree (the applier's
+/// largest cost with one event per publish).
+const EVENT_ID_PACKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("event_id_packs");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Ended runs whose event ids are kept, by end time: (ms, run) → ().
 const RUN_ENDS: TableDefinition<(i64, &str), ()> = TableDefinition::new("run_ends");
@@ -61,7 +66,7 @@ const THREAD_OLDEST: TableDefinition<&str, i64> = TableDefinition::new("thread_o
 /// The on-disk layout version this build reads and writes. Version 1 had no
 /// `thread_runs`, version 2 none of the retention indexes; they are built when
 /// such a file is opened.
-const FORMAT: u64 = 3;
+const FORMAT: u64 = 4;
 /// `meta`'s entry for the last journal record applied.
 const JOURNAL: &str = "journal";
 /// The database file inside the data directory.
@@ -142,6 +147,8 @@ impl Tree {
             let found = meta.get("format").map_err(|e| corrupt(e.to_string()))?.map(|v| v.value());
             match found {
                 Some(FORMAT) | None => {}
+                // Version 3 wrote event ids one per key; they are still read where they are.
+                Some(3) => tracing::info!(path = %self.path.display(), "upgraded the store to layout version {FORMAT}"),
                 Some(old @ (1 | 2)) => {
                     let stored = self.upgrade(&txn, old)?;
                     meta.insert("events", stored).map_err(io)?;
@@ -156,6 +163,7 @@ impl Tree {
             txn.open_table(RUNNING).map_err(|e| corrupt(e.to_string()))?;
             txn.open_table(EVENTS).map_err(|e| corrupt(e.to_string()))?;
             txn.open_table(EVENT_IDS).map_err(|e| corrupt(e.to_string()))?;
+            txn.open_table(EVENT_ID_PACKS).map_err(|e| corrupt(e.to_string()))?;
             txn.open_table(THREAD_RUNS).map_err(|e| corrupt(e.to_string()))?;
             txn.open_table(THREAD_ENDS).map_err(|e| corrupt(e.to_string()))?;
             txn.open_table(THREAD_AGE).map_err(|e| corrupt(e.to_string()))?;
@@ -332,7 +340,7 @@ impl Tree {
         &self,
         runs: &mut redb::Table<'_, &'static str, &'static [u8]>,
         run_ends: &mut redb::Table<'_, (i64, &'static str), ()>,
-        event_ids: &mut redb::Table<'_, (&'static str, &'static str), u64>,
+        event_ids: &mut IdTables<'_>,
         thread_runs: &mut redb::Table<'_, (&'static str, &'static str), ()>,
         thread: &str,
         run: &str,
@@ -372,11 +380,76 @@ fn runs_of(
         .collect()
 }
 
+/// The event id tables as a write sees them: ids one per key (layout 3, read
+/// and removed), and packs (written).
+struct IdTables<'t> {
+    single: redb::Table<'t, (&'static str, &'static str), u64>,
+    packs: redb::Table<'t, (&'static str, u64), &'static [u8]>,
+}
+
 /// Removes every event id of `run`.
-fn forget_ids(event_ids: &mut redb::Table<'_, (&'static str, &'static str), u64>, run: &str) -> Result<(), StoreError> {
+fn forget_ids(ids: &mut IdTables<'_>, run: &str) -> Result<(), StoreError> {
     // Every (run, id) key sorts between (run, "") and (run + "\0", "").
     let past = format!("{run}\0");
-    event_ids.retain_in((run, "")..(past.as_str(), ""), |_, _| false).map_err(io)
+    ids.single.retain_in((run, "")..(past.as_str(), ""), |_, _| false).map_err(io)?;
+    ids.packs.retain_in((run, 0)..=(run, u64::MAX), |_, _| false).map_err(io)
+}
+
+/// Writes the ids of `run` this commit brought as one pack, keyed by their
+/// first seq (merged with a pack already there, should a record be applied again).
+fn store_ids(ids: &mut IdTables<'_>, run: &str, new: &mut Vec<(u64, &str)>) -> Result<(), StoreError> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    new.sort_unstable_by_key(|(seq, _)| *seq);
+    let key = (run, new[0].0);
+    let existing = ids.packs.get(key).map_err(io)?.map(|v| id_pack::decode(v.value()));
+    let value = match existing {
+        Some(Ok(mut old)) => {
+            old.extend(new.iter().map(|(seq, id)| (*seq, (*id).to_owned())));
+            old.sort_unstable_by_key(|(seq, _)| *seq);
+            old.dedup_by_key(|(seq, _)| *seq);
+            id_pack::encode(old.iter().map(|(seq, id)| (*seq, id.as_str())))
+        }
+        Some(Err(e)) => return Err(StoreError::Io(format!("event ids of {run}: {e}"))),
+        None => id_pack::encode(new.iter().copied()),
+    };
+    ids.packs.insert(key, value.as_slice()).map_err(io)?;
+    new.clear();
+    Ok(())
+}
+
+/// A pack of event ids: `[seq u64 LE][length u16 LE][id]` per id, by seq.
+mod id_pack {
+    pub fn encode<'a>(ids: impl Iterator<Item = (u64, &'a str)>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (seq, id) in ids {
+            // Event ids are at most 128 characters (PROTOCOL §2): the length fits.
+            let len = u16::try_from(id.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&seq.to_le_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&id.as_bytes()[..usize::from(len)]);
+        }
+        out
+    }
+
+    pub fn decode(mut bytes: &[u8]) -> Result<Vec<(u64, String)>, String> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let (Some(seq), Some(len)) = (bytes.get(..8), bytes.get(8..10)) else { return Err("a torn entry".into()) };
+            let seq = u64::from_le_bytes(seq.try_into().map_err(|_| "a torn seq")?);
+            let len = usize::from(u16::from_le_bytes(len.try_into().map_err(|_| "a torn length")?));
+            let id = bytes.get(10..10 + len).ok_or("a torn id")?;
+            out.push((seq, String::from_utf8(id.to_vec()).map_err(|e| e.to_string())?));
+            bytes = &bytes[10 + len..];
+        }
+        Ok(out)
+    }
+
+    /// The seq of `wanted` in a pack, if it is there.
+    pub fn find(bytes: &[u8], wanted: &str) -> Result<Option<u64>, String> {
+        Ok(decode(bytes)?.into_iter().find(|(_, id)| id == wanted).map(|(seq, _)| seq))
+    }
 }
 
 /// The age index (`thread_age` and `thread_oldest`) as a write sees it.
@@ -472,7 +545,12 @@ impl Tree {
             let mut runs = txn.open_table(RUNS).map_err(io)?;
             let mut running = txn.open_table(RUNNING).map_err(io)?;
             let mut events = txn.open_table(EVENTS).map_err(io)?;
-            let mut event_ids = txn.open_table(EVENT_IDS).map_err(io)?;
+            let mut event_ids = IdTables {
+                single: txn.open_table(EVENT_IDS).map_err(io)?,
+                packs: txn.open_table(EVENT_ID_PACKS).map_err(io)?,
+            };
+            // Each run's event ids of this transaction, not yet written: one pack per run.
+            let mut new_ids: HashMap<&str, Vec<(u64, &str)>> = HashMap::new();
             let mut run_ends = txn.open_table(RUN_ENDS).map_err(io)?;
             let mut thread_runs = txn.open_table(THREAD_RUNS).map_err(io)?;
             let mut thread_ends = txn.open_table(THREAD_ENDS).map_err(io)?;
@@ -520,7 +598,13 @@ impl Tree {
                     chunk.push(event);
                 }
                 for (run, event_id, seq) in &batch.event_ids {
-                    event_ids.insert((run.as_str(), event_id.as_str()), seq).map_err(io)?;
+                    new_ids.entry(run.as_str()).or_default().push((*seq, event_id.as_str()));
+                }
+                // What removes ids must see the ones written before it.
+                if !(batch.trims.is_empty() && batch.forget.is_empty() && batch.deletes.is_empty()) {
+                    for (run, ids) in &mut new_ids {
+                        store_ids(&mut event_ids, run, ids)?;
+                    }
                 }
                 for (thread, below) in &batch.trims {
                     let id = thread.as_str();
@@ -557,6 +641,9 @@ impl Tree {
             }
             for (thread, chunk) in &chunks {
                 count += self.store_chunk(&mut events, &mut ages, thread, chunk)?;
+            }
+            for (run, ids) in &mut new_ids {
+                store_ids(&mut event_ids, run, ids)?;
             }
             meta.insert("events", count).map_err(io)?;
             if let Some(no) = journal {
@@ -605,6 +692,7 @@ impl Store for Tree {
         let runs = txn.open_table(RUNS).map_err(io)?;
         let running_table = txn.open_table(RUNNING).map_err(io)?;
         let event_ids = txn.open_table(EVENT_IDS).map_err(io)?;
+        let packs = txn.open_table(EVENT_ID_PACKS).map_err(io)?;
         let mut running = Vec::new();
         let mut threads: HashMap<ThreadId, LoadedThread> = HashMap::new();
         for item in running_table.iter().map_err(io)? {
@@ -623,6 +711,12 @@ impl Store for Tree {
                     break;
                 }
                 ids.insert(event_id.to_owned(), seq.value());
+            }
+            for item in packs.range((id.as_str(), 0)..=(id.as_str(), u64::MAX)).map_err(io)? {
+                let (_, pack) = item.map_err(io)?;
+                let pack =
+                    id_pack::decode(pack.value()).map_err(|e| self.corrupt(format!("event ids of {id}: {e}")))?;
+                ids.extend(pack.into_iter().map(|(seq, event_id)| (event_id, seq)));
             }
             if !threads.contains_key(&record.thread_id)
                 && let Some(thread) = self.thread_in(&threads_table, &events, &record.thread_id)?
@@ -699,7 +793,21 @@ impl Store for Tree {
         let db = self.db()?;
         let txn = db.begin_read().map_err(io)?;
         let ids = txn.open_table(EVENT_IDS).map_err(io)?;
-        Ok(ids.get((run.as_str(), event_id)).map_err(io)?.map(|v| v.value()))
+        if let Some(seq) = ids.get((run.as_str(), event_id)).map_err(io)? {
+            return Ok(Some(seq.value()));
+        }
+        // A run's packs, one per commit that carried its ids; only runs no longer
+        // in memory are looked up here (a retry after the run ended).
+        let packs = txn.open_table(EVENT_ID_PACKS).map_err(io)?;
+        for item in packs.range((run.as_str(), 0)..=(run.as_str(), u64::MAX)).map_err(io)? {
+            let (_, pack) = item.map_err(io)?;
+            let found =
+                id_pack::find(pack.value(), event_id).map_err(|e| self.corrupt(format!("event ids of {run}: {e}")))?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
     }
 
     fn oldest_threads(&self, at_or_before_ms: i64, limit: usize) -> Result<Vec<ThreadExtent>, StoreError> {
