@@ -15,4 +15,5 @@ AGENTWIRE_BIN="$root/target/debug/agentwire" "$venv/bin/python" -m pytest -q tes
 "$venv/bin/pip" install --quiet --disable-pip-version-check build
 rm -rf "$root/target/py-dist"
 "$venv/bin/python" -m build --sdist --wheel --outdir "$root/target/py-dist" "$here" >/dev/null
+rm -rf "$here/build"   # setuptools' scratch copy, not the project's
 "$venv/bin/python" scripts/check_dist.py "$root/target/py-dist"
