@@ -25,7 +25,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import httpx
 
@@ -90,13 +90,63 @@ def _tool_started(call_id: str, name: str, args: Json) -> Event:
     return Event("tool_executing", {"tool_call_id": call_id, "tool_name": name, "args": args})
 
 
-def _tool_finished(call_id: str, started: float, result: Json, exc: Optional[BaseException]) -> Event:
+def _tool_finished(call_id: str, started: float, result: Json, error: Optional[str]) -> Event:
     data: Dict[str, Json] = {"tool_call_id": call_id, "duration_ms": int((time.monotonic() - started) * 1000)}
-    if exc is not None:
-        data["error"] = f"{type(exc).__name__}: {exc}"
+    if error is not None:
+        data["error"] = error
     else:
         data["result"] = result
     return Event("tool_completed", data)
+
+
+def _describe(exc: Optional[BaseException]) -> Optional[str]:
+    return None if exc is None else f"{type(exc).__name__}: {exc}"
+
+
+def new_message_id() -> str:
+    """A fresh ``message_id`` for ``agent_message`` deltas."""
+    return f"msg_{uuid.uuid4().hex[:12]}"
+
+
+class MessageIds:
+    """One ``message_id`` per text a framework streams, by the framework's own
+    key (a part's index, an output item's id, a model call), minted once."""
+
+    def __init__(self) -> None:
+        self._ids: Dict[Any, str] = {}
+
+    def of(self, key: Any) -> str:
+        found = self._ids.get(key)
+        if found is None:
+            found = self._ids[key] = new_message_id()
+        return found
+
+    def forget(self, key: Any) -> None:
+        self._ids.pop(key, None)
+
+    def clear(self) -> None:
+        self._ids.clear()
+
+
+class OpenTools:
+    """Tool calls a framework reported started and not yet ended, for the
+    integrations: each end becomes ``tool_completed`` with its duration, once;
+    an end whose start was never seen becomes nothing (the server would refuse
+    it). Keys are the framework's own (a call id, a LangChain run id)."""
+
+    def __init__(self) -> None:
+        self._open: Dict[Any, Tuple[str, float]] = {}
+
+    def start(self, call_id: str, name: str, args: Json, key: Any = None) -> Event:
+        self._open[call_id if key is None else key] = (call_id, time.monotonic())
+        return _tool_started(call_id, name, args)
+
+    def finish(self, key: Any, result: Json = None, error: Optional[str] = None) -> Optional[Event]:
+        opened = self._open.pop(key, None)
+        return None if opened is None else _tool_finished(opened[0], opened[1], result, error)
+
+    def clear(self) -> None:
+        self._open.clear()
 
 
 def _terminal(started: float, result: Json, exc: Optional[BaseException]) -> Event:
@@ -228,7 +278,7 @@ class ToolCall(_ToolCallState):
         return self
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
-        self._run.emit(_tool_finished(self.id, self._started, self.result, exc))
+        self._run.emit(_tool_finished(self.id, self._started, self.result, _describe(exc)))
 
 
 class _RunState:
@@ -242,7 +292,7 @@ class _RunState:
         self.run_id = ""
         self.result: Json = None
         self.seqs: List[int] = []
-        self._message_id = f"msg_{uuid.uuid4().hex[:12]}"
+        self._message_id = new_message_id()
         self._started = 0.0
 
     def _delta(self, delta: str, message_id: Optional[str]) -> Event:
@@ -373,7 +423,7 @@ class AsyncToolCall(_ToolCallState):
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
-        await self._run.emit(_tool_finished(self.id, self._started, self.result, exc))
+        await self._run.emit(_tool_finished(self.id, self._started, self.result, _describe(exc)))
 
 
 class AsyncRun(_RunState):

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from typing import Any, Awaitable, Dict, List, Optional, Tuple, TypeVar
+from typing import Any, Awaitable, Dict, List, Optional, TypeVar
 from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
@@ -33,7 +32,7 @@ from langchain_core.messages import BaseMessage, ToolMessage
 from langchain_core.outputs import LLMResult
 
 from ._json import jsonable as _jsonable
-from .client import AsyncPublisher, Event, Publisher, _terminal, thinking
+from .client import AsyncPublisher, Event, MessageIds, OpenTools, Publisher, _describe, _terminal, thinking
 
 Json = Any
 T = TypeVar("T")
@@ -93,10 +92,9 @@ class _Mapping:
         self.root: Optional[UUID] = None
         self.run_id = ""
         self.started = 0.0
-        # LangChain run id of a tool -> (tool_call_id, start time).
-        self.tools: Dict[UUID, Tuple[str, float]] = {}
-        # LangChain run id of a model call -> message_id of its deltas.
-        self.messages: Dict[UUID, str] = {}
+        # Tools, and the deltas' message ids, by their LangChain run id.
+        self.tools = OpenTools()
+        self.messages = MessageIds()
 
     def starts_run(self, run_id: UUID, parent_run_id: Optional[UUID]) -> bool:
         if parent_run_id is not None or self.root is not None:
@@ -127,11 +125,10 @@ class _Mapping:
     def delta(self, token: str, run_id: UUID) -> Optional[Event]:
         if not token or not self.run_id:
             return None
-        message_id = self.messages.setdefault(run_id, f"msg_{uuid.uuid4().hex[:12]}")
-        return Event("agent_message", {"message_id": message_id, "delta": token})
+        return Event("agent_message", {"message_id": self.messages.of(run_id), "delta": token})
 
     def thought(self, response: LLMResult, run_id: UUID) -> Optional[Event]:
-        self.messages.pop(run_id, None)
+        self.messages.forget(run_id)
         reasoning = _reasoning(response)
         return thinking(reasoning) if reasoning and self.run_id else None
 
@@ -139,24 +136,16 @@ class _Mapping:
         if not self.run_id:
             return None
         call_id = str(kwargs.get("tool_call_id") or f"call_{run_id.hex[:12]}")
-        self.tools[run_id] = (call_id, time.monotonic())
         name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
         inputs = kwargs.get("inputs")
-        return Event("tool_executing", {"tool_call_id": call_id, "tool_name": name, "args": jsonable(inputs if inputs is not None else input_str)})
+        return self.tools.start(call_id, name, jsonable(inputs if inputs is not None else input_str), key=run_id)
 
     def tool_finished(self, run_id: UUID, output: Any = None, error: Optional[BaseException] = None) -> Optional[Event]:
-        started = self.tools.pop(run_id, None)
-        if started is None:
-            return None
-        call_id, began = started
-        data: Dict[str, Json] = {"tool_call_id": call_id, "duration_ms": int((time.monotonic() - began) * 1000)}
         if error is not None:
-            data["error"] = f"{type(error).__name__}: {error}"
-        elif isinstance(output, ToolMessage) and output.status == "error":
-            data["error"] = _text(output.content)
-        else:
-            data["result"] = jsonable(output.content if isinstance(output, ToolMessage) else output)
-        return Event("tool_completed", data)
+            return self.tools.finish(run_id, error=_describe(error))
+        if isinstance(output, ToolMessage) and output.status == "error":
+            return self.tools.finish(run_id, error=_text(output.content))
+        return self.tools.finish(run_id, result=jsonable(output.content if isinstance(output, ToolMessage) else output))
 
 
 class AgentwireCallbackHandler(BaseCallbackHandler):

@@ -25,12 +25,11 @@ openai-agents 0.24 and its ``ScriptedModel``.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any, Dict, Optional
 
 from ._json import jsonable
-from .client import AsyncPublisher, AsyncRun, Event
+from .client import AsyncPublisher, AsyncRun, MessageIds, OpenTools
 
 Json = Any
 
@@ -55,9 +54,9 @@ class _Events:
 
     def __init__(self, run: AsyncRun) -> None:
         self.run = run
-        self.messages: Dict[str, str] = {}
+        self.messages = MessageIds()
         self.reasoning: Dict[str, str] = {}
-        self.tools: Dict[str, float] = {}
+        self.tools = OpenTools()
 
     async def handle(self, event: Any) -> None:
         kind = _field(event, "type")
@@ -72,7 +71,7 @@ class _Events:
         if kind == "response.output_text.delta":
             delta = _field(data, "delta") or ""
             if delta:
-                await self.run.message(delta, self.messages.setdefault(item_id, f"msg_{uuid.uuid4().hex[:12]}"))
+                await self.run.message(delta, self.messages.of(item_id))
         elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
             self.reasoning[item_id] = self.reasoning.get(item_id, "") + (_field(data, "delta") or "")
 
@@ -84,16 +83,12 @@ class _Events:
                 await self.run.thinking(thought)
         elif name == "tool_called":
             call_id = str(_field(raw, "call_id") or _field(raw, "id") or f"call_{uuid.uuid4().hex[:12]}")
-            self.tools[call_id] = time.monotonic()
             tool = _field(raw, "name") or _field(raw, "type") or "tool"
-            await self.run.emit(Event("tool_executing", {"tool_call_id": call_id, "tool_name": tool, "args": _arguments(raw)}))
+            await self.run.emit(self.tools.start(call_id, tool, _arguments(raw)))
         elif name == "tool_output":
-            call_id = str(_field(raw, "call_id") or "")
-            began = self.tools.pop(call_id, None)
-            if began is not None:
-                data: Dict[str, Json] = {"tool_call_id": call_id, "duration_ms": int((time.monotonic() - began) * 1000)}
-                data["result"] = jsonable(_field(item, "output"))
-                await self.run.emit(Event("tool_completed", data))
+            done = self.tools.finish(str(_field(raw, "call_id") or ""), result=jsonable(_field(item, "output")))
+            if done is not None:
+                await self.run.emit(done)
 
 
 def _arguments(raw: Any) -> Json:

@@ -25,12 +25,10 @@ across its versions; it is tested with pydantic-ai 2.
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any, AsyncIterable, Callable, Dict, Optional, Tuple
 
-from .client import AsyncPublisher, AsyncRun, Event
 from ._json import jsonable
+from .client import AsyncPublisher, AsyncRun, MessageIds, OpenTools
 
 Json = Any
 
@@ -41,12 +39,12 @@ class _Events:
     def __init__(self, run: AsyncRun) -> None:
         self.run = run
         self.thinking: Dict[int, str] = {}
-        self.messages: Dict[int, str] = {}
-        self.tools: Dict[str, float] = {}
+        self.messages = MessageIds()
+        self.tools = OpenTools()
 
     async def text(self, index: int, delta: str) -> None:
         if delta:
-            await self.run.message(delta, self.messages.setdefault(index, f"msg_{uuid.uuid4().hex[:12]}"))
+            await self.run.message(delta, self.messages.of(index))
 
     async def handle(self, event: Any) -> None:
         kind = type(event).__name__
@@ -57,7 +55,7 @@ class _Events:
                 self.thinking[event.index] = part.content or ""
             elif part_kind == "TextPart":
                 # A new text part at an index starts a new message.
-                self.messages.pop(event.index, None)
+                self.messages.forget(event.index)
                 await self.text(event.index, part.content)
         elif kind == "PartDeltaEvent":
             delta = event.delta
@@ -70,8 +68,7 @@ class _Events:
             if thought.strip():
                 await self.run.thinking(thought)
         elif kind == "FunctionToolCallEvent":
-            self.tools[part.tool_call_id] = time.monotonic()
-            await self.run.emit(Event("tool_executing", {"tool_call_id": part.tool_call_id, "tool_name": part.tool_name, "args": _args(part)}))
+            await self.run.emit(self.tools.start(part.tool_call_id, part.tool_name, _args(part)))
         elif kind == "FunctionToolResultEvent":
             await self._tool_result(event)
 
@@ -79,16 +76,13 @@ class _Events:
         # `part` since pydantic-ai 1.x; `result` before.
         part = getattr(event, "part", None) or getattr(event, "result", None)
         call_id = getattr(part, "tool_call_id", None)
-        began = self.tools.pop(call_id, None) if call_id else None
-        if began is None:
-            return
-        data: Dict[str, Json] = {"tool_call_id": call_id, "duration_ms": int((time.monotonic() - began) * 1000)}
         failed = type(part).__name__ == "RetryPromptPart" or getattr(part, "outcome", "success") != "success"
         if failed:
-            data["error"] = str(getattr(part, "content", "") or getattr(part, "outcome", "failed"))
+            done = self.tools.finish(call_id, error=str(getattr(part, "content", "") or getattr(part, "outcome", "failed")))
         else:
-            data["result"] = jsonable(getattr(part, "content", None))
-        await self.run.emit(Event("tool_completed", data))
+            done = self.tools.finish(call_id, result=jsonable(getattr(part, "content", None)))
+        if done is not None:
+            await self.run.emit(done)
 
 
 def _args(part: Any) -> Json:
