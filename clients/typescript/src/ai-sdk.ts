@@ -22,7 +22,7 @@
  * The parts are read structurally, so this module does not import `ai`.
  */
 
-import type { Publisher, Run, RunOptions } from "./index.js";
+import { type Publisher, type Run, type RunOptions, newMessageId } from "./index.js";
 
 /** A stream part as this adapter reads it: `type` and the fields the SDK gives it. */
 export interface AiStreamPart {
@@ -49,7 +49,6 @@ export async function pipeAiStream(run: Run, stream: AiStream): Promise<AiRunRes
   const parts = Symbol.asyncIterator in stream ? stream : stream.fullStream;
   const thoughts = new Map<string, string>();
   const messages = new Map<string, string>();
-  const toolStarts = new Map<string, number>();
   let text = "";
   let finishReason: string | null = null;
   for await (const part of parts) {
@@ -70,7 +69,7 @@ export async function pipeAiStream(run: Run, stream: AiStream): Promise<AiRunRes
         break;
       }
       case "text-start":
-        messages.set(id, `msg_${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`);
+        messages.set(id, newMessageId());
         break;
       case "text-delta": {
         const delta = deltaOf(part);
@@ -82,7 +81,6 @@ export async function pipeAiStream(run: Run, stream: AiStream): Promise<AiRunRes
       }
       case "tool-call": {
         const callId = String(part.toolCallId);
-        toolStarts.set(callId, Date.now());
         await run.toolStarted(String(part.toolName), part.input ?? part.args ?? null, callId);
         break;
       }
@@ -90,15 +88,13 @@ export async function pipeAiStream(run: Run, stream: AiStream): Promise<AiRunRes
       case "tool-error":
       case "tool-output-denied": {
         const callId = String(part.toolCallId);
-        const began = toolStarts.get(callId);
-        toolStarts.delete(callId);
-        const durationMs = began === undefined ? undefined : Date.now() - began;
         const outcome =
           part.type === "tool-result"
             ? { result: part.output ?? part.result ?? null }
             : { error: part.type === "tool-error" ? part.error : "the user denied this tool call" };
-        if (began !== undefined) {
-          await run.toolDone(callId, { ...outcome, durationMs });
+        // Only a call this run started can end (the server would refuse another).
+        if (run.isToolOpen(callId)) {
+          await run.toolDone(callId, outcome);
         }
         break;
       }

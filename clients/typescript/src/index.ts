@@ -44,6 +44,11 @@ function newId(): string {
   return randomUUID().replaceAll("-", "");
 }
 
+/** A fresh `message_id` for `agent_message` deltas. */
+export function newMessageId(): string {
+  return `msg_${newId().slice(0, 12)}`;
+}
+
 export interface PublisherOptions {
   /** Where agentwire listens, e.g. `http://127.0.0.1:8080`. */
   baseUrl: string;
@@ -230,7 +235,9 @@ export class Run {
   /** The seqs of the events this run was answered for, in order. */
   readonly seqs: number[] = [];
   private readonly started = Date.now();
-  private readonly messageId = `msg_${newId().slice(0, 12)}`;
+  private readonly messageId = newMessageId();
+  /** Tool calls started and not ended: when each started, for `duration_ms`. */
+  private readonly openTools = new Map<string, number>();
   private deltas: PublishBody[] = [];
   private deltasDue = false;
   /** The first refusal of a publish nobody awaited (a delta's), thrown by the next awaited call. */
@@ -275,14 +282,27 @@ export class Run {
   /** `tool_executing`; answers the call to finish with `toolDone`. */
   async toolStarted(name: string, args: unknown = null, id: string = `call_${newId().slice(0, 12)}`): Promise<ToolCall> {
     await this.emit(event("tool_executing", { tool_call_id: id, tool_name: name, args }));
+    this.openTools.set(id, Date.now());
     return { id, name, args };
   }
 
-  /** `tool_completed` for `call`, with its result or its error. */
+  /** Whether `call` was started by this run and has not ended. */
+  isToolOpen(call: ToolCall | string): boolean {
+    return this.openTools.has(typeof call === "string" ? call : call.id);
+  }
+
+  /**
+   * `tool_completed` for `call`, with its result or its error; `duration_ms`
+   * from its start when this run started it and none is given.
+   */
   async toolDone(call: ToolCall | string, outcome: { result?: unknown; error?: unknown; durationMs?: number }): Promise<void> {
-    const data: Record<string, unknown> = { tool_call_id: typeof call === "string" ? call : call.id };
-    if (outcome.durationMs !== undefined) {
-      data.duration_ms = outcome.durationMs;
+    const id = typeof call === "string" ? call : call.id;
+    const began = this.openTools.get(id);
+    this.openTools.delete(id);
+    const data: Record<string, unknown> = { tool_call_id: id };
+    const durationMs = outcome.durationMs ?? (began === undefined ? undefined : Date.now() - began);
+    if (durationMs !== undefined) {
+      data.duration_ms = durationMs;
     }
     if (outcome.error !== undefined) {
       data.error = describe(outcome.error);
@@ -298,15 +318,14 @@ export class Run {
    */
   async tool<T>(name: string, args: unknown, body: (call: ToolCall) => Promise<T> | T): Promise<T> {
     const call = await this.toolStarted(name, args);
-    const began = Date.now();
     let result: T;
     try {
       result = await body(call);
     } catch (error) {
-      await this.toolDone(call, { error, durationMs: Date.now() - began });
+      await this.toolDone(call, { error });
       throw error;
     }
-    await this.toolDone(call, { result, durationMs: Date.now() - began });
+    await this.toolDone(call, { result });
     return result;
   }
 
@@ -316,6 +335,7 @@ export class Run {
       return;
     }
     this.ended = true;
+    this.openTools.clear();
     await this.emit(event("agent_completed", { result: result ?? null, duration_ms: Date.now() - this.started }));
   }
 
@@ -325,6 +345,7 @@ export class Run {
       return;
     }
     this.ended = true;
+    this.openTools.clear();
     const aborted = error instanceof Error && error.name === "AbortError";
     this.refused = undefined;
     await this.emit(event("agent_error", { code: aborted ? "cancelled" : "failed", message: describe(error) }));

@@ -24,7 +24,7 @@
 
 import { randomUUID } from "node:crypto";
 
-import type { Publisher, Run, RunOptions } from "./index.js";
+import { type Publisher, type Run, type RunOptions, newMessageId } from "./index.js";
 
 /** A stream event as this adapter reads it. */
 export interface AgentsStreamEvent {
@@ -48,11 +48,10 @@ export function publishAgentsRun(publisher: Publisher, options: RunOptions, resu
 /** Publishes the SDK's streamed run into a run that is going (it is not ended here). */
 export async function pipeAgentsRun(run: Run, result: AgentsStreamedRun): Promise<unknown> {
   const messages = new Map<string, string>();
-  const tools = new Map<string, number>();
   for await (const event of result) {
     if (event.type === "raw_model_stream_event" && event.data?.type === "output_text_delta" && event.data.delta) {
       const item = event.data.itemId ?? "";
-      if (!messages.has(item)) messages.set(item, `msg_${randomUUID().replaceAll("-", "").slice(0, 12)}`);
+      if (!messages.has(item)) messages.set(item, newMessageId());
       run.message(event.data.delta, messages.get(item));
     } else if (event.type === "run_item_stream_event") {
       const raw = event.item?.rawItem ?? {};
@@ -61,14 +60,11 @@ export async function pipeAgentsRun(run: Run, result: AgentsStreamedRun): Promis
         if (thought.trim() !== "") await run.thinking(thought);
       } else if (event.name === "tool_called") {
         const callId = String(raw.callId ?? raw.id ?? `call_${randomUUID().slice(0, 8)}`);
-        tools.set(callId, Date.now());
         await run.toolStarted(String(raw.name ?? raw.type ?? "tool"), parsed(raw.arguments), callId);
       } else if (event.name === "tool_output") {
         const callId = String(raw.callId ?? "");
-        const began = tools.get(callId);
-        if (began !== undefined) {
-          tools.delete(callId);
-          await run.toolDone(callId, { result: event.item?.output ?? null, durationMs: Date.now() - began });
+        if (run.isToolOpen(callId)) {
+          await run.toolDone(callId, { result: event.item?.output ?? null });
         }
       }
     }
