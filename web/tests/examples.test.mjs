@@ -3,26 +3,20 @@
 // they show a run published while they watch.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { Agentwire, WAIT, freePort, launchChromium, serveFiles } from "./server.mjs";
+import { WAIT, examplePages } from "./server.mjs";
 
-
+let bench;
 let browser;
 let server;
-let pages;
 let pagesBase;
 
 before(async () => {
-  const port = await freePort();
-  pagesBase = `http://127.0.0.1:${port}`;
-  pages = await serveFiles(port);
-  server = await Agentwire.create("80ms", ["--allowed-origins", pagesBase]);
-  browser = await launchChromium();
+  bench = await examplePages("80ms");
+  ({ browser, server, base: pagesBase } = bench);
 });
 
 after(async () => {
-  await browser?.close();
-  await server?.stop();
-  pages?.close();
+  await bench?.close();
 });
 
 /** Registers a run into `thread` for alice, as an external agent; answers a function that publishes its events. */

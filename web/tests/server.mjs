@@ -47,6 +47,25 @@ export function serveFiles(port) {
   return new Promise((resolve) => files.listen(port, "127.0.0.1", () => resolve(files)));
 }
 
+/**
+ * The example pages' bench: the repository's files on a loopback port of their
+ * own (another origin than agentwire's, as a team's frontend would be), an
+ * agentwire that allows that origin, and Chromium. `close()` stops all three.
+ */
+export async function examplePages(stepDelay) {
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const files = await serveFiles(port);
+  const server = await Agentwire.create(stepDelay, ["--allowed-origins", base]);
+  const browser = await launchChromium();
+  const close = async () => {
+    await browser.close();
+    await server.stop();
+    files.close();
+  };
+  return { base, server, browser, close };
+}
+
 /** The environment without any AGENTWIRE_* setting that would leave dev mode. */
 function devEnv() {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("AGENTWIRE_")));

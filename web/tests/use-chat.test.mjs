@@ -6,13 +6,13 @@ import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { build } from "esbuild";
-import { Agentwire, WAIT, freePort, launchChromium, serveFiles } from "./server.mjs";
+import { WAIT, examplePages } from "./server.mjs";
 
 const root = new URL("../..", import.meta.url).pathname;
 
+let bench;
 let browser;
 let server;
-let files;
 let pagesBase;
 
 before(async () => {
@@ -26,18 +26,13 @@ before(async () => {
     nodePaths: [join(root, "web/node_modules")],
     logLevel: "error",
   });
-  const port = await freePort();
-  pagesBase = `http://127.0.0.1:${port}`;
-  files = await serveFiles(port);
   // Steps slow enough that the reload lands mid-run.
-  server = await Agentwire.create("250ms", ["--allowed-origins", pagesBase]);
-  browser = await launchChromium();
+  bench = await examplePages("250ms");
+  ({ browser, server, base: pagesBase } = bench);
 });
 
 after(async () => {
-  await browser?.close();
-  await server?.stop();
-  files?.close();
+  await bench?.close();
 });
 
 test("a useChat-style page reloaded mid-run resumes the run from its start, nothing shown twice", async () => {
