@@ -55,7 +55,7 @@ fn build(dir: &Path, threads: usize, events: usize) {
                 .push((thread.clone(), ThreadRecord { owner: owner.clone(), oldest_seq: 1, by_publisher: true }));
             let running = t < RUNNING;
             let mut lifecycle = RunLifecycle::default();
-            lifecycle.apply(EventKind::AgentStarted, &serde_json::Map::new()).expect("start");
+            lifecycle.apply(EventKind::AgentStarted, &serde_json::Map::new(), 1).expect("start");
             for seq in 1..=events as u64 {
                 let (kind, data) = match seq {
                     1 => (EventKind::AgentStarted, json!({"agent_name":"soak"})),
@@ -63,7 +63,7 @@ fn build(dir: &Path, threads: usize, events: usize) {
                     s => (EventKind::AgentThinking, json!({"thought": format!("step {s} of a long run")})),
                 };
                 if kind == EventKind::AgentCompleted {
-                    lifecycle.apply(kind, &serde_json::Map::new()).expect("complete");
+                    lifecycle.apply(kind, &serde_json::Map::new(), seq).expect("complete");
                 }
                 let event = envelope(&thread, &run, seq, kind, data);
                 batch.event_ids.push((run.clone(), format!("e{seq}"), seq));

@@ -39,18 +39,24 @@
 //! thread's current view, this node has seen no event of the run for the
 //! timeout. The append is a compare-and-set on the thread's head like any
 //! other, so an event that lands meanwhile makes it re-check and stand down.
+//! A run waiting on an input request says until when in its running entry;
+//! it is not idle then, and once that time passes (on the node's wall clock,
+//! as the request's `expires_at` says) a node appends the lapsed requests'
+//! default answers, decided on the current view: a request answered meanwhile
+//! is closed, and the node stands down.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use agentwire_log::input::{self, InputAnswer};
 use agentwire_log::store::ThreadExtent;
 use agentwire_log::{
     Appended, FeedSink, Log, LogError, LogStats, NewRun, Page, PageBudget, RetentionPolicy, RunInfo, StoredEvent,
     numbered, plan_append, retention,
 };
-use agentwire_protocol::{EventKind, NewEvent, RunId, ThreadId, Timestamp, UserId, extract_thread_id};
+use agentwire_protocol::{EventKind, NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -92,6 +98,14 @@ fn budget_average(events: &[Arc<StoredEvent>]) -> usize {
         return 1;
     }
     events.iter().map(|e| e.json.len()).sum::<usize>() / events.len()
+}
+
+/// What an append stores: events given, or events decided on the run's
+/// current state (an answer to an input request, the lapsed requests'
+/// defaults), decided again whenever the view moves on.
+enum Events<'a> {
+    Given(Vec<NewEvent>),
+    Decided(&'a (dyn Fn(&RunLifecycle) -> Result<Vec<NewEvent>, LogError> + Send + Sync)),
 }
 
 /// What a node knows of one run from its thread's history.
@@ -197,7 +211,7 @@ fn is_forgotten(kept: &TrimmedRuns, run: &RunId, state: &RunState) -> bool {
 fn follow_run(run: &mut RunState, event: &StoredEvent) {
     let e = event.envelope();
     run.last_seq = e.seq;
-    run.lifecycle.replay(e.event, &e.data);
+    run.lifecycle.replay(e.event, &e.data, e.seq);
     if let Some(id) = &e.event_id {
         run.event_ids.insert(id.clone(), e.seq);
     }
@@ -289,6 +303,8 @@ struct Inner<B> {
     trims: tokio::sync::mpsc::Sender<Job>,
     /// What the engine's settings leave open for an acknowledged event to be lost (accepted at start).
     weak: Vec<String>,
+    /// Woken when the feed brings an event that may close an input request.
+    inputs: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -340,6 +356,7 @@ impl<B: Backbone> ClusterLog<B> {
             sink,
             rewound_busy: Mutex::new(std::collections::HashSet::new()),
             weak,
+            inputs: Arc::new(tokio::sync::Notify::new()),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -637,7 +654,7 @@ impl<B: Backbone> Inner<B> {
 
     /// Appends under the thread's view: decide, compare-and-set, retry on a move.
     async fn append_to(&self, run_id: &str, events: Vec<NewEvent>, cancel: bool) -> Result<Appended, LogError> {
-        let appended = self.append_guarded(run_id, events, cancel, None).await?;
+        let appended = self.append_guarded(run_id, Events::Given(events), cancel, None).await?;
         appended.ok_or_else(|| LogError::Unavailable("an unguarded append stood down".into()))
     }
 
@@ -647,11 +664,13 @@ impl<B: Backbone> Inner<B> {
     async fn append_guarded(
         &self,
         run_id: &str,
-        mut events: Vec<NewEvent>,
+        mut events: Events<'_>,
         cancel: bool,
         quiet_for: Option<Duration>,
     ) -> Result<Option<Appended>, LogError> {
-        self.config.log.prepare(&mut events);
+        if let Events::Given(given) = &mut events {
+            self.config.log.prepare(given);
+        }
         let (run, entry, thread) = self.resolve(run_id, !cancel).await?;
         let cell = self.cell(&thread);
         let mut view = cell.lock().await;
@@ -680,7 +699,23 @@ impl<B: Backbone> Inner<B> {
             let known = view.runs.get(&run);
             let lifecycle = known.map(|r| r.state.lifecycle.clone()).unwrap_or_default();
             let seen = |id: &str| known.and_then(|r| r.state.event_ids.get(id).copied());
-            let plan = match plan_append(&lifecycle, seen, events.clone()) {
+            let decided = match &events {
+                Events::Given(given) => Ok(given.clone()),
+                Events::Decided(decide) => decide(&lifecycle).map(|mut decided| {
+                    self.config.log.prepare(&mut decided);
+                    decided
+                }),
+            };
+            let decided = match decided {
+                Ok(decided) => decided,
+                Err(refused) if current => return Err(refused),
+                Err(_) => {
+                    self.sync(&thread, &mut view).await?;
+                    current = true;
+                    continue;
+                }
+            };
+            let plan = match plan_append(&lifecycle, seen, decided, view.at.seq) {
                 Ok(plan) => plan,
                 Err(refused) if current => return Err(refused.into()),
                 Err(_) => {
@@ -696,15 +731,20 @@ impl<B: Backbone> Inner<B> {
             }
             let fresh = known.is_none() && entry.is_none();
             let stored = numbered(&thread, &run, view.at.seq, now, plan.new_events);
+            let waiting_until_ms = plan.lifecycle.inputs().next_expiry();
             let running = Running {
                 thread_id: thread.clone(),
                 node: entry.as_ref().and_then(|e| e.node.clone()),
                 last_activity_ms: now.millis(),
+                waiting_until_ms,
             };
             let touched = known.map_or(0, |r| r.touched_ms);
             let change = if plan.lifecycle.ended() {
                 RunningChange::Remove(run.clone())
-            } else if fresh || now.millis().saturating_sub(touched) > idle_ms / 10 {
+            } else if fresh
+                || now.millis().saturating_sub(touched) > idle_ms / 10
+                || waiting_until_ms != lifecycle.inputs().next_expiry()
+            {
                 RunningChange::Set(run.clone(), running.clone())
             } else {
                 RunningChange::Keep
@@ -763,6 +803,7 @@ impl<B: Backbone> Inner<B> {
             agent_name: entry.and_then(|e| e.agent_name).or_else(|| known.and_then(|r| r.state.agent_name.clone())),
             status: known.map(|r| r.state.lifecycle.status()).unwrap_or_default(),
             cancel_requested: known.is_some_and(|r| r.state.cancel_requested),
+            inputs: known.map(|r| r.state.lifecycle.inputs().clone()).unwrap_or_default(),
         }))
     }
 
@@ -906,7 +947,8 @@ impl<B: Backbone> Inner<B> {
         message: &str,
         quiet_for: Option<Duration>,
     ) -> Result<bool, LogError> {
-        match self.append_guarded(run.as_str(), vec![NewEvent::agent_error(code, message)], false, quiet_for).await {
+        let error = Events::Given(vec![NewEvent::agent_error(code, message)]);
+        match self.append_guarded(run.as_str(), error, false, quiet_for).await {
             Ok(appended) => Ok(appended.is_some()),
             Err(LogError::Lifecycle(_) | LogError::RunNotFound(_) | LogError::ThreadNotFound(_)) => {
                 self.backbone.set_running(run, None).await.map_err(unavailable)?;
@@ -986,6 +1028,9 @@ impl<B: Backbone> Follower for Feed<B> {
     fn appended(&self, events: &[Arc<StoredEvent>], at: Position) {
         let Some(inner) = self.inner.upgrade() else { return };
         inner.sink.deliver(events);
+        if events.iter().any(|e| e.kind() == EventKind::InputReceived || e.kind().is_terminal()) {
+            inner.inputs.notify_waiters();
+        }
         let Some(first) = events.first() else { return };
         let Some(cell) = inner.views.lock().peek(first.thread_id()) else { return };
         // A busy view is left alone: whoever holds it catches up on its own.
@@ -1218,7 +1263,12 @@ impl<B: Backbone> Log for ClusterLog<B> {
         let node = new.in_process.then(|| inner.config.node_id.clone());
         let entry =
             RunEntry { thread_id: new.thread_id.clone(), agent_name: new.agent_name.clone(), node: node.clone() };
-        let running = Running { thread_id: new.thread_id.clone(), node, last_activity_ms: Timestamp::now().millis() };
+        let running = Running {
+            thread_id: new.thread_id.clone(),
+            node,
+            last_activity_ms: Timestamp::now().millis(),
+            waiting_until_ms: None,
+        };
         if !inner.backbone.register_run(&run, &entry, Some(&running)).await.map_err(unavailable)? {
             return Err(LogError::RunExists(run.to_string()));
         }
@@ -1235,6 +1285,7 @@ impl<B: Backbone> Log for ClusterLog<B> {
             agent_name: new.agent_name,
             status: Default::default(),
             cancel_requested: false,
+            inputs: Default::default(),
         })
     }
 
@@ -1244,6 +1295,41 @@ impl<B: Backbone> Log for ClusterLog<B> {
 
     async fn append(&self, run_id: &str, events: Vec<NewEvent>) -> Result<Appended, LogError> {
         self.inner.append_to(run_id, events, false).await
+    }
+
+    async fn answer_input(&self, thread_id: &ThreadId, answer: InputAnswer) -> Result<Appended, LogError> {
+        let inner = &self.inner;
+        let not_found = || LogError::InputNotFound(answer.request_id.clone());
+        if inner.owner(thread_id).await?.is_none() {
+            return Err(LogError::ThreadNotFound(thread_id.clone()));
+        }
+        let run = match &answer.run_id {
+            Some(run_id) => match inner.resolve(run_id, false).await {
+                Ok((run, _, thread)) if &thread == thread_id => run,
+                Ok(_) | Err(LogError::RunNotFound(_)) => return Err(not_found()),
+                Err(e) => return Err(e),
+            },
+            None => {
+                let cell = inner.cell(thread_id);
+                let mut view = cell.lock().await;
+                inner.sync(thread_id, &mut view).await?;
+                let holder = view.runs.iter().find(|(_, r)| {
+                    !r.state.lifecycle.ended() && input::knows(r.state.lifecycle.inputs(), &answer.request_id)
+                });
+                holder.map(|(run, _)| run.clone()).ok_or_else(not_found)?
+            }
+        };
+        let decide = |lifecycle: &RunLifecycle| input::answer_event(lifecycle.inputs(), &answer).map(|e| vec![e]);
+        match inner.append_guarded(run.as_str(), Events::Decided(&decide), false, None).await {
+            Ok(appended) => appended.ok_or_else(|| LogError::Unavailable("an unguarded append stood down".into())),
+            // Retention forgot the run since it was looked up.
+            Err(LogError::RunNotFound(_)) => Err(not_found()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn input_changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.inner.inputs.clone())
     }
 
     async fn cancel(&self, run_id: &str) -> Result<Appended, LogError> {
@@ -1292,6 +1378,19 @@ impl<B: Backbone> Log for ClusterLog<B> {
         let ahead = Duration::from_millis(u64::try_from(now.millis() - Timestamp::now().millis()).unwrap_or(0));
         let running = inner.backbone.running().await.map_err(unavailable)?;
         inner.runs_in_flight.store(running.len() as u64, Ordering::Relaxed);
+        // A run waiting on an input request is not idle; once the request lapses, its default answers it.
+        let (waiting, running): (Vec<_>, Vec<_>) = running.into_iter().partition(|(_, r)| r.waiting_until_ms.is_some());
+        for (run, _) in waiting.into_iter().filter(|(_, r)| r.waiting_until_ms.is_some_and(|t| t <= now.millis())) {
+            let lapsed = |lifecycle: &RunLifecycle| {
+                let answers = input::lapsed(lifecycle.inputs(), now.millis());
+                if answers.is_empty() { Err(LogError::InputClosed(String::new())) } else { Ok(answers) }
+            };
+            match inner.append_guarded(run.as_str(), Events::Decided(&lapsed), false, None).await {
+                // Answered or ended meanwhile, maybe by another node: nothing left to do.
+                Ok(_) | Err(LogError::InputClosed(_) | LogError::Lifecycle(_) | LogError::RunNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
         // Running entries are refreshed every tenth of the timeout, so allow that much slack.
         let candidates = idle_candidates(&mut inner.unchanged.lock(), running, timeout + timeout / 10, ahead);
         let message = format!("no event for {} s", timeout.as_secs_f64());

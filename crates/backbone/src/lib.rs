@@ -103,6 +103,11 @@ pub struct Running {
     pub node: Option<String>,
     /// Milliseconds since the epoch of its registration or a recent event.
     pub last_activity_ms: i64,
+    /// While it waits on input requests, when the first of them lapses (ms
+    /// since the epoch): a waiting run is not idle, and the watchdog answers
+    /// the request with its default then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_until_ms: Option<i64>,
 }
 
 /// What an append does to the set of running runs.

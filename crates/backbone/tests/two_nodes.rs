@@ -163,7 +163,12 @@ async fn a_skewed_activity_stamp_cannot_end_an_active_run(url: &str) {
     let run = a.create_run(new_run(&thread, &owner)).await.unwrap().run_id;
     a.append(run.as_str(), vec![started()]).await.unwrap();
     let an_hour_ago = Timestamp::now().millis() - 3_600_000;
-    let stale = agentwire_backbone::Running { thread_id: thread.clone(), node: None, last_activity_ms: an_hour_ago };
+    let stale = agentwire_backbone::Running {
+        thread_id: thread.clone(),
+        node: None,
+        last_activity_ms: an_hour_ago,
+        waiting_until_ms: None,
+    };
     for n in 0..12 {
         raw.set_running(&run, Some(&stale)).await.unwrap();
         assert!(a.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty(), "an active run was ended");
@@ -197,8 +202,12 @@ async fn a_running_entry_without_its_registration_is_dropped(url: &str) {
     let raw = records(url, &p).await;
     let thread = ThreadId::parse("thread_heal").unwrap();
     let orphan = RunId::parse("run_thread_heal_0badf00d").unwrap();
-    let entry =
-        agentwire_backbone::Running { thread_id: thread, node: None, last_activity_ms: Timestamp::now().millis() };
+    let entry = agentwire_backbone::Running {
+        thread_id: thread,
+        node: None,
+        last_activity_ms: Timestamp::now().millis(),
+        waiting_until_ms: None,
+    };
     raw.set_running(&orphan, Some(&entry)).await.unwrap();
     assert!(a.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty());
     assert_eq!(raw.running().await.unwrap().len(), 1, "not before the timeout");

@@ -2,7 +2,8 @@
 //!
 //! Random sequences of every operation a caller can make (threads and runs with
 //! colliding ids, client-chosen and pattern-named run ids, publishes with
-//! repeated `event_id`s that the lifecycle accepts or refuses, cancels, run
+//! repeated `event_id`s that the lifecycle accepts or refuses, input requests
+//! and answers to them, right, wrong, repeated or misdirected, cancels, run
 //! lookups, reads, watchdog ticks, thread deletes, retention by age) run against
 //! the real log and, beside it, a model made of plain maps. Each step goes
 //! through one of the log's two handles (two nodes of a cluster), chosen at
@@ -34,7 +35,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agentwire_log::store::{Batch, Hooked, Store, StoreError, WriteHook};
-use agentwire_log::{EmbeddedStore, Log, LogConfig, LogError, MemoryStore, NewRun, NoFeed, RetentionPolicy, StoredLog};
+use agentwire_log::{
+    EmbeddedStore, InputAnswer, Log, LogConfig, LogError, MemoryStore, NewRun, NoFeed, RetentionPolicy, StoredLog,
+};
 use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -93,6 +96,14 @@ enum Op {
     Cancel {
         run: RunRef,
     },
+    /// The thread's owner answers request `q{request}`, rightly or with an
+    /// answer of the wrong kind, naming the run that asked or not.
+    Answer {
+        thread: u8,
+        request: u8,
+        right: bool,
+        run: Option<RunRef>,
+    },
     RunInfo {
         run: RunRef,
     },
@@ -133,13 +144,15 @@ pub fn keep() -> impl Strategy<Value = Option<u8>> {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let ev = (0..6u8, 0..2u8, prop::option::of(0..3u8)).prop_map(|(kind, tool, id)| Ev { kind, tool, id });
+    let ev = (0..7u8, 0..2u8, prop::option::of(0..3u8)).prop_map(|(kind, tool, id)| Ev { kind, tool, id });
     prop_oneof![
         2 => (0..THREADS, 0..USERS).prop_map(|(thread, user)| Op::CreateThread { thread, user }),
         4 => (0..THREADS, 0..USERS, prop::option::of(0..4u8))
             .prop_map(|(thread, user, chosen)| Op::CreateRun { thread, user, chosen }),
         10 => (run_ref(), prop::collection::vec(ev, 1..4)).prop_map(|(run, events)| Op::Append { run, events }),
         1 => run_ref().prop_map(|run| Op::Cancel { run }),
+        3 => (0..THREADS, 0..2u8, prop::bool::weighted(0.8), prop::option::of(run_ref()))
+            .prop_map(|(thread, request, right, run)| Op::Answer { thread, request, right, run }),
         1 => run_ref().prop_map(|run| Op::RunInfo { run }),
         2 => (0..THREADS).prop_map(|thread| Op::Read { thread }),
         1 => (0..THREADS, prop::option::of(0..USERS)).prop_map(|(thread, user)| Op::DeleteThread { thread, user }),
@@ -147,7 +160,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Restart),
         1 => Just(Op::FailNextCommit),
         1 => Just(Op::Recover),
-        1 => Just(Op::ExpireAll),
+        2 => Just(Op::ExpireAll),
     ]
 }
 
@@ -171,7 +184,8 @@ fn event(e: &Ev) -> NewEvent {
         2 => (EventKind::ToolExecuting, json!({"tool_call_id": tool, "tool_name":"t"})),
         3 => (EventKind::ToolCompleted, json!({"tool_call_id": tool})),
         4 => (EventKind::AgentCompleted, json!({})),
-        _ => (EventKind::AgentError, json!({"code":"failed","message":"m"})),
+        5 => (EventKind::AgentError, json!({"code":"failed","message":"m"})),
+        _ => (EventKind::InputRequested, json!({"request_id": format!("q{}", e.tool), "kind": "text", "prompt": "?"})),
     };
     let event = NewEvent::new(kind, data.as_object().cloned().unwrap_or_default());
     match e.id {
@@ -180,12 +194,19 @@ fn event(e: &Ev) -> NewEvent {
     }
 }
 
+/// An `input_received` for request `id`, as the model follows it.
+fn received(id: &str) -> NewEvent {
+    let data = json!({"request_id": id, "kind": "text", "answer": {"text": "x"}});
+    NewEvent::new(EventKind::InputReceived, data.as_object().cloned().unwrap_or_default())
+}
+
 /// An answer, as comparable between the log and the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Answer {
     Seqs(Vec<u64>),
     Created,
-    Run(Option<RunStatus>),
+    /// A run's status and its open input requests.
+    Run(Option<(RunStatus, Vec<String>)>),
     Events(Vec<(u64, EventKind, String)>),
     /// A deleted thread's runs that were running, sorted.
     Deleted(Vec<String>),
@@ -208,10 +229,16 @@ fn refused(e: &LogError) -> Answer {
             LifecycleError::UnknownToolCall(_) => "unknown_tool_call",
             LifecycleError::ToolCallAlreadyOpen(_) => "tool_call_open",
             LifecycleError::ToolCallsOpen(_) => "tool_calls_open",
+            LifecycleError::InputAlreadyRequested(_) => "input_already_requested",
+            LifecycleError::TooManyOpenInputs(_) => "too_many_open_inputs",
+            LifecycleError::UnknownInput(_) | LifecycleError::InputClosed(_) => "input_lifecycle",
         },
         LogError::Unavailable(_) => "unavailable",
         LogError::TooLarge(_) => "too_large",
         LogError::Unsupported(_) => "unsupported",
+        LogError::InputNotFound(_) => "input_not_found",
+        LogError::InputClosed(_) => "input_closed",
+        LogError::BadAnswer(_) => "bad_answer",
     })
 }
 
@@ -221,6 +248,9 @@ struct Life {
     started: bool,
     status: Option<RunStatus>,
     open: BTreeSet<String>,
+    /// Input requests open, and those closed (answered, or closed by the end).
+    asked: BTreeSet<String>,
+    closed: BTreeSet<String>,
 }
 
 impl Life {
@@ -229,18 +259,39 @@ impl Life {
             return Err("ended");
         }
         let tool = || e.data.get("tool_call_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+        let request = || e.data.get("request_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
         match e.kind {
             EventKind::AgentStarted if self.started => return Err("already_started"),
             EventKind::AgentStarted => self.started = true,
-            EventKind::AgentError => self.status = Some(RunStatus::Error),
+            EventKind::AgentError => self.end(RunStatus::Error),
             _ if !self.started => return Err("not_started"),
             EventKind::ToolExecuting if !self.open.insert(tool()) => return Err("tool_call_open"),
             EventKind::ToolCompleted if !self.open.remove(&tool()) => return Err("unknown_tool_call"),
             EventKind::AgentCompleted if !self.open.is_empty() => return Err("tool_calls_open"),
-            EventKind::AgentCompleted => self.status = Some(RunStatus::Completed),
+            EventKind::AgentCompleted => self.end(RunStatus::Completed),
+            EventKind::InputRequested if self.asked.contains(&request()) || self.closed.contains(&request()) => {
+                return Err("input_already_requested");
+            }
+            EventKind::InputRequested => {
+                self.asked.insert(request());
+            }
+            EventKind::InputReceived if !self.asked.remove(&request()) => return Err("input_lifecycle"),
+            EventKind::InputReceived => {
+                self.closed.insert(request());
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    /// A terminal event: open requests close with the run.
+    fn end(&mut self, status: RunStatus) {
+        self.status = Some(status);
+        self.closed.extend(std::mem::take(&mut self.asked));
+    }
+
+    fn answer(&self) -> (RunStatus, Vec<String>) {
+        (self.status.unwrap_or(RunStatus::Running), self.asked.iter().cloned().collect())
     }
 }
 
@@ -384,6 +435,39 @@ impl Model {
             self.trim(&thread, |events| events.len().saturating_sub(keep));
         }
         Answer::Seqs(seqs)
+    }
+
+    /// The owner answers request `request` of `thread` (PROTOCOL §2.1): a
+    /// running run of the thread that asked it, or the run named.
+    fn answer_input(&mut self, thread: u8, request: u8, right: bool, named: Option<&str>) -> Answer {
+        let thread = thread_name(thread);
+        if !self.threads.contains_key(&thread) {
+            return Answer::Refused("thread_not_found");
+        }
+        let id = format!("q{request}");
+        let holder = match named {
+            Some(run) => self.thread_of(run).filter(|t| *t == thread).map(|_| run.to_owned()),
+            None => self
+                .runs
+                .iter()
+                .filter(|(run, t)| *t == thread && self.life.get(run).is_some_and(|l| l.status.is_none()))
+                .find(|(run, _)| self.life.get(run).is_some_and(|l| l.asked.contains(&id) || l.closed.contains(&id)))
+                .map(|(run, _)| run.clone()),
+        };
+        let Some(life) = holder.as_ref().and_then(|run| self.life.get(run)) else {
+            return Answer::Refused("input_not_found");
+        };
+        if life.closed.contains(&id) {
+            return Answer::Refused("input_closed");
+        }
+        if !life.asked.contains(&id) {
+            return Answer::Refused("input_not_found");
+        }
+        if !right {
+            return Answer::Refused("bad_answer");
+        }
+        let run = holder.unwrap_or_default();
+        self.append(&run, &[received(&id)], true)
     }
 
     /// Deletes a thread with its runs, their lifecycles and event ids.
@@ -672,6 +756,7 @@ fn writes(op: &Op) -> bool {
             | Op::CreateRun { .. }
             | Op::Append { .. }
             | Op::Cancel { .. }
+            | Op::Answer { .. }
             | Op::DeleteThread { .. }
             | Op::Expire
     )
@@ -703,6 +788,17 @@ async fn write(log: &dyn Log, model: &Model, op: &Op) -> (Answer, Option<RunId>)
             (answer(log.append(&model.name(run), events).await.map(|a| a.seqs)), None)
         }
         Op::Cancel { run } => (answer(log.cancel(&model.name(run)).await.map(|a| a.seqs)), None),
+        Op::Answer { thread, request, right, run } => {
+            let id = ThreadId::parse(&thread_name(*thread)).expect("thread id");
+            let value = if *right { json!({"text": "x"}) } else { json!({"approved": true}) };
+            let answer_of = InputAnswer {
+                request_id: format!("q{request}"),
+                run_id: run.as_ref().map(|r| model.name(r)),
+                answer: value,
+                user: user(0),
+            };
+            (answer(log.answer_input(&id, answer_of).await.map(|a| a.seqs)), None)
+        }
         Op::DeleteThread { thread, user: u } => {
             let id = ThreadId::parse(&thread_name(*thread)).expect("thread id");
             let deleted = log.delete_thread(&id, u.map(user).as_ref()).await.map(|runs| {
@@ -749,6 +845,12 @@ fn expect_write(next: &mut Model, op: &Op, minted: Option<&RunId>) -> (Answer, b
         Op::Cancel { run } => {
             let id = next.name(run);
             let answer = next.append(&id, &[NewEvent::agent_error("cancelled", "the run was cancelled")], true);
+            let commits = matches!(answer, Answer::Seqs(_));
+            (answer, commits)
+        }
+        Op::Answer { thread, request, right, run } => {
+            let named = run.as_ref().map(|r| next.name(r));
+            let answer = next.answer_input(*thread, *request, *right, named.as_deref());
             let commits = matches!(answer, Answer::Seqs(_));
             (answer, commits)
         }
@@ -801,10 +903,10 @@ async fn step(subject: &mut Subject, model: &mut Model, step: &Step) -> Result<(
         Op::RunInfo { run } => {
             let id = model.name(run);
             let real = match subject.log(step.on_b).run(&id).await {
-                Ok(info) => Answer::Run(info.map(|i| i.status)),
+                Ok(info) => Answer::Run(info.map(|i| run_answer(&i))),
                 Err(e) => refused(&e),
             };
-            let expected = Answer::Run(model.life.get(&id).map(|l| l.status.unwrap_or(RunStatus::Running)));
+            let expected = Answer::Run(model.life.get(&id).map(Life::answer));
             if !model.failed {
                 prop_assert_eq!(real, expected, "{:?} ({})", op, id);
             }
@@ -845,6 +947,12 @@ async fn step(subject: &mut Subject, model: &mut Model, step: &Step) -> Result<(
             let mut running: Vec<String> =
                 model.life.iter().filter(|(_, life)| life.status.is_none()).map(|(run, _)| run.clone()).collect();
             running.sort();
+            // A run waiting on a request is not idle: its requests lapse (answered by default) instead.
+            let waiting: Vec<String> = running
+                .iter()
+                .filter(|run| model.life.get(*run).is_some_and(|l| !l.asked.is_empty()))
+                .cloned()
+                .collect();
             // After a failure nothing is written; an armed failure hits the first timeout's commit.
             let fails_now = !model.failed && model.armed && !running.is_empty();
             if model.failed || fails_now {
@@ -861,16 +969,29 @@ async fn step(subject: &mut Subject, model: &mut Model, step: &Step) -> Result<(
             };
             let mut sorted = ended.clone();
             sorted.sort();
-            prop_assert_eq!(&sorted, &running, "the runs ended as idle");
-            // In the order the log ended them, which fixes their seqs in each thread.
-            for run in ended {
-                let error = NewEvent::agent_error("timeout", "idle");
-                model.append(&run, &[error], true);
+            let idle: Vec<String> = running.iter().filter(|run| !waiting.contains(run)).cloned().collect();
+            prop_assert_eq!(&sorted, &idle, "the runs ended as idle");
+            prop_assert_eq!(&ended, &idle, "in the order of their ids");
+            // A tick takes the runs due in the order of their ids, which fixes their seqs in each thread.
+            for run in running {
+                let asked: Vec<String> =
+                    model.life.get(&run).map(|l| l.asked.iter().cloned().collect()).unwrap_or_default();
+                if asked.is_empty() {
+                    model.append(&run, &[NewEvent::agent_error("timeout", "idle")], true);
+                } else {
+                    let answers: Vec<NewEvent> = asked.iter().map(|id| received(id)).collect();
+                    model.append(&run, &answers, true);
+                }
             }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// A run's status and open requests, as the log says.
+fn run_answer(info: &agentwire_log::RunInfo) -> (RunStatus, Vec<String>) {
+    (info.status, info.inputs.open.keys().cloned().collect())
 }
 
 /// Every thread reads as the model says, and every run ever named answers as the
@@ -884,8 +1005,8 @@ async fn agrees(subject: &Subject, model: &Model, when: &str) -> Result<(), Test
         let chosen = (0..4).map(chosen_name);
         let names: BTreeSet<String> = model.named.iter().cloned().chain(chosen).collect();
         for run in &names {
-            let real = log.run(run).await.map(|info| info.map(|i| i.status));
-            let expected = model.life.get(run).map(|l| l.status.unwrap_or(RunStatus::Running));
+            let real = log.run(run).await.map(|info| info.map(|i| run_answer(&i)));
+            let expected = model.life.get(run).map(Life::answer);
             prop_assert_eq!(
                 real.map_err(|e| refused(&e)),
                 Ok(expected),

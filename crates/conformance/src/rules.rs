@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentwire_log::input::{self, InputAnswer, InputOutcome, InputStatus};
 use agentwire_log::{Log, LogConfig, LogError, NewRun, NoFeed, RetentionPolicy};
 use agentwire_protocol::{EventKind, LifecycleError, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
 use serde_json::{Value, json};
@@ -511,5 +512,99 @@ pub async fn restart(d: &mut dyn Deployment) {
     let mut both = vec![quiet, RunId::parse("legacy_thread_keep_1").unwrap()];
     both.sort();
     assert_eq!(expired, both);
+    d.close(nodes).await;
+}
+
+fn ask(request_id: &str, fields: Value) -> NewEvent {
+    let mut event = ev(EventKind::InputRequested, json!({"request_id": request_id, "prompt": "?"}));
+    if let Value::Object(fields) = fields {
+        event.data.extend(fields);
+    }
+    event
+}
+
+fn answer(request_id: &str, run: Option<&RunId>, value: Value) -> InputAnswer {
+    InputAnswer { request_id: request_id.into(), run_id: run.map(ToString::to_string), answer: value, user: user("u") }
+}
+
+/// An agent asks and its user answers, once (PROTOCOL §2.1): the answer
+/// reaches a waiter on the other node; a second answer, an unknown request, an
+/// answer of the wrong kind are refused and leave no trace; a request nobody
+/// answers lapses into its default, and its run is not idle while it waits; the
+/// run's end closes what is still open; an open request survives a restart.
+pub async fn input_requests(d: &mut dyn Deployment) {
+    let idle = Duration::from_millis(600);
+    let nodes = open(d, config(idle)).await;
+    let (a, b) = (&*nodes.a, &*nodes.b);
+    let t = thread("thread_asks");
+    let run = a.create_run(new_run(&t, &user("u"))).await.unwrap().run_id;
+    let approval = json!({"kind": "approval", "tool_name": "send_email", "arguments": {"to": "bob"}});
+    a.append(run.as_str(), vec![started(), ask("send", approval)]).await.unwrap();
+    let info = b.run(run.as_str()).await.unwrap().unwrap();
+    assert_eq!(info.inputs.open.keys().collect::<Vec<_>>(), ["send"], "the open request shows in the run");
+    let waiter = {
+        let (b, run) = (nodes.b.clone(), run.clone());
+        tokio::spawn(async move { b.wait_input(run.as_str(), "send", Duration::from_secs(20)).await })
+    };
+
+    let refusals = [
+        (b.answer_input(&t, answer("send", None, json!({"text": "yes"}))).await, "a wrong kind"),
+        (b.answer_input(&t, answer("nope", None, json!({"approved": true}))).await, "an unknown request"),
+        (b.answer_input(&thread("thread_other"), answer("send", None, json!({"approved": true}))).await, "elsewhere"),
+    ];
+    assert!(matches!(refusals[0].0, Err(LogError::BadAnswer(_))), "{:?}", refusals[0]);
+    assert!(matches!(refusals[1].0, Err(LogError::InputNotFound(_))), "{:?}", refusals[1]);
+    assert!(matches!(refusals[2].0, Err(LogError::ThreadNotFound(_))), "{:?}", refusals[2]);
+    assert_eq!(seqs(a, &t).await, vec![1, 2], "refusals leave nothing behind");
+
+    let answered = a.answer_input(&t, answer("send", None, json!({"approved": true, "message": "go"}))).await.unwrap();
+    assert_eq!(answered.seqs, vec![3]);
+    let woken = waiter.await.unwrap().unwrap();
+    assert_eq!(woken, InputStatus::Answered { answer_seq: 3 }, "the waiter on the other node hears it");
+    let outcome = input::await_input(b, &info, "send", Duration::ZERO).await.unwrap();
+    let InputOutcome::Received(data) = outcome else { panic!("no answer: {outcome:?}") };
+    assert_eq!(data["answer"], json!({"approved": true, "message": "go"}));
+    assert_eq!((&data["source"], &data["user_id"]), (&json!("user"), &json!("u")));
+    let again = b.answer_input(&t, answer("send", Some(&run), json!({"approved": false}))).await;
+    assert!(matches!(again, Err(LogError::InputClosed(_))), "answered once: {again:?}");
+
+    // Waiting outlasts the idle timeout: not idle; then the default answers it.
+    let choice = json!({"kind": "choice", "options": ["a", "b"], "default": "b", "timeout_ms": 1500});
+    a.append(run.as_str(), vec![ask("pick", choice)]).await.unwrap();
+    for _ in 0..10 {
+        assert!(b.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty(), "a waiting run was ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seqs(a, &t).await, vec![1, 2, 3, 4], "nothing lapsed yet");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(b.expire_idle_runs(Timestamp::now()).await.unwrap().is_empty());
+    let lapsed = a.read(&t, 4, 10).await.unwrap().events;
+    assert_eq!(lapsed.len(), 1, "answered once, by default");
+    let data = &lapsed[0].envelope().data;
+    assert_eq!((&data["answer"], &data["source"]), (&json!({"choice": "b"}), &json!("timeout")));
+    assert_eq!(a.run(run.as_str()).await.unwrap().unwrap().status, RunStatus::Running, "the run goes on");
+
+    let nodes = if d.keeps_data() {
+        a.append(run.as_str(), vec![ask("kept", json!({"kind": "text"}))]).await.unwrap();
+        let nodes = d.restart(nodes).await;
+        let info = nodes.b.run(run.as_str()).await.unwrap().unwrap();
+        assert_eq!(info.inputs.open.keys().collect::<Vec<_>>(), ["kept"], "an open request survives a restart");
+        let kept = nodes.a.answer_input(&t, answer("kept", None, json!({"text": "still here"}))).await.unwrap();
+        assert_eq!(kept.seqs, vec![7]);
+        nodes
+    } else {
+        nodes
+    };
+    let (a, b) = (&*nodes.a, &*nodes.b);
+    let head = a.read(&t, 0, 100).await.unwrap().head_seq;
+    a.append(run.as_str(), vec![ask("late", json!({"kind": "text"})), completed()]).await.unwrap();
+    assert!(b.run(run.as_str()).await.unwrap().unwrap().inputs.open.is_empty(), "the end closes what is open");
+    let closed = b.answer_input(&t, answer("late", Some(&run), json!({"text": "x"}))).await;
+    assert!(matches!(closed, Err(LogError::InputClosed(_))), "{closed:?}");
+    let unnamed = b.answer_input(&t, answer("late", None, json!({"text": "x"}))).await;
+    assert!(matches!(unnamed, Err(LogError::InputNotFound(_))), "only live runs are searched: {unnamed:?}");
+    assert_eq!(a.read(&t, 0, 100).await.unwrap().head_seq, head + 2);
+    let status = b.wait_input(run.as_str(), "late", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(status, InputStatus::Closed);
     d.close(nodes).await;
 }

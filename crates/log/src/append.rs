@@ -41,13 +41,15 @@ impl AppendPlan {
     }
 }
 
-/// Plans the append of `events` to a run whose state is `lifecycle` and whose
-/// stored `event_id`s `known` answers. De-duplication comes before the lifecycle
-/// rules, so a repeat answers its first `seq` even after the run has ended.
+/// Plans the append of `events`, after the thread's `head_seq`, to a run whose
+/// state is `lifecycle` and whose stored `event_id`s `known` answers.
+/// De-duplication comes before the lifecycle rules, so a repeat answers its
+/// first `seq` even after the run has ended.
 pub fn plan_append(
     lifecycle: &RunLifecycle,
     mut known: impl FnMut(&str) -> Option<u64>,
     events: Vec<NewEvent>,
+    head_seq: u64,
 ) -> Result<AppendPlan, LifecycleError> {
     let mut planned = Vec::with_capacity(events.len());
     let mut new_events = Vec::with_capacity(events.len());
@@ -67,7 +69,7 @@ pub fn plan_append(
         planned.push(PlannedEvent::New(new_events.len()));
         new_events.push(event);
     }
-    let lifecycle = lifecycle.check_batch(&new_events)?;
+    let lifecycle = lifecycle.check_batch(&new_events, head_seq)?;
     Ok(AppendPlan { planned, new_events, lifecycle })
 }
 
@@ -93,6 +95,7 @@ mod tests {
                 ev(EventKind::AgentThinking, Some("a")),
                 ev(EventKind::AgentThinking, None),
             ],
+            10,
         )
         .unwrap();
         assert_eq!(plan.new_events.len(), 2);
@@ -101,9 +104,9 @@ mod tests {
 
     #[test]
     fn a_repeat_after_the_end_still_answers_its_seq() {
-        let ended = RunLifecycle::default().check_batch(&[ev(EventKind::AgentError, None)]).unwrap();
-        let plan = plan_append(&ended, |_| Some(3), vec![ev(EventKind::AgentThinking, Some("x"))]).unwrap();
+        let ended = RunLifecycle::default().check_batch(&[ev(EventKind::AgentError, None)], 0).unwrap();
+        let plan = plan_append(&ended, |_| Some(3), vec![ev(EventKind::AgentThinking, Some("x"))], 9).unwrap();
         assert_eq!(plan.seqs(9), vec![3]);
-        assert!(plan_append(&ended, |_| None, vec![ev(EventKind::AgentThinking, Some("y"))]).is_err());
+        assert!(plan_append(&ended, |_| None, vec![ev(EventKind::AgentThinking, Some("y"))], 9).is_err());
     }
 }

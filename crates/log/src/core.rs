@@ -34,7 +34,10 @@
 //! ordered index of idle deadlines, written when the run is registered. A tick
 //! takes the entries that are due and looks at those runs only; one that was
 //! active since goes back in at its new deadline (so an append never touches the
-//! index), one that ended is dropped.
+//! index), one that ended is dropped. A run waiting on an input request is due
+//! at the request's timeout instead (an append that asks sooner than the run's
+//! deadline moves its entry forward): the tick answers what lapsed with the
+//! request's default, and the run's idle time starts again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,8 +49,9 @@ use std::time::Instant;
 use agentwire_protocol::{NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id};
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
+use crate::input::{self, InputAnswer};
 use crate::retention::{self, RetentionPolicy, Trim};
 use crate::store::{Batch, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadExtent, ThreadRecord};
 use crate::{
@@ -288,6 +292,8 @@ struct Core<S: Store> {
     /// Bumped by every reload of the working state.
     epoch: Arc<AtomicU64>,
     committer: Mutex<Option<JoinHandle<()>>>,
+    /// Woken when a committed event may close an input request.
+    inputs: Arc<Notify>,
 }
 
 /// A working state as the store holds it.
@@ -318,7 +324,7 @@ impl Working {
                 });
             };
             registry.insert(run.id.clone(), run.record.thread_id.clone());
-            let due = run.record.last_activity_ms.saturating_add(idle_ms);
+            let due = run.record.due_ms(idle_ms);
             deadlines.insert((due, run.id.clone()), run.record.thread_id.clone());
             let run_state = RunState { record: run.record, event_ids: Some(run.event_ids), due_ms: Some(due) };
             entry.state.lock().runs.insert(run.id, run_state);
@@ -335,6 +341,11 @@ pub struct StoredLog<S: Store> {
 /// The idle timeout in milliseconds.
 fn idle_millis(config: &LogConfig) -> i64 {
     i64::try_from(config.run_idle_timeout.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Whether an event may close an input request (for waiters).
+fn closes_inputs(kind: agentwire_protocol::EventKind) -> bool {
+    kind == agentwire_protocol::EventKind::InputReceived || kind.is_terminal()
 }
 
 fn storage(e: StoreError) -> LogError {
@@ -369,6 +380,7 @@ impl<S: Store> StoredLog<S> {
         let cap = if store.keeps_threads() { config.thread_cache } else { usize::MAX };
         let threads = Arc::new(Threads::new(working.threads, cap));
         let mut spawned = Ok(());
+        let inputs = Arc::new(Notify::new());
         let core = Arc::new_cyclic(|core: &Weak<Core<S>>| {
             let committer = Committer {
                 store: store.clone(),
@@ -379,6 +391,7 @@ impl<S: Store> StoredLog<S> {
                 evicted: Evicted { registry: registry.clone(), count: evictions.clone(), threads: threads.clone() },
                 core: core.clone(),
                 retry_every: config.retry_after_failure,
+                inputs: inputs.clone(),
             };
             let handle = std::thread::Builder::new()
                 .name("agentwire-committer".into())
@@ -397,6 +410,7 @@ impl<S: Store> StoredLog<S> {
                 failed,
                 epoch,
                 committer: Mutex::new(handle),
+                inputs,
             }
         });
         spawned?;
@@ -439,6 +453,7 @@ struct Committer<S: Store> {
     /// To reload the working state after a failed commit.
     core: Weak<Core<S>>,
     retry_every: std::time::Duration,
+    inputs: Arc<Notify>,
 }
 
 impl<S: Store> Committer<S> {
@@ -527,6 +542,9 @@ impl<S: Store> Committer<S> {
                     if !p.batch.events.is_empty() {
                         for thread_events in p.batch.events.chunk_by(|a, b| a.thread_id() == b.thread_id()) {
                             self.sink.deliver(thread_events);
+                        }
+                        if p.batch.events.iter().any(|e| closes_inputs(e.kind())) {
+                            self.inputs.notify_waiters();
                         }
                     }
                     if let Some((entry, run)) = &p.ended {
@@ -763,9 +781,10 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// Puts a running run in the deadline index, as active at `active_ms`; answers its deadline.
-    fn watch_idle(&self, run: &RunId, thread: &ThreadId, active_ms: i64) -> i64 {
-        let due = active_ms.saturating_add(idle_millis(&self.config));
+    /// Puts a running run in the deadline index at what `record` makes its
+    /// deadline ([`RunRecord::due_ms`]); answers it.
+    fn watch(&self, run: &RunId, thread: &ThreadId, record: &RunRecord) -> i64 {
+        let due = record.due_ms(idle_millis(&self.config));
         self.deadlines.lock().insert((due, run.clone()), thread.clone());
         due
     }
@@ -960,7 +979,7 @@ impl<S: Store> Core<S> {
                     None
                 }),
             };
-            let plan = plan_append(&run_state.record.lifecycle, known, events)?;
+            let plan = plan_append(&run_state.record.lifecycle, known, events, head)?;
             if let Some(e) = lookup_error {
                 return Err(storage(e));
             }
@@ -1018,9 +1037,8 @@ impl<S: Store> Core<S> {
             state.runs.insert(run.clone(), run_state);
             if fresh && !ended_now {
                 self.runs_in_flight.fetch_add(1, Ordering::Relaxed);
-                let due = self.watch_idle(run, &state.id, now.millis());
                 if let Some(r) = state.runs.get_mut(run) {
-                    r.due_ms = Some(due);
+                    r.due_ms = Some(self.watch(run, &state.id, &r.record));
                 }
             }
         } else if was_running && ended_now {
@@ -1029,6 +1047,13 @@ impl<S: Store> Core<S> {
             if let Some(due) = state.runs.get_mut(run).and_then(|r| r.due_ms.take()) {
                 self.deadlines.lock().remove(&(due, run.clone()));
             }
+        } else if let Some(r) = state.runs.get_mut(run)
+            && let Some(due) = r.due_ms
+            && r.record.due_ms(idle_millis(&self.config)) < due
+        {
+            // An input request that lapses before the run's deadline: due sooner.
+            self.deadlines.lock().remove(&(due, run.clone()));
+            r.due_ms = Some(self.watch(run, &state.id, &r.record));
         }
         Ok((appended, ticket))
     }
@@ -1043,6 +1068,7 @@ impl<S: Store> StoredLog<S> {
             agent_name: record.agent_name.clone(),
             status: record.lifecycle.status(),
             cancel_requested: record.cancel_requested,
+            inputs: record.lifecycle.inputs().clone(),
         }
     }
 
@@ -1173,7 +1199,7 @@ impl<S: Store> Log for StoredLog<S> {
             registry.insert(run.clone(), state.id.clone());
             core.runs_in_flight.fetch_add(1, Ordering::Relaxed);
             let mut run_state = run_state;
-            run_state.due_ms = Some(core.watch_idle(&run, &state.id, run_state.record.last_activity_ms));
+            run_state.due_ms = Some(core.watch(&run, &state.id, &run_state.record));
             let info = Self::info(&state, &run, &run_state.record);
             state.runs.insert(run.clone(), run_state);
             drop((registry, state));
@@ -1209,6 +1235,55 @@ impl<S: Store> Log for StoredLog<S> {
     async fn append_queued(&self, run_id: &str, events: Vec<NewEvent>) -> Result<crate::Queued, LogError> {
         let (appended, ticket) = self.decide(run_id, events, false).await?;
         Ok(Box::pin(async move { durable(ticket).await.map(|()| appended) }))
+    }
+
+    async fn answer_input(&self, thread_id: &ThreadId, answer: InputAnswer) -> Result<Appended, LogError> {
+        let core = &self.core;
+        core.check_writable()?;
+        let not_found = || LogError::InputNotFound(answer.request_id.clone());
+        let entry = core.thread(thread_id).await?.ok_or_else(|| LogError::ThreadNotFound(thread_id.clone()))?;
+        // A named run that has ended is read here, before the lock (it may be on disk only).
+        let named = match &answer.run_id {
+            Some(run_id) => match core.resolve(run_id, false, &[]).await {
+                Ok(Resolved { run, entry: found, lookup }) if Arc::ptr_eq(&found, &entry) => Some((run, lookup)),
+                Ok(_) | Err(LogError::RunNotFound(_)) => return Err(not_found()),
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let ticket = {
+            let mut state = entry.state.lock();
+            state.check_current()?;
+            let holder = match &named {
+                Some((run, _)) => state.runs.get(run).map(|r| (run.clone(), r.record.lifecycle.inputs().clone())),
+                None => state
+                    .runs
+                    .iter()
+                    .find(|(_, r)| {
+                        !r.record.lifecycle.ended() && input::knows(r.record.lifecycle.inputs(), &answer.request_id)
+                    })
+                    .map(|(run, r)| (run.clone(), r.record.lifecycle.inputs().clone())),
+            };
+            let (run, inputs) = match (holder, named) {
+                (Some(found), _) => found,
+                (None, Some((run, lookup))) => {
+                    let ended = core.outside_run(&state, &run, lookup)?.ok_or_else(not_found)?;
+                    (run, ended.record.lifecycle.inputs().clone())
+                }
+                (None, None) => return Err(not_found()),
+            };
+            let mut events = vec![input::answer_event(&inputs, &answer)?];
+            core.config.prepare(&mut events);
+            let (appended, ticket) = core.append_locked(&entry, &mut state, &run, events, false, Lookup::live())?;
+            (appended, ticket)
+        };
+        let (appended, ticket) = ticket;
+        durable(ticket).await?;
+        Ok(appended)
+    }
+
+    fn input_changes(&self) -> Option<Arc<Notify>> {
+        Some(self.core.inputs.clone())
     }
 
     async fn cancel(&self, run_id: &str) -> Result<Appended, LogError> {
@@ -1248,6 +1323,8 @@ impl<S: Store> Log for StoredLog<S> {
                 let ((_, run), thread) = first.remove_entry();
                 due.push((run, thread));
             }
+            // One tick's order is the runs', not their deadlines': the same whatever the clock said.
+            due.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             due
         };
         let mut ended = Vec::new();
@@ -1256,14 +1333,17 @@ impl<S: Store> Log for StoredLog<S> {
         for (run, thread) in due {
             let Some(entry) = core.cached(&thread) else { continue }; // a running run's thread is held
             let mut state = entry.state.lock();
-            let Some(last_activity) =
-                state.runs.get(&run).filter(|r| !r.record.lifecycle.ended()).map(|r| r.record.last_activity_ms)
+            let Some(record) = state.runs.get(&run).filter(|r| !r.record.lifecycle.ended()).map(|r| r.record.clone())
             else {
                 continue; // ended (or evicted) since: nothing to watch
             };
-            if last_activity.saturating_add(idle_ms) > now.millis() {
-                // Active since: back in at its new deadline.
-                let due = core.watch_idle(&run, &thread, last_activity);
+            let inputs = record.lifecycle.inputs();
+            let lapsed = input::lapsed(inputs, now.millis());
+            // Waiting on a request is not being idle.
+            let idle = inputs.open.is_empty() && record.last_activity_ms.saturating_add(idle_ms) <= now.millis();
+            if lapsed.is_empty() && !idle {
+                // Active since, or still waiting: back in at its new deadline.
+                let due = core.watch(&run, &thread, &record);
                 if let Some(r) = state.runs.get_mut(&run) {
                     r.due_ms = Some(due);
                 }
@@ -1272,15 +1352,20 @@ impl<S: Store> Log for StoredLog<S> {
             if let Some(r) = state.runs.get_mut(&run) {
                 r.due_ms = None; // taken out of the index above
             }
-            let error = NewEvent::agent_error("timeout", message.clone());
-            match core.append_locked(&entry, &mut state, &run, vec![error], false, Lookup::live()) {
+            let events = if idle { vec![NewEvent::agent_error("timeout", message.clone())] } else { lapsed };
+            match core.append_locked(&entry, &mut state, &run, events, false, Lookup::live()) {
                 Ok((_, ticket)) => {
                     tickets.push(ticket);
-                    ended.push(run);
+                    if idle {
+                        ended.push(run);
+                    } else if let Some(r) = state.runs.get_mut(&run) {
+                        // Answered by default: the run goes on, watched from now.
+                        r.due_ms = Some(core.watch(&run, &thread, &r.record));
+                    }
                 }
                 Err(e) => {
-                    // Not ended: keep watching it (and the rest), and say why once what was queued is done.
-                    let due = core.watch_idle(&run, &thread, last_activity);
+                    // Not done: keep watching it (and the rest), and say why once what was queued is done.
+                    let due = core.watch(&run, &thread, &record);
                     if let Some(r) = state.runs.get_mut(&run) {
                         r.due_ms = Some(due);
                     }

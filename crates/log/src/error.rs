@@ -1,6 +1,6 @@
 //! What a log answers when it cannot do what was asked.
 
-use agentwire_protocol::{ErrorCode, LifecycleError, ThreadId};
+use agentwire_protocol::{AnswerError, ErrorCode, LifecycleError, ThreadId};
 
 /// A log operation's failure; [`LogError::code`] is what the client sees.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -27,13 +27,21 @@ pub enum LogError {
     /// This log does not do that (on every retry): nothing changed.
     #[error("{0}")]
     Unsupported(String),
+    #[error("input request {0:?} is unknown")]
+    InputNotFound(String),
+    #[error("input request {0:?} is closed: it was answered, lapsed, or its run ended")]
+    InputClosed(String),
+    #[error(transparent)]
+    BadAnswer(#[from] AnswerError),
 }
 
 impl LogError {
     /// The client-facing error code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::ThreadNotFound(_) | Self::RunNotFound(_) => ErrorCode::NotFound,
+            Self::ThreadNotFound(_) | Self::RunNotFound(_) | Self::InputNotFound(_) => ErrorCode::NotFound,
+            Self::InputClosed(_) => ErrorCode::Conflict,
+            Self::BadAnswer(_) => ErrorCode::BadRequest,
             Self::Forbidden => ErrorCode::Forbidden,
             Self::ThreadExists(_) | Self::RunExists(_) => ErrorCode::Conflict,
             Self::Lifecycle(_) => ErrorCode::LifecycleViolation,

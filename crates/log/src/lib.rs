@@ -15,6 +15,7 @@ mod append;
 mod core;
 pub mod embedded;
 mod error;
+pub mod input;
 mod memory;
 mod packed;
 pub mod retention;
@@ -24,7 +25,10 @@ pub mod watchdog;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use agentwire_protocol::{Envelope, EnvelopeType, EventKind, NewEvent, RunId, RunStatus, ThreadId, Timestamp, UserId};
+use agentwire_protocol::{
+    Envelope, EnvelopeType, EventKind, InputTimeouts, NewEvent, RunId, RunInputs, RunStatus, ThreadId, Timestamp,
+    UserId,
+};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -34,6 +38,7 @@ pub use append::{AppendPlan, PlannedEvent, plan_append};
 pub use core::StoredLog;
 pub use embedded::{EmbeddedLog, EmbeddedStore};
 pub use error::LogError;
+pub use input::{InputAnswer, InputOutcome, InputStatus};
 pub use memory::{MemoryLog, MemoryStore};
 pub use retention::RetentionPolicy;
 pub use store::{Store, StoreError};
@@ -288,6 +293,8 @@ pub struct RunInfo {
     pub agent_name: Option<String>,
     pub status: RunStatus,
     pub cancel_requested: bool,
+    /// Its input requests: open, and the newest closed.
+    pub inputs: RunInputs,
 }
 
 /// A run to register.
@@ -399,13 +406,21 @@ pub struct LogConfig {
     /// applies the per-thread limit as it appends; the sweep
     /// ([`Log::enforce_retention`]) applies the age and global limits.
     pub retention: RetentionPolicy,
+    /// How long an input request waits for its answer, unless it says, and at most.
+    pub input_timeouts: InputTimeouts,
 }
 
 impl LogConfig {
-    /// Prepares a batch for storing: the redaction pass, when it is on.
+    /// Prepares a batch for storing: the redaction pass, when it is on, and
+    /// each input request's timeout settled ([`agentwire_protocol::input::stamp_expiry`]).
     pub fn prepare(&self, events: &mut [NewEvent]) {
         if self.redact {
             events.iter_mut().for_each(agentwire_protocol::redact::redact_event);
+        }
+        let mut now = None;
+        for event in events.iter_mut().filter(|e| e.kind == EventKind::InputRequested) {
+            let now = *now.get_or_insert_with(Timestamp::now);
+            agentwire_protocol::input::stamp_expiry(&mut event.data, now, self.input_timeouts);
         }
     }
 }
@@ -421,6 +436,7 @@ impl Default for LogConfig {
             retry_after_failure: Duration::from_secs(1),
             thread_cache: 10_000,
             retention: RetentionPolicy::default(),
+            input_timeouts: InputTimeouts::default(),
         }
     }
 }
@@ -471,6 +487,29 @@ pub trait Log: Send + Sync + 'static {
         Ok(Box::pin(std::future::ready(Ok(appended))))
     }
 
+    /// Answers an open input request of `thread_id` (PROTOCOL §2.1): appends
+    /// `input_received` with the checked answer, to the run that asked (the
+    /// thread's live run holding the request, or `answer.run_id`'s). The caller
+    /// checks that `answer.user` owns the thread. Refusals leave no trace:
+    /// [`LogError::InputNotFound`], [`LogError::InputClosed`],
+    /// [`LogError::BadAnswer`].
+    async fn answer_input(&self, thread_id: &ThreadId, answer: InputAnswer) -> Result<Appended, LogError> {
+        let _ = (thread_id, answer);
+        Err(LogError::Unsupported("this log cannot answer input requests".into()))
+    }
+
+    /// Where input request `request_id` of `run_id` stands, waiting up to
+    /// `wait` while it is open.
+    async fn wait_input(&self, run_id: &str, request_id: &str, wait: Duration) -> Result<InputStatus, LogError> {
+        input::wait_for_status(self, run_id, request_id, wait).await
+    }
+
+    /// Woken (`notify_waiters`) whenever an input request may have closed on
+    /// this node's watch; `None`: waiters look again every so often instead.
+    fn input_changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Marks the run cancelled and appends `agent_error {code:"cancelled"}`.
     async fn cancel(&self, run_id: &str) -> Result<Appended, LogError>;
 
@@ -480,7 +519,10 @@ pub trait Log: Send + Sync + 'static {
     async fn read(&self, thread_id: &ThreadId, after_seq: u64, limit: usize) -> Result<Page, LogError>;
 
     /// Ends every running run idle since before `now - run_idle_timeout` with
-    /// `agent_error {code:"timeout"}`; answers the runs it ended.
+    /// `agent_error {code:"timeout"}`; answers the runs it ended. A run waiting
+    /// on an input request is not idle: once the request lapses, its default
+    /// answer is appended (`input_received`, `source: "timeout"`) and the run's
+    /// idle time starts again.
     async fn expire_idle_runs(&self, now: Timestamp) -> Result<Vec<RunId>, LogError>;
 
     /// `Ok` when the log can take appends (its backbone is reachable).

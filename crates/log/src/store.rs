@@ -60,6 +60,15 @@ pub struct RunRecord {
     pub last_seq: Option<u64>,
 }
 
+impl RunRecord {
+    /// When the watchdog next looks at this running run: while it waits on an
+    /// input request, that request's timeout (it is not idle then); otherwise
+    /// the end of its idle time.
+    pub fn due_ms(&self, idle_ms: i64) -> i64 {
+        self.lifecycle.inputs().next_expiry().unwrap_or_else(|| self.last_activity_ms.saturating_add(idle_ms))
+    }
+}
+
 /// One decision of the log, to be made durable.
 #[derive(Debug, Default)]
 pub struct Batch {

@@ -123,6 +123,11 @@ impl AguiStream {
                 out.push(json!({ "type": "RUN_ERROR", "message": str_of("message"), "code": str_of("code") }));
                 self.ended = true;
             }
+            // Until the interrupt outcome maps them (issue 18), requests and answers
+            // reach AG-UI clients as custom events, under their agentwire names.
+            EventKind::InputRequested | EventKind::InputReceived => {
+                out.push(json!({ "type": "CUSTOM", "name": e.event.as_str(), "value": d }));
+            }
             EventKind::AgentStarted | EventKind::UserMessage => {}
         }
         out

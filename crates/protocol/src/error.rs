@@ -130,4 +130,12 @@ pub enum LifecycleError {
     ToolCallAlreadyOpen(String),
     #[error("agent_completed while tool calls are open: {0}")]
     ToolCallsOpen(String),
+    #[error("request_id {0:?} was already asked in this run")]
+    InputAlreadyRequested(String),
+    #[error("a run may wait on at most {0} input requests at once")]
+    TooManyOpenInputs(usize),
+    #[error("request_id {0:?} is not an input request of this run")]
+    UnknownInput(String),
+    #[error("input request {0:?} is closed: it was answered, lapsed, or its run ended")]
+    InputClosed(String),
 }

@@ -16,7 +16,8 @@ pub const EVENT_ID_MAX: usize = 128;
 /// legacy frame, run view and dashboard row; free text is bounded by the body limit.
 pub const NAME_MAX: usize = 256;
 /// The data fields that hold names or ids, bounded by [`NAME_MAX`].
-pub(crate) const NAME_FIELDS: [&str; 5] = ["agent_name", "tool_name", "tool_call_id", "message_id", "code"];
+pub(crate) const NAME_FIELDS: [&str; 6] =
+    ["agent_name", "tool_name", "tool_call_id", "message_id", "code", "request_id"];
 
 /// What happened in a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -30,6 +31,8 @@ pub enum EventKind {
     AgentCompleted,
     AgentError,
     UserMessage,
+    InputRequested,
+    InputReceived,
 }
 
 /// The codes an `agent_error` may carry.
@@ -37,7 +40,7 @@ pub const AGENT_ERROR_CODES: [&str; 4] = ["failed", "cancelled", "timeout", "wor
 
 impl EventKind {
     /// Every kind, in the order of PROTOCOL §2.
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 10] = [
         Self::AgentStarted,
         Self::AgentThinking,
         Self::ToolExecuting,
@@ -46,6 +49,8 @@ impl EventKind {
         Self::AgentCompleted,
         Self::AgentError,
         Self::UserMessage,
+        Self::InputRequested,
+        Self::InputReceived,
     ];
 
     /// The wire name, e.g. `tool_executing`.
@@ -59,12 +64,19 @@ impl EventKind {
             Self::AgentCompleted => "agent_completed",
             Self::AgentError => "agent_error",
             Self::UserMessage => "user_message",
+            Self::InputRequested => "input_requested",
+            Self::InputReceived => "input_received",
         }
     }
 
     /// Looks a wire name up.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Events only the server appends (a user's words, a user's answers).
+    pub fn is_server_only(self) -> bool {
+        matches!(self, Self::UserMessage | Self::InputReceived)
     }
 
     /// `agent_completed` and `agent_error` end a run.
@@ -83,6 +95,8 @@ impl EventKind {
             Self::AgentCompleted => &[],
             Self::AgentError => &["code", "message"],
             Self::UserMessage => &["text"],
+            Self::InputRequested => &["request_id", "kind", "prompt"],
+            Self::InputReceived => &["request_id", "kind"],
         }
     }
 
@@ -102,6 +116,9 @@ impl EventKind {
             && !data.get("code").and_then(Value::as_str).is_some_and(|c| AGENT_ERROR_CODES.contains(&c))
         {
             return Err(EventError::ErrorCode { event: self.as_str() });
+        }
+        if self == Self::InputRequested {
+            crate::input::check_request(data)?;
         }
         Ok(())
     }
@@ -197,7 +214,7 @@ pub struct PublishLimits {
 impl RawEvent {
     fn into_new_event(self) -> Result<NewEvent, EventError> {
         let kind = EventKind::from_name(&self.event).ok_or_else(|| EventError::UnknownEvent(self.event.clone()))?;
-        if kind == EventKind::UserMessage {
+        if kind.is_server_only() {
             return Err(EventError::ServerOnly(kind.as_str()));
         }
         let data = match self.data {
@@ -322,6 +339,8 @@ mod tests {
         let bad = [
             json!({"event":"agent_exploded","data":{}}),
             json!({"event":"user_message","data":{"text":"hi"}}),
+            json!({"event":"input_received","data":{"request_id":"r","kind":"text","answer":{"text":"x"}}}),
+            json!({"event":"input_requested","data":{"request_id":"r","kind":"text"}}),
             json!({"events":[]}),
             json!({"event":"agent_started","data":{}}),
             json!({"event":"agent_started","data":{"agent_name":7}}),

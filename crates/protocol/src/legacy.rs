@@ -81,6 +81,32 @@ pub fn encode(envelope: &Envelope, cx: LegacyContext<'_>) -> Value {
             }),
         ),
         EventKind::UserMessage => ("received", text("text"), json!({ "text": get(d, "text") })),
+        EventKind::InputRequested => (
+            "waiting",
+            text("prompt"),
+            json!({
+                "request_id": get(d, "request_id"),
+                "input_type": get(d, "kind"),
+                "prompt": get(d, "prompt"),
+                "tool_name": get(d, "tool_name"),
+                "parameters": get(d, "arguments"),
+                "options": get(d, "options"),
+                "timeout_ms": get(d, "timeout_ms"),
+                "expires_at": get(d, "expires_at"),
+            }),
+        ),
+        EventKind::InputReceived => {
+            let timed_out = get(d, "source") == "timeout";
+            let status = if timed_out { "timed_out" } else { "answered" };
+            let message = if timed_out { "no answer in time" } else { "answered" };
+            let p = json!({
+                "request_id": get(d, "request_id"),
+                "input_type": get(d, "kind"),
+                "answer": get(d, "answer"),
+                "user_id": get(d, "user_id"),
+            });
+            (status, message.to_owned(), p)
+        }
     };
     payload["status"] = Value::from(status);
     payload["message"] = Value::from(message);
@@ -145,5 +171,21 @@ mod tests {
             cx,
         );
         assert_eq!(exec["payload"]["parameters"], json!({"q":1}));
+        let asked = json!({"request_id":"r1","kind":"approval","prompt":"Send it?","tool_name":"send_email",
+            "arguments":{"to":"bob"},"timeout_ms":60000,"expires_at":"1970-01-01T00:01:00.000Z"});
+        let asked = encode(&envelope(EventKind::InputRequested, asked), cx);
+        assert_eq!(asked["type"], "input_requested");
+        assert_eq!(
+            asked["payload"],
+            json!({"request_id":"r1","input_type":"approval","prompt":"Send it?","tool_name":"send_email",
+                "parameters":{"to":"bob"},"options":null,"timeout_ms":60000,"expires_at":"1970-01-01T00:01:00.000Z",
+                "status":"waiting","message":"Send it?"})
+        );
+        let lapsed = json!({"request_id":"r1","kind":"approval","answer":{"approved":false},"source":"timeout"});
+        let lapsed = encode(&envelope(EventKind::InputReceived, lapsed), cx);
+        assert_eq!(
+            (&lapsed["payload"]["status"], &lapsed["payload"]["answer"]),
+            (&json!("timed_out"), &json!({"approved":false}))
+        );
     }
 }

@@ -3,14 +3,19 @@
 //! Every log implementation keeps one [`RunLifecycle`] per run and checks a
 //! whole publish with [`RunLifecycle::check_batch`] before appending anything:
 //! the batch is all or nothing.
+//!
+//! The lifecycle also keeps the run's input requests ([`RunInputs`]): the open
+//! ones, with what answers them, and the newest closed ones. Being part of the
+//! run's state, they are stored, replayed and checkpointed with it by every log.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::LifecycleError;
 use crate::event::{EventKind, NewEvent};
+use crate::input::{CLOSED_INPUTS_KEPT, ClosedInput, MAX_OPEN_INPUTS, OpenInput};
 
 /// Where a run is: `running` until a terminal event, then `completed` or `error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -33,16 +38,63 @@ impl RunStatus {
     }
 }
 
+/// A run's input requests: those open, and the newest closed ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunInputs {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub open: BTreeMap<String, OpenInput>,
+    /// Oldest first, at most [`CLOSED_INPUTS_KEPT`].
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub closed: VecDeque<ClosedInput>,
+}
+
+impl RunInputs {
+    /// No request was ever made (or remembered).
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty() && self.closed.is_empty()
+    }
+
+    /// The closed request `request_id`, if it is remembered.
+    pub fn closed(&self, request_id: &str) -> Option<&ClosedInput> {
+        self.closed.iter().find(|c| c.request_id == request_id)
+    }
+
+    /// When the first open request lapses (milliseconds since the epoch).
+    pub fn next_expiry(&self) -> Option<i64> {
+        self.open.values().map(|o| o.expires_ms).min()
+    }
+
+    fn close(&mut self, request_id: String, answer_seq: Option<u64>) {
+        if self.closed.len() >= CLOSED_INPUTS_KEPT {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(ClosedInput { request_id, answer_seq });
+    }
+
+    /// Every open request closes with the run.
+    fn close_all(&mut self) {
+        for request_id in std::mem::take(&mut self.open).into_keys() {
+            self.close(request_id, None);
+        }
+    }
+}
+
 /// What the rules need to know about a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunLifecycle {
     started: bool,
     status: RunStatus,
     open_tool_calls: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "RunInputs::is_empty")]
+    inputs: RunInputs,
 }
 
 fn tool_call_id(data: &Map<String, Value>) -> String {
     data.get("tool_call_id").and_then(Value::as_str).unwrap_or_default().to_owned()
+}
+
+fn request_id(data: &Map<String, Value>) -> String {
+    data.get("request_id").and_then(Value::as_str).unwrap_or_default().to_owned()
 }
 
 impl RunLifecycle {
@@ -66,9 +118,14 @@ impl RunLifecycle {
         self.open_tool_calls.iter().map(String::as_str)
     }
 
-    /// Applies one event, or says why it may not be appended. `user_message`
-    /// stands outside the rules.
-    pub fn apply(&mut self, kind: EventKind, data: &Map<String, Value>) -> Result<(), LifecycleError> {
+    /// The run's input requests.
+    pub fn inputs(&self) -> &RunInputs {
+        &self.inputs
+    }
+
+    /// Applies one event, to be stored at `seq`, or says why it may not be
+    /// appended. `user_message` stands outside the rules.
+    pub fn apply(&mut self, kind: EventKind, data: &Map<String, Value>, seq: u64) -> Result<(), LifecycleError> {
         if kind == EventKind::UserMessage {
             return Ok(());
         }
@@ -79,7 +136,10 @@ impl RunLifecycle {
             EventKind::AgentStarted if self.started => return Err(LifecycleError::AlreadyStarted),
             EventKind::AgentStarted => self.started = true,
             // A run may fail before it starts (a worker that never came up, the idle watchdog).
-            EventKind::AgentError => self.status = RunStatus::Error,
+            EventKind::AgentError => {
+                self.status = RunStatus::Error;
+                self.inputs.close_all();
+            }
             _ if !self.started => return Err(LifecycleError::NotStarted),
             EventKind::ToolExecuting => {
                 let id = tool_call_id(data);
@@ -100,6 +160,27 @@ impl RunLifecycle {
                     return Err(LifecycleError::ToolCallsOpen(open.join(", ")));
                 }
                 self.status = RunStatus::Completed;
+                self.inputs.close_all();
+            }
+            EventKind::InputRequested => {
+                let id = request_id(data);
+                if self.inputs.open.contains_key(&id) || self.inputs.closed(&id).is_some() {
+                    return Err(LifecycleError::InputAlreadyRequested(id));
+                }
+                if self.inputs.open.len() >= MAX_OPEN_INPUTS {
+                    return Err(LifecycleError::TooManyOpenInputs(MAX_OPEN_INPUTS));
+                }
+                self.inputs.open.insert(id, OpenInput::from_request(data));
+            }
+            EventKind::InputReceived => {
+                let id = request_id(data);
+                if self.inputs.open.remove(&id).is_none() {
+                    return Err(match self.inputs.closed(&id) {
+                        Some(_) => LifecycleError::InputClosed(id),
+                        None => LifecycleError::UnknownInput(id),
+                    });
+                }
+                self.inputs.close(id, Some(seq));
             }
             EventKind::AgentThinking | EventKind::AgentMessage | EventKind::UserMessage => {}
         }
@@ -109,14 +190,27 @@ impl RunLifecycle {
     /// Follows an event that a log already accepted, when rebuilding a run's
     /// state from stored history. Never refuses: history that retention cut
     /// short may begin mid-run, and stored events were checked when appended.
-    pub fn replay(&mut self, kind: EventKind, data: &Map<String, Value>) {
+    pub fn replay(&mut self, kind: EventKind, data: &Map<String, Value>, seq: u64) {
         match kind {
             EventKind::UserMessage => {}
             EventKind::AgentStarted => self.started = true,
-            EventKind::AgentError => self.status = RunStatus::Error,
+            EventKind::AgentError => {
+                self.status = RunStatus::Error;
+                self.inputs.close_all();
+            }
             EventKind::AgentCompleted => {
                 self.open_tool_calls.clear();
                 self.status = RunStatus::Completed;
+                self.inputs.close_all();
+            }
+            EventKind::InputRequested => {
+                self.started = true;
+                self.inputs.open.insert(request_id(data), OpenInput::from_request(data));
+            }
+            EventKind::InputReceived => {
+                let id = request_id(data);
+                self.inputs.open.remove(&id);
+                self.inputs.close(id, Some(seq));
             }
             EventKind::ToolExecuting => {
                 self.started = true;
@@ -130,12 +224,16 @@ impl RunLifecycle {
         }
     }
 
-    /// Checks a whole batch and answers the state after it; `self` is untouched,
-    /// so a violation anywhere appends nothing.
-    pub fn check_batch<'a>(&self, events: impl IntoIterator<Item = &'a NewEvent>) -> Result<Self, LifecycleError> {
+    /// Checks a whole batch, to be stored after `head_seq`, and answers the
+    /// state after it; `self` is untouched, so a violation anywhere appends nothing.
+    pub fn check_batch<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a NewEvent>,
+        head_seq: u64,
+    ) -> Result<Self, LifecycleError> {
         let mut next = self.clone();
-        for e in events {
-            next.apply(e.kind, &e.data)?;
+        for (seq, e) in (head_seq + 1..).zip(events) {
+            next.apply(e.kind, &e.data, seq)?;
         }
         Ok(next)
     }
@@ -152,20 +250,20 @@ mod tests {
 
     fn started() -> RunLifecycle {
         let mut run = RunLifecycle::default();
-        run.apply(EventKind::AgentStarted, &Map::new()).unwrap();
+        run.apply(EventKind::AgentStarted, &Map::new(), 1).unwrap();
         run
     }
 
     #[test]
     fn replay_follows_history_that_starts_mid_run() {
         let mut run = RunLifecycle::default();
-        run.replay(EventKind::ToolCompleted, json!({"tool_call_id":"x"}).as_object().unwrap());
-        run.replay(EventKind::ToolExecuting, json!({"tool_call_id":"y"}).as_object().unwrap());
+        run.replay(EventKind::ToolCompleted, json!({"tool_call_id":"x"}).as_object().unwrap(), 4);
+        run.replay(EventKind::ToolExecuting, json!({"tool_call_id":"y"}).as_object().unwrap(), 5);
         assert!(run.started() && !run.ended());
         assert_eq!(run.open_tool_calls().collect::<Vec<_>>(), vec!["y"]);
-        run.replay(EventKind::AgentCompleted, &Map::new());
+        run.replay(EventKind::AgentCompleted, &Map::new(), 6);
         assert_eq!(run.status(), RunStatus::Completed);
-        assert!(run.apply(EventKind::AgentThinking, &Map::new()).is_err());
+        assert!(run.apply(EventKind::AgentThinking, &Map::new(), 7).is_err());
     }
 
     #[test]
@@ -179,43 +277,95 @@ mod tests {
             ev(EventKind::AgentMessage, json!({"message_id":"m","delta":"x"})),
             ev(EventKind::AgentCompleted, json!({})),
         ];
-        let end = RunLifecycle::default().check_batch(&batch).unwrap();
+        let end = RunLifecycle::default().check_batch(&batch, 0).unwrap();
         assert_eq!(end.status(), RunStatus::Completed);
     }
 
     #[test]
     fn violations() {
         let fresh = RunLifecycle::default();
-        assert_eq!(fresh.check_batch(&[ev(EventKind::AgentThinking, json!({}))]), Err(LifecycleError::NotStarted));
+        assert_eq!(fresh.check_batch(&[ev(EventKind::AgentThinking, json!({}))], 1), Err(LifecycleError::NotStarted));
         assert_eq!(
-            started().check_batch(&[ev(EventKind::AgentStarted, json!({}))]),
+            started().check_batch(&[ev(EventKind::AgentStarted, json!({}))], 1),
             Err(LifecycleError::AlreadyStarted)
         );
         assert_eq!(
-            started().check_batch(&[ev(EventKind::ToolCompleted, json!({"tool_call_id":"nope"}))]),
+            started().check_batch(&[ev(EventKind::ToolCompleted, json!({"tool_call_id":"nope"}))], 1),
             Err(LifecycleError::UnknownToolCall("nope".into()))
         );
-        let open = started().check_batch(&[ev(EventKind::ToolExecuting, json!({"tool_call_id":"c"}))]).unwrap();
+        let open = started().check_batch(&[ev(EventKind::ToolExecuting, json!({"tool_call_id":"c"}))], 1).unwrap();
         assert!(matches!(
-            open.check_batch(&[ev(EventKind::AgentCompleted, json!({}))]),
+            open.check_batch(&[ev(EventKind::AgentCompleted, json!({}))], 1),
             Err(LifecycleError::ToolCallsOpen(_))
         ));
         assert!(matches!(
-            open.check_batch(&[ev(EventKind::ToolExecuting, json!({"tool_call_id":"c"}))]),
+            open.check_batch(&[ev(EventKind::ToolExecuting, json!({"tool_call_id":"c"}))], 1),
             Err(LifecycleError::ToolCallAlreadyOpen(_))
         ));
         // agent_error is always allowed, even with open tool calls or before agent_started ...
-        assert_eq!(open.check_batch(&[ev(EventKind::AgentError, json!({}))]).unwrap().status(), RunStatus::Error);
-        let failed = fresh.check_batch(&[ev(EventKind::AgentError, json!({}))]).unwrap();
+        assert_eq!(open.check_batch(&[ev(EventKind::AgentError, json!({}))], 1).unwrap().status(), RunStatus::Error);
+        let failed = fresh.check_batch(&[ev(EventKind::AgentError, json!({}))], 1).unwrap();
         // ... but nothing follows a terminal event.
-        assert_eq!(failed.check_batch(&[ev(EventKind::AgentError, json!({}))]), Err(LifecycleError::Ended));
+        assert_eq!(failed.check_batch(&[ev(EventKind::AgentError, json!({}))], 1), Err(LifecycleError::Ended));
+    }
+
+    fn ask(id: &str) -> NewEvent {
+        ev(EventKind::InputRequested, json!({"request_id": id, "kind": "text", "prompt": "?"}))
+    }
+
+    fn answer(id: &str) -> NewEvent {
+        ev(EventKind::InputReceived, json!({"request_id": id, "kind": "text", "answer": {"text": "x"}}))
+    }
+
+    #[test]
+    fn a_request_is_answered_once_and_the_run_s_end_closes_the_rest() {
+        let waiting = started().check_batch(&[ask("a"), ask("b")], 1).unwrap();
+        assert_eq!(waiting.inputs().open.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(waiting.check_batch(&[ask("a")], 3), Err(LifecycleError::InputAlreadyRequested("a".into())));
+        assert_eq!(waiting.check_batch(&[answer("z")], 3), Err(LifecycleError::UnknownInput("z".into())));
+        let answered = waiting.check_batch(&[answer("a")], 3).unwrap();
+        assert_eq!(answered.inputs().closed("a").and_then(|c| c.answer_seq), Some(4));
+        assert_eq!(answered.check_batch(&[answer("a")], 4), Err(LifecycleError::InputClosed("a".into())));
+        // An id is asked once per run, even after its answer.
+        assert_eq!(answered.check_batch(&[ask("a")], 4), Err(LifecycleError::InputAlreadyRequested("a".into())));
+        // Unlike open tool calls, open requests do not hold up agent_completed: the end closes them.
+        let done = answered.check_batch(&[ev(EventKind::AgentCompleted, json!({}))], 4).unwrap();
+        assert!(done.inputs().open.is_empty());
+        assert_eq!(done.inputs().closed("b").map(|c| c.answer_seq), Some(None));
+        // Replay follows the same history to the same state.
+        let mut replayed = RunLifecycle::default();
+        for (seq, e) in (1..).zip([ev(EventKind::AgentStarted, json!({})), ask("a"), ask("b"), answer("a")]) {
+            replayed.replay(e.kind, &e.data, seq);
+        }
+        replayed.replay(EventKind::AgentCompleted, &Map::new(), 5);
+        assert_eq!(replayed, done);
+    }
+
+    #[test]
+    fn open_requests_and_remembered_ones_are_bounded() {
+        let mut run = started();
+        let mut seq = 1;
+        for i in 0..crate::input::MAX_OPEN_INPUTS {
+            run = run.check_batch(&[ask(&i.to_string())], seq).unwrap();
+            seq += 1;
+        }
+        assert_eq!(run.check_batch(&[ask("one more")], seq), Err(LifecycleError::TooManyOpenInputs(16)));
+        run = run.check_batch(&[answer("0")], seq).unwrap();
+        seq += 1;
+        for i in 0..200 {
+            let id = format!("later{i}");
+            run = run.check_batch(&[ask(&id), answer(&id)], seq).unwrap();
+            seq += 2;
+        }
+        assert_eq!(run.inputs().closed.len(), CLOSED_INPUTS_KEPT);
+        assert_eq!(run.inputs().closed.back().map(|c| c.request_id.as_str()), Some("later199"));
     }
 
     #[test]
     fn a_failing_batch_leaves_the_state_untouched() {
         let run = started();
         let batch = [ev(EventKind::ToolExecuting, json!({"tool_call_id":"c"})), ev(EventKind::AgentStarted, json!({}))];
-        assert!(run.check_batch(&batch).is_err());
+        assert!(run.check_batch(&batch, 0).is_err());
         assert_eq!(run, started());
     }
 }

@@ -110,6 +110,18 @@ impl UiMessageStream {
                 out.push(json!({ "type": "error", "errorText": text }));
                 self.ended = true;
             }
+            // A data part per request, its `id` the request's: the answer replaces the question.
+            EventKind::InputRequested => {
+                let mut data = d.clone();
+                data.insert("status".into(), Value::from("open"));
+                out.push(json!({ "type": "data-input", "id": str_of("request_id"), "data": data }));
+            }
+            EventKind::InputReceived => {
+                let mut data = d.clone();
+                let status = if str_of("source") == "timeout" { "timed_out" } else { "answered" };
+                data.insert("status".into(), Value::from(status));
+                out.push(json!({ "type": "data-input", "id": str_of("request_id"), "data": data }));
+            }
             EventKind::AgentStarted | EventKind::UserMessage => {}
         }
         out

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod agui;
 pub mod assets;
+pub mod inputs;
 pub mod openapi;
 pub mod ops;
 pub mod publish_ws;
@@ -33,10 +34,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/threads/{thread_id}/messages", post(threads::post_message))
         .route("/v1/threads/{thread_id}/events", get(threads::events))
         .route("/v1/threads/{thread_id}/stream", get(sse::stream))
+        .route("/v1/threads/{thread_id}/inputs/{request_id}", post(inputs::answer))
         .route("/v1/runs", post(runs::create))
         .route("/v1/runs/{run_id}", get(runs::get))
         .route("/v1/runs/{run_id}/events", post(runs::publish))
         .route("/v1/runs/{run_id}/cancel", post(runs::cancel))
+        .route("/v1/runs/{run_id}/inputs/{request_id}", get(inputs::wait))
         .route("/v1/publish", get(publish_ws::upgrade))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/agui", post(agui::run))

@@ -7,7 +7,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::schema;
-use crate::routes::{admin, agui, ops, publish_ws, runs, sse, threads, ui_chat, ws};
+use crate::routes::{admin, agui, inputs, ops, publish_ws, runs, sse, threads, ui_chat, ws};
 
 /// Every route and body of the HTTP API.
 #[derive(OpenApi)]
@@ -15,7 +15,7 @@ use crate::routes::{admin, agui, ops, publish_ws, runs, sse, threads, ui_chat, w
     info(title = "agentwire", description = "The real-time bridge between AI agents and the people watching them (PROTOCOL.md)."),
     paths(
         threads::create, threads::delete, threads::post_message, threads::events, sse::stream,
-        runs::create, runs::publish, runs::get, runs::cancel, publish_ws::upgrade,
+        runs::create, runs::publish, runs::get, runs::cancel, publish_ws::upgrade, inputs::answer, inputs::wait,
         agui::run, ui_chat::chat, ui_chat::resume, ws::upgrade,
         ops::healthz, ops::readyz, ops::metrics, ops::dev_token,
         admin::stats, admin::stream,
@@ -24,7 +24,8 @@ use crate::routes::{admin, agui, ops, publish_ws, runs, sse, threads, ui_chat, w
         schema::CreateThread, schema::ThreadCreated, schema::ThreadDeleted, schema::CreateRun, schema::RunCreated,
         schema::PublishedEvent, schema::PublishBody, schema::Seqs, schema::RunView, schema::Cancelled,
         schema::PostMessage, schema::MessageAccepted, schema::EnvelopeSchema, schema::HistoryPage,
-        schema::ErrorBody, schema::ErrorDetail, schema::DevToken, schema::Status,
+        schema::ErrorBody, schema::ErrorDetail, schema::DevToken, schema::Status, schema::OpenInputView,
+        schema::InputAnswerBody, schema::InputAnswered, schema::InputView,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::{Body, Caller};
-use crate::routes::schema::{Cancelled, CreateRun, ErrorBody, PublishBody, RunCreated, RunView, Seqs};
+use crate::routes::schema::{Cancelled, CreateRun, ErrorBody, OpenInputView, PublishBody, RunCreated, RunView, Seqs};
 use crate::state::AppState;
 
 /// `POST /v1/runs`: registers a run, creating its thread for `user_id` if new.
@@ -107,6 +107,16 @@ fn run_view(run: RunInfo) -> RunView {
         status: run.status.as_str().to_owned(),
         cancel_requested: run.cancel_requested,
         agent_name: run.agent_name,
+        open_inputs: run
+            .inputs
+            .open
+            .iter()
+            .map(|(id, open)| OpenInputView {
+                request_id: id.clone(),
+                kind: open.kind.as_str().to_owned(),
+                expires_at: agentwire_protocol::Timestamp(open.expires_ms).to_string(),
+            })
+            .collect(),
     }
 }
 

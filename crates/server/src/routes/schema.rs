@@ -55,7 +55,7 @@ pub struct RunCreated {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct PublishedEvent {
     /// `agent_started`, `agent_thinking`, `tool_executing`, `tool_completed`,
-    /// `agent_message`, `agent_completed` or `agent_error`.
+    /// `agent_message`, `agent_completed`, `agent_error` or `input_requested`.
     pub event: String,
     /// The event's fields; required ones depend on `event`.
     #[serde(default)]
@@ -88,6 +88,58 @@ pub struct RunView {
     pub status: String,
     pub cancel_requested: bool,
     pub agent_name: Option<String>,
+    /// The input requests the run waits on (PROTOCOL §2.1).
+    pub open_inputs: Vec<OpenInputView>,
+}
+
+/// An input request still open.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenInputView {
+    pub request_id: String,
+    /// `approval`, `text` or `choice`.
+    pub kind: String,
+    /// When the request's default answers it (RFC 3339).
+    pub expires_at: String,
+}
+
+/// `POST /v1/threads/{thread_id}/inputs/{request_id}`: the answer's fields,
+/// by the request's kind: `approved` (approval), `text` (text) or `choice`
+/// (one of the options); `message` may go with any.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InputAnswerBody {
+    #[serde(default)]
+    pub approved: Option<bool>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub choice: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    /// The run that asked; without it, the thread's running runs are searched.
+    #[serde(default)]
+    pub run_id: Option<String>,
+}
+
+/// An answer appended as `input_received` at `seq`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InputAnswered {
+    pub thread_id: String,
+    pub request_id: String,
+    pub seq: u64,
+}
+
+/// Where an input request stands.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct InputView {
+    pub request_id: String,
+    /// `open`, `answered`, `timed_out` (its default answered it) or `closed` (its run ended first).
+    pub status: String,
+    /// The answer, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Value>,
+    /// Who answered (`answered` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// A cancelled run and the seq of its `agent_error`.

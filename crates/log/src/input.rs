@@ -1,0 +1,199 @@
+//! Input requests as every log handles them (PROTOCOL §2.1): deciding a
+//! user's answer, the timeouts the watchdog answers, and waiting for an answer.
+//!
+//! The open requests live in each run's lifecycle, so a log that stores and
+//! replays runs keeps them across restarts and nodes without more records. What
+//! is left to a log is finding the run that holds a request (a thread's live
+//! runs), appending the `input_received` this module builds, and waking whoever
+//! waits ([`Log::input_changes`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentwire_protocol::{EventKind, NewEvent, OpenInput, RunInputs, ThreadId, UserId};
+use serde_json::{Map, Value};
+use tokio::sync::Notify;
+
+use crate::{Log, LogError, RunInfo};
+
+/// A user's answer to one of a thread's input requests.
+#[derive(Debug, Clone)]
+pub struct InputAnswer {
+    pub request_id: String,
+    /// The run that asked, when the caller knows it: a request of a run that
+    /// has ended is then found too (`409`), not only those of live runs.
+    pub run_id: Option<String>,
+    /// The answer as sent, checked against the request.
+    pub answer: Value,
+    pub user: UserId,
+}
+
+/// Where an input request stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputStatus {
+    Open(OpenInput),
+    /// Answered by its `input_received` at this `seq`.
+    Answered {
+        answer_seq: u64,
+    },
+    /// Closed without an answer: its run ended first.
+    Closed,
+}
+
+impl InputStatus {
+    /// Where `request_id` stands among `inputs`; `None` when they do not know it.
+    pub fn of(inputs: &RunInputs, request_id: &str) -> Option<Self> {
+        if let Some(open) = inputs.open.get(request_id) {
+            return Some(Self::Open(open.clone()));
+        }
+        inputs.closed(request_id).map(|closed| match closed.answer_seq {
+            Some(answer_seq) => Self::Answered { answer_seq },
+            None => Self::Closed,
+        })
+    }
+}
+
+/// What an agent waiting on a request learns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputOutcome {
+    /// Still open when the wait ended.
+    Waiting,
+    /// The `input_received`'s data: the user's answer, or the default on the timeout.
+    Received(Map<String, Value>),
+    /// Closed without an answer (its run ended), or its answer is no longer kept.
+    Closed,
+}
+
+/// The `input_received` that answers `answer.request_id` in `inputs`, or why not:
+/// [`LogError::InputClosed`] for a request answered or closed,
+/// [`LogError::InputNotFound`] for one `inputs` do not know, and
+/// [`LogError::BadAnswer`] for an answer of the wrong kind.
+pub fn answer_event(inputs: &RunInputs, answer: &InputAnswer) -> Result<NewEvent, LogError> {
+    let id = &answer.request_id;
+    match inputs.open.get(id) {
+        Some(open) => open.answered(id, &answer.answer, &answer.user).map_err(LogError::BadAnswer),
+        None if inputs.closed(id).is_some() => Err(LogError::InputClosed(id.clone())),
+        None => Err(LogError::InputNotFound(id.clone())),
+    }
+}
+
+/// The `input_received` events that answer the requests of `inputs` lapsed at `now_ms`.
+pub fn lapsed(inputs: &RunInputs, now_ms: i64) -> Vec<NewEvent> {
+    inputs.open.iter().filter(|(_, open)| open.expired(now_ms)).map(|(id, open)| open.timed_out(id)).collect()
+}
+
+/// Whether a run's `inputs` know `request_id` at all.
+pub fn knows(inputs: &RunInputs, request_id: &str) -> bool {
+    inputs.open.contains_key(request_id) || inputs.closed(request_id).is_some()
+}
+
+/// How often a waiter looks again without a wake-up (a log without
+/// [`Log::input_changes`], or a change this node did not see).
+const POLL_WITHOUT_NOTICE: Duration = Duration::from_millis(100);
+const POLL_WITH_NOTICE: Duration = Duration::from_secs(1);
+
+/// Where `request_id` of `run_id` stands, waiting up to `wait` while it is
+/// open; the default of [`Log::wait_input`].
+pub async fn wait_for_status<L: Log + ?Sized>(
+    log: &L,
+    run_id: &str,
+    request_id: &str,
+    wait: Duration,
+) -> Result<InputStatus, LogError> {
+    let until = Instant::now() + wait;
+    let notice = log.input_changes();
+    let poll = if notice.is_some() { POLL_WITH_NOTICE } else { POLL_WITHOUT_NOTICE };
+    let quiet = Arc::new(Notify::new());
+    let notify = notice.unwrap_or(quiet);
+    loop {
+        // Registered before the look, so a change between the two still wakes us.
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let info = log.run(run_id).await?.ok_or_else(|| LogError::RunNotFound(run_id.to_owned()))?;
+        let status =
+            InputStatus::of(&info.inputs, request_id).ok_or_else(|| LogError::InputNotFound(request_id.to_owned()))?;
+        let left = until.saturating_duration_since(Instant::now());
+        if !matches!(status, InputStatus::Open(_)) || left.is_zero() {
+            return Ok(status);
+        }
+        let _ = tokio::time::timeout(left.min(poll), woken).await;
+    }
+}
+
+/// Waits up to `wait` for the answer to `request_id` of the run `info`.
+pub async fn await_input<L: Log + ?Sized>(
+    log: &L,
+    info: &RunInfo,
+    request_id: &str,
+    wait: Duration,
+) -> Result<InputOutcome, LogError> {
+    match log.wait_input(info.run_id.as_str(), request_id, wait).await? {
+        InputStatus::Open(_) => Ok(InputOutcome::Waiting),
+        InputStatus::Closed => Ok(InputOutcome::Closed),
+        InputStatus::Answered { answer_seq } => Ok(received_at(log, &info.thread_id, answer_seq, request_id).await?),
+    }
+}
+
+/// The data of the `input_received` at `seq`, if retention still keeps it.
+async fn received_at<L: Log + ?Sized>(
+    log: &L,
+    thread: &ThreadId,
+    seq: u64,
+    request_id: &str,
+) -> Result<InputOutcome, LogError> {
+    let page = log.read(thread, seq.saturating_sub(1), 1).await?;
+    let event = page.events.into_iter().find(|e| e.seq() == seq && e.kind() == EventKind::InputReceived);
+    Ok(match event {
+        Some(e) if e.envelope().data.get("request_id").and_then(Value::as_str) == Some(request_id) => {
+            InputOutcome::Received(e.envelope().data.clone())
+        }
+        _ => InputOutcome::Closed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentwire_protocol::RunLifecycle;
+    use serde_json::json;
+
+    fn inputs() -> RunInputs {
+        let ask = |id: &str| {
+            let data = json!({"request_id": id, "kind": "choice", "prompt": "?", "options": ["a", "b"]});
+            NewEvent::new(EventKind::InputRequested, data.as_object().cloned().unwrap_or_default())
+        };
+        let started = NewEvent::new(EventKind::AgentStarted, Map::new());
+        let answer = OpenInput::from_request(&ask("x").data).timed_out("x");
+        let run = RunLifecycle::default().check_batch(&[started, ask("x"), ask("y"), answer], 0).unwrap();
+        run.inputs().clone()
+    }
+
+    fn answer(id: &str, value: Value) -> InputAnswer {
+        InputAnswer { request_id: id.into(), run_id: None, answer: value, user: UserId::parse("u").unwrap() }
+    }
+
+    #[test]
+    fn an_answer_is_decided_by_where_its_request_stands() {
+        let inputs = inputs();
+        let ok = answer_event(&inputs, &answer("y", json!({"choice": "b"}))).unwrap();
+        assert_eq!(ok.data["answer"], json!({"choice": "b"}));
+        assert!(matches!(answer_event(&inputs, &answer("y", json!({"choice": "c"}))), Err(LogError::BadAnswer(_))));
+        assert!(matches!(answer_event(&inputs, &answer("x", json!({"choice": "a"}))), Err(LogError::InputClosed(_))));
+        assert!(matches!(answer_event(&inputs, &answer("z", json!({}))), Err(LogError::InputNotFound(_))));
+        assert_eq!(InputStatus::of(&inputs, "x"), Some(InputStatus::Answered { answer_seq: 4 }));
+        assert!(matches!(InputStatus::of(&inputs, "y"), Some(InputStatus::Open(_))));
+        assert_eq!(InputStatus::of(&inputs, "z"), None);
+        assert!(knows(&inputs, "x") && knows(&inputs, "y") && !knows(&inputs, "z"));
+    }
+
+    #[test]
+    fn only_lapsed_requests_are_answered_by_the_watchdog() {
+        let inputs = inputs();
+        let expiry = inputs.next_expiry().unwrap();
+        assert!(lapsed(&inputs, expiry - 1).is_empty());
+        let answered = lapsed(&inputs, expiry);
+        assert_eq!(answered.len(), 1);
+        assert_eq!((&answered[0].data["request_id"], &answered[0].data["answer"]), (&json!("y"), &Value::Null));
+    }
+}
