@@ -84,7 +84,12 @@ impl RunContext {
         self.inner.stop.cancelled()
     }
 
-    fn next_id(&self, prefix: &str) -> String {
+    /// The log this run appends to.
+    pub(crate) fn log(&self) -> &dyn Log {
+        &*self.inner.log
+    }
+
+    pub(crate) fn next_id(&self, prefix: &str) -> String {
         format!("{prefix}_{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed))
     }
 

@@ -3,7 +3,8 @@
 //! It thinks out loud, calls a calculator when the message holds arithmetic and
 //! a clock every time, then streams its answer word by word. A message that
 //! starts with `/fail` makes it fail after thinking, and `/panic` makes it
-//! panic inside a tool, so the error paths can be watched too.
+//! panic inside a tool, so the error paths can be watched too. A message that
+//! says "ask me first" makes it ask for approval before it reads the clock.
 
 use std::time::Duration;
 
@@ -149,8 +150,16 @@ impl Agent for DemoAgent {
             }
         }
 
+        let clock_args = json!({ "timezone": "UTC" });
+        if text.to_lowercase().contains("ask me first") {
+            ctx.thinking_step("You asked me to ask first: may I read the clock?", 3).await?;
+            if !ctx.approve("clock", clock_args.clone()).await? {
+                facts.push("you did not let me read the clock".into());
+                return Ok(self.answer(ctx, facts).await?);
+            }
+        }
         ctx.thinking_step("Checking the clock so I can say when I answered.", 3).await?;
-        let clock = ctx.tool("clock", json!({ "timezone": "UTC" })).await?;
+        let clock = ctx.tool("clock", clock_args).await?;
         self.pause().await;
         if text.trim_start().starts_with("/panic") {
             panic!("you asked me to panic (/panic)");
@@ -158,7 +167,13 @@ impl Agent for DemoAgent {
         let now = chrono::Utc::now().format("%H:%M:%S UTC").to_string();
         clock.complete(json!({ "time": now })).await?;
         facts.push(format!("it is {now}"));
+        Ok(self.answer(ctx, facts).await?)
+    }
+}
 
+impl DemoAgent {
+    /// Streams what it found, word by word; answers the run's result.
+    async fn answer(&self, ctx: &RunContext, facts: Vec<String>) -> Result<Value, crate::EmitError> {
         let answer = format!("Here is what I found: {}.", facts.join("; "));
         let message = ctx.message();
         for (i, word) in answer.split_inclusive(' ').enumerate() {

@@ -4,7 +4,9 @@
 //! start runs: the engine gives each run a [`RunContext`] through which the
 //! agent reports thinking, tool calls and its streamed answer, and it takes
 //! care of the rest of the lifecycle (`agent_started` first, every tool call
-//! closed, exactly one terminal event, even on error or panic).
+//! closed, exactly one terminal event, even on error or panic). An agent can
+//! also ask its user and wait for the answer ([`RunContext::ask`],
+//! [`RunContext::approve`]).
 //!
 //! ```no_run
 //! use agentwire_agent::{Agent, AgentError, RunContext, RunInput};
@@ -28,10 +30,12 @@
 //! The engine appends through the same [`agentwire_log::Log`] as HTTP
 //! publishers do: one way in, one set of rules.
 
+mod ask;
 mod context;
 pub mod demo;
 mod engine;
 
+pub use ask::{Answer, Question};
 pub use context::{EmitError, MessageStream, RunContext, ToolGuard};
 pub use demo::DemoAgent;
 pub use engine::{Agent, AgentError, Engine, EngineLimits, RunInput, RunSlot, StartError, Watched};

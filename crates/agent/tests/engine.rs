@@ -238,3 +238,96 @@ async fn a_run_no_one_watches_is_cancelled_and_a_watched_one_goes_on() {
     let last = last_event_when_done(&engine, &log, &thread).await;
     assert_eq!(last["code"], "cancelled", "{last}");
 }
+
+/// Waits until `thread` holds an open input request; answers its id.
+async fn asked(log: &Arc<dyn Log>, run: &RunInfo) -> String {
+    for _ in 0..400 {
+        let info = log.run(run.run_id.as_str()).await.unwrap().unwrap();
+        if let Some(id) = info.inputs.open.keys().next() {
+            return id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the agent never asked");
+}
+
+async fn wait_idle(engine: &Engine) {
+    for _ in 0..400 {
+        if engine.running() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the run never ended");
+}
+
+#[tokio::test]
+async fn the_demo_agent_asks_before_the_clock_and_goes_on_as_told() {
+    for approved in [true, false] {
+        let (log, thread, run) = new_run("thread_ask").await;
+        let engine = Engine::new(log.clone(), Arc::new(DemoAgent { step_delay: Duration::ZERO }));
+        let slot = engine.reserve(&run.owner).unwrap();
+        let input = RunInput { user_message: Some("what time is it? ask me first".into()), extra: Value::Null };
+        assert!(engine.start(slot, run.clone(), input));
+        let request_id = asked(&log, &run).await;
+        let answer = agentwire_log::InputAnswer {
+            request_id,
+            run_id: None,
+            answer: json!({ "approved": approved }),
+            user: run.owner.clone(),
+        };
+        log.answer_input(&thread, answer).await.unwrap();
+        wait_idle(&engine).await;
+        let page = log.read(&thread, 0, 1000).await.unwrap();
+        let kinds: Vec<EventKind> = page.events.iter().map(|e| e.kind()).collect();
+        let request = page.events.iter().find(|e| e.kind() == EventKind::InputRequested).unwrap();
+        assert_eq!(request.envelope().data["tool_name"], "clock");
+        assert_eq!(kinds.contains(&EventKind::ToolExecuting), approved, "the clock runs only if approved: {kinds:?}");
+        assert_eq!(kinds.last(), Some(&EventKind::AgentCompleted));
+        let result = &page.events.last().unwrap().envelope().data["result"]["answer"];
+        assert_eq!(result.as_str().unwrap().contains("did not let me"), !approved, "{result}");
+    }
+}
+
+#[tokio::test]
+async fn an_unanswered_question_takes_its_default_and_a_cancel_stops_the_wait() {
+    let (log, thread, run) = new_run("thread_lapse").await;
+    let script: Script = |ctx| {
+        Box::pin(async move {
+            let question = agentwire_agent::Question::choice("Which?", ["tea", "coffee"])
+                .default_answer("tea")
+                .timeout(Duration::from_millis(50));
+            let answer = ctx.ask(question).await?;
+            Ok(json!({ "choice": answer.choice(), "timed_out": answer.timed_out }))
+        })
+    };
+    let engine = Engine::new(log.clone(), Arc::new(Scripted(script)));
+    let slot = engine.reserve(&run.owner).unwrap();
+    assert!(engine.start(slot, run.clone(), RunInput::default()));
+    asked(&log, &run).await;
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    // The watchdog's tick is what answers a lapsed request.
+    log.expire_idle_runs(agentwire_protocol::Timestamp::now()).await.unwrap();
+    wait_idle(&engine).await;
+    let page = log.read(&thread, 0, 1000).await.unwrap();
+    let last = page.events.last().unwrap().envelope();
+    assert_eq!(last.data["result"], json!({ "choice": "tea", "timed_out": true }));
+
+    let (log, _, run) = new_run("thread_gone").await;
+    let script: Script = |ctx| {
+        Box::pin(async move {
+            ctx.ask(agentwire_agent::Question::text("Anything?")).await?;
+            Ok(Value::Null)
+        })
+    };
+    let engine = Engine::new(log.clone(), Arc::new(Scripted(script)));
+    let slot = engine.reserve(&run.owner).unwrap();
+    assert!(engine.start(slot, run.clone(), RunInput::default()));
+    asked(&log, &run).await;
+    log.cancel(run.run_id.as_str()).await.unwrap();
+    engine.stop(run.run_id.as_str());
+    wait_idle(&engine).await;
+    let info = log.run(run.run_id.as_str()).await.unwrap().unwrap();
+    assert_eq!(info.status, RunStatus::Error);
+    assert!(info.inputs.open.is_empty(), "the cancel closed the request");
+}

@@ -561,7 +561,7 @@ pub async fn input_requests(d: &mut dyn Deployment) {
     assert_eq!(answered.seqs, vec![3]);
     let woken = waiter.await.unwrap().unwrap();
     assert_eq!(woken, InputStatus::Answered { answer_seq: 3 }, "the waiter on the other node hears it");
-    let outcome = input::await_input(b, &info, "send", Duration::ZERO).await.unwrap();
+    let outcome = input::await_input(b, &run, &t, "send", Duration::ZERO).await.unwrap();
     let InputOutcome::Received(data) = outcome else { panic!("no answer: {outcome:?}") };
     assert_eq!(data["answer"], json!({"approved": true, "message": "go"}));
     assert_eq!((&data["source"], &data["user_id"]), (&json!("user"), &json!("u")));

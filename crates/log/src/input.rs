@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentwire_protocol::{EventKind, NewEvent, OpenInput, RunInputs, ThreadId, UserId};
+use agentwire_protocol::{EventKind, NewEvent, OpenInput, RunId, RunInputs, ThreadId, UserId};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
-use crate::{Log, LogError, RunInfo};
+use crate::{Log, LogError};
 
 /// A user's answer to one of a thread's input requests.
 #[derive(Debug, Clone)]
@@ -121,17 +121,18 @@ pub async fn wait_for_status<L: Log + ?Sized>(
     }
 }
 
-/// Waits up to `wait` for the answer to `request_id` of the run `info`.
+/// Waits up to `wait` for the answer to `request_id` of `run` (in `thread`).
 pub async fn await_input<L: Log + ?Sized>(
     log: &L,
-    info: &RunInfo,
+    run: &RunId,
+    thread: &ThreadId,
     request_id: &str,
     wait: Duration,
 ) -> Result<InputOutcome, LogError> {
-    match log.wait_input(info.run_id.as_str(), request_id, wait).await? {
+    match log.wait_input(run.as_str(), request_id, wait).await? {
         InputStatus::Open(_) => Ok(InputOutcome::Waiting),
         InputStatus::Closed => Ok(InputOutcome::Closed),
-        InputStatus::Answered { answer_seq } => Ok(received_at(log, &info.thread_id, answer_seq, request_id).await?),
+        InputStatus::Answered { answer_seq } => Ok(received_at(log, thread, answer_seq, request_id).await?),
     }
 }
 

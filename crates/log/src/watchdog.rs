@@ -4,7 +4,9 @@
 //! forever and its watchers with a spinner. The watchdog asks the log, a few
 //! times per timeout, to end every run idle for longer than the timeout with
 //! `agent_error {code:"timeout"}`; the log does the check and the append in one
-//! atomic step, so a run that publishes at the last moment is not ended.
+//! atomic step, so a run that publishes at the last moment is not ended. The
+//! same ticks answer input requests whose timeout passed (with their default),
+//! so a lapse is at most one tick late.
 
 use std::sync::Arc;
 use std::time::Duration;

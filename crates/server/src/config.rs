@@ -68,6 +68,15 @@ pub struct ServerConfig {
     #[arg(long, env = "AGENTWIRE_RUN_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub run_idle_timeout: Duration,
 
+    /// How long an input request waits for its answer when it does not say
+    /// (`timeout_ms`); then its default answers it (PROTOCOL §2.1).
+    #[arg(long, env = "AGENTWIRE_INPUT_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub input_timeout: Duration,
+
+    /// The longest an input request may wait, whatever it says.
+    #[arg(long, env = "AGENTWIRE_INPUT_TIMEOUT_MAX", default_value = "24h", value_parser = parse_duration)]
+    pub input_timeout_max: Duration,
+
     /// How long after its run ends an `event_id` is still recognised as a repeat;
     /// then it is forgotten, on disk too (PROTOCOL §2).
     #[arg(long, env = "AGENTWIRE_DEDUP_WINDOW", default_value = "24h", value_parser = parse_duration)]
@@ -266,6 +275,10 @@ impl ServerConfig {
             dedup_window: self.dedup_window,
             thread_cache: self.thread_cache,
             retention: self.retention(),
+            input_timeouts: agentwire_protocol::InputTimeouts {
+                default_ms: u64::try_from(self.input_timeout.as_millis()).unwrap_or(u64::MAX),
+                max_ms: u64::try_from(self.input_timeout_max.as_millis()).unwrap_or(u64::MAX),
+            },
             ..agentwire_log::LogConfig::default()
         }
     }

@@ -81,11 +81,12 @@ pub async fn wait(
         return Err(ApiError::bad_request(format!("wait is 0 to {MAX_WAIT_SECS} seconds")));
     }
     let run = state.log.run(&run_id).await?.ok_or_else(|| ApiError::not_found(format!("run {run_id}")))?;
-    let waited = input::await_input(&*state.log, &run, &request_id, Duration::from_secs_f64(wait));
+    let (log, thread) = (&*state.log, &run.thread_id);
+    let waited = input::await_input(log, &run.run_id, thread, &request_id, Duration::from_secs_f64(wait));
     // A server shutting down answers where the request stands rather than hold the poll.
     let outcome = tokio::select! {
         outcome = waited => outcome?,
-        () = state.closing.cancelled() => input::await_input(&*state.log, &run, &request_id, Duration::ZERO).await?,
+        () = state.closing.cancelled() => input::await_input(log, &run.run_id, thread, &request_id, Duration::ZERO).await?,
     };
     Ok(Json(view(request_id, outcome)))
 }
