@@ -16,7 +16,7 @@
  * ```
  */
 /** The events of PROTOCOL §2. */
-export type EventName = "agent_started" | "agent_thinking" | "tool_executing" | "tool_completed" | "agent_message" | "agent_completed" | "agent_error" | "user_message";
+export type EventName = "agent_started" | "agent_thinking" | "tool_executing" | "tool_completed" | "agent_message" | "agent_completed" | "agent_error" | "user_message" | "input_requested" | "input_received";
 /** `data` of each event, as PROTOCOL §2 defines it. */
 export interface EventData {
     agent_started: {
@@ -52,6 +52,29 @@ export interface EventData {
     };
     user_message: {
         text: string;
+    };
+    input_requested: {
+        request_id: string;
+        kind: "approval" | "text" | "choice";
+        prompt: string;
+        tool_name?: string;
+        arguments?: unknown;
+        options?: string[];
+        default?: unknown;
+        timeout_ms?: number;
+        expires_at?: string;
+    };
+    input_received: {
+        request_id: string;
+        kind: "approval" | "text" | "choice";
+        answer: {
+            approved?: boolean;
+            text?: string;
+            choice?: string;
+            message?: string;
+        } | null;
+        source: "user" | "timeout";
+        user_id?: string;
     };
 }
 /** One event of a thread, exactly as the server sends it. */

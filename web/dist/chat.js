@@ -169,7 +169,7 @@ function runView(e) {
     const answer = el("div", "answer");
     root.append(head, steps, answer);
     timeline.append(root);
-    view = { root, status, steps, answer, tools: new Map() };
+    view = { root, status, steps, answer, tools: new Map(), inputs: new Map() };
     runs.set(e.run_id, view);
     return view;
 }
@@ -181,6 +181,96 @@ function mark(node, e) {
     node.dataset.seq = String(e.seq);
     node.dataset.event = e.event;
     return node;
+}
+/** Sends the answer; the `input_received` it becomes redraws every tab, this one included. */
+async function answerInput(box, runId, requestId, answer) {
+    if (!current)
+        return;
+    box.querySelectorAll("button, input").forEach((c) => (c.disabled = true));
+    try {
+        await api(`/v1/threads/${current}/inputs/${encodeURIComponent(requestId)}`, { ...answer, run_id: runId });
+    }
+    catch (e) {
+        // 409: answered in another tab, or lapsed; its event is on its way.
+        if (e.status !== 409) {
+            box.querySelectorAll("button, input").forEach((c) => (c.disabled = false));
+            box.append(el("span", "input-error", `could not answer: ${e.message}`));
+        }
+    }
+}
+function button(label, className, onClick) {
+    const b = el("button", className, label);
+    b.type = "button";
+    b.onclick = onClick;
+    return b;
+}
+/** An open request: the question, and what answers it (buttons, or a field). */
+function inputBox(e) {
+    const d = e.data;
+    const box = mark(el("div", "step input"), e);
+    box.dataset.request = d.request_id;
+    box.dataset.kind = d.kind;
+    box.dataset.state = "open";
+    box.append(el("span", "input-prompt", d.prompt));
+    if (d.kind === "approval") {
+        const tool = el("div", "input-tool");
+        tool.append(el("span", "tool-name", d.tool_name ?? "tool"), el("code", "tool-args", short(d.arguments)));
+        box.append(tool);
+    }
+    const controls = el("div", "input-controls");
+    const send = (answer) => void answerInput(box, e.run_id, d.request_id, answer);
+    if (d.kind === "approval") {
+        controls.append(button("Approve", "primary approve", () => send({ approved: true })), button("Deny", "deny", () => send({ approved: false })));
+    }
+    else if (d.kind === "choice") {
+        for (const option of d.options ?? [])
+            controls.append(button(option, "choice", () => send({ choice: option })));
+    }
+    else {
+        const field = document.createElement("input");
+        field.className = "input-text";
+        field.setAttribute("aria-label", d.prompt);
+        const reply = () => send({ text: field.value });
+        field.onkeydown = (ev) => {
+            if (ev.key === "Enter")
+                reply();
+        };
+        controls.append(field, button("Reply", "primary reply", reply));
+    }
+    box.append(controls);
+    if (d.expires_at) {
+        const by = new Date(d.expires_at).toLocaleTimeString();
+        box.append(el("span", "input-expires", `answer by ${by}`));
+    }
+    return box;
+}
+/** What was decided, in place of the controls. */
+function decided(box, state, text) {
+    box.dataset.state = state;
+    box.querySelector(".input-controls")?.remove();
+    box.querySelector(".input-expires")?.remove();
+    box.querySelector(".input-error")?.remove();
+    box.append(el("span", "input-decision", text));
+}
+function describe(d) {
+    const a = d.answer;
+    const said = !a
+        ? "no answer"
+        : a.approved !== undefined
+            ? a.approved
+                ? "approved"
+                : "denied"
+            : a.choice !== undefined
+                ? `chose “${a.choice}”`
+                : `replied “${a.text ?? ""}”`;
+    const note = a?.message ? ` · ${a.message}` : "";
+    return d.source === "timeout" ? `no answer in time: ${said}` : `${said}${d.user_id ? ` by ${d.user_id}` : ""}${note}`;
+}
+/** A run's end closes what it still asked. */
+function closeInputs(view) {
+    for (const box of view.inputs.values())
+        decided(box, "closed", "closed: the run ended");
+    view.inputs.clear();
 }
 function render(e) {
     $("empty").hidden = true;
@@ -234,12 +324,31 @@ function render(e) {
             part.append(piece);
             break;
         }
+        case "input_requested": {
+            const box = inputBox(e);
+            view.inputs.set(e.data.request_id, box);
+            view.steps.append(box);
+            setStatus(view, "running", "waiting for you");
+            break;
+        }
+        case "input_received": {
+            const box = view.inputs.get(e.data.request_id);
+            if (!box)
+                break;
+            view.inputs.delete(e.data.request_id);
+            decided(box, e.data.source === "timeout" ? "timed_out" : "answered", describe(e.data));
+            if (view.inputs.size === 0)
+                setStatus(view, "running", "running");
+            break;
+        }
         case "agent_completed":
             mark(view.root, e);
+            closeInputs(view);
             setStatus(view, "completed", e.data.duration_ms !== undefined ? `done in ${e.data.duration_ms} ms` : "done");
             break;
         case "agent_error":
             mark(view.root, e);
+            closeInputs(view);
             setStatus(view, "error", e.data.code);
             view.answer.append(el("p", "error-text", e.data.message));
             break;

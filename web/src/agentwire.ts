@@ -25,7 +25,9 @@ export type EventName =
   | "agent_message"
   | "agent_completed"
   | "agent_error"
-  | "user_message";
+  | "user_message"
+  | "input_requested"
+  | "input_received";
 
 /** `data` of each event, as PROTOCOL §2 defines it. */
 export interface EventData {
@@ -37,6 +39,24 @@ export interface EventData {
   agent_completed: { result?: unknown; duration_ms?: number };
   agent_error: { code: "failed" | "cancelled" | "timeout" | "worker_lost"; message: string };
   user_message: { text: string };
+  input_requested: {
+    request_id: string;
+    kind: "approval" | "text" | "choice";
+    prompt: string;
+    tool_name?: string;
+    arguments?: unknown;
+    options?: string[];
+    default?: unknown;
+    timeout_ms?: number;
+    expires_at?: string;
+  };
+  input_received: {
+    request_id: string;
+    kind: "approval" | "text" | "choice";
+    answer: { approved?: boolean; text?: string; choice?: string; message?: string } | null;
+    source: "user" | "timeout";
+    user_id?: string;
+  };
 }
 
 /** One event of a thread, exactly as the server sends it. */

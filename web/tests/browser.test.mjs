@@ -73,6 +73,83 @@ test("a message on the chat page shows the whole run as it happens, in every tab
   await page.close();
 });
 
+test("an approval asked in one tab is answered there, and the run goes on in the other", async () => {
+  const page = await browser.newPage({ viewport: { width: 1180, height: 820 } });
+  await page.goto(`${base()}/?user=approver`);
+  await page.click("#new-thread");
+  await page.waitForFunction(() => location.hash.startsWith("#thread_"));
+  await page.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
+  const hash = await page.evaluate(() => location.hash);
+  const other = await browser.newPage();
+  await other.goto(`${base()}/?user=approver${hash}`);
+  await other.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
+
+  await ask(page, "what time is it? ask me first");
+  const open = '.step.input[data-kind="approval"][data-state="open"]';
+  for (const tab of [page, other]) {
+    await tab.waitForSelector(`${open} button.approve`, { timeout: WAIT });
+    const box = tab.locator(open);
+    assert.equal(await box.locator(".tool-name").textContent(), "clock", "the tool it wants to run");
+    assert.match(await box.locator(".tool-args").textContent(), /UTC/, "and its arguments");
+    assert.equal(await tab.locator(".step.tool").count(), 0, "nothing runs before the answer");
+  }
+  await page.screenshot({ path: join(SHOTS, "approval.png") });
+  await page.click(`${open} button.approve`);
+  // The other tab sees the decision and the run going on to its end.
+  await other.waitForSelector('.step.input[data-state="answered"]', { timeout: WAIT });
+  assert.match(await other.locator(".input-decision").textContent(), /approved by approver/);
+  assert.equal(await other.locator(".step.input button").count(), 0, "no buttons left once it is answered");
+  await other.waitForSelector("article.run .status.completed", { timeout: WAIT });
+  assert.match(await other.locator(".step.tool", { hasText: "clock" }).locator(".tool-result").textContent(), /UTC/);
+  assert.match(await other.locator(".answer").textContent(), /it is/);
+
+  // Denied: the run ends without its clock, and says so.
+  await ask(page, "again, ask me first");
+  await page.waitForSelector(`${open} button.deny`, { timeout: WAIT });
+  await other.waitForSelector(`${open} button.deny`, { timeout: WAIT });
+  await other.click(`${open} button.deny`);
+  await page.waitForFunction(() => document.querySelectorAll("article.run .status.completed").length === 2, null, { timeout: WAIT });
+  assert.match(await runs(page).nth(1).locator(".input-decision").textContent(), /denied/);
+  assert.match(await runs(page).nth(1).locator(".answer").textContent(), /did not let me read the clock/);
+  assert.equal(await runs(page).nth(1).locator(".step.tool").count(), 0);
+  await other.close();
+  await page.close();
+});
+
+test("a question is answered in a field, a choice with a button, and a lapsed request shows its default", async () => {
+  const page = await browser.newPage({ viewport: { width: 1180, height: 820 } });
+  await page.goto(`${base()}/?user=chooser`);
+  await page.click("#new-thread");
+  await page.waitForFunction(() => location.hash.startsWith("#thread_"));
+  await page.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
+  const thread = (await page.evaluate(() => location.hash)).slice(1);
+  // An external agent asks three things at once.
+  const { body: run } = await server.publish("/v1/runs", { thread_id: thread, user_id: "chooser", agent_name: "asker" });
+  const ask = (request_id, data) => ({ event: "input_requested", data: { request_id, prompt: `${request_id}?`, ...data } });
+  const published = await server.publish(`/v1/runs/${run.run_id}/events`, { events: [
+    { event: "agent_started", data: { agent_name: "asker" } },
+    ask("drink", { kind: "choice", options: ["tea", "coffee"] }),
+    ask("city", { kind: "text" }),
+    ask("hurry", { kind: "choice", options: ["now", "later"], default: "later", timeout_ms: 300 }),
+  ] });
+  assert.equal(published.status, 200, JSON.stringify(published.body));
+  await page.waitForSelector('.step.input[data-request="drink"] button.choice', { timeout: WAIT });
+  await page.click('.step.input[data-request="drink"] button.choice:has-text("coffee")');
+  await page.fill('.step.input[data-request="city"] input.input-text', "Lyon");
+  await page.click('.step.input[data-request="city"] button.reply');
+  await page.waitForSelector('.step.input[data-request="drink"][data-state="answered"]', { timeout: WAIT });
+  await page.waitForSelector('.step.input[data-request="city"][data-state="answered"]', { timeout: WAIT });
+  assert.match(await page.locator('[data-request="drink"] .input-decision').textContent(), /chose “coffee”/);
+  assert.match(await page.locator('[data-request="city"] .input-decision').textContent(), /replied “Lyon”/);
+  // Nobody answers the third: the watchdog takes its default within a second or so.
+  await page.waitForSelector('.step.input[data-request="hurry"][data-state="timed_out"]', { timeout: WAIT });
+  assert.match(await page.locator('[data-request="hurry"] .input-decision').textContent(), /no answer in time: chose “later”/);
+  const events = await server.history(thread, "chooser");
+  const received = events.filter((e) => e.event === "input_received").map((e) => [e.data.request_id, e.data.source]);
+  assert.deepEqual(received.sort(), [["city", "user"], ["drink", "user"], ["hurry", "timeout"]]);
+  await page.close();
+});
+
 test("deleting a thread removes it on the server and from every tab watching it", async () => {
   const page = await browser.newPage({ viewport: { width: 1180, height: 820 } });
   await page.goto(`${base()}/?user=deleter`);

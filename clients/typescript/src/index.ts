@@ -18,6 +18,11 @@
  *   return { hits };                       // agent_completed; a throw ends it with agent_error
  * });
  * ```
+ *
+ * A run can ask its user and wait (PROTOCOL §2.1): `await run.approve("send_email", { to })`
+ * is whether they approved (a request nobody answers in time is a denial), and
+ * `await run.ask("Which city?")` or `run.ask("Tea or coffee?", { options: ["tea", "coffee"] })`
+ * answers an {@link Answer}.
  */
 
 import { randomUUID } from "node:crypto";
@@ -26,6 +31,40 @@ import { PublishStream, backoff, publishUrl, sleep } from "./stream.js";
 import { AgentwireError, type PublishBody } from "./types.js";
 
 export { AgentwireError, type Json, type PublishBody } from "./types.js";
+
+/** The answer to `run.ask`: the user's, or the request's default once it lapsed. */
+export interface Answer {
+  /**
+   * `{approved}`, `{text}` or `{choice}` (with `message` when the user added
+   * one); `null` when the request lapsed without a default.
+   */
+  value: { approved?: boolean; text?: string; choice?: string; message?: string } | null;
+  /** The timeout answered, not the user. */
+  timedOut: boolean;
+  /** Who answered. */
+  userId?: string;
+}
+
+/** What `run.ask` may say besides its prompt. */
+export interface AskOptions {
+  /** Ask for one of these instead of a line of text. */
+  options?: string[];
+  /** The answer taken when nobody answers in time (a text, or one of the options). */
+  default?: string;
+  /** How long to wait for the user, in ms (the server bounds it; its default when unset). */
+  timeoutMs?: number;
+}
+
+/** The run ended (cancelled, timed out) while it waited for an answer. */
+export class RunEnded extends AgentwireError {
+  constructor(requestId: string) {
+    super(409, "closed", `input request ${requestId} closed: its run ended`);
+    this.name = "RunEnded";
+  }
+}
+
+/** Seconds one long poll waits for an answer before it asks again. */
+const POLL_SECONDS = 30;
 
 /** Most events the publisher puts in one publish (the server's default cap is 1,000). */
 export const MAX_EVENTS_PER_PUBLISH = 500;
@@ -138,6 +177,16 @@ export class Publisher {
   /** `GET /v1/runs/{id}`: status and whether a cancel was asked for. */
   async getRun(runId: string): Promise<{ run_id: string; thread_id: string; status: string; cancel_requested: boolean }> {
     return (await this.request("GET", `/v1/runs/${encodeURIComponent(runId)}`)) as never;
+  }
+
+  /** `GET /v1/runs/{id}/inputs/{request_id}`: where a request stands, waiting up to `waitSeconds` while it is open. */
+  async waitInput(
+    runId: string,
+    requestId: string,
+    waitSeconds: number = POLL_SECONDS,
+  ): Promise<{ request_id: string; status: "open" | "answered" | "timed_out" | "closed"; answer?: Answer["value"]; user_id?: string }> {
+    const path = `/v1/runs/${encodeURIComponent(runId)}/inputs/${encodeURIComponent(requestId)}?wait=${waitSeconds}`;
+    return (await this.request("GET", path)) as never;
   }
 
   /** Asks the server to cancel a run (it appends `agent_error {code:"cancelled"}`). */
@@ -327,6 +376,46 @@ export class Run {
     }
     await this.toolDone(call, { result });
     return result;
+  }
+
+  /**
+   * Asks the user for a line of text, or one of `options.options`, and waits
+   * for the answer (the default once the request lapses). Throws
+   * {@link RunEnded} if the run ends first.
+   */
+  async ask(prompt: string, options: AskOptions = {}): Promise<Answer> {
+    const kind = options.options === undefined ? "text" : "choice";
+    return this.waitFor(prompt, kind, {
+      ...(options.options === undefined ? {} : { options: options.options }),
+      ...(options.default === undefined ? {} : { default: options.default }),
+      ...(options.timeoutMs === undefined ? {} : { timeout_ms: Math.max(1, Math.round(options.timeoutMs)) }),
+    });
+  }
+
+  /** Asks the user whether to run `toolName` with `args`; a request nobody answers in time is a denial. */
+  async approve(toolName: string, args: unknown = null, options: { prompt?: string; timeoutMs?: number } = {}): Promise<boolean> {
+    const answer = await this.waitFor(options.prompt ?? `May I run ${toolName}?`, "approval", {
+      tool_name: toolName,
+      arguments: args,
+      ...(options.timeoutMs === undefined ? {} : { timeout_ms: Math.max(1, Math.round(options.timeoutMs)) }),
+    });
+    return answer.value?.approved === true;
+  }
+
+  private async waitFor(prompt: string, kind: string, fields: Record<string, unknown>): Promise<Answer> {
+    const requestId = `input_${newId().slice(0, 12)}`;
+    await this.emit(event("input_requested", { request_id: requestId, kind, prompt, ...fields }));
+    for (;;) {
+      const view = await this.publisher.waitInput(this.runId, requestId);
+      if (view.status === "closed") {
+        // Ended from outside: it has its terminal event already.
+        this.ended = true;
+        throw new RunEnded(requestId);
+      }
+      if (view.status !== "open") {
+        return { value: view.answer ?? null, timedOut: view.status === "timed_out", userId: view.user_id };
+      }
+    }
   }
 
   /** `agent_completed`; the run is over. */

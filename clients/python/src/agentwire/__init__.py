@@ -4,16 +4,30 @@ See `agentwire.client` for `Publisher` and `AsyncPublisher`, and `agentwire.seed
 for the drop-in replacement of the seed system's ``notify_*`` bridge.
 """
 
-from .client import AgentwireError, AsyncPublisher, AsyncRun, AsyncToolCall, Event, Publisher, Run, ToolCall, thinking
+from .client import (
+    AgentwireError,
+    Answer,
+    AsyncPublisher,
+    AsyncRun,
+    AsyncToolCall,
+    Event,
+    Publisher,
+    Run,
+    RunEnded,
+    ToolCall,
+    thinking,
+)
 
 __all__ = [
     "AgentwireError",
+    "Answer",
     "AsyncPublisher",
     "AsyncRun",
     "AsyncToolCall",
     "Event",
     "Publisher",
     "Run",
+    "RunEnded",
     "ToolCall",
     "thinking",
 ]

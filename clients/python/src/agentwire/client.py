@@ -16,6 +16,11 @@ A run is best used as a context manager, which always ends it::
             call.result = search("rust")          # raising here ends the call with its error
         run.message("Here is what I found")
         run.result = {"answer": 42}               # agent_completed; raising ends with agent_error
+
+A run can ask its user and wait (PROTOCOL §2.1): ``run.approve("send_email",
+{"to": "bob"})`` answers whether they approved (a request nobody answers in
+time is a denial), ``run.ask("Which city?")`` or ``run.ask("Tea or coffee?",
+options=["tea", "coffee"])`` answers an `Answer`.
 """
 
 from __future__ import annotations
@@ -156,6 +161,82 @@ def _terminal(started: float, result: Json, exc: Optional[BaseException]) -> Eve
     return Event("agent_error", {"code": "cancelled" if cancelled else "failed", "message": f"{type(exc).__name__}: {exc}"})
 
 
+@dataclass
+class Answer:
+    """The answer to ``run.ask``: the user's, or the request's default once it lapsed."""
+
+    value: Optional[Dict[str, Json]]
+    """``{"approved": …}``, ``{"text": …}`` or ``{"choice": …}`` (with ``message``
+    when the user added one); ``None`` when it lapsed without a default."""
+    timed_out: bool = False
+    user_id: Optional[str] = None
+
+    def _get(self, key: str) -> Json:
+        return (self.value or {}).get(key)
+
+    @property
+    def approved(self) -> bool:
+        return self._get("approved") is True
+
+    @property
+    def text(self) -> Optional[str]:
+        return self._get("text")
+
+    @property
+    def choice(self) -> Optional[str]:
+        return self._get("choice")
+
+    @property
+    def message(self) -> Optional[str]:
+        return self._get("message")
+
+
+class RunEnded(AgentwireError):
+    """The run ended (cancelled, timed out) while it waited for an answer."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(409, "closed", f"input request {request_id} closed: its run ended")
+
+
+# How long one long poll waits for an answer before it asks again, in seconds.
+_POLL = 30.0
+
+
+def _question(
+    prompt: str,
+    kind: str,
+    *,
+    options: Optional[List[str]] = None,
+    default: Json = None,
+    timeout: Optional[float] = None,
+    tool_name: Optional[str] = None,
+    arguments: Json = None,
+) -> Tuple[str, Event]:
+    """An ``input_requested`` event and its request id."""
+    request_id = f"input_{uuid.uuid4().hex[:12]}"
+    data: Dict[str, Json] = {"request_id": request_id, "kind": kind, "prompt": prompt}
+    if tool_name is not None:
+        data["tool_name"] = tool_name
+        data["arguments"] = arguments
+    if options is not None:
+        data["options"] = list(options)
+    if default is not None:
+        data["default"] = default
+    if timeout is not None:
+        data["timeout_ms"] = max(1, int(timeout * 1000))
+    return request_id, Event("input_requested", data)
+
+
+def _answer(view: Mapping[str, Json], request_id: str) -> Optional[Answer]:
+    """The answer a long poll brought; ``None`` while the request is open."""
+    status = view.get("status")
+    if status == "open":
+        return None
+    if status == "closed":
+        raise RunEnded(request_id)
+    return Answer(view.get("answer"), timed_out=status == "timed_out", user_id=view.get("user_id"))
+
+
 def _error(resp: httpx.Response) -> AgentwireError:
     try:
         err = resp.json().get("error", {})
@@ -205,10 +286,15 @@ class Publisher:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, body: Optional[Mapping[str, Json]] = None) -> Json:
+    def _request(
+        self, method: str, path: str, body: Optional[Mapping[str, Json]] = None, timeout: Optional[float] = None
+    ) -> Json:
+        patience: Any = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
         for attempt in range(self._s.retries + 1):
             try:
-                resp = self._http.request(method, self._s.base_url + path, json=body, headers=self._s.headers)
+                resp = self._http.request(
+                    method, self._s.base_url + path, json=body, headers=self._s.headers, timeout=patience
+                )
             except httpx.TransportError:
                 if attempt == self._s.retries:
                     raise
@@ -245,6 +331,11 @@ class Publisher:
 
     def get_run(self, run_id: str) -> Dict[str, Json]:
         return self._request("GET", f"/v1/runs/{run_id}")
+
+    def wait_input(self, run_id: str, request_id: str, wait: float = _POLL) -> Dict[str, Json]:
+        """Where an input request stands, waiting up to ``wait`` seconds while it is open."""
+        path = f"/v1/runs/{run_id}/inputs/{request_id}?wait={wait}"
+        return self._request("GET", path, timeout=wait + 10.0)
 
     def cancel(self, run_id: str) -> None:
         self._request("POST", f"/v1/runs/{run_id}/cancel", {})
@@ -326,12 +417,39 @@ class Run(_RunState):
     def tool(self, name: str, args: Json = None) -> ToolCall:
         return ToolCall(self, name, args)
 
+    def _wait(self, request_id: str, event: Event) -> Answer:
+        self.emit(event)
+        while True:
+            answer = _answer(self._p.wait_input(self.run_id, request_id), request_id)
+            if answer is not None:
+                return answer
+
+    def ask(
+        self, prompt: str, *, options: Optional[List[str]] = None, default: Json = None, timeout: Optional[float] = None
+    ) -> Answer:
+        """Asks the user for a line of text, or one of ``options``, and waits for the
+        answer (the ``default`` once ``timeout`` seconds pass; the server's when unset)."""
+        kind = "text" if options is None else "choice"
+        request_id, event = _question(prompt, kind, options=options, default=default, timeout=timeout)
+        return self._wait(request_id, event)
+
+    def approve(
+        self, tool_name: str, arguments: Json = None, *, prompt: Optional[str] = None, timeout: Optional[float] = None
+    ) -> bool:
+        """Asks the user whether to run ``tool_name`` with ``arguments``; a request
+        nobody answers in time is a denial."""
+        text = prompt or f"May I run {tool_name}?"
+        request_id, event = _question(text, "approval", timeout=timeout, tool_name=tool_name, arguments=arguments)
+        return self._wait(request_id, event).approved
+
     def __enter__(self) -> "Run":
         self.run_id = self._p.create_run(self.thread_id, self.user_id, self.agent_name)
         self.emit(self._start())
         return self
 
     def __exit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        if isinstance(exc, RunEnded):
+            return  # ended from outside: it has its terminal event
         self.emit(_terminal(self._started, self.result, exc))
 
 
@@ -367,10 +485,15 @@ class AsyncPublisher:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _request(self, method: str, path: str, body: Optional[Mapping[str, Json]] = None) -> Json:
+    async def _request(
+        self, method: str, path: str, body: Optional[Mapping[str, Json]] = None, timeout: Optional[float] = None
+    ) -> Json:
+        patience: Any = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
         for attempt in range(self._s.retries + 1):
             try:
-                resp = await self._http.request(method, self._s.base_url + path, json=body, headers=self._s.headers)
+                resp = await self._http.request(
+                    method, self._s.base_url + path, json=body, headers=self._s.headers, timeout=patience
+                )
             except httpx.TransportError:
                 if attempt == self._s.retries:
                     raise
@@ -402,6 +525,10 @@ class AsyncPublisher:
 
     async def get_run(self, run_id: str) -> Dict[str, Json]:
         return await self._request("GET", f"/v1/runs/{run_id}")
+
+    async def wait_input(self, run_id: str, request_id: str, wait: float = _POLL) -> Dict[str, Json]:
+        path = f"/v1/runs/{run_id}/inputs/{request_id}?wait={wait}"
+        return await self._request("GET", path, timeout=wait + 10.0)
 
     async def cancel(self, run_id: str) -> None:
         await self._request("POST", f"/v1/runs/{run_id}/cancel", {})
@@ -449,10 +576,33 @@ class AsyncRun(_RunState):
     def tool(self, name: str, args: Json = None) -> AsyncToolCall:
         return AsyncToolCall(self, name, args)
 
+    async def _wait(self, request_id: str, event: Event) -> Answer:
+        await self.emit(event)
+        while True:
+            answer = _answer(await self._p.wait_input(self.run_id, request_id), request_id)
+            if answer is not None:
+                return answer
+
+    async def ask(
+        self, prompt: str, *, options: Optional[List[str]] = None, default: Json = None, timeout: Optional[float] = None
+    ) -> Answer:
+        kind = "text" if options is None else "choice"
+        request_id, event = _question(prompt, kind, options=options, default=default, timeout=timeout)
+        return await self._wait(request_id, event)
+
+    async def approve(
+        self, tool_name: str, arguments: Json = None, *, prompt: Optional[str] = None, timeout: Optional[float] = None
+    ) -> bool:
+        text = prompt or f"May I run {tool_name}?"
+        request_id, event = _question(text, "approval", timeout=timeout, tool_name=tool_name, arguments=arguments)
+        return (await self._wait(request_id, event)).approved
+
     async def __aenter__(self) -> "AsyncRun":
         self.run_id = await self._p.create_run(self.thread_id, self.user_id, self.agent_name)
         await self.emit(self._start())
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+        if isinstance(exc, RunEnded):
+            return  # ended from outside: it has its terminal event
         await self.emit(_terminal(self._started, self.result, exc))
