@@ -69,3 +69,63 @@ test("a failing run ends with RUN_ERROR, and a taken run id is refused", async (
   });
   assert.equal(other.status, 403, "another user's thread");
 });
+
+test("a run that asks ends with AG-UI's interrupt outcome, and a resume answers it and goes on", async () => {
+  const runner = await agent("agui", "thread_agui3", "what time is it? ask me first");
+  const first = [];
+  await runner.runAgent({ runId: "agui-ask-1" }, { onEvent: ({ event }) => first.push(event) });
+  const finished = first.at(-1);
+  assert.equal(finished.type, "RUN_FINISHED");
+  assert.equal(finished.outcome.type, "interrupt", JSON.stringify(finished));
+  assert.equal(first.filter((e) => e.type === "TOOL_CALL_START").length, 0, "nothing ran before the answer");
+  const [interrupt] = finished.outcome.interrupts;
+  assert.equal(interrupt.reason, "confirmation");
+  assert.equal(interrupt.metadata.toolName, "clock");
+  assert.deepEqual(interrupt.responseSchema.required, ["approved"]);
+  assert.ok(Date.parse(interrupt.expiresAt) > Date.now(), "it says when it lapses");
+
+  // New input without answering is refused while the thread waits (AG-UI's rule 4).
+  const token = await server.token("agui");
+  const blocked = await fetch(`${server.base}/v1/agui`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: JSON.stringify({ threadId: "thread_agui3", runId: "agui-ask-x", messages: [{ id: "y", role: "user", content: "hi" }] }),
+  });
+  assert.equal(blocked.status, 409);
+  const wrong = await fetch(`${server.base}/v1/agui`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: JSON.stringify({ threadId: "thread_agui3", runId: "agui-ask-y", messages: [], resume: [{ interruptId: interrupt.id, status: "resolved", payload: { text: "yes" } }] }),
+  });
+  assert.equal(wrong.status, 400, "an answer of the wrong kind");
+
+  const second = [];
+  const resume = [{ interruptId: interrupt.id, status: "resolved", payload: { approved: true } }];
+  await runner.runAgent({ runId: "agui-ask-2", resume }, { onEvent: ({ event }) => second.push(event) });
+  assert.equal(second[0].type, "RUN_STARTED");
+  assert.equal(second[0].runId, "agui-ask-2");
+  const clock = second.find((e) => e.type === "TOOL_CALL_START");
+  assert.equal(clock?.toolCallName, "clock", "the run went on with its clock");
+  assert.equal(second.at(-1).type, "RUN_FINISHED");
+  assert.notEqual(second.at(-1).outcome?.type, "interrupt");
+  const stored = await server.history("thread_agui3", "agui");
+  const received = stored.find((e) => e.event === "input_received");
+  assert.deepEqual(received.data.answer, { approved: true });
+  assert.equal(stored.at(-1).event, "agent_completed");
+  assert.equal(new Set(stored.filter((e) => e.event !== "user_message").map((e) => e.run_id)).size, 1, "one agentwire run throughout");
+});
+
+test("a cancelled resume denies the approval", async () => {
+  const runner = await agent("agui", "thread_agui4", "ask me first, then tell the time");
+  const first = [];
+  await runner.runAgent({ runId: "agui-deny-1" }, { onEvent: ({ event }) => first.push(event) });
+  const [interrupt] = first.at(-1).outcome.interrupts;
+  const second = [];
+  await runner.runAgent({ runId: "agui-deny-2", resume: [{ interruptId: interrupt.id, status: "cancelled" }] }, { onEvent: ({ event }) => second.push(event) });
+  assert.equal(second.filter((e) => e.type === "TOOL_CALL_START").length, 0, "denied: no clock");
+  const text = second.filter((e) => e.type === "TEXT_MESSAGE_CONTENT").map((e) => e.delta).join("");
+  assert.match(text, /did not let me read the clock/);
+  const stored = await server.history("thread_agui4", "agui");
+  const received = stored.find((e) => e.event === "input_received");
+  assert.equal(received.data.declined, true);
+});

@@ -33,12 +33,27 @@ async function ask(page, text) {
 
 const runs = (page) => page.locator("article.run");
 
-test("a message on the chat page shows the whole run as it happens, in every tab", async () => {
-  const page = await browser.newPage({ viewport: { width: 1180, height: 820 } });
-  await page.goto(`${base()}/?user=tester`);
+/** A chat page for `user` on a new thread, connected; with the thread's id and `#hash`. */
+async function threadPage(user, viewport = { width: 1180, height: 820 }) {
+  const page = await browser.newPage({ viewport });
+  await page.goto(`${base()}/?user=${user}`);
   await page.click("#new-thread");
   await page.waitForFunction(() => location.hash.startsWith("#thread_"));
   await page.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
+  const hash = await page.evaluate(() => location.hash);
+  return { page, hash, thread: hash.slice(1) };
+}
+
+/** Another tab of `user` on the thread `hash`, connected. */
+async function secondTab(user, hash) {
+  const tab = await browser.newPage();
+  await tab.goto(`${base()}/?user=${user}${hash}`);
+  await tab.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
+  return tab;
+}
+
+test("a message on the chat page shows the whole run as it happens, in every tab", async () => {
+  const { page, hash } = await threadPage("tester");
   // A tool's spinner is on screen only while it runs (tens of milliseconds here): watch the DOM for it.
   await page.evaluate(() => {
     window.sawSpinner = false;
@@ -61,9 +76,7 @@ test("a message on the chat page shows the whole run as it happens, in every tab
   assert.equal(await page.locator(".bubble.user").textContent(), "what is 6 * 7?");
 
   // A second tab on the same thread draws the same events.
-  const hash = await page.evaluate(() => location.hash);
-  const tab = await browser.newPage();
-  await tab.goto(`${base()}/?user=tester${hash}`);
+  const tab = await secondTab("tester", hash);
   await tab.waitForSelector("article.run .status.completed", { timeout: WAIT });
   const seqs = await page.evaluate(() => window.agentwireChat.seqs);
   await tab.waitForFunction((n) => window.agentwireChat.seqs.length >= n, seqs.length);
@@ -74,15 +87,8 @@ test("a message on the chat page shows the whole run as it happens, in every tab
 });
 
 test("an approval asked in one tab is answered there, and the run goes on in the other", async () => {
-  const page = await browser.newPage({ viewport: { width: 1180, height: 820 } });
-  await page.goto(`${base()}/?user=approver`);
-  await page.click("#new-thread");
-  await page.waitForFunction(() => location.hash.startsWith("#thread_"));
-  await page.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
-  const hash = await page.evaluate(() => location.hash);
-  const other = await browser.newPage();
-  await other.goto(`${base()}/?user=approver${hash}`);
-  await other.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
+  const { page, hash } = await threadPage("approver");
+  const other = await secondTab("approver", hash);
 
   await ask(page, "what time is it? ask me first");
   const open = '.step.input[data-kind="approval"][data-state="open"]';
@@ -117,12 +123,7 @@ test("an approval asked in one tab is answered there, and the run goes on in the
 });
 
 test("a question is answered in a field, a choice with a button, and a lapsed request shows its default", async () => {
-  const page = await browser.newPage({ viewport: { width: 1180, height: 820 } });
-  await page.goto(`${base()}/?user=chooser`);
-  await page.click("#new-thread");
-  await page.waitForFunction(() => location.hash.startsWith("#thread_"));
-  await page.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
-  const thread = (await page.evaluate(() => location.hash)).slice(1);
+  const { page, thread } = await threadPage("chooser");
   // An external agent asks three things at once.
   const { body: run } = await server.publish("/v1/runs", { thread_id: thread, user_id: "chooser", agent_name: "asker" });
   const ask = (request_id, data) => ({ event: "input_requested", data: { request_id, prompt: `${request_id}?`, ...data } });
@@ -151,16 +152,10 @@ test("a question is answered in a field, a choice with a button, and a lapsed re
 });
 
 test("deleting a thread removes it on the server and from every tab watching it", async () => {
-  const page = await browser.newPage({ viewport: { width: 1180, height: 820 } });
-  await page.goto(`${base()}/?user=deleter`);
-  await page.click("#new-thread");
-  await page.waitForFunction(() => location.hash.startsWith("#thread_"));
-  const hash = await page.evaluate(() => location.hash);
-  const id = hash.slice(1);
+  const { page, hash, thread: id } = await threadPage("deleter");
   await ask(page, "what is 2 + 2?");
   await page.waitForSelector("article.run .status.completed", { timeout: WAIT });
-  const tab = await browser.newPage();
-  await tab.goto(`${base()}/?user=deleter${hash}`);
+  const tab = await secondTab("deleter", hash);
   await tab.waitForSelector("article.run .status.completed", { timeout: WAIT });
 
   // One click arms the button, the second deletes.
@@ -183,12 +178,7 @@ test("deleting a thread removes it on the server and from every tab watching it"
 });
 
 test("dropped connections and a server restart resume with every event shown once", async () => {
-  const page = await browser.newPage();
-  await page.goto(`${base()}/?user=resumer`);
-  await page.click("#new-thread");
-  await page.waitForFunction(() => location.hash.startsWith("#thread_"));
-  const thread = (await page.evaluate(() => location.hash)).slice(1);
-  await page.waitForSelector("#conn[data-state=open]", { timeout: WAIT });
+  const { page, thread } = await threadPage("resumer");
 
   // The page's socket drops mid-run: events published meanwhile arrive after the resume.
   await ask(page, "what is 12 * (3 + 4)?");

@@ -23,7 +23,8 @@ pub struct InputAnswer {
     /// The run that asked, when the caller knows it: a request of a run that
     /// has ended is then found too (`409`), not only those of live runs.
     pub run_id: Option<String>,
-    /// The answer as sent, checked against the request.
+    /// The answer as sent, checked against the request; `null`: the user
+    /// declines to answer (an approval is denied, a text or choice takes its default).
     pub answer: Value,
     pub user: UserId,
 }
@@ -71,6 +72,7 @@ pub enum InputOutcome {
 pub fn answer_event(inputs: &RunInputs, answer: &InputAnswer) -> Result<NewEvent, LogError> {
     let id = &answer.request_id;
     match inputs.open.get(id) {
+        Some(open) if answer.answer.is_null() => Ok(open.declined(id, &answer.user)),
         Some(open) => open.answered(id, &answer.answer, &answer.user).map_err(LogError::BadAnswer),
         None if inputs.closed(id).is_some() => Err(LogError::InputClosed(id.clone())),
         None => Err(LogError::InputNotFound(id.clone())),

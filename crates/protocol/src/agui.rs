@@ -11,6 +11,14 @@
 //! | `agent_message` | `TEXT_MESSAGE_START` (first delta of a message), `TEXT_MESSAGE_CONTENT` |
 //! | `agent_completed` | `TEXT_MESSAGE_END` for open messages, `RUN_FINISHED` |
 //! | `agent_error` | `TEXT_MESSAGE_END` for open messages, `RUN_ERROR` |
+//! | `input_requested` | after the batch it came in: `TEXT_MESSAGE_END` for open messages, `RUN_FINISHED` with the interrupt outcome |
+//! | `input_received` | `CUSTOM` (`name` `input_received`, `value` its data) |
+//!
+//! AG-UI has no channel from the client during a run, so a run that asks ends
+//! its AG-UI view with AG-UI's interrupt outcome (its "Interrupts and Resume"
+//! pattern) while the agentwire run waits; the client's next `RunAgentInput`
+//! answers with `resume`, and [`AguiStream::resuming`] shows the same agentwire
+//! run going on under the AG-UI run id of that request.
 
 use serde_json::{Value, json};
 
@@ -21,8 +29,13 @@ use crate::event::EventKind;
 #[derive(Debug, Clone)]
 pub struct AguiStream {
     thread_id: String,
+    /// The agentwire run whose events this stream shows.
     run_id: String,
+    /// The run id AG-UI sees: the agentwire run's, or the resuming request's.
+    agui_run_id: String,
     open_messages: Vec<String>,
+    /// Input requests of the current batch: they end the stream once it is encoded.
+    interrupts: Vec<Value>,
     ended: bool,
 }
 
@@ -38,12 +51,45 @@ pub(crate) fn text_of(value: &Value) -> String {
 impl AguiStream {
     /// The stream of `run_id` in `thread_id`.
     pub fn new(thread_id: impl Into<String>, run_id: impl Into<String>) -> Self {
-        Self { thread_id: thread_id.into(), run_id: run_id.into(), open_messages: Vec::new(), ended: false }
+        let run_id = run_id.into();
+        Self::resuming(thread_id, run_id.clone(), run_id)
+    }
+
+    /// The stream of agentwire run `run_id` going on after a resume, shown to
+    /// AG-UI as the run `agui_run_id` (the resuming request's `runId`).
+    pub fn resuming(thread_id: impl Into<String>, run_id: impl Into<String>, agui_run_id: impl Into<String>) -> Self {
+        Self {
+            thread_id: thread_id.into(),
+            run_id: run_id.into(),
+            agui_run_id: agui_run_id.into(),
+            open_messages: Vec::new(),
+            interrupts: Vec::new(),
+            ended: false,
+        }
     }
 
     /// `RUN_STARTED`, the stream's first event.
     pub fn started(&self) -> Value {
-        json!({ "type": "RUN_STARTED", "threadId": self.thread_id, "runId": self.run_id })
+        json!({ "type": "RUN_STARTED", "threadId": self.thread_id, "runId": self.agui_run_id })
+    }
+
+    /// After a batch of events: a run that asked ends its AG-UI view with the
+    /// interrupt outcome, every request of the batch in it.
+    pub fn batch_end(&mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        if self.ended || self.interrupts.is_empty() {
+            return out;
+        }
+        self.close_messages(&mut out);
+        let interrupts = std::mem::take(&mut self.interrupts);
+        out.push(json!({
+            "type": "RUN_FINISHED",
+            "threadId": self.thread_id,
+            "runId": self.agui_run_id,
+            "outcome": { "type": "interrupt", "interrupts": interrupts },
+        }));
+        self.ended = true;
+        out
     }
 
     /// Whether `RUN_FINISHED` or `RUN_ERROR` has been produced.
@@ -111,7 +157,8 @@ impl AguiStream {
             }
             EventKind::AgentCompleted => {
                 self.close_messages(&mut out);
-                let mut finished = json!({ "type": "RUN_FINISHED", "threadId": self.thread_id, "runId": self.run_id });
+                let mut finished =
+                    json!({ "type": "RUN_FINISHED", "threadId": self.thread_id, "runId": self.agui_run_id });
                 if let Some(result) = d.get("result").filter(|r| !r.is_null()) {
                     finished["result"] = result.clone();
                 }
@@ -123,15 +170,58 @@ impl AguiStream {
                 out.push(json!({ "type": "RUN_ERROR", "message": str_of("message"), "code": str_of("code") }));
                 self.ended = true;
             }
-            // Until the interrupt outcome maps them (issue 18), requests and answers
-            // reach AG-UI clients as custom events, under their agentwire names.
-            EventKind::InputRequested | EventKind::InputReceived => {
+            EventKind::InputRequested => self.interrupts.push(interrupt(d, &self.run_id)),
+            EventKind::InputReceived => {
+                // Answered in the same batch it was asked in: nothing to interrupt for.
+                let id = d.get("request_id");
+                self.interrupts.retain(|i| i.get("id") != id);
                 out.push(json!({ "type": "CUSTOM", "name": e.event.as_str(), "value": d }));
             }
             EventKind::AgentStarted | EventKind::UserMessage => {}
         }
         out
     }
+}
+
+/// An input request as an AG-UI `Interrupt`: its id the request's, a reason
+/// from AG-UI's core values, the prompt, a JSON Schema of the answer (which is
+/// what the resume's `payload` carries), when it lapses, and what agentwire
+/// knows of it in `metadata`.
+fn interrupt(d: &serde_json::Map<String, Value>, run_id: &str) -> Value {
+    let kind = d.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let message = json!({ "type": "string" });
+    let (reason, answer) = match kind {
+        "approval" => ("confirmation", json!({ "approved": { "type": "boolean" }, "message": message })),
+        "choice" => {
+            let options = d.get("options").cloned().unwrap_or_else(|| json!([]));
+            ("input_required", json!({ "choice": { "type": "string", "enum": options }, "message": message }))
+        }
+        _ => ("input_required", json!({ "text": { "type": "string" }, "message": message })),
+    };
+    let required = match kind {
+        "approval" => "approved",
+        "choice" => "choice",
+        _ => "text",
+    };
+    let mut metadata = json!({ "kind": kind, "runId": run_id });
+    for (from, to) in
+        [("tool_name", "toolName"), ("arguments", "arguments"), ("options", "options"), ("default", "default")]
+    {
+        if let Some(value) = d.get(from).filter(|v| !v.is_null()) {
+            metadata[to] = value.clone();
+        }
+    }
+    let mut out = json!({
+        "id": d.get("request_id").cloned().unwrap_or(Value::Null),
+        "reason": reason,
+        "message": d.get("prompt").cloned().unwrap_or(Value::Null),
+        "responseSchema": { "type": "object", "properties": answer, "required": [required] },
+        "metadata": metadata,
+    });
+    if let Some(expires) = d.get("expires_at").filter(|v| v.is_string()) {
+        out["expiresAt"] = expires.clone();
+    }
+    out
 }
 
 #[cfg(test)]
@@ -196,5 +286,45 @@ mod tests {
         let end = s.encode(&env(2, "r1", EventKind::AgentError, json!({"code":"failed","message":"boom"})));
         assert_eq!(types(&end), ["TEXT_MESSAGE_END", "RUN_ERROR"]);
         assert_eq!(end[1]["message"], "boom");
+    }
+
+    #[test]
+    fn a_run_that_asks_ends_its_view_with_the_interrupt_outcome_and_a_resume_goes_on() {
+        let mut s = AguiStream::new("thread_ag", "r1");
+        let approval = json!({"request_id":"q1","kind":"approval","prompt":"Send?","tool_name":"send_email",
+            "arguments":{"to":"bob"},"expires_at":"2026-12-07T10:00:00.000Z"});
+        let choice = json!({"request_id":"q2","kind":"choice","prompt":"Which?","options":["a","b"]});
+        let mut out = s.encode(&env(1, "r1", EventKind::AgentMessage, json!({"message_id":"m","delta":"hm"})));
+        out.extend(s.encode(&env(2, "r1", EventKind::InputRequested, approval)));
+        out.extend(s.encode(&env(3, "r1", EventKind::InputRequested, choice)));
+        assert!(!s.ended(), "the batch may still answer them");
+        out.extend(s.batch_end());
+        assert_eq!(types(&out), ["TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT", "TEXT_MESSAGE_END", "RUN_FINISHED"]);
+        let interrupts = &out[3]["outcome"]["interrupts"];
+        assert_eq!(out[3]["outcome"]["type"], "interrupt");
+        assert_eq!(
+            interrupts[0],
+            json!({"id":"q1","reason":"confirmation","message":"Send?","expiresAt":"2026-12-07T10:00:00.000Z",
+                "responseSchema":{"type":"object","properties":{"approved":{"type":"boolean"},"message":{"type":"string"}},
+                    "required":["approved"]},
+                "metadata":{"kind":"approval","runId":"r1","toolName":"send_email","arguments":{"to":"bob"}}})
+        );
+        assert_eq!(interrupts[1]["responseSchema"]["properties"]["choice"]["enum"], json!(["a", "b"]));
+        assert!(s.ended() && s.batch_end().is_empty());
+
+        // The resuming request's stream: the same agentwire run, under its own AG-UI run id.
+        let mut resumed = AguiStream::resuming("thread_ag", "r1", "agui-2");
+        assert_eq!(resumed.started()["runId"], "agui-2");
+        let answer = json!({"request_id":"q1","kind":"approval","answer":{"approved":true},"source":"user"});
+        let mut out = resumed.encode(&env(4, "r1", EventKind::InputReceived, answer));
+        out.extend(resumed.encode(&env(5, "r1", EventKind::AgentCompleted, json!({}))));
+        out.extend(resumed.batch_end());
+        assert_eq!(types(&out), ["CUSTOM", "RUN_FINISHED"]);
+        assert_eq!((&out[0]["name"], &out[1]["runId"]), (&json!("input_received"), &json!("agui-2")));
+        // Asked and answered in one batch: no interrupt.
+        let mut quick = AguiStream::new("thread_ag", "r1");
+        quick.encode(&env(1, "r1", EventKind::InputRequested, json!({"request_id":"q","kind":"text","prompt":"?"})));
+        quick.encode(&env(2, "r1", EventKind::InputReceived, json!({"request_id":"q","kind":"text","answer":null})));
+        assert!(quick.batch_end().is_empty() && !quick.ended());
     }
 }

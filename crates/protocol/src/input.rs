@@ -244,6 +244,19 @@ impl OpenInput {
         Ok(event)
     }
 
+    /// The `input_received` for `user` declining to answer (AG-UI's `cancelled`
+    /// resume): an approval is denied, a text or a choice takes its default.
+    pub fn declined(&self, request_id: &str, user: &UserId) -> NewEvent {
+        let answer = match self.kind {
+            InputKind::Approval => json!({ "approved": false }),
+            InputKind::Text | InputKind::Choice => self.default.clone(),
+        };
+        let mut event = self.received(request_id, answer, "user");
+        event.data.insert("user_id".into(), Value::from(user.as_str()));
+        event.data.insert("declined".into(), Value::Bool(true));
+        event
+    }
+
     /// The `input_received` the server appends when the request lapses: its default.
     pub fn timed_out(&self, request_id: &str) -> NewEvent {
         self.received(request_id, self.default.clone(), "timeout")
@@ -333,6 +346,9 @@ mod tests {
             Value::Object(answered.data),
             json!({"request_id":"r1","kind":"text","answer":{"text":"Paris"},"source":"user","user_id":"alice"})
         );
+        let declined = approval.declined("r1", &user);
+        assert_eq!((&declined.data["answer"], &declined.data["declined"]), (&json!({"approved": false}), &json!(true)));
+        assert_eq!(choice.declined("r2", &user).data["answer"], json!({"choice": "a"}));
         let lapsed = text.timed_out("r1");
         assert_eq!((&lapsed.data["answer"], &lapsed.data["source"]), (&Value::Null, &json!("timeout")));
         assert!(!text.expired(0) && text.expires_ms == i64::MAX);

@@ -5,11 +5,21 @@
 //! thread through the hub like any subscriber (before starting the agent, so
 //! nothing is missed), keeps this run's events, and translates them with
 //! [`AguiStream`]. Other watchers of the thread see the same run.
+//!
+//! A run that asks its user ends its AG-UI view with the interrupt outcome
+//! while the agentwire run waits. The next `RunAgentInput` carries `resume`:
+//! each entry answers its request (`resolved`: the payload is the answer;
+//! `cancelled`: declined), and the answer streams the same agentwire run going
+//! on, under the AG-UI run id of that request. A thread that waits takes no
+//! new input without a `resume` that covers every open request (AG-UI's rules
+//! 3 and 4).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use agentwire_agent::RunInput;
+use agentwire_log::RunInfo;
+use agentwire_log::input::{self, InputAnswer};
 use agentwire_protocol::agui::AguiStream;
 use agentwire_protocol::{RunId, ThreadId};
 use axum::extract::{ConnectInfo, State};
@@ -40,6 +50,25 @@ struct RunAgentInput {
     state: Value,
     #[serde(default)]
     forwarded_props: Value,
+    #[serde(default)]
+    resume: Vec<ResumeEntry>,
+}
+
+/// An answer to an interrupt (AG-UI 1.0).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResumeEntry {
+    interrupt_id: String,
+    status: ResumeStatus,
+    #[serde(default)]
+    payload: Value,
+}
+
+#[derive(Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ResumeStatus {
+    Resolved,
+    Cancelled,
 }
 
 /// The text of the last user message: string content, or the text parts of a
@@ -87,6 +116,23 @@ pub async fn run(
     let input: RunAgentInput = body.json()?;
     let thread = ThreadId::parse(&input.thread_id)?;
     let run_id = RunId::parse(&input.run_id)?;
+    // Someone else's thread is refused before anything about it is looked at.
+    let waiting = match state.check_owner(&user, &thread).await {
+        Ok(()) => watched::running_run(&state, &thread).await?.filter(|(run, _)| !run.inputs.open.is_empty()),
+        Err(e) if e.code == agentwire_protocol::ErrorCode::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    if let Some((run, head)) = waiting {
+        let (feed, run) = resume(&state, &user, exp, &thread, run, head, input.resume).await?;
+        let agui = AguiStream::resuming(thread.as_str(), run.as_str(), run_id.as_str());
+        return Ok(Sse::new(stream(&state, permit, feed, agui)).keep_alive(keep_alive(&state)));
+    }
+    if !input.resume.is_empty() {
+        return Err(ApiError::new(
+            agentwire_protocol::ErrorCode::Conflict,
+            "no request of this thread waits for an answer",
+        ));
+    }
     let text = last_user_text(&input.messages)
         .ok_or_else(|| ApiError::bad_request("no user message with text in messages"))?;
     let extra = json!({
@@ -97,12 +143,25 @@ pub async fn run(
     });
     let input = RunInput { user_message: Some(text), extra };
     let (feed, run_id) = watched::start_run(&state, &user, exp, &thread, Some(run_id), input).await?;
-
-    let keep_alive = KeepAlive::new().interval(state.config.sse_keepalive).text("ping");
     let agui = AguiStream::new(thread.as_str(), run_id.as_str());
+    Ok(Sse::new(stream(&state, permit, feed, agui)).keep_alive(keep_alive(&state)))
+}
+
+fn keep_alive(state: &AppState) -> KeepAlive {
+    KeepAlive::new().interval(state.config.sse_keepalive).text("ping")
+}
+
+/// `RUN_STARTED`, then the run's AG-UI events until its view ends.
+fn stream<P: Send + 'static>(
+    state: &AppState,
+    permit: P,
+    feed: agentwire_hub::Feed,
+    agui: AguiStream,
+) -> impl Stream<Item = Result<Event, Infallible>> + use<P> {
+    let metrics = state.hub.metrics().clone();
     let first = agui.started();
-    let events = async_stream::stream! {
-        let _gauge = ConnectionGauge::open(state.hub.metrics(), "agui");
+    async_stream::stream! {
+        let _gauge = ConnectionGauge::open(&metrics, "agui");
         let _permit = permit;
         yield sse(&first);
         let messages = watched::run_messages(feed, agui);
@@ -110,8 +169,44 @@ pub async fn run(
         while let Some(message) = messages.next().await {
             yield sse(&message);
         }
-    };
-    Ok(Sse::new(events).keep_alive(keep_alive))
+    }
+}
+
+/// Answers the waiting `run`'s open requests with `entries`, which must cover
+/// them all; answers the feed of the run going on from the answers. Every
+/// answer is checked before any is appended, so a refusal leaves nothing behind.
+async fn resume(
+    state: &AppState,
+    user: &agentwire_protocol::UserId,
+    exp: u64,
+    thread: &ThreadId,
+    run: RunInfo,
+    head: u64,
+    entries: Vec<ResumeEntry>,
+) -> Result<(agentwire_hub::Feed, RunId), ApiError> {
+    let answered = |id: &str| entries.iter().any(|e| e.interrupt_id == id);
+    let missing: Vec<&str> = run.inputs.open.keys().map(String::as_str).filter(|id| !answered(id)).collect();
+    if !missing.is_empty() {
+        let message = format!("the thread waits on {}: resume every one of them", missing.join(", "));
+        return Err(ApiError::new(agentwire_protocol::ErrorCode::Conflict, message));
+    }
+    let answers: Vec<InputAnswer> = entries
+        .into_iter()
+        .map(|e| InputAnswer {
+            request_id: e.interrupt_id,
+            run_id: Some(run.run_id.to_string()),
+            answer: if e.status == ResumeStatus::Cancelled { Value::Null } else { e.payload },
+            user: user.clone(),
+        })
+        .collect();
+    for answer in &answers {
+        input::answer_event(&run.inputs, answer)?;
+    }
+    let feed = watched::watch(state, exp, thread, head).await?;
+    for answer in answers {
+        state.log.answer_input(thread, answer).await?;
+    }
+    Ok((feed, run.run_id))
 }
 
 #[cfg(test)]

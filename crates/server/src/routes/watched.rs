@@ -8,7 +8,7 @@
 
 use agentwire_agent::RunInput;
 use agentwire_hub::{End, Feed, Next};
-use agentwire_log::{NewRun, StoredEvent};
+use agentwire_log::{NewRun, RunInfo, StoredEvent};
 use agentwire_protocol::{Envelope, EventKind, RunId, RunStatus, ThreadId, UserId};
 use futures_util::Stream;
 use serde_json::Value;
@@ -23,6 +23,10 @@ pub(crate) trait RunEncoder: Send + 'static {
     fn encode(&mut self, event: &Envelope) -> Vec<Value>;
     /// Whether the run's last message has been produced.
     fn ended(&self) -> bool;
+    /// The messages due once a batch of events is encoded.
+    fn batch_end(&mut self) -> Vec<Value> {
+        Vec::new()
+    }
 }
 
 impl RunEncoder for agentwire_protocol::agui::AguiStream {
@@ -31,6 +35,9 @@ impl RunEncoder for agentwire_protocol::agui::AguiStream {
     }
     fn ended(&self) -> bool {
         self.ended()
+    }
+    fn batch_end(&mut self) -> Vec<Value> {
+        self.batch_end()
     }
 }
 
@@ -44,7 +51,7 @@ impl RunEncoder for agentwire_protocol::ui_message::UiMessageStream {
 }
 
 /// A feed for `user` (token valid until `exp`) that watches `thread` after `after_seq`.
-async fn watch(state: &AppState, exp: u64, thread: &ThreadId, after_seq: u64) -> Result<Feed, ApiError> {
+pub(crate) async fn watch(state: &AppState, exp: u64, thread: &ThreadId, after_seq: u64) -> Result<Feed, ApiError> {
     let (conn, outbox) = state.hub.connect();
     let (log, page, closing) = (state.log.clone(), state.config.replay_page, state.closing.clone());
     let mut feed = Feed::new(conn, outbox, log, page, closing, remaining(exp));
@@ -100,17 +107,21 @@ pub(crate) async fn attach_running(
     exp: u64,
     thread: &ThreadId,
 ) -> Result<Option<(Feed, RunId)>, ApiError> {
-    let head = state.log.read(thread, 0, 0).await?.head_seq;
-    let last = state.log.read(thread, head.saturating_sub(1), 1).await?;
-    let Some(last) = last.events.first() else { return Ok(None) };
-    let run_id = last.run_id().clone();
-    let running = state.log.run(run_id.as_str()).await?.is_some_and(|r| r.status == RunStatus::Running);
-    if !running {
-        return Ok(None);
-    }
+    let Some((run, head)) = running_run(state, thread).await? else { return Ok(None) };
+    let run_id = run.run_id;
     let started = started_at(state, thread, &run_id, head).await?;
     let feed = watch(state, exp, thread, started.saturating_sub(1)).await?;
     Ok(Some((feed, run_id)))
+}
+
+/// The run going on in `thread` (the run of its last event, if still
+/// running), with the thread's head.
+pub(crate) async fn running_run(state: &AppState, thread: &ThreadId) -> Result<Option<(RunInfo, u64)>, ApiError> {
+    let head = state.log.read(thread, 0, 0).await?.head_seq;
+    let last = state.log.read(thread, head.saturating_sub(1), 1).await?;
+    let Some(last) = last.events.first() else { return Ok(None) };
+    let run = state.log.run(last.run_id().as_str()).await?.filter(|r| r.status == RunStatus::Running);
+    Ok(run.map(|run| (run, head)))
 }
 
 /// The seq of `run`'s `agent_started`, looking back from `head` (the oldest
@@ -153,6 +164,9 @@ pub(crate) fn run_messages<E: RunEncoder>(mut feed: Feed, mut encoder: E) -> imp
                 for message in encoder.encode(stored.envelope()) {
                     yield message;
                 }
+            }
+            for message in encoder.batch_end() {
+                yield message;
             }
             if last {
                 break;
