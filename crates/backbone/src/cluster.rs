@@ -1297,6 +1297,22 @@ impl<B: Backbone> Log for ClusterLog<B> {
         self.inner.append_to(run_id, events, false).await
     }
 
+    /// The runs this node's view of the thread holds as going, once caught up.
+    /// A run registered on another node and yet without an event is not in
+    /// any view yet: the window in which [`Log::create_run_if_idle`] can let
+    /// two runs start is that long (an in-process run's first event follows
+    /// its registration at once).
+    async fn running_runs(&self, thread_id: &ThreadId) -> Result<Vec<RunId>, LogError> {
+        let inner = &self.inner;
+        if inner.meta(thread_id).await?.is_none() {
+            return Ok(Vec::new());
+        }
+        let cell = inner.cell(thread_id);
+        let mut view = cell.lock().await;
+        inner.sync(thread_id, &mut view).await?;
+        Ok(view.runs.iter().filter(|(_, r)| !r.state.lifecycle.ended()).map(|(id, _)| id.clone()).collect())
+    }
+
     async fn answer_input(&self, thread_id: &ThreadId, answer: InputAnswer) -> Result<Appended, LogError> {
         let inner = &self.inner;
         let not_found = || LogError::InputNotFound(answer.request_id.clone());

@@ -88,6 +88,8 @@ enum Op {
         thread: u8,
         user: u8,
         chosen: Option<u8>,
+        /// Only while no run of the thread is going (one node only; a cluster registers as usual).
+        if_idle: bool,
     },
     Append {
         run: RunRef,
@@ -147,8 +149,8 @@ fn op() -> impl Strategy<Value = Op> {
     let ev = (0..7u8, 0..2u8, prop::option::of(0..3u8)).prop_map(|(kind, tool, id)| Ev { kind, tool, id });
     prop_oneof![
         2 => (0..THREADS, 0..USERS).prop_map(|(thread, user)| Op::CreateThread { thread, user }),
-        4 => (0..THREADS, 0..USERS, prop::option::of(0..4u8))
-            .prop_map(|(thread, user, chosen)| Op::CreateRun { thread, user, chosen }),
+        4 => (0..THREADS, 0..USERS, prop::option::of(0..4u8), any::<bool>())
+            .prop_map(|(thread, user, chosen, if_idle)| Op::CreateRun { thread, user, chosen, if_idle }),
         10 => (run_ref(), prop::collection::vec(ev, 1..4)).prop_map(|(run, events)| Op::Append { run, events }),
         1 => run_ref().prop_map(|run| Op::Cancel { run }),
         3 => (0..THREADS, 0..2u8, prop::bool::weighted(0.8), prop::option::of(run_ref()))
@@ -236,6 +238,7 @@ fn refused(e: &LogError) -> Answer {
         LogError::Unavailable(_) => "unavailable",
         LogError::TooLarge(_) => "too_large",
         LogError::Unsupported(_) => "unsupported",
+        LogError::RunInFlight(_) => "run_in_flight",
         LogError::InputNotFound(_) => "input_not_found",
         LogError::InputClosed(_) => "input_closed",
         LogError::BadAnswer(_) => "bad_answer",
@@ -316,6 +319,8 @@ struct Model {
     keep: Option<usize>,
     /// Whether the log deletes threads (a cluster answers `unsupported`).
     deletes: bool,
+    /// Whether `CreateRun { if_idle }` asks the log to check (one node).
+    exclusive_creates: bool,
     /// Whether a failed write leaves the log refusing writes until it
     /// recovers (one node), rather than failing alone (a cluster).
     faults_stick: bool,
@@ -328,6 +333,12 @@ struct Model {
 impl Model {
     fn thread_of(&self, run: &str) -> Option<String> {
         self.runs.iter().find(|(r, _)| r == run).map(|(_, t)| t.clone())
+    }
+
+    /// Whether a run of `thread` is going (registered or started, not ended).
+    fn going(&self, thread: u8) -> bool {
+        let name = thread_name(thread);
+        self.runs.iter().any(|(run, t)| *t == name && self.life.get(run).is_some_and(|l| l.status.is_none()))
     }
 
     /// The run id an operation names.
@@ -770,7 +781,7 @@ async fn write(log: &dyn Log, model: &Model, op: &Op) -> (Answer, Option<RunId>)
             let id = ThreadId::parse(&thread_name(*thread)).expect("thread id");
             (log.create_thread(Some(id), &user(*u)).await.map_or_else(|e| refused(&e), |_| Answer::Created), None)
         }
-        Op::CreateRun { thread, user: u, chosen } => {
+        Op::CreateRun { thread, user: u, chosen, if_idle } => {
             let new = NewRun {
                 thread_id: ThreadId::parse(&thread_name(*thread)).expect("thread id"),
                 owner: user(*u),
@@ -778,7 +789,12 @@ async fn write(log: &dyn Log, model: &Model, op: &Op) -> (Answer, Option<RunId>)
                 in_process: false,
                 run_id: chosen.map(|c| RunId::parse(&chosen_name(c)).expect("run id")),
             };
-            match log.create_run(new).await {
+            let created = if *if_idle && model.exclusive_creates {
+                log.create_run_if_idle(new).await
+            } else {
+                log.create_run(new).await
+            };
+            match created {
                 Ok(info) => (Answer::Created, Some(info.run_id)),
                 Err(e) => (refused(&e), None),
             }
@@ -824,7 +840,10 @@ fn expect_write(next: &mut Model, op: &Op, minted: Option<&RunId>) -> (Answer, b
             let commits = answer == Answer::Created;
             (answer, commits)
         }
-        Op::CreateRun { thread, user, chosen } => match next.check_run(*thread, *user, *chosen) {
+        Op::CreateRun { thread, user, chosen, if_idle } => match next.check_run(*thread, *user, *chosen) {
+            Ok(_) if *if_idle && next.exclusive_creates && next.going(*thread) => {
+                (Answer::Refused("run_in_flight"), false)
+            }
             Ok(chosen) => {
                 // The model cannot guess a minted id: it takes the log's (checked below).
                 let id = chosen.or_else(|| minted.map(ToString::to_string)).unwrap_or_else(|| "run:minted".into());
@@ -1033,6 +1052,7 @@ pub fn check(target: &Target, steps: &[Step], keep: Option<u8>) -> Result<(), Te
             drops_trimmed_runs: !subject.is_memory(),
             keep: keep.map(usize::from),
             deletes: !cluster,
+            exclusive_creates: !cluster,
             faults_stick: !cluster,
             ..Model::default()
         };

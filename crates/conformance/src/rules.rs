@@ -608,3 +608,25 @@ pub async fn input_requests(d: &mut dyn Deployment) {
     assert_eq!(status, InputStatus::Closed);
     d.close(nodes).await;
 }
+
+/// A thread's going runs are listed through either handle, and a run
+/// registered only while the thread is idle is refused, naming the run that is
+/// going, until that run ends (PROTOCOL §3, `double_texting`).
+pub async fn one_run_at_a_time(d: &mut dyn Deployment) {
+    let nodes = open(d, config(HOUR)).await;
+    let (a, b) = (&*nodes.a, &*nodes.b);
+    let (t, owner) = (thread("thread_single"), user("u"));
+    assert!(b.running_runs(&t).await.unwrap().is_empty(), "no thread, nothing going");
+    let first = a.create_run(new_run(&t, &owner)).await.unwrap().run_id;
+    a.append(first.as_str(), vec![started()]).await.unwrap();
+    for log in [a, b] {
+        assert_eq!(log.running_runs(&t).await.unwrap(), vec![first.clone()]);
+        let refused = log.create_run_if_idle(new_run(&t, &owner)).await;
+        assert!(matches!(&refused, Err(LogError::RunInFlight(going)) if going == &first), "{refused:?}");
+    }
+    a.append(first.as_str(), vec![completed()]).await.unwrap();
+    let second = b.create_run_if_idle(new_run(&t, &owner)).await.unwrap().run_id;
+    b.append(second.as_str(), vec![started()]).await.unwrap();
+    assert_eq!(a.running_runs(&t).await.unwrap(), vec![second]);
+    d.close(nodes).await;
+}

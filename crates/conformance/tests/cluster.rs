@@ -21,7 +21,7 @@ macro_rules! on_engine {
 
             conformance_tests!(ClusterDeployment::new(&$url, "rules");
                 numbering, concurrent_appends_stay_gap_free, deduplication, lifecycle, ownership, routing, cancel,
-                retention_keeps_run_state, sweep_takes_the_oldest_first, idle_expiry, deletion, restart, input_requests);
+                retention_keeps_run_state, sweep_takes_the_oldest_first, idle_expiry, deletion, restart, input_requests, one_run_at_a_time);
 
             /// Issue 15, item 2: a view rebuilt from nothing (a fresh node) read a
             /// thread's whole history. Now nodes record the runs' state every so

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 conformance_tests!(EmbeddedDeployment::new();
     numbering, concurrent_appends_stay_gap_free, deduplication, lifecycle, ownership, routing, cancel,
-    retention_keeps_run_state, sweep_takes_the_oldest_first, idle_expiry, deletion, restart, input_requests);
+    retention_keeps_run_state, sweep_takes_the_oldest_first, idle_expiry, deletion, restart, input_requests, one_run_at_a_time);
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]

@@ -1128,6 +1128,61 @@ impl<S: Store> StoredLog<S> {
     }
 }
 
+impl<S: Store> StoredLog<S> {
+    /// Registers a run; with `if_idle`, only while no run of its thread is
+    /// going, checked under the thread's lock with the registration.
+    async fn register(&self, new: NewRun, if_idle: bool) -> Result<RunInfo, LogError> {
+        let core = &self.core;
+        core.check_writable()?;
+        // Every check comes before anything changes: a refusal leaves no trace.
+        let run = match new.run_id {
+            Some(chosen) => {
+                core.check_chosen_run_id(&chosen, &new.thread_id, &new.owner).await?;
+                chosen
+            }
+            None => RunId::mint(&new.thread_id),
+        };
+        if core.run_taken(&run).await? {
+            return Err(LogError::RunExists(run.to_string()));
+        }
+        let (info, ticket) = {
+            let target = core.target(&new.thread_id, &new.owner, !new.in_process).await?;
+            let entry = target.entry().clone();
+            let mut state = entry.state.lock();
+            state.check_current()?;
+            if if_idle && let Some(running) = going(&state).next() {
+                return Err(LogError::RunInFlight(running.clone()));
+            }
+            let mut registry = core.registry.write();
+            if registry.contains_key(&run) {
+                return Err(LogError::RunExists(run.to_string()));
+            }
+            let run_state = RunState::new(state.id.clone(), new.agent_name, new.in_process, Timestamp::now());
+            let mut batch = Batch::default();
+            target.record_into(&mut batch);
+            batch.runs.push((run.clone(), run_state.record.clone()));
+            let ticket = core.submit(batch, Vec::new())?;
+            // Queued: now the working state may show it.
+            registry.insert(run.clone(), state.id.clone());
+            core.runs_in_flight.fetch_add(1, Ordering::Relaxed);
+            let mut run_state = run_state;
+            run_state.due_ms = Some(core.watch(&run, &state.id, &run_state.record));
+            let info = Self::info(&state, &run, &run_state.record);
+            state.runs.insert(run.clone(), run_state);
+            drop((registry, state));
+            target.publish(&core.threads, false);
+            (info, ticket)
+        };
+        durable(ticket).await?;
+        Ok(info)
+    }
+}
+
+/// The runs of a thread that are going.
+fn going(state: &ThreadState) -> impl Iterator<Item = &RunId> {
+    state.runs.iter().filter(|(_, r)| !r.record.lifecycle.ended()).map(|(id, _)| id)
+}
+
 impl<S: Store> Drop for StoredLog<S> {
     fn drop(&mut self) {
         // Stops the committer once it has written what is queued.
@@ -1168,46 +1223,20 @@ impl<S: Store> Log for StoredLog<S> {
     }
 
     async fn create_run(&self, new: NewRun) -> Result<RunInfo, LogError> {
-        let core = &self.core;
-        core.check_writable()?;
-        // Every check comes before anything changes: a refusal leaves no trace.
-        let run = match new.run_id {
-            Some(chosen) => {
-                core.check_chosen_run_id(&chosen, &new.thread_id, &new.owner).await?;
-                chosen
-            }
-            None => RunId::mint(&new.thread_id),
-        };
-        if core.run_taken(&run).await? {
-            return Err(LogError::RunExists(run.to_string()));
+        self.register(new, false).await
+    }
+
+    async fn create_run_if_idle(&self, new: NewRun) -> Result<RunInfo, LogError> {
+        self.register(new, true).await
+    }
+
+    async fn running_runs(&self, thread_id: &ThreadId) -> Result<Vec<RunId>, LogError> {
+        let Some(entry) = self.core.thread(thread_id).await? else { return Ok(Vec::new()) };
+        let state = entry.state.lock();
+        if state.deleted {
+            return Ok(Vec::new());
         }
-        let (info, ticket) = {
-            let target = core.target(&new.thread_id, &new.owner, !new.in_process).await?;
-            let entry = target.entry().clone();
-            let mut state = entry.state.lock();
-            state.check_current()?;
-            let mut registry = core.registry.write();
-            if registry.contains_key(&run) {
-                return Err(LogError::RunExists(run.to_string()));
-            }
-            let run_state = RunState::new(state.id.clone(), new.agent_name, new.in_process, Timestamp::now());
-            let mut batch = Batch::default();
-            target.record_into(&mut batch);
-            batch.runs.push((run.clone(), run_state.record.clone()));
-            let ticket = core.submit(batch, Vec::new())?;
-            // Queued: now the working state may show it.
-            registry.insert(run.clone(), state.id.clone());
-            core.runs_in_flight.fetch_add(1, Ordering::Relaxed);
-            let mut run_state = run_state;
-            run_state.due_ms = Some(core.watch(&run, &state.id, &run_state.record));
-            let info = Self::info(&state, &run, &run_state.record);
-            state.runs.insert(run.clone(), run_state);
-            drop((registry, state));
-            target.publish(&core.threads, false);
-            (info, ticket)
-        };
-        durable(ticket).await?;
-        Ok(info)
+        Ok(going(&state).cloned().collect())
     }
 
     async fn run(&self, run_id: &str) -> Result<Option<RunInfo>, LogError> {

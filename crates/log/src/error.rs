@@ -27,6 +27,9 @@ pub enum LogError {
     /// This log does not do that (on every retry): nothing changed.
     #[error("{0}")]
     Unsupported(String),
+    /// The thread has a run going and the caller wanted it idle.
+    #[error("run {0} is still going in this thread")]
+    RunInFlight(agentwire_protocol::RunId),
     #[error("input request {0:?} is unknown")]
     InputNotFound(String),
     #[error("input request {0:?} is closed: it was answered, lapsed, or its run ended")]
@@ -40,7 +43,7 @@ impl LogError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::ThreadNotFound(_) | Self::RunNotFound(_) | Self::InputNotFound(_) => ErrorCode::NotFound,
-            Self::InputClosed(_) => ErrorCode::Conflict,
+            Self::InputClosed(_) | Self::RunInFlight(_) => ErrorCode::Conflict,
             Self::BadAnswer(_) => ErrorCode::BadRequest,
             Self::Forbidden => ErrorCode::Forbidden,
             Self::ThreadExists(_) | Self::RunExists(_) => ErrorCode::Conflict,

@@ -467,6 +467,20 @@ pub trait Log: Send + Sync + 'static {
     /// Registers a run (creating its thread for `owner` if new). Its idle clock starts now.
     async fn create_run(&self, run: NewRun) -> Result<RunInfo, LogError>;
 
+    /// The runs of `thread_id` that are going (registered or started, not
+    /// ended), in no particular order; none for a thread that does not exist.
+    async fn running_runs(&self, thread_id: &ThreadId) -> Result<Vec<RunId>, LogError>;
+
+    /// [`Log::create_run`] only while no run of the thread is going:
+    /// [`LogError::RunInFlight`] (naming one that is) otherwise. A log that can
+    /// checks and registers in one step; this default looks, then registers.
+    async fn create_run_if_idle(&self, run: NewRun) -> Result<RunInfo, LogError> {
+        if let Some(going) = self.running_runs(&run.thread_id).await?.into_iter().next() {
+            return Err(LogError::RunInFlight(going));
+        }
+        self.create_run(run).await
+    }
+
     /// Looks a run up in the registry (no extraction fallback: a run that never
     /// published is unknown).
     async fn run(&self, run_id: &str) -> Result<Option<RunInfo>, LogError>;
