@@ -52,6 +52,7 @@ export interface EventData {
     };
     user_message: {
         text: string;
+        queued?: boolean;
     };
     input_requested: {
         request_id: string;

@@ -277,7 +277,11 @@ function render(e) {
     debug.seqs.push(e.seq);
     if (e.event === "user_message") {
         const view = runView(e);
-        view.root.before(mark(el("div", "bubble user", e.data.text), e));
+        const bubble = mark(el("div", "bubble user", e.data.text), e);
+        // Sent while another run went on: it waits its turn (its run shows once it starts).
+        if (e.data.queued)
+            bubble.dataset.queued = "true";
+        view.root.before(bubble);
         if (current && loadThreads().find((t) => t.id === current)?.title === "New conversation") {
             saveThread(current, e.data.text.slice(0, 60));
         }

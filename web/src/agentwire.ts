@@ -38,7 +38,7 @@ export interface EventData {
   agent_message: { message_id: string; delta: string };
   agent_completed: { result?: unknown; duration_ms?: number };
   agent_error: { code: "failed" | "cancelled" | "timeout" | "worker_lost"; message: string };
-  user_message: { text: string };
+  user_message: { text: string; queued?: boolean };
   input_requested: {
     request_id: string;
     kind: "approval" | "text" | "choice";

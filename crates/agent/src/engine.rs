@@ -10,8 +10,13 @@
 //! (a [`RunSlot`] is reserved before the run is registered, so a refusal leaves
 //! nothing behind), how long a run may last (`agent_error {code:"timeout"}`), and
 //! how long a run may go on while no one watches its thread (`cancelled`).
+//!
+//! A run can also be queued behind its thread ([`Engine::enqueue`]): its
+//! user's message is appended at once, marked `queued`, and the run starts
+//! once no other run of the thread is going and those queued before it have
+//! started, as the log tells (so runs going on other nodes count too).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,6 +107,11 @@ pub enum StartError {
 }
 
 type RunCounts = Arc<Mutex<HashMap<UserId, usize>>>;
+/// Runs waiting for their thread, per thread, in the order they came.
+type Queues = Arc<Mutex<HashMap<ThreadId, VecDeque<RunId>>>>;
+
+/// How often a queued run looks whether its turn has come.
+const QUEUE_POLL: Duration = Duration::from_millis(100);
 
 /// A place for one run of one user, reserved before the run is registered;
 /// dropping it (the run ended, or was never started) frees the place.
@@ -130,6 +140,7 @@ pub struct Engine {
     tasks: TaskTracker,
     running: Arc<Mutex<HashMap<RunId, CancellationToken>>>,
     per_user: RunCounts,
+    queues: Queues,
     shutdown: CancellationToken,
 }
 
@@ -148,6 +159,7 @@ impl Engine {
             tasks: TaskTracker::new(),
             running: Arc::new(Mutex::new(HashMap::new())),
             per_user: Arc::new(Mutex::new(HashMap::new())),
+            queues: Arc::new(Mutex::new(HashMap::new())),
             shutdown: CancellationToken::new(),
         }
     }
@@ -193,7 +205,36 @@ impl Engine {
         let limits = self.limits.clone();
         self.tasks.spawn(async move {
             let run_id = run.run_id.clone();
-            drive(log, agent, &limits, run, input, stop, shutdown).await;
+            drive(log, agent, &limits, run, input, stop, shutdown, false).await;
+            running.lock().remove(&run_id);
+            drop(slot);
+        });
+        true
+    }
+
+    /// Queues `run` behind the runs going in its thread, holding `slot`: its
+    /// user's message is appended now, marked `queued`, and the run starts
+    /// once nothing else of the thread is going and every run queued before it
+    /// here has started. A queued run that is cancelled (or times out) while it
+    /// waits is dropped from the queue; one the server's shutdown finds waiting
+    /// ends with `worker_lost`. `false` once the engine is shutting down.
+    pub fn enqueue(&self, slot: RunSlot, run: RunInfo, input: RunInput) -> bool {
+        if self.shutdown.is_cancelled() {
+            return false;
+        }
+        let stop = CancellationToken::new();
+        self.running.lock().insert(run.run_id.clone(), stop.clone());
+        self.queues.lock().entry(run.thread_id.clone()).or_default().push_back(run.run_id.clone());
+        let (log, agent, running, shutdown) =
+            (self.log.clone(), self.agent.clone(), self.running.clone(), self.shutdown.clone());
+        let (queues, limits) = (self.queues.clone(), self.limits.clone());
+        self.tasks.spawn(async move {
+            let run_id = run.run_id.clone();
+            let turn = wait_turn(&*log, &queues, &run, &input, &stop, &shutdown).await;
+            leave_queue(&queues, &run);
+            if turn {
+                drive(log, agent, &limits, run, input, stop, shutdown, true).await;
+            }
             running.lock().remove(&run_id);
             drop(slot);
         });
@@ -223,17 +264,84 @@ impl Engine {
     }
 }
 
-fn started_events(agent_name: &str, input: &RunInput) -> Vec<NewEvent> {
+fn user_message(text: &str, queued: bool) -> NewEvent {
+    let data = if queued { json!({ "text": text, "queued": true }) } else { json!({ "text": text }) };
+    NewEvent::new(EventKind::UserMessage, data.as_object().cloned().unwrap_or_default())
+}
+
+/// `user_message` (unless it was appended when the run was queued) and `agent_started`.
+fn started_events(agent_name: &str, input: &RunInput, said: bool) -> Vec<NewEvent> {
     let mut events = Vec::with_capacity(2);
-    if let Some(text) = &input.user_message {
-        events.push(NewEvent::new(
-            EventKind::UserMessage,
-            json!({ "text": text }).as_object().cloned().unwrap_or_default(),
-        ));
+    if let Some(text) = input.user_message.as_deref().filter(|_| !said) {
+        events.push(user_message(text, false));
     }
     let started = json!({ "agent_name": agent_name, "input": input.user_message });
     events.push(NewEvent::new(EventKind::AgentStarted, started.as_object().cloned().unwrap_or_default()));
     events
+}
+
+/// Takes `run` out of its thread's queue (and the thread out of the map once empty).
+fn leave_queue(queues: &Queues, run: &RunInfo) {
+    let mut queues = queues.lock();
+    if let Some(queue) = queues.get_mut(&run.thread_id) {
+        queue.retain(|r| r != &run.run_id);
+        if queue.is_empty() {
+            queues.remove(&run.thread_id);
+        }
+    }
+}
+
+/// Appends the queued run's message, then waits until it is first in its
+/// thread's queue and no run of the thread outside the queue is going;
+/// `false` if it is not to start (cancelled or ended while it waited, or the
+/// server shutting down, which ends it with `worker_lost`).
+async fn wait_turn(
+    log: &dyn Log,
+    queues: &Queues,
+    run: &RunInfo,
+    input: &RunInput,
+    stop: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> bool {
+    let said = match &input.user_message {
+        Some(text) => log.append(run.run_id.as_str(), vec![user_message(text, true)]).await.map(drop),
+        None => Ok(()),
+    };
+    if let Err(e) = said {
+        tracing::warn!(run_id = %run.run_id, error = %e, "could not queue the run");
+        let _ =
+            log.append(run.run_id.as_str(), vec![NewEvent::agent_error("failed", "the run could not be queued")]).await;
+        return false;
+    }
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(QUEUE_POLL) => {}
+            () = stop.cancelled() => return false,
+            () = shutdown.cancelled() => {
+                let lost = NewEvent::agent_error("worker_lost", "the server shut down before the run's turn came");
+                let _ = log.append(run.run_id.as_str(), vec![lost]).await;
+                return false;
+            }
+        }
+        let queued: Vec<RunId> =
+            queues.lock().get(&run.thread_id).map(|q| q.iter().cloned().collect()).unwrap_or_default();
+        if queued.first() != Some(&run.run_id) {
+            continue;
+        }
+        match log.run(run.run_id.as_str()).await {
+            Ok(Some(info)) if info.status == agentwire_protocol::RunStatus::Running => {}
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::debug!(run_id = %run.run_id, error = %e, "a queued run could not look at its thread");
+                continue;
+            }
+        }
+        match log.running_runs(&run.thread_id).await {
+            Ok(going) if going.iter().all(|r| queued.contains(r)) => return true,
+            Ok(_) => {}
+            Err(e) => tracing::debug!(run_id = %run.run_id, error = %e, "a queued run could not look at its thread"),
+        }
+    }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -271,6 +379,10 @@ async fn unwatched_for(limits: &EngineLimits, thread: &ThreadId) -> Outcome {
     }
 }
 
+/// Runs the agent on `run` and ends the run; `said`: its user's message was
+/// appended already (when it was queued).
+// One task's inputs, each used once: a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     log: Arc<dyn Log>,
     agent: Arc<dyn Agent>,
@@ -279,10 +391,11 @@ async fn drive(
     input: RunInput,
     stop: CancellationToken,
     shutdown: CancellationToken,
+    said: bool,
 ) {
     let began = Instant::now();
     let ctx = RunContext::new(log, run.run_id.clone(), run.thread_id.clone(), stop.clone());
-    if let Err(e) = ctx.emit_all(started_events(agent.name(), &input)).await {
+    if let Err(e) = ctx.emit_all(started_events(agent.name(), &input, said)).await {
         tracing::warn!(run_id = %run.run_id, error = %e, "could not start the run");
         return;
     }

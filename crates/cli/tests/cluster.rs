@@ -269,3 +269,83 @@ async fn three_nodes_on_redis_lose_nothing_when_one_dies() {
 async fn three_nodes_on_nats_lose_nothing_when_one_dies() {
     three_nodes_lose_nothing(&nats()).await;
 }
+
+/// Posts a message to `thread` on `base` as `crash`.
+async fn say(http: &reqwest::Client, base: &str, thread: &str, body: Value) -> (u16, Value) {
+    let resp =
+        http.post(format!("{base}/v1/threads/{thread}/messages")).bearer_auth(token("crash")).json(&body).send().await;
+    let resp = resp.unwrap();
+    (resp.status().as_u16(), resp.json::<Value>().await.unwrap_or(Value::Null))
+}
+
+/// The thread's history on `base`, once it holds an event of `run` of one of `kinds`.
+async fn until_run(http: &reqwest::Client, base: &str, thread: &str, run: &str, kinds: &[&str]) -> Vec<Value> {
+    for _ in 0..500 {
+        let events = history(http, base, thread).await;
+        if events.iter().any(|e| e["run_id"] == run && kinds.contains(&e["event"].as_str().unwrap_or(""))) {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = history(http, base, thread).await;
+    panic!("{base}: run {run} never reached {kinds:?}: {events:?}");
+}
+
+fn seq_of(events: &[Value], run: &str, kind: &str) -> u64 {
+    events.iter().find(|e| e["run_id"] == run && e["event"] == kind).and_then(|e| e["seq"].as_u64()).unwrap()
+}
+
+/// Issue 18, item 2: a message sent to one node while the thread's run goes
+/// on another is rejected naming that run, queued behind it (and started on
+/// its own node once the other ends), or ends it first, on either engine.
+#[tokio::test]
+async fn double_texting_holds_across_nodes() {
+    for backbone in [redis(), nats()] {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let prefix = unique_prefix("dt");
+        let args = |id: &'static str| {
+            let args = ["--backbone", backbone.as_str(), "--backbone-prefix", prefix.as_str(), "--node-id", id];
+            [&args[..], &["--allow-weak-durability", "--demo-step-delay", "0s"]].concat()
+        };
+        let a = start_with(dir_a.path(), &args("a")).await;
+        let b = start_with(dir_b.path(), &args("b")).await;
+        let http = reqwest::Client::new();
+        let thread = "thread_dtcluster";
+        let made = http.post(format!("{}/v1/threads", a.base)).bearer_auth(token("crash"));
+        assert_eq!(made.json(&json!({"thread_id": thread})).send().await.unwrap().status(), 201);
+
+        // A run on node a that waits for its user's approval.
+        let (_, body) = say(&http, &a.base, thread, json!({"text": "ask me first"})).await;
+        let first = body["run_id"].as_str().unwrap().to_owned();
+        let events = until_run(&http, &b.base, thread, &first, &["input_requested"]).await;
+        let (status, body) = say(&http, &b.base, thread, json!({"text": "again", "double_texting": "reject"})).await;
+        assert_eq!((status, &body["error"]["run_id"]), (409, &json!(first)), "{backbone}: {body}");
+
+        let queue = json!({"text": "what is 2 + 2?", "double_texting": "enqueue"});
+        let (status, body) = say(&http, &b.base, thread, queue).await;
+        assert_eq!((status, &body["queued"]), (202, &json!(true)), "{backbone}: {body}");
+        let queued = body["run_id"].as_str().unwrap().to_owned();
+        let request = events.iter().find(|e| e["event"] == "input_requested").unwrap()["data"]["request_id"].clone();
+        let answer = http
+            .post(format!("{}/v1/threads/{thread}/inputs/{}", b.base, request.as_str().unwrap()))
+            .bearer_auth(token("crash"))
+            .json(&json!({"approved": true, "run_id": first}));
+        assert_eq!(answer.send().await.unwrap().status(), 200, "{backbone}: answered through the other node");
+        let events = until_run(&http, &a.base, thread, &queued, &["agent_completed", "agent_error"]).await;
+        assert!(seq_of(&events, &first, "agent_completed") < seq_of(&events, &queued, "agent_started"), "{backbone}");
+        assert_eq!(events.last().unwrap()["event"], "agent_completed", "{backbone}");
+
+        let (_, body) = say(&http, &a.base, thread, json!({"text": "ask me first"})).await;
+        let going = body["run_id"].as_str().unwrap().to_owned();
+        until_run(&http, &b.base, thread, &going, &["input_requested"]).await;
+        let (status, body) =
+            say(&http, &b.base, thread, json!({"text": "never mind", "double_texting": "interrupt"})).await;
+        assert_eq!(status, 202, "{backbone}: {body}");
+        let next = body["run_id"].as_str().unwrap().to_owned();
+        let events = until_run(&http, &a.base, thread, &next, &["agent_completed"]).await;
+        let cancelled = events.iter().find(|e| e["run_id"] == going.as_str() && e["event"] == "agent_error").unwrap();
+        assert_eq!(cancelled["data"]["code"], "cancelled", "{backbone}");
+        assert!(cancelled["seq"].as_u64().unwrap() < seq_of(&events, &next, "user_message"), "{backbone}");
+        drop((a, b));
+    }
+}

@@ -13,6 +13,22 @@ fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
 }
 
+/// What happens to a message posted while a run of its thread is going
+/// (PROTOCOL §3, "double-texting").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DoubleTexting {
+    /// The new run starts beside the one going.
+    #[default]
+    Concurrent,
+    /// `409`, naming the run that is going.
+    Reject,
+    /// The new run starts once the runs going (and those queued before it) end.
+    Enqueue,
+    /// The runs going end with `agent_error {code:"cancelled"}`, then the new one starts.
+    Interrupt,
+}
+
 /// The server's settings.
 #[derive(Debug, Clone, Args)]
 pub struct ServerConfig {
@@ -67,6 +83,11 @@ pub struct ServerConfig {
     /// A run that sends nothing for this long is ended with `agent_error {code:"timeout"}`.
     #[arg(long, env = "AGENTWIRE_RUN_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub run_idle_timeout: Duration,
+
+    /// What a message posted while its thread has a run going does, unless the
+    /// request says: `concurrent`, `reject`, `enqueue` or `interrupt`.
+    #[arg(long, env = "AGENTWIRE_DOUBLE_TEXTING", value_enum, default_value_t = DoubleTexting::Concurrent)]
+    pub double_texting: DoubleTexting,
 
     /// How long an input request waits for its answer when it does not say
     /// (`timeout_ms`); then its default answers it (PROTOCOL §2.1).

@@ -15,11 +15,13 @@ pub struct ApiError {
     pub message: String,
     /// Seconds after which the request may succeed (`Retry-After`, with `429`).
     pub retry_after: Option<u64>,
+    /// The run that made the request conflict (a run going in the thread).
+    pub run_id: Option<String>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after: None }
+        Self { code, message: message.into(), retry_after: None, run_id: None }
     }
 
     /// Says when to try again.
@@ -48,7 +50,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut body = json!({ "error": { "code": self.code, "message": self.message } });
+        if let Some(run_id) = self.run_id {
+            body["error"]["run_id"] = run_id.into();
+        }
         let mut response = (status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(seconds));
@@ -59,7 +64,11 @@ impl IntoResponse for ApiError {
 
 impl From<LogError> for ApiError {
     fn from(e: LogError) -> Self {
-        Self::new(e.code(), e.to_string())
+        let mut error = Self::new(e.code(), e.to_string());
+        if let LogError::RunInFlight(run) = &e {
+            error.run_id = Some(run.to_string());
+        }
+        error
     }
 }
 

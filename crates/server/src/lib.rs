@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{Auth, Principal};
-pub use config::{DEV_PUBLISH_KEY, ServerConfig};
+pub use config::{DEV_PUBLISH_KEY, DoubleTexting, ServerConfig};
 pub use state::{AppState, NodeInfo};
 
 /// Why the server could not start or keep serving.

@@ -37,8 +37,8 @@ pub async fn start_logging(data_dir: &std::path::Path) -> Node {
 async fn spawn(data_dir: &std::path::Path, extra: &[&str], stderr: Stdio) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentwire"))
         .args(["serve", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET, "--publish-key", KEY])
-        // A demo run stays in flight long enough to be cut by a kill.
-        .args(["--demo-step-delay", "30s"])
+        // A demo run stays in flight long enough to be cut by a kill, unless the test says.
+        .args(if extra.contains(&"--demo-step-delay") { &[][..] } else { &["--demo-step-delay", "30s"][..] })
         .arg("--data-dir")
         .arg(data_dir)
         .args(extra)

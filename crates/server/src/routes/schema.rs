@@ -155,12 +155,18 @@ pub struct PostMessage {
     /// What the user wrote; it starts the configured agent.
     #[schema(value_type = String, min_length = 1)]
     pub text: Value,
+    /// What happens if a run of the thread is going; the server's
+    /// `AGENTWIRE_DOUBLE_TEXTING` when absent.
+    #[serde(default)]
+    pub double_texting: Option<crate::config::DoubleTexting>,
 }
 
-/// The run a message started.
+/// The run a message started, or queued.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MessageAccepted {
     pub run_id: String,
+    /// Whether it waits for the runs going in its thread (`enqueue`).
+    pub queued: bool,
 }
 
 /// An event as stored and delivered (PROTOCOL §2).

@@ -1,7 +1,7 @@
 //! User routes on threads: create one, post a message to the agent, read history, delete.
 
 use agentwire_agent::RunInput;
-use agentwire_log::NewRun;
+use agentwire_log::{LogError, NewRun, RunInfo};
 use agentwire_protocol::{ThreadId, json_array};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::auth::Principal;
+use crate::config::DoubleTexting;
 use crate::error::ApiError;
 use crate::extract::{Body, Caller};
 use crate::routes::schema::{
@@ -85,6 +86,7 @@ pub async fn post_message(
         .as_str()
         .filter(|t| !t.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("text must be a non-empty string"))?;
+    let strategy = req.double_texting.unwrap_or(state.config.double_texting);
     // Every quota and the engine's place first: a refusal leaves nothing behind.
     let engine = state.agent_engine()?;
     let (runs, threads) = state.user_run_charges(user, &thread).await?;
@@ -97,14 +99,50 @@ pub async fn post_message(
         in_process: true,
         run_id: None,
     };
-    let run = state.log.create_run(new).await?;
+    let (run, queued) = register(&state, new, strategy).await?;
     let run_id = run.run_id.clone();
-    if !engine.start(slot, run, RunInput { user_message: Some(text.to_owned()), extra: Value::Null }) {
+    let input = RunInput { user_message: Some(text.to_owned()), extra: Value::Null };
+    let started = if queued { engine.enqueue(slot, run, input) } else { engine.start(slot, run, input) };
+    if !started {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
     runs.keep();
     threads.keep();
-    Ok((StatusCode::ACCEPTED, Json(MessageAccepted { run_id: run_id.to_string() })))
+    Ok((StatusCode::ACCEPTED, Json(MessageAccepted { run_id: run_id.to_string(), queued })))
+}
+
+/// Times an interrupt looks again for runs that started meanwhile.
+const INTERRUPT_ATTEMPTS: usize = 3;
+
+/// Registers the message's run as `strategy` says for a thread with a run
+/// going; answers it and whether it is to be queued.
+async fn register(state: &AppState, new: NewRun, strategy: DoubleTexting) -> Result<(RunInfo, bool), ApiError> {
+    match strategy {
+        DoubleTexting::Concurrent => Ok((state.log.create_run(new).await?, false)),
+        DoubleTexting::Reject => Ok((state.log.create_run_if_idle(new).await?, false)),
+        DoubleTexting::Enqueue => match state.log.create_run_if_idle(new.clone()).await {
+            Ok(run) => Ok((run, false)),
+            Err(LogError::RunInFlight(_)) => Ok((state.log.create_run(new).await?, true)),
+            Err(e) => Err(e.into()),
+        },
+        DoubleTexting::Interrupt => {
+            for _ in 0..INTERRUPT_ATTEMPTS {
+                for going in state.log.running_runs(&new.thread_id).await? {
+                    match state.log.cancel(going.as_str()).await {
+                        // Ended or gone meanwhile: nothing left to interrupt.
+                        Ok(_) | Err(LogError::Lifecycle(_) | LogError::RunNotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    state.stop_agent_run(going.as_str());
+                }
+                match state.log.create_run_if_idle(new.clone()).await {
+                    Err(LogError::RunInFlight(_)) => continue,
+                    created => return Ok((created?, false)),
+                }
+            }
+            Ok((state.log.create_run_if_idle(new).await?, false))
+        }
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
