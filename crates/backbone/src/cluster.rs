@@ -804,6 +804,7 @@ impl<B: Backbone> Inner<B> {
             status: known.map(|r| r.state.lifecycle.status()).unwrap_or_default(),
             cancel_requested: known.is_some_and(|r| r.state.cancel_requested),
             inputs: known.map(|r| r.state.lifecycle.inputs().clone()).unwrap_or_default(),
+            queued: known.is_some_and(|r| r.state.lifecycle.queued()),
         }))
     }
 
@@ -1286,6 +1287,7 @@ impl<B: Backbone> Log for ClusterLog<B> {
             status: Default::default(),
             cancel_requested: false,
             inputs: Default::default(),
+            queued: false,
         })
     }
 

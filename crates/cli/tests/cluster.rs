@@ -325,6 +325,10 @@ async fn double_texting_holds_across_nodes() {
         let (status, body) = say(&http, &b.base, thread, queue).await;
         assert_eq!((status, &body["queued"]), (202, &json!(true)), "{backbone}: {body}");
         let queued = body["run_id"].as_str().unwrap().to_owned();
+        let seen = until_run(&http, &a.base, thread, &queued, &["user_message"]).await;
+        let (_, view) = get(&http, format!("{}/v1/runs/{queued}", a.base)).await;
+        assert_eq!(view["queued"], true, "{backbone}: the other node shows the queue: {view}");
+        assert!(!seen.iter().any(|e| e["run_id"] == queued.as_str() && e["event"] == "agent_started"), "{backbone}");
         let request = events.iter().find(|e| e["event"] == "input_requested").unwrap()["data"]["request_id"].clone();
         let answer = http
             .post(format!("{}/v1/threads/{thread}/inputs/{}", b.base, request.as_str().unwrap()))

@@ -1069,6 +1069,7 @@ impl<S: Store> StoredLog<S> {
             status: record.lifecycle.status(),
             cancel_requested: record.cancel_requested,
             inputs: record.lifecycle.inputs().clone(),
+            queued: record.lifecycle.queued(),
         }
     }
 

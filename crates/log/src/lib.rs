@@ -295,6 +295,8 @@ pub struct RunInfo {
     pub cancel_requested: bool,
     /// Its input requests: open, and the newest closed.
     pub inputs: RunInputs,
+    /// Waiting behind its thread's runs (double-texting's `enqueue`), not started yet.
+    pub queued: bool,
 }
 
 /// A run to register.

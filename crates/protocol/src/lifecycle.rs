@@ -87,6 +87,14 @@ pub struct RunLifecycle {
     open_tool_calls: BTreeSet<String>,
     #[serde(default, skip_serializing_if = "RunInputs::is_empty")]
     inputs: RunInputs,
+    /// Queued behind its thread's runs: its `user_message` said so, and it has not started.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    queued: bool,
+}
+
+/// Whether a `user_message` says its run waits its turn.
+fn says_queued(data: &Map<String, Value>) -> bool {
+    data.get("queued").and_then(Value::as_bool).unwrap_or(false)
 }
 
 fn tool_call_id(data: &Map<String, Value>) -> String {
@@ -123,10 +131,16 @@ impl RunLifecycle {
         &self.inputs
     }
 
+    /// Whether the run waits behind its thread's runs (double-texting's `enqueue`).
+    pub fn queued(&self) -> bool {
+        self.queued
+    }
+
     /// Applies one event, to be stored at `seq`, or says why it may not be
     /// appended. `user_message` stands outside the rules.
     pub fn apply(&mut self, kind: EventKind, data: &Map<String, Value>, seq: u64) -> Result<(), LifecycleError> {
         if kind == EventKind::UserMessage {
+            self.queued |= !self.started && says_queued(data);
             return Ok(());
         }
         if self.ended() {
@@ -134,10 +148,14 @@ impl RunLifecycle {
         }
         match kind {
             EventKind::AgentStarted if self.started => return Err(LifecycleError::AlreadyStarted),
-            EventKind::AgentStarted => self.started = true,
+            EventKind::AgentStarted => {
+                self.started = true;
+                self.queued = false;
+            }
             // A run may fail before it starts (a worker that never came up, the idle watchdog).
             EventKind::AgentError => {
                 self.status = RunStatus::Error;
+                self.queued = false;
                 self.inputs.close_all();
             }
             _ if !self.started => return Err(LifecycleError::NotStarted),
@@ -191,8 +209,11 @@ impl RunLifecycle {
     /// state from stored history. Never refuses: history that retention cut
     /// short may begin mid-run, and stored events were checked when appended.
     pub fn replay(&mut self, kind: EventKind, data: &Map<String, Value>, seq: u64) {
+        if kind != EventKind::UserMessage {
+            self.queued = false;
+        }
         match kind {
-            EventKind::UserMessage => {}
+            EventKind::UserMessage => self.queued |= !self.started && !self.ended() && says_queued(data),
             EventKind::AgentStarted => self.started = true,
             EventKind::AgentError => {
                 self.status = RunStatus::Error;
@@ -359,6 +380,22 @@ mod tests {
         }
         assert_eq!(run.inputs().closed.len(), CLOSED_INPUTS_KEPT);
         assert_eq!(run.inputs().closed.back().map(|c| c.request_id.as_str()), Some("later199"));
+    }
+
+    #[test]
+    fn a_queued_run_is_queued_until_it_starts_or_ends() {
+        let queued_message = ev(EventKind::UserMessage, json!({"text":"hi","queued":true}));
+        let waiting = RunLifecycle::default().check_batch(std::slice::from_ref(&queued_message), 0).unwrap();
+        assert!(waiting.queued() && !waiting.started());
+        let started = waiting.check_batch(&[ev(EventKind::AgentStarted, json!({}))], 1).unwrap();
+        assert!(!started.queued());
+        let gone = waiting.check_batch(&[ev(EventKind::AgentError, json!({}))], 1).unwrap();
+        assert!(!gone.queued());
+        let mut replayed = RunLifecycle::default();
+        replayed.replay(EventKind::UserMessage, &queued_message.data, 1);
+        assert!(replayed.queued());
+        replayed.replay(EventKind::AgentStarted, &Map::new(), 2);
+        assert_eq!(replayed, started);
     }
 
     #[test]

@@ -101,7 +101,7 @@ async fn each_strategy_does_what_it_says_with_a_run_going() {
     let said = events.iter().find(|e| e["run_id"] == queued.as_str()).unwrap();
     assert_eq!((&said["event"], &said["data"]["queued"]), (&json!("user_message"), &json!(true)));
     let (_, view) = server.get(&format!("/v1/runs/{queued}"), &chat.token).await;
-    assert_eq!(view["status"], "running");
+    assert_eq!((&view["status"], &view["queued"]), (&json!("running"), &json!(true)), "{view}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !chat.events().await.iter().any(|e| e["run_id"] == queued.as_str() && e["event"] == "agent_started"),
@@ -115,6 +115,8 @@ async fn each_strategy_does_what_it_says_with_a_run_going() {
     );
     assert_eq!(events.iter().filter(|e| e["run_id"] == queued.as_str() && e["event"] == "user_message").count(), 1);
     assert_eq!(events.last().unwrap()["event"], "agent_completed");
+    let (_, view) = server.get(&format!("/v1/runs/{queued}"), &chat.token).await;
+    assert_eq!(view["queued"], false, "no longer once it started");
 
     // interrupt: the run going ends cancelled, then the new one runs.
     let going = chat.waiting_run().await;

@@ -106,6 +106,7 @@ fn run_view(run: RunInfo) -> RunView {
         thread_id: run.thread_id.to_string(),
         status: run.status.as_str().to_owned(),
         cancel_requested: run.cancel_requested,
+        queued: run.queued,
         agent_name: run.agent_name,
         open_inputs: run
             .inputs

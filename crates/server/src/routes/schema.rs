@@ -90,6 +90,8 @@ pub struct RunView {
     pub agent_name: Option<String>,
     /// The input requests the run waits on (PROTOCOL §2.1).
     pub open_inputs: Vec<OpenInputView>,
+    /// Waiting behind its thread's runs, not started yet (double-texting's `enqueue`).
+    pub queued: bool,
 }
 
 /// An input request still open.

@@ -70,8 +70,8 @@ pub async fn delete(
 #[utoipa::path(post, path = "/v1/threads/{thread_id}/messages", tag = "threads", request_body = PostMessage,
     params(("thread_id" = String, Path, description = "the thread; created for the caller if new")),
     responses((status = 202, body = MessageAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 429, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn post_message(
     State(state): State<AppState>,
     caller: Caller,
@@ -102,13 +102,22 @@ pub async fn post_message(
     let (run, queued) = register(&state, new, strategy).await?;
     let run_id = run.run_id.clone();
     let input = RunInput { user_message: Some(text.to_owned()), extra: Value::Null };
-    let started = if queued { engine.enqueue(slot, run, input) } else { engine.start(slot, run, input) };
-    if !started {
-        return Err(ApiError::unavailable("the server is shutting down"));
-    }
+    start(engine, slot, run, input, queued)?;
     runs.keep();
     threads.keep();
     Ok((StatusCode::ACCEPTED, Json(MessageAccepted { run_id: run_id.to_string(), queued })))
+}
+
+/// Starts `run` on the engine now, or queues it behind its thread.
+pub(crate) fn start(
+    engine: &agentwire_agent::Engine,
+    slot: agentwire_agent::RunSlot,
+    run: RunInfo,
+    input: RunInput,
+    queued: bool,
+) -> Result<(), ApiError> {
+    let started = if queued { engine.enqueue(slot, run, input) } else { engine.start(slot, run, input) };
+    if started { Ok(()) } else { Err(ApiError::unavailable("the server is shutting down")) }
 }
 
 /// Times an interrupt looks again for runs that started meanwhile.
@@ -116,7 +125,11 @@ const INTERRUPT_ATTEMPTS: usize = 3;
 
 /// Registers the message's run as `strategy` says for a thread with a run
 /// going; answers it and whether it is to be queued.
-async fn register(state: &AppState, new: NewRun, strategy: DoubleTexting) -> Result<(RunInfo, bool), ApiError> {
+pub(crate) async fn register(
+    state: &AppState,
+    new: NewRun,
+    strategy: DoubleTexting,
+) -> Result<(RunInfo, bool), ApiError> {
     match strategy {
         DoubleTexting::Concurrent => Ok((state.log.create_run(new).await?, false)),
         DoubleTexting::Reject => Ok((state.log.create_run_if_idle(new).await?, false)),

@@ -67,9 +67,9 @@ fn respond(state: AppState, permit: ConnectionPermit, feed: Feed, run_id: &str) 
 #[utoipa::path(post, path = "/v1/ui/chat", tag = "ai-sdk", request_body(content = Object, description = "the AI SDK's chat request: `id` (the thread) and `messages`"),
     responses((status = 200, description = "the AI SDK's UI message stream: one JSON chunk per `data:` line, then `[DONE]`", content_type = "text/event-stream"),
         (status = 400, body = crate::routes::schema::ErrorBody), (status = 401, body = crate::routes::schema::ErrorBody),
-        (status = 403, body = crate::routes::schema::ErrorBody), (status = 413, body = crate::routes::schema::ErrorBody),
-        (status = 429, body = crate::routes::schema::ErrorBody), (status = 501, body = crate::routes::schema::ErrorBody),
-        (status = 503, body = crate::routes::schema::ErrorBody)))]
+        (status = 403, body = crate::routes::schema::ErrorBody), (status = 409, body = crate::routes::schema::ErrorBody),
+        (status = 413, body = crate::routes::schema::ErrorBody), (status = 429, body = crate::routes::schema::ErrorBody),
+        (status = 501, body = crate::routes::schema::ErrorBody), (status = 503, body = crate::routes::schema::ErrorBody)))]
 pub async fn chat(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

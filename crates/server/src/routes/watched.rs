@@ -83,11 +83,10 @@ pub(crate) async fn start_run(
         in_process: true,
         run_id,
     };
-    let run = state.log.create_run(new).await?;
+    // A thread with a run going: as the server's double-texting setting says.
+    let (run, queued) = crate::routes::threads::register(state, new, state.config.double_texting).await?;
     let run_id = run.run_id.clone();
-    if !engine.start(slot, run, input) {
-        return Err(ApiError::unavailable("the server is shutting down"));
-    }
+    crate::routes::threads::start(engine, slot, run, input, queued)?;
     runs.keep();
     threads.keep();
     Ok((feed, run_id))
