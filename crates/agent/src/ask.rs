@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use agentwire_log::LogError;
 use agentwire_log::input::{InputOutcome, await_input};
 use agentwire_protocol::{EventKind, NewEvent};
 use serde_json::{Map, Value};
@@ -18,6 +19,8 @@ use crate::context::{EmitError, RunContext};
 /// How long one look at the log waits before it looks again (the run may be
 /// stopped meanwhile, which ends the wait anyway).
 const WAIT_STEP: Duration = Duration::from_secs(30);
+/// How long to wait before looking again when the log is unavailable.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// What to ask the user.
 #[derive(Debug, Clone)]
@@ -126,8 +129,17 @@ impl RunContext {
         loop {
             let waited = await_input(self.log(), self.run_id(), self.thread_id(), &request_id, WAIT_STEP);
             let outcome = tokio::select! {
-                outcome = waited => outcome?,
+                outcome = waited => outcome,
                 _ = self.stopped() => return Err(EmitError::RunEnded),
+            };
+            let outcome = match outcome {
+                // The store or engine is away for a moment: the request waits there, so does the agent.
+                Err(LogError::Unavailable(why)) => {
+                    tracing::debug!(run_id = %self.run_id(), %why, "waiting for an answer: the log is unavailable");
+                    tokio::time::sleep(RETRY_AFTER).await;
+                    continue;
+                }
+                outcome => outcome?,
             };
             match outcome {
                 InputOutcome::Waiting => continue,

@@ -110,8 +110,9 @@ type RunCounts = Arc<Mutex<HashMap<UserId, usize>>>;
 /// Runs waiting for their thread, per thread, in the order they came.
 type Queues = Arc<Mutex<HashMap<ThreadId, VecDeque<RunId>>>>;
 
-/// How often a queued run looks whether its turn has come.
-const QUEUE_POLL: Duration = Duration::from_millis(100);
+/// How often a queued run looks whether its turn has come (two reads of the
+/// log each time: on a shared engine, two round trips).
+const QUEUE_POLL: Duration = Duration::from_millis(200);
 
 /// A place for one run of one user, reserved before the run is registered;
 /// dropping it (the run ended, or was never started) frees the place.
