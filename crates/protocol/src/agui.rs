@@ -10,7 +10,7 @@
 //! | `tool_completed` | `TOOL_CALL_RESULT` |
 //! | `agent_message` | `TEXT_MESSAGE_START` (first delta of a message), `TEXT_MESSAGE_CONTENT` |
 //! | `agent_completed` | `TEXT_MESSAGE_END` for open messages, `RUN_FINISHED` |
-//! | `agent_error` | `TEXT_MESSAGE_END` for open messages, `RUN_ERROR` |
+//! | `agent_error` | `TEXT_MESSAGE_END` for open messages, `RUN_ERROR` (`cancelled`: `RUN_FINISHED` with the cancelled outcome) |
 //! | `input_requested` | after the batch it came in: `TEXT_MESSAGE_END` for open messages, `RUN_FINISHED` with the interrupt outcome |
 //! | `input_received` | `CUSTOM` (`name` `input_received`, `value` its data) |
 //!
@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 use crate::envelope::Envelope;
 use crate::event::EventKind;
+use crate::open_ids::OpenIds;
 
 /// One run's AG-UI stream: remembers which text messages are open.
 #[derive(Debug, Clone)]
@@ -33,7 +34,7 @@ pub struct AguiStream {
     run_id: String,
     /// The run id AG-UI sees: the agentwire run's, or the resuming request's.
     agui_run_id: String,
-    open_messages: Vec<String>,
+    open_messages: OpenIds,
     /// Input requests of the current batch: they end the stream once it is encoded.
     interrupts: Vec<Value>,
     ended: bool,
@@ -62,7 +63,7 @@ impl AguiStream {
             thread_id: thread_id.into(),
             run_id: run_id.into(),
             agui_run_id: agui_run_id.into(),
-            open_messages: Vec::new(),
+            open_messages: OpenIds::default(),
             interrupts: Vec::new(),
             ended: false,
         }
@@ -98,7 +99,7 @@ impl AguiStream {
     }
 
     fn close_messages(&mut self, out: &mut Vec<Value>) {
-        for id in self.open_messages.drain(..) {
+        for id in self.open_messages.close_all() {
             out.push(json!({ "type": "TEXT_MESSAGE_END", "messageId": id }));
         }
     }
@@ -147,9 +148,8 @@ impl AguiStream {
             EventKind::AgentMessage => {
                 let id = str_of("message_id");
                 let delta = str_of("delta");
-                if !self.open_messages.contains(&id) {
+                if self.open_messages.open(&id) {
                     out.push(json!({ "type": "TEXT_MESSAGE_START", "messageId": id, "role": "assistant" }));
-                    self.open_messages.push(id.clone());
                 }
                 if !delta.is_empty() {
                     out.push(json!({ "type": "TEXT_MESSAGE_CONTENT", "messageId": id, "delta": delta }));
@@ -163,6 +163,17 @@ impl AguiStream {
                     finished["result"] = result.clone();
                 }
                 out.push(finished);
+                self.ended = true;
+            }
+            // A run stopped because it was told to is AG-UI's cancelled outcome, not an error.
+            EventKind::AgentError if str_of("code") == "cancelled" => {
+                self.close_messages(&mut out);
+                out.push(json!({
+                    "type": "RUN_FINISHED",
+                    "threadId": self.thread_id,
+                    "runId": self.agui_run_id,
+                    "outcome": { "type": "cancelled" },
+                }));
                 self.ended = true;
             }
             EventKind::AgentError => {
@@ -286,6 +297,10 @@ mod tests {
         let end = s.encode(&env(2, "r1", EventKind::AgentError, json!({"code":"failed","message":"boom"})));
         assert_eq!(types(&end), ["TEXT_MESSAGE_END", "RUN_ERROR"]);
         assert_eq!(end[1]["message"], "boom");
+        let mut told = AguiStream::new("thread_ag", "r1");
+        let stop = told.encode(&env(1, "r1", EventKind::AgentError, json!({"code":"cancelled","message":"stop"})));
+        assert_eq!((&stop[0]["type"], &stop[0]["outcome"]), (&json!("RUN_FINISHED"), &json!({"type":"cancelled"})));
+        assert!(told.ended());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod ids;
 pub mod input;
 pub mod legacy;
 pub mod lifecycle;
+mod open_ids;
 pub mod redact;
 pub mod ui_message;
 

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use crate::agui::text_of;
 use crate::envelope::Envelope;
 use crate::event::EventKind;
+use crate::open_ids::OpenIds;
 
 /// The value of the `x-vercel-ai-ui-message-stream` header.
 pub const UI_MESSAGE_STREAM_VERSION: &str = "v1";
@@ -27,14 +28,14 @@ pub const UI_MESSAGE_STREAM_VERSION: &str = "v1";
 #[derive(Debug, Clone)]
 pub struct UiMessageStream {
     run_id: String,
-    open_texts: Vec<String>,
+    open_texts: OpenIds,
     ended: bool,
 }
 
 impl UiMessageStream {
     /// The stream of `run_id`.
     pub fn new(run_id: impl Into<String>) -> Self {
-        Self { run_id: run_id.into(), open_texts: Vec::new(), ended: false }
+        Self { run_id: run_id.into(), open_texts: OpenIds::default(), ended: false }
     }
 
     /// `start`, the stream's first chunk: the assistant message is the run.
@@ -48,7 +49,7 @@ impl UiMessageStream {
     }
 
     fn close_texts(&mut self, out: &mut Vec<Value>) {
-        for id in self.open_texts.drain(..) {
+        for id in self.open_texts.close_all() {
             out.push(json!({ "type": "text-end", "id": id }));
         }
     }
@@ -70,9 +71,8 @@ impl UiMessageStream {
             }
             EventKind::AgentMessage => {
                 let id = str_of("message_id");
-                if !self.open_texts.contains(&id) {
+                if self.open_texts.open(&id) {
                     out.push(json!({ "type": "text-start", "id": id }));
-                    self.open_texts.push(id.clone());
                 }
                 out.push(json!({ "type": "text-delta", "id": id, "delta": str_of("delta") }));
             }
