@@ -129,3 +129,30 @@ test("a cancelled resume denies the approval", async () => {
   const received = stored.find((e) => e.event === "input_received");
   assert.equal(received.data.declined, true);
 });
+
+test("a run cancelled while it streams finishes with AG-UI's cancelled outcome", async () => {
+  const slow = await Agentwire.create("300ms");
+  try {
+    const token = await slow.token("agui");
+    const runner = new HttpAgent({
+      url: `${slow.base}/v1/agui`,
+      headers: { authorization: `Bearer ${token}` },
+      threadId: "thread_agui5",
+      initialMessages: [{ id: "m1", role: "user", content: "what is 1 + 1?" }],
+    });
+    const events = [];
+    const cancel = () =>
+      fetch(`${slow.base}/v1/runs/agui-cancel-1/cancel`, { method: "POST", headers: { authorization: `Bearer ${token}` } });
+    await runner.runAgent({ runId: "agui-cancel-1" }, {
+      onEvent: ({ event }) => {
+        events.push(event);
+        if (event.type === "REASONING_START" && events.filter((e) => e.type === "REASONING_START").length === 1) void cancel();
+      },
+    });
+    const last = events.at(-1);
+    assert.equal(last.type, "RUN_FINISHED", JSON.stringify(last));
+    assert.deepEqual(last.outcome, { type: "cancelled" });
+  } finally {
+    await slow.stop();
+  }
+});
