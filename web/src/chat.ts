@@ -298,15 +298,10 @@ function decided(box: HTMLElement, state: "answered" | "timed_out" | "closed", t
 
 function describe(d: Extract<Envelope, { event: "input_received" }>["data"]): string {
   const a = d.answer;
-  const said = !a
-    ? "no answer"
-    : a.approved !== undefined
-      ? a.approved
-        ? "approved"
-        : "denied"
-      : a.choice !== undefined
-        ? `chose “${a.choice}”`
-        : `replied “${a.text ?? ""}”`;
+  let said = `replied “${a?.text ?? ""}”`;
+  if (!a) said = "no answer";
+  else if (a.approved !== undefined) said = a.approved ? "approved" : "denied";
+  else if (a.choice !== undefined) said = `chose “${a.choice}”`;
   const note = a?.message ? ` · ${a.message}` : "";
   return d.source === "timeout" ? `no answer in time: ${said}` : `${said}${d.user_id ? ` by ${d.user_id}` : ""}${note}`;
 }

@@ -1331,9 +1331,8 @@ impl<B: Backbone> Log for ClusterLog<B> {
                 let cell = inner.cell(thread_id);
                 let mut view = cell.lock().await;
                 inner.sync(thread_id, &mut view).await?;
-                let holder = view.runs.iter().find(|(_, r)| {
-                    !r.state.lifecycle.ended() && input::knows(r.state.lifecycle.inputs(), &answer.request_id)
-                });
+                let holder =
+                    view.runs.iter().find(|(_, r)| input::asked_by_going_run(&r.state.lifecycle, &answer.request_id));
                 holder.map(|(run, _)| run.clone()).ok_or_else(not_found)?
             }
         };

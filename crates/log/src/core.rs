@@ -1281,19 +1281,16 @@ impl<S: Store> Log for StoredLog<S> {
             },
             None => None,
         };
-        let ticket = {
+        let (appended, ticket) = {
             let mut state = entry.state.lock();
             state.check_current()?;
             let holder = match &named {
-                Some((run, _)) => state.runs.get(run).map(|r| (run.clone(), r.record.lifecycle.inputs().clone())),
-                None => state
-                    .runs
-                    .iter()
-                    .find(|(_, r)| {
-                        !r.record.lifecycle.ended() && input::knows(r.record.lifecycle.inputs(), &answer.request_id)
-                    })
-                    .map(|(run, r)| (run.clone(), r.record.lifecycle.inputs().clone())),
+                Some((run, _)) => state.runs.get_key_value(run),
+                None => {
+                    state.runs.iter().find(|(_, r)| input::asked_by_going_run(&r.record.lifecycle, &answer.request_id))
+                }
             };
+            let holder = holder.map(|(run, r)| (run.clone(), r.record.lifecycle.inputs().clone()));
             let (run, inputs) = match (holder, named) {
                 (Some(found), _) => found,
                 (None, Some((run, lookup))) => {
@@ -1304,10 +1301,8 @@ impl<S: Store> Log for StoredLog<S> {
             };
             let mut events = vec![input::answer_event(&inputs, &answer)?];
             core.config.prepare(&mut events);
-            let (appended, ticket) = core.append_locked(&entry, &mut state, &run, events, false, Lookup::live())?;
-            (appended, ticket)
+            core.append_locked(&entry, &mut state, &run, events, false, Lookup::live())?
         };
-        let (appended, ticket) = ticket;
         durable(ticket).await?;
         Ok(appended)
     }

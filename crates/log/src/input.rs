@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentwire_protocol::{EventKind, NewEvent, OpenInput, RunId, RunInputs, ThreadId, UserId};
+use agentwire_protocol::{EventKind, NewEvent, OpenInput, RunId, RunInputs, RunLifecycle, ThreadId, UserId};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
@@ -84,9 +84,11 @@ pub fn lapsed(inputs: &RunInputs, now_ms: i64) -> Vec<NewEvent> {
     inputs.open.iter().filter(|(_, open)| open.expired(now_ms)).map(|(id, open)| open.timed_out(id)).collect()
 }
 
-/// Whether a run's `inputs` know `request_id` at all.
-pub fn knows(inputs: &RunInputs, request_id: &str) -> bool {
-    inputs.open.contains_key(request_id) || inputs.closed(request_id).is_some()
+/// Whether `request_id` was asked by this going run (open, or closed and
+/// remembered): the run an answer without a named run goes to.
+pub fn asked_by_going_run(lifecycle: &RunLifecycle, request_id: &str) -> bool {
+    let inputs = lifecycle.inputs();
+    !lifecycle.ended() && (inputs.open.contains_key(request_id) || inputs.closed(request_id).is_some())
 }
 
 /// How often a waiter looks again without a wake-up (a log without
@@ -105,8 +107,7 @@ pub async fn wait_for_status<L: Log + ?Sized>(
     let until = Instant::now() + wait;
     let notice = log.input_changes();
     let poll = if notice.is_some() { POLL_WITH_NOTICE } else { POLL_WITHOUT_NOTICE };
-    let quiet = Arc::new(Notify::new());
-    let notify = notice.unwrap_or(quiet);
+    let notify = notice.unwrap_or_else(|| Arc::new(Notify::new()));
     loop {
         // Registered before the look, so a change between the two still wakes us.
         let woken = notify.notified();
@@ -158,18 +159,21 @@ async fn received_at<L: Log + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agentwire_protocol::RunLifecycle;
     use serde_json::json;
 
-    fn inputs() -> RunInputs {
+    /// A going run that asked `x` (answered by its timeout) and `y` (open).
+    fn going() -> RunLifecycle {
         let ask = |id: &str| {
             let data = json!({"request_id": id, "kind": "choice", "prompt": "?", "options": ["a", "b"]});
             NewEvent::new(EventKind::InputRequested, data.as_object().cloned().unwrap_or_default())
         };
         let started = NewEvent::new(EventKind::AgentStarted, Map::new());
         let answer = OpenInput::from_request(&ask("x").data).timed_out("x");
-        let run = RunLifecycle::default().check_batch(&[started, ask("x"), ask("y"), answer], 0).unwrap();
-        run.inputs().clone()
+        RunLifecycle::default().check_batch(&[started, ask("x"), ask("y"), answer], 0).unwrap()
+    }
+
+    fn inputs() -> RunInputs {
+        going().inputs().clone()
     }
 
     fn answer(id: &str, value: Value) -> InputAnswer {
@@ -187,7 +191,11 @@ mod tests {
         assert_eq!(InputStatus::of(&inputs, "x"), Some(InputStatus::Answered { answer_seq: 4 }));
         assert!(matches!(InputStatus::of(&inputs, "y"), Some(InputStatus::Open(_))));
         assert_eq!(InputStatus::of(&inputs, "z"), None);
-        assert!(knows(&inputs, "x") && knows(&inputs, "y") && !knows(&inputs, "z"));
+        let run = going();
+        let asked = |id| asked_by_going_run(&run, id);
+        assert!(asked("x") && asked("y") && !asked("z"));
+        let ended = run.check_batch(&[NewEvent::agent_error("cancelled", "stop")], 4).unwrap();
+        assert!(!asked_by_going_run(&ended, "y"), "an ended run is not searched");
     }
 
     #[test]

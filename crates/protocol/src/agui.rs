@@ -201,19 +201,16 @@ impl AguiStream {
 fn interrupt(d: &serde_json::Map<String, Value>, run_id: &str) -> Value {
     let kind = d.get("kind").and_then(Value::as_str).unwrap_or_default();
     let message = json!({ "type": "string" });
-    let (reason, answer) = match kind {
-        "approval" => ("confirmation", json!({ "approved": { "type": "boolean" }, "message": message })),
+    // The reason, and the answer's field with its schema.
+    let (reason, required, field) = match kind {
+        "approval" => ("confirmation", "approved", json!({ "type": "boolean" })),
         "choice" => {
             let options = d.get("options").cloned().unwrap_or_else(|| json!([]));
-            ("input_required", json!({ "choice": { "type": "string", "enum": options }, "message": message }))
+            ("input_required", "choice", json!({ "type": "string", "enum": options }))
         }
-        _ => ("input_required", json!({ "text": { "type": "string" }, "message": message })),
+        _ => ("input_required", "text", json!({ "type": "string" })),
     };
-    let required = match kind {
-        "approval" => "approved",
-        "choice" => "choice",
-        _ => "text",
-    };
+    let answer = json!({ required: field, "message": message });
     let mut metadata = json!({ "kind": kind, "runId": run_id });
     for (from, to) in
         [("tool_name", "toolName"), ("arguments", "arguments"), ("options", "options"), ("default", "default")]
