@@ -576,3 +576,49 @@ async fn event_ids_packed_per_commit_and_a_version_3_files_single_ids_both_dedup
         assert_eq!(log.append(going.as_str(), vec![thought(id)]).await.unwrap().seqs, vec![seq], "{id}");
     }
 }
+
+/// The files in the journal's directory, with their lengths.
+fn journal_files(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let journal = dir.join(agentwire_log::embedded::JOURNAL_DIR);
+    let mut files: Vec<_> = std::fs::read_dir(journal)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn a_busy_store_moves_its_journal_onto_a_prepared_file_of_zeros_and_reads_back_across_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = UserId::parse("busy").unwrap();
+    let log = open(dir.path(), Duration::from_secs(3600));
+    let run = log.create_run(external_run("thread_busy", &user, None)).await.unwrap().run_id;
+    log.append(run.as_str(), vec![ev(EventKind::AgentStarted, json!({"agent_name":"a"}))]).await.unwrap();
+    let thought = "x".repeat(4096);
+    let mut head = 1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // Busy enough (a megabyte in one segment), the applier prepares 16 MiB of
+    // zeros, and the next append goes there instead of growing a file.
+    while !journal_files(dir.path()).iter().any(|(name, len)| name.ends_with(".journal") && *len >= 16 << 20) {
+        assert!(std::time::Instant::now() < deadline, "no prepared segment: {:?}", journal_files(dir.path()));
+        let appended = log.append(run.as_str(), vec![ev(EventKind::AgentThinking, json!({"thought": thought}))]);
+        head = appended.await.unwrap().seqs[0];
+        if head > 256 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let log = reopen(log, dir.path(), Duration::from_secs(3600)).await;
+    let thread = ThreadId::parse("thread_busy").unwrap();
+    let mut seqs = Vec::new();
+    while let Some(last) = {
+        let page = log.read(&thread, seqs.last().copied().unwrap_or(0), 1000).await.unwrap();
+        seqs.extend(page.events.iter().map(|e| e.seq()));
+        page.events.last().map(|e| e.seq())
+    } {
+        assert!(last <= head);
+    }
+    assert_eq!(seqs, (1..=head).collect::<Vec<_>>(), "every event, from the grown segment and the prepared one");
+    assert!(!journal_files(dir.path()).iter().any(|(name, _)| name.ends_with(".filling")));
+}

@@ -9,10 +9,18 @@
 //! of it durably.
 //!
 //! `journal/` in the data directory holds segments, named by a rising index
-//! (`00000000000000000007.journal`), and spare files (`*.spare`) that were
-//! segments and wait to be written over: overwriting a file's existing blocks
-//! syncs about twice as fast as growing it, since the size does not change.
-//! A segment is records back to back:
+//! (`00000000000000000007.journal`), and spare files (`*.spare`) that wait to
+//! be written over: segments redb holds, or files of zeros prepared ahead.
+//! Overwriting a file's existing blocks syncs without touching the file
+//! system's own journal, since neither the size nor the block map changes: a
+//! sync of a growing file commits ext4's journal as well (more writes, and a
+//! wait behind whatever else that commit carries). So a journal that takes a
+//! steady stream of records writes into full-size spares only: the applier
+//! prepares one (zeros, written and synced a piece at a time, off the write
+//! path) once the segment being written holds [`PREPARE_AFTER`] bytes and no
+//! spare is left, and a segment that grows (a new store's first) gives way to
+//! it at the next append. A store that takes little never pays for 16 MiB of
+//! zeros. A segment is records back to back:
 //!
 //! ```text
 //! [body length: u32][crc32 of body: u32][body]
@@ -27,7 +35,8 @@
 //! endian. Record numbers rise by one across segments and restarts, and redb
 //! stores the number of the last record it applied. Reading back, a record
 //! redb already has is skipped; one that is cut short or fails its checksum
-//! ends the segment (a write a crash cut off, or a spare's old contents); a
+//! ends the segment (a write a crash cut off, a spare's old contents or its
+//! zeros, whose length reads as 0); a
 //! record newer than redb's must be the next number, and a gap is corruption.
 //! A recycled file's old records are all older than what redb has, so they
 //! can never pass for new ones.
@@ -48,8 +57,16 @@ use agentwire_protocol::{RunId, ThreadId};
 use crate::StoredEvent;
 use crate::store::{Batch, RunRecord, StoreError, ThreadRecord};
 
-/// A segment takes records until it holds this many bytes, then the next one starts.
+/// A segment takes records until it holds this many bytes, then the next one
+/// starts. Spares are this long: shorter files are not kept.
 pub const SEGMENT_BYTES: u64 = 16 << 20;
+/// A spare is prepared once the segment being written holds this much and
+/// none is left: a store that writes this much in one segment is busy enough
+/// to gain from never growing a file.
+pub const PREPARE_AFTER: u64 = 1 << 20;
+/// A spare is prepared this many bytes at a time, each piece synced before the
+/// next, so that the appends' syncs never queue behind 16 MiB of zeros.
+const PREPARE_PIECE: usize = 1 << 20;
 /// Released segments kept to be written over; more are deleted. Enough for
 /// what a busy store writes between two durable commits of redb, so the
 /// segments in use are nearly always old files written over.
@@ -65,6 +82,8 @@ pub struct Journal {
     file: File,
     index: u64,
     len: u64,
+    /// The segment was a full-size spare: appending to it never grows a file.
+    overwrites: bool,
     /// Full segments redb may not hold yet: (index, number of their last record).
     full: VecDeque<(u64, u64)>,
     spares: Vec<PathBuf>,
@@ -94,7 +113,12 @@ impl Journal {
                     let index = index.ok_or_else(|| corrupt(&path, "a segment name that is not a number"))?;
                     segments.push((index, path));
                 }
-                Some("spare") => spares.push(path),
+                Some("spare") if is_full_size(&path) => spares.push(path),
+                // A spare from before spares were full size, or one whose
+                // preparation a crash cut short: never read, so never needed.
+                Some("spare" | "filling") => {
+                    let _ = std::fs::remove_file(&path);
+                }
                 _ => {}
             }
         }
@@ -121,11 +145,14 @@ impl Journal {
             full.push_back((*index, last));
         }
         let index = segments.last().map_or(1, |(i, _)| i + 1);
+        let spare = spares.pop();
+        let overwrites = spare.is_some();
         let mut journal = Self {
             dir: dir.to_owned(),
-            file: open_segment(dir, index, spares.pop())?,
+            file: open_segment(dir, index, spare)?,
             index,
             len: 0,
+            overwrites,
             full,
             spares,
             next_no: last + 1,
@@ -140,7 +167,7 @@ impl Journal {
     /// error the segment is cut back to where it was, so a later record never
     /// follows a torn one.
     pub fn append(&mut self, batches: &[&Batch]) -> Result<u64, StoreError> {
-        if self.len >= SEGMENT_BYTES {
+        if self.len >= SEGMENT_BYTES || (!self.overwrites && !self.spares.is_empty()) {
             self.rotate()?;
         }
         let no = self.next_no;
@@ -167,6 +194,20 @@ impl Journal {
         self.next_no - 1
     }
 
+    /// Where a spare should be prepared, if one should ([`PREPARE_AFTER`]):
+    /// pass it to [`prepare`], without holding the journal, then to
+    /// [`Journal::add_spare`].
+    pub fn spare_wanted(&self) -> Option<PathBuf> {
+        (self.spares.is_empty() && self.len >= PREPARE_AFTER)
+            .then(|| self.dir.join(format!("{:020}-prepared.spare", self.index)))
+    }
+
+    /// Takes a spare [`prepare`] made.
+    pub fn add_spare(&mut self, spare: PathBuf) {
+        self.spares.push(spare);
+        self.trim_spares();
+    }
+
     /// Redb holds every record up to `no` durably: full segments with nothing
     /// newer become spares. Answers those past [`SPARES`], for the caller to
     /// [`remove`] once it no longer holds the journal (removing a file of many
@@ -181,7 +222,7 @@ impl Journal {
             self.full.pop_front();
             let path = segment_path(&self.dir, index);
             let spare = self.dir.join(format!("{index:020}.spare"));
-            if self.spares.len() < SPARES && std::fs::rename(&path, &spare).is_ok() {
+            if self.spares.len() < SPARES && is_full_size(&path) && std::fs::rename(&path, &spare).is_ok() {
                 self.spares.push(spare);
             } else {
                 unwanted.push(path);
@@ -194,7 +235,9 @@ impl Journal {
     /// a failed write, so what follows goes to a file with nothing uncertain in it).
     pub fn rotate(&mut self) -> Result<(), StoreError> {
         let next = self.index + 1;
-        self.file = open_segment(&self.dir, next, self.spares.pop())?;
+        let spare = self.spares.pop();
+        self.overwrites = spare.is_some();
+        self.file = open_segment(&self.dir, next, spare)?;
         self.full.push_back((self.index, self.last_no()));
         self.index = next;
         self.len = 0;
@@ -217,6 +260,29 @@ pub fn remove(unwanted: Vec<PathBuf>) {
             tracing::warn!(path = %path.display(), error = %e, "cannot remove a journal segment redb holds");
         }
     }
+}
+
+/// Writes `spare`, a file of [`SEGMENT_BYTES`] zeros, for [`Journal::add_spare`]:
+/// under another name until it is whole and synced, so a crash never leaves a
+/// short spare (a `*.filling` file is removed at open).
+pub fn prepare(spare: &Path) -> Result<(), StoreError> {
+    let filling = spare.with_extension("filling");
+    let file = OpenOptions::new().create(true).write(true).truncate(true).open(&filling);
+    let file = file.map_err(|e| fail("create", &filling, &e))?;
+    let zeros = vec![0; PREPARE_PIECE];
+    let mut at = 0;
+    while at < SEGMENT_BYTES {
+        file.write_all_at(&zeros, at).and_then(|()| file.sync_data()).map_err(|e| fail("prepare", &filling, &e))?;
+        at += PREPARE_PIECE as u64;
+    }
+    std::fs::rename(&filling, spare).map_err(|e| fail("name", spare, &e))?;
+    let dir = spare.parent().unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("sync", dir, &e))
+}
+
+/// Whether the file at `path` is as long as a segment may grow before the next starts.
+fn is_full_size(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() >= SEGMENT_BYTES)
 }
 
 fn segment_path(dir: &Path, index: u64) -> PathBuf {
@@ -476,6 +542,48 @@ mod tests {
         let (j, replayed) = Journal::open(dir.path(), no - 1).unwrap();
         assert_eq!(replayed.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![no]);
         assert_eq!(j.last_no(), no);
+    }
+
+    #[test]
+    fn a_busy_journal_moves_onto_a_prepared_spare_and_reads_back_across_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0).unwrap();
+        assert!(!j.overwrites, "a new store's first segment grows");
+        let big = batch("thread_a", "run_a", 1..=400);
+        let mut appended = Vec::new();
+        while j.spare_wanted().is_none() {
+            appended.push(j.append(&[&big]).unwrap());
+        }
+        assert!(j.len >= PREPARE_AFTER);
+        let spare = j.spare_wanted().unwrap();
+        prepare(&spare).unwrap();
+        assert_eq!(std::fs::metadata(&spare).unwrap().len(), SEGMENT_BYTES);
+        j.add_spare(spare);
+        assert!(j.spare_wanted().is_none(), "one spare at a time");
+        let first = j.index;
+        appended.push(j.append(&[&big]).unwrap());
+        assert_eq!(j.index, first + 1, "the growing segment gave way at once");
+        assert!(j.overwrites);
+        let path = segment_path(dir.path(), j.index);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), SEGMENT_BYTES, "written over, not grown");
+        drop(j);
+        let (_, replayed) = Journal::open(dir.path(), 0).unwrap();
+        assert_eq!(
+            replayed.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            appended,
+            "the zeros after the last record read as the end"
+        );
+    }
+
+    #[test]
+    fn short_spares_and_unfinished_preparations_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("00000000000000000001.spare"), [0; 64]).unwrap();
+        std::fs::write(dir.path().join("00000000000000000002-prepared.filling"), [0; 64]).unwrap();
+        let (j, _) = Journal::open(dir.path(), 0).unwrap();
+        assert!(j.spares.is_empty() && !j.overwrites);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "only the new segment is left: {names:?}");
     }
 
     #[test]

@@ -56,6 +56,9 @@ const APPLY_EVERY: Duration = Duration::from_millis(50);
 /// journal recycle what it covers, so this also bounds what a restart after
 /// a crash reads back.
 const SYNC_EVERY: Duration = Duration::from_millis(250);
+/// After a spare for the journal could not be prepared (a full disk), how long
+/// until the next try; the journal grows its segments meanwhile.
+const PREPARE_RETRY: Duration = Duration::from_secs(10);
 
 /// The journaled, redb-backed [`Store`].
 pub struct EmbeddedStore {
@@ -209,10 +212,13 @@ impl Shared {
     /// The applier: copies the oldest journaled records into redb until the
     /// store closes (or applying is paused, or a commit fails: then it waits
     /// for a recovery). A commit is durable every [`SYNC_EVERY`] and at close.
+    /// Between commits it keeps the journal a spare to write over.
     fn apply_forever(&self) {
         let mut synced = Instant::now();
         let mut committed = Instant::now();
+        let mut prepare_failed: Option<Instant> = None;
         loop {
+            self.keep_a_spare(&mut prepare_failed);
             let (records, stop) = {
                 let mut state = self.state.lock();
                 loop {
@@ -265,6 +271,25 @@ impl Shared {
                     self.state.lock().failed = Some(e);
                     self.changed.notify_all();
                 }
+            }
+        }
+    }
+
+    /// Prepares a spare for the journal when it wants one
+    /// ([`Journal::spare_wanted`]), holding `applying` so that a recovery,
+    /// which replaces the journal, cannot happen meanwhile.
+    fn keep_a_spare(&self, failed_at: &mut Option<Instant>) {
+        if failed_at.is_some_and(|at| at.elapsed() < PREPARE_RETRY) {
+            return;
+        }
+        let _applying = self.applying.lock();
+        let Some(spare) = self.journal.lock().spare_wanted() else { return };
+        match journal::prepare(&spare) {
+            Ok(()) => self.journal.lock().add_spare(spare),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot prepare a spare journal segment; segments grow instead");
+                let _ = std::fs::remove_file(spare.with_extension("filling"));
+                *failed_at = Some(Instant::now());
             }
         }
     }
