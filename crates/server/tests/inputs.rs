@@ -137,3 +137,49 @@ async fn the_demo_agent_asks_before_its_clock_and_the_answer_lets_it_go_on() {
     ws.close().await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_ag_ui_resume_answers_the_run_that_asked_even_when_another_run_spoke_last() {
+    let server = TestServer::start_without_agent().await;
+    let alice = server.token("alice");
+    let thread = "thread_aguitwo";
+    let (first, second) = (server.create_run(thread, "alice").await, server.create_run(thread, "alice").await);
+    for (run, request) in [(&first, "first_q"), (&second, "second_q")] {
+        let ask = json!({"events": [
+            {"event": "agent_started", "data": {"agent_name": "asker"}},
+            {"event": "input_requested", "data": {"request_id": request, "kind": "text", "prompt": "Which?"}},
+        ]});
+        assert_eq!(server.publish(run, ask).await.0, 200);
+    }
+    let agui = |body: Value| {
+        let request = server.http.post(format!("{}/v1/agui", server.base)).bearer_auth(&alice).json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    let input =
+        |run_id: &str, resume: Value| json!({"threadId": thread, "runId": run_id, "messages": [], "resume": resume});
+
+    // Nothing new while requests wait, and a resume must name one that waits.
+    let refused = agui(
+        json!({"threadId": thread, "runId": "agui-new", "messages": [{"id": "m", "role": "user", "content": "hi"}]}),
+    );
+    let refused = refused.await;
+    assert_eq!(refused.status(), 409);
+    let message = refused.json::<Value>().await.unwrap()["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("first_q") && message.contains("second_q"), "{message}");
+    let unknown =
+        agui(input("agui-x", json!([{"interruptId": "nope", "status": "resolved", "payload": {"text": "?"}}])));
+    assert_eq!(unknown.await.status(), 409);
+    assert_eq!(history(&server, thread, &alice).await.len(), 4, "refusals leave nothing behind");
+
+    // The second run spoke last; the first one's request is answered all the same.
+    let resumed =
+        agui(input("agui-1", json!([{"interruptId": "first_q", "status": "resolved", "payload": {"text": "one"}}])));
+    let resumed = resumed.await;
+    assert_eq!(resumed.status(), 200);
+    let (status, polled) = server.get(&format!("/v1/runs/{first}/inputs/first_q?wait=10"), PUBLISH_KEY).await;
+    assert_eq!((status, &polled["status"], &polled["answer"]), (200, &json!("answered"), &json!({"text": "one"})));
+    let (_, view) = server.get(&format!("/v1/runs/{second}"), &alice).await;
+    assert_eq!(view["open_inputs"][0]["request_id"], "second_q", "the other run still waits");
+    drop(resumed);
+    server.shutdown().await;
+}

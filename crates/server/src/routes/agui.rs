@@ -10,9 +10,10 @@
 //! while the agentwire run waits. The next `RunAgentInput` carries `resume`:
 //! each entry answers its request (`resolved`: the payload is the answer;
 //! `cancelled`: declined), and the answer streams the same agentwire run going
-//! on, under the AG-UI run id of that request. A thread that waits takes no
-//! new input without a `resume` that covers every open request (AG-UI's rules
-//! 3 and 4).
+//! on, under the AG-UI run id of that request. The run resumed is the one that
+//! asked, whichever of the thread's running runs that is. A thread that waits
+//! takes no new input without a `resume` that covers every open request of
+//! the run it resumes (AG-UI's rules 3 and 4).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -117,21 +118,15 @@ pub async fn run(
     let thread = ThreadId::parse(&input.thread_id)?;
     let run_id = RunId::parse(&input.run_id)?;
     // Someone else's thread is refused before anything about it is looked at.
-    let waiting = match state.check_owner(&user, &thread).await {
-        Ok(()) => watched::running_run(&state, &thread).await?.filter(|(run, _)| !run.inputs.open.is_empty()),
-        Err(e) if e.code == agentwire_protocol::ErrorCode::NotFound => None,
+    let (waiting, head) = match state.check_owner(&user, &thread).await {
+        Ok(()) => watched::waiting_runs(&state, &thread).await?,
+        Err(e) if e.code == agentwire_protocol::ErrorCode::NotFound => (Vec::new(), 0),
         Err(e) => return Err(e),
     };
-    if let Some((run, head)) = waiting {
+    if let Some(run) = addressed(waiting, &input.resume)? {
         let (feed, run) = resume(&state, &user, exp, &thread, run, head, input.resume).await?;
         let agui = AguiStream::resuming(thread.as_str(), run.as_str(), run_id.as_str());
         return Ok(Sse::new(stream(&state, permit, feed, agui)).keep_alive(keep_alive(&state)));
-    }
-    if !input.resume.is_empty() {
-        return Err(ApiError::new(
-            agentwire_protocol::ErrorCode::Conflict,
-            "no request of this thread waits for an answer",
-        ));
     }
     let text = last_user_text(&input.messages)
         .ok_or_else(|| ApiError::bad_request("no user message with text in messages"))?;
@@ -170,6 +165,25 @@ fn stream<P: Send + 'static>(
             yield sse(&message);
         }
     }
+}
+
+/// The waiting run a `RunAgentInput` resumes: the one that asked its first
+/// `resume` entry's request. `None` when nothing waits and nothing is resumed
+/// (a new run starts). A thread that waits takes no new run before its
+/// requests are answered (AG-UI's rule), and a resume must name a request
+/// that waits: both are `409`.
+fn addressed(waiting: Vec<RunInfo>, resume: &[ResumeEntry]) -> Result<Option<RunInfo>, ApiError> {
+    let conflict = |message: String| ApiError::new(agentwire_protocol::ErrorCode::Conflict, message);
+    let Some(first) = resume.first() else {
+        if waiting.is_empty() {
+            return Ok(None);
+        }
+        let open: Vec<&str> = waiting.iter().flat_map(|r| r.inputs.open.keys()).map(String::as_str).collect();
+        return Err(conflict(format!("the thread waits on {}: resume every one of them", open.join(", "))));
+    };
+    let run = waiting.into_iter().find(|r| r.inputs.open.contains_key(&first.interrupt_id));
+    run.map(Some)
+        .ok_or_else(|| conflict(format!("no request {} of this thread waits for an answer", first.interrupt_id)))
 }
 
 /// Answers the waiting `run`'s open requests with `entries`, which must cover

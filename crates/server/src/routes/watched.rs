@@ -123,6 +123,19 @@ pub(crate) async fn running_run(state: &AppState, thread: &ThreadId) -> Result<O
     Ok(run.map(|run| (run, head)))
 }
 
+/// The runs of `thread` that wait on requests of their own (running, with
+/// open input requests), with the thread's head: any of its running runs, not
+/// only the run of its last event, since runs of one thread interleave.
+pub(crate) async fn waiting_runs(state: &AppState, thread: &ThreadId) -> Result<(Vec<RunInfo>, u64), ApiError> {
+    let head = state.log.read(thread, 0, 0).await?.head_seq;
+    let mut waiting = Vec::new();
+    for run in state.log.running_runs(thread).await? {
+        let info = state.log.run(run.as_str()).await?;
+        waiting.extend(info.filter(|r| r.status == RunStatus::Running && !r.inputs.open.is_empty()));
+    }
+    Ok((waiting, head))
+}
+
 /// The seq of `run`'s `agent_started`, looking back from `head` (the oldest
 /// seq looked at when it is further back than [`LOOK_BACK`]).
 async fn started_at(state: &AppState, thread: &ThreadId, run: &RunId, head: u64) -> Result<u64, ApiError> {
