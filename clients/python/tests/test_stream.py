@@ -95,3 +95,19 @@ def test_a_refusal_is_raised_once_and_the_stream_goes_on(server):
             assert await pub.publish(run_id, [Event("agent_started", {"agent_name": "streamer"})]) == [1]
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_registration_sent_again_is_answered_as_the_first_and_registers_one_run(server, stream):
+    thread = fresh_thread()
+    with Publisher(server, KEY, stream=stream) as pub:
+        run_id = pub.create_run(thread, "frank", "streamer")
+        assert run_id.startswith(f"run_{thread}_") and len(run_id) == len(f"run_{thread}_") + 16, run_id
+        # What a retried request or a frame resent after a dropped connection
+        # is: the same registration, with the run id the publisher chose.
+        assert pub.create_run(thread, "frank", "streamer", run_id=run_id) == run_id
+        with pytest.raises(AgentwireError) as taken:
+            pub.create_run(fresh_thread(), "frank", "streamer", run_id=run_id)
+        assert taken.value.code == "conflict", "the same id in another thread is still taken"
+        assert pub.publish(run_id, [Event("agent_started", {"agent_name": "streamer"})]) == [1]
+    assert [e["run_id"] for e in history(server, thread, "frank")] == [run_id]

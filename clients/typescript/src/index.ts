@@ -144,14 +144,15 @@ export class Publisher {
 
   /** Registers a run (creating the thread for `userId` if new); resolves with its id. */
   async createRun(options: RunOptions): Promise<string> {
+    // A run id of our own when none is given: a registration sent again (a
+    // retried request, a frame resent after a dropped connection) is then
+    // answered as the first was instead of registering a second run.
     const body: Record<string, unknown> = {
       thread_id: options.threadId,
       user_id: options.userId,
       agent_name: options.agentName,
+      run_id: options.runId ?? `run_${options.threadId}_${randomUUID().replaceAll("-", "").slice(0, 16)}`,
     };
-    if (options.runId !== undefined) {
-      body.run_id = options.runId;
-    }
     // Over the publisher WebSocket when streaming: no HTTP request per run.
     const created =
       this.stream !== null ? await this.stream.register(body) : ((await this.request("POST", "/v1/runs", body)) as { run_id: string });

@@ -56,6 +56,22 @@ for (const stream of [true, false]) {
   });
 }
 
+for (const stream of [true, false]) {
+  test(`a registration sent again is answered as the first and registers one run (${stream ? "publisher WebSocket" : "a request each"})`, async () => {
+    const publisher = new Publisher({ baseUrl: server.base, publishKey: KEY, stream });
+    const threadId = newThread();
+    const runId = await publisher.createRun({ threadId, userId: "ada", agentName: "helper" });
+    assert.match(runId, new RegExp(`^run_${threadId}_[0-9a-f]{16}$`));
+    // What a retried request or a frame resent after a dropped connection is:
+    // the same registration, with the run id the publisher chose.
+    assert.equal(await publisher.createRun({ threadId, userId: "ada", agentName: "helper", runId }), runId);
+    await assert.rejects(publisher.createRun({ threadId: newThread(), userId: "ada", agentName: "helper", runId }), (e) => e.code === "conflict");
+    assert.deepEqual(await publisher.publish(runId, [{ event: "agent_started", data: { agent_name: "helper" } }]), [1]);
+    await publisher.close();
+    assert.deepEqual((await eventsOf(server, "ada", threadId)).map((e) => e.run_id), [runId]);
+  });
+}
+
 test("a run whose body throws ends with agent_error and the error is thrown on", async () => {
   const publisher = new Publisher({ baseUrl: server.base, publishKey: KEY });
   const thread = newThread();

@@ -138,26 +138,35 @@ async fn a_register_frame_registers_a_run_as_post_v1_runs_does_and_the_next_fram
     let chosen = json!({"thread_id": "thread_sockreg", "user_id": "alice", "run_id": "run_thread_sockreg_chosen"});
     publisher.send(json!({"ref": 2, "register": chosen})).await;
     publisher.send(json!({"ref": 3, "run_id": "run_thread_sockreg_chosen", "event": "agent_started", "data": {"agent_name": "a"}})).await;
-    // Refused as POST /v1/runs refuses: someone else's thread, a taken id, a bad body, a frame that mixes.
+    // The same registration again (as a publisher resends it after a dropped
+    // connection) is answered as the first was; the rest are refused as
+    // POST /v1/runs refuses: someone else's thread, an id taken in another
+    // thread, a bad body, a frame that mixes.
     let frames = [
         json!({"ref": 4, "register": {"thread_id": "thread_sockreg", "user_id": "mallory"}}),
-        json!({"ref": 5, "register": {"thread_id": "thread_sockreg", "user_id": "alice", "run_id": "run_thread_sockreg_chosen"}}),
-        json!({"ref": 6, "register": {"thread_id": "not a thread", "user_id": "alice"}}),
-        json!({"ref": 7, "register": {"user_id": "alice"}}),
-        json!({"ref": 8, "run_id": run, "register": {"thread_id": "thread_sockreg", "user_id": "alice"}}),
+        json!({"ref": 5, "register": chosen}),
+        json!({"ref": 6, "register": {"thread_id": "thread_sockreg2", "user_id": "alice", "run_id": "run_thread_sockreg_chosen"}}),
+        json!({"ref": 7, "register": {"thread_id": "not a thread", "user_id": "alice"}}),
+        json!({"ref": 8, "register": {"user_id": "alice"}}),
+        json!({"ref": 9, "run_id": run, "register": {"thread_id": "thread_sockreg", "user_id": "alice"}}),
     ];
     for frame in frames {
         publisher.send(frame).await;
     }
-    let got = answers(&mut publisher, 7).await;
+    let got = answers(&mut publisher, 8).await;
     assert_eq!(got[0], json!({"ref": 2, "run_id": "run_thread_sockreg_chosen", "thread_id": "thread_sockreg"}));
     assert_eq!(got[1], json!({"ref": 3, "seqs": [1]}));
-    let codes: Vec<Value> = got[2..].iter().map(|a| a["error"]["code"].clone()).collect();
+    assert_eq!(got[3], json!({"ref": 5, "run_id": "run_thread_sockreg_chosen", "thread_id": "thread_sockreg"}));
+    let refused: Vec<&Value> = got[2..].iter().filter(|a| a["ref"] != 5).collect();
+    let codes: Vec<Value> = refused.iter().map(|a| a["error"]["code"].clone()).collect();
     assert_eq!(
         codes,
         [json!("forbidden"), json!("conflict"), json!("bad_request"), json!("bad_request"), json!("bad_request")]
     );
-    assert!(got[2..].iter().all(|a| a.get("run_id").is_none()), "a refusal registers nothing");
+    assert!(refused.iter().all(|a| a.get("run_id").is_none()), "a refusal registers nothing");
+    // The repeat changed nothing: the run goes on from its first event.
+    publisher.send(json!({"ref": 10, "run_id": "run_thread_sockreg_chosen", "event": "agent_thinking", "data": {"thought": "on"}})).await;
+    assert_eq!(answers(&mut publisher, 1).await[0], json!({"ref": 10, "seqs": [2]}));
     let (status, body) = server.get(&format!("/v1/runs/{run}"), PUBLISH_KEY).await;
     assert_eq!((status, body["thread_id"].clone()), (200, json!("thread_sockreg")));
 }

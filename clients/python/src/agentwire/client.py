@@ -85,10 +85,11 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
 
 
 def _run_body(thread_id: str, user_id: str, agent_name: str, run_id: Optional[str]) -> Dict[str, Json]:
-    body: Dict[str, Json] = {"thread_id": thread_id, "user_id": user_id, "agent_name": agent_name}
-    if run_id:
-        body["run_id"] = run_id
-    return body
+    # A run id of our own when none is given: a registration sent again (a
+    # retried request, a frame resent after a dropped connection) is then
+    # answered as the first was instead of registering a second run.
+    run_id = run_id or f"run_{thread_id}_{uuid.uuid4().hex[:16]}"
+    return {"thread_id": thread_id, "user_id": user_id, "agent_name": agent_name, "run_id": run_id}
 
 
 def _tool_started(call_id: str, name: str, args: Json) -> Event:

@@ -1,6 +1,6 @@
 //! Publisher routes: register runs, append their events, look them up, cancel them.
 
-use agentwire_log::{NewRun, RunInfo};
+use agentwire_log::{LogError, NewRun, RunInfo};
 use agentwire_protocol::{PublishLimits, RunId, ThreadId, UserId, parse_publish_body};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -32,16 +32,28 @@ pub async fn register(state: &AppState, key: u64, req: CreateRun) -> Result<RunC
         let message = format!("agent_name is longer than {} bytes", agentwire_protocol::NAME_MAX);
         return Err(ApiError::new(agentwire_protocol::ErrorCode::TooLarge, message));
     }
+    let (thread_id, owner) = (ThreadId::parse(&req.thread_id)?, UserId::parse(&req.user_id)?);
     let new = NewRun {
-        thread_id: ThreadId::parse(&req.thread_id)?,
-        owner: UserId::parse(&req.user_id)?,
+        thread_id: thread_id.clone(),
+        owner: owner.clone(),
         agent_name: req.agent_name,
         in_process: false,
         run_id: req.run_id.as_deref().map(RunId::parse).transpose()?,
     };
     let charge = state.quotas.key_runs.charge(&key, 1)?;
-    let run = state.log.create_run(new).await?;
-    charge.keep();
+    let run = match state.log.create_run(new).await {
+        Ok(run) => {
+            charge.keep();
+            run
+        }
+        // The same registration again (its answer lost with a connection or a
+        // timeout): answered as the first was, charged once, nothing changed.
+        Err(LogError::RunExists(id)) => match state.log.run(&id).await? {
+            Some(run) if run.thread_id == thread_id && run.owner == owner => run,
+            _ => return Err(LogError::RunExists(id).into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
     Ok(RunCreated { run_id: run.run_id.to_string(), thread_id: run.thread_id.to_string() })
 }
 

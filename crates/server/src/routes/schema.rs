@@ -38,7 +38,8 @@ pub struct CreateRun {
     pub user_id: String,
     #[serde(default)]
     pub agent_name: Option<String>,
-    /// An extension: a run id chosen by the publisher (`409` if taken).
+    /// An extension: a run id chosen by the publisher (`409` if taken, unless
+    /// by this thread and user: the same registration again, answered as the first).
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9_.:-]{1,200}$")]
     pub run_id: Option<String>,
