@@ -522,7 +522,8 @@ impl<S: Store> Committer<S> {
             }
             *group = current;
         }
-        let batches: Vec<&Batch> = group.iter().map(|p| &p.batch).filter(|b| !b.is_empty()).collect();
+        let mut batches: Vec<&Batch> = Vec::with_capacity(group.len());
+        batches.extend(group.iter().map(|p| &p.batch).filter(|b| !b.is_empty()));
         let written = if self.failed.load(Ordering::Acquire) {
             Err(StoreError::Io("an earlier commit failed and the store has not recovered yet".into()))
         } else if batches.is_empty() {

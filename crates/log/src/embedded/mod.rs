@@ -356,9 +356,12 @@ impl Store for EmbeddedStore {
             return Ok(());
         }
         shared.wait_until(|state| state.pending.held() <= MOST_PENDING)?;
+        // One batch for the journal and the pending index alike: a run that
+        // took many appends in this group is encoded once, not once each.
+        let batch = pending::merged(batches.iter().copied());
         let mut journal = shared.journal.lock();
-        let no = journal.append(batches)?;
-        shared.state.lock().pending.push(no, batches);
+        let no = journal.append(&[&batch])?;
+        shared.state.lock().pending.push(no, batch);
         drop(journal);
         shared.changed.notify_all();
         Ok(())

@@ -27,8 +27,11 @@ pub struct Record {
 /// Journal records (which only add) as one batch with the same effect: each
 /// thread's and run's last record only, since every one before it is written
 /// over in the same commit anyway (most appends rewrite their run's record).
-pub fn merged<'a>(batches: impl Iterator<Item = &'a Batch>) -> Batch {
-    let mut out = Batch::default();
+pub fn merged<'a>(batches: impl Iterator<Item = &'a Batch> + Clone) -> Batch {
+    // Sized once: a group of a thousand one-event appends would otherwise
+    // grow (and copy) these vectors a dozen times.
+    let (events, ids) = batches.clone().fold((0, 0), |(e, i), b| (e + b.events.len(), i + b.event_ids.len()));
+    let mut out = Batch { events: Vec::with_capacity(events), event_ids: Vec::with_capacity(ids), ..Batch::default() };
     let mut threads = HashMap::new();
     let mut runs = HashMap::new();
     for batch in batches {
@@ -78,9 +81,9 @@ fn weight(batch: &Batch) -> usize {
 }
 
 impl Pending {
-    /// Adds a record the journal holds; records come in their numbers' order.
-    pub fn push(&mut self, no: u64, batches: &[&Batch]) {
-        let batch = merged(batches.iter().copied());
+    /// Adds a record the journal holds (as [`merged`] made it); records come
+    /// in their numbers' order.
+    pub fn push(&mut self, no: u64, batch: Batch) {
         for (id, record) in &batch.threads {
             self.threads.insert(id.clone(), (no, record.clone()));
         }
@@ -239,8 +242,8 @@ mod tests {
         first.runs.push((run.clone(), run_record(&thread, 1)));
         let mut second = Batch::default();
         second.runs.push((run.clone(), run_record(&thread, 2)));
-        pending.push(1, &[&first]);
-        pending.push(2, &[&second]);
+        pending.push(1, first);
+        pending.push(2, second);
         pending.applied_through(1);
         assert_eq!(pending.run("run_p").and_then(|r| r.last_seq), Some(2));
         pending.applied_through(2);
