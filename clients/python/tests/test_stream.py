@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 
+import agentwire.stream
 from agentwire import AgentwireError, AsyncPublisher, Event, Publisher
 
 from conftest import history
@@ -111,3 +112,44 @@ def test_a_registration_sent_again_is_answered_as_the_first_and_registers_one_ru
         assert taken.value.code == "conflict", "the same id in another thread is still taken"
         assert pub.publish(run_id, [Event("agent_started", {"agent_name": "streamer"})]) == [1]
     assert [e["run_id"] for e in history(server, thread, "frank")] == [run_id]
+
+
+def test_at_most_so_many_frames_wait_for_their_answers(server, monkeypatch):
+    monkeypatch.setattr(agentwire.stream, "MOST_UNANSWERED", 4)
+    thread = fresh_thread()
+    most = 0
+    with Publisher(server, KEY) as pub:
+        run_id = pub.create_run(thread, "gina", "streamer")
+        pub.publish(run_id, [Event("agent_started", {"agent_name": "streamer"})])
+        for n in range(200):
+            pub.publish(run_id, [Event("agent_message", {"message_id": "m", "delta": f"t{n} "})], wait=False)
+            most = max(most, len(pub._stream._pending))
+        pub.flush()
+    assert most <= 4
+    assert deltas(history(server, thread, "gina")) == [f"t{n} " for n in range(200)]
+
+
+def test_async_frames_wait_for_room_and_a_flush_raises_the_last_ones_refusal(server, monkeypatch):
+    monkeypatch.setattr(agentwire.stream, "MOST_UNANSWERED", 4)
+
+    async def main():
+        thread = fresh_thread()
+        most = 0
+        async with AsyncPublisher(server, KEY) as pub:
+            run_id = await pub.create_run(thread, "hana", "streamer")
+            await pub.publish(run_id, [Event("agent_started", {"agent_name": "streamer"})])
+            for n in range(200):
+                delta = Event("agent_message", {"message_id": "m", "delta": f"t{n} "})
+                await pub.publish(run_id, [delta], wait=False)
+                most = max(most, len(pub._stream._pending))
+            await pub.publish(run_id, [Event("agent_completed", {})], wait=False)
+            # After the end: refused; nobody waited for it but the flush.
+            await pub.publish(run_id, [Event("agent_message", {"message_id": "m", "delta": "late"})], wait=False)
+            with pytest.raises(AgentwireError) as refused:
+                await pub.flush()
+            assert refused.value.code == "lifecycle_violation"
+        return thread, most
+
+    thread, most = asyncio.run(main())
+    assert most <= 4
+    assert deltas(history(server, thread, "hana")) == [f"t{n} " for n in range(200)]

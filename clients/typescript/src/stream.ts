@@ -8,12 +8,19 @@
  *
  * Frames not yet answered when the connection drops are sent again, in order,
  * on a new connection: every event carries an `event_id`, so the server stores
- * each once however often it is repeated.
+ * each once however often it is repeated. At most `MOST_WAITING` frames wait
+ * for their answers: the next one waits for the oldest (in the order frames
+ * were given), so a publisher faster than the server is slowed down instead of
+ * holding every frame it ever sent.
  */
 
 import WebSocket from "ws";
 
 import { AgentwireError, STATUS_OF_CODE, type PublishBody } from "./types.js";
+
+/** Frames sent and not yet answered, at most: what the server keeps waiting for
+ * the disk per connection (PROTOCOL §3.1), so the cap costs no throughput. */
+export const MOST_WAITING = 1024;
 
 interface Waiting {
   frame: string;
@@ -39,6 +46,8 @@ export interface StreamOptions {
   retries: number;
   backoffMs: number;
   maxBackoffMs: number;
+  /** Frames that may wait for their answers at once; `MOST_WAITING` unless set. */
+  mostWaiting?: number;
 }
 
 /** The publisher WebSocket of one `Publisher`. */
@@ -48,6 +57,8 @@ export class PublishStream {
   private nextRef = 0;
   /** Frames sent and not yet answered, oldest first (a Map keeps insertion order). */
   private readonly waiting = new Map<number, Waiting>();
+  /** Settles once the last frame given so far has room to be sent: frames queue behind it. */
+  private admission: Promise<void> = Promise.resolve();
   private closed = false;
 
   constructor(private readonly options: StreamOptions) {}
@@ -67,6 +78,22 @@ export class PublishStream {
     if (this.closed) {
       return Promise.reject(new Error("the publisher is closed"));
     }
+    // In the order given: each frame waits for room behind those before it.
+    const admitted = this.admission.then(() => this.room());
+    this.admission = admitted;
+    return admitted.then(() => this.sendNow(frameFor));
+  }
+
+  /** Resolves once fewer frames than the cap wait for their answers. */
+  private async room(): Promise<void> {
+    const most = this.options.mostWaiting ?? MOST_WAITING;
+    for (let oldest = this.waiting.values().next(); this.waiting.size >= most && oldest.done !== true; ) {
+      await oldest.value.settled;
+      oldest = this.waiting.values().next();
+    }
+  }
+
+  private sendNow(frameFor: (ref: number) => unknown): Promise<Ack> {
     const ref = ++this.nextRef;
     const frame = JSON.stringify(frameFor(ref));
     let waiting!: Waiting;
@@ -90,6 +117,7 @@ export class PublishStream {
 
   /** Resolves once every frame sent so far is answered (whatever the answers). */
   async flush(): Promise<void> {
+    await this.admission;
     await Promise.all([...this.waiting.values()].map((w) => w.settled));
   }
 

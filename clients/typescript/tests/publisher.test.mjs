@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
 import { AgentwireError, Publisher } from "../dist/index.js";
+import { PublishStream, publishUrl } from "../dist/stream.js";
 import { Agentwire, KEY, eventsOf, newThread } from "./helpers.mjs";
 
 let server;
@@ -71,6 +72,25 @@ for (const stream of [true, false]) {
     assert.deepEqual((await eventsOf(server, "ada", threadId)).map((e) => e.run_id), [runId]);
   });
 }
+
+test("at most so many frames wait for their answers, and they go in the order given", async () => {
+  const threadId = newThread();
+  const publisher = new Publisher({ baseUrl: server.base, publishKey: KEY, stream: false });
+  const runId = await publisher.createRun({ threadId, userId: "ada", agentName: "helper" });
+  const headers = { authorization: `Bearer ${KEY}` };
+  const stream = new PublishStream({ url: publishUrl(server.base), headers, retries: 3, backoffMs: 50, maxBackoffMs: 500, mostWaiting: 4 });
+  let most = 0;
+  const note = () => (most = Math.max(most, stream.waiting.size));
+  const sent = [stream.send(runId, [{ event: "agent_started", data: { agent_name: "helper" } }]).then(note)];
+  for (let n = 0; n < 200; n++) {
+    sent.push(stream.send(runId, [{ event: "agent_message", data: { message_id: "m", delta: `t${n} ` } }]).then(note));
+  }
+  await Promise.all(sent);
+  await stream.close();
+  assert.ok(most <= 4, `${most} frames waited at once`);
+  const deltas = (await eventsOf(server, "ada", threadId)).filter((e) => e.event === "agent_message").map((e) => e.data.delta);
+  assert.deepEqual(deltas, Array.from({ length: 200 }, (_, n) => `t${n} `));
+});
 
 test("a run whose body throws ends with agent_error and the error is thrown on", async () => {
   const publisher = new Publisher({ baseUrl: server.base, publishKey: KEY });

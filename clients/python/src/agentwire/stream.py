@@ -8,7 +8,9 @@ next frame that waits, or by ``flush()``.
 
 Frames not yet answered when the connection drops are sent again, in order, on
 a new connection: every event carries an ``event_id``, so the server stores
-each once whatever is repeated.
+each once whatever is repeated. At most ``MOST_UNANSWERED`` frames wait for
+their answers: the next one waits for the oldest, so a publisher faster than
+the server is slowed down instead of holding every frame it ever sent.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect as sync_connect
 
 Json = Any
+
+# Frames sent and not yet answered, at most: what the server keeps waiting for
+# the disk per connection (PROTOCOL §3.1), so the cap costs no throughput.
+MOST_UNANSWERED = 1024
 
 # The HTTP status each error code of PROTOCOL §3 goes with, for AgentwireError.
 _STATUS = {
@@ -163,6 +169,9 @@ class AsyncStream(_Stream):
 
     async def _post(self, frame_for: Callable[[int], str], wait: bool) -> Optional[Dict[str, Json]]:
         async with self._lock:
+            while len(self._pending) >= MOST_UNANSWERED:
+                _, oldest = next(iter(self._pending.values()))
+                await self._settle(oldest, locked=True)
             ws = self._ws or await self._connect()
             self._next_ref += 1
             ref = self._next_ref
@@ -183,32 +192,39 @@ class AsyncStream(_Stream):
         if not answer.cancelled() and answer.exception() is not None and self._failed is None:
             self._failed = answer.exception()
 
-    async def _wait(self, answer: asyncio.Future) -> Dict[str, Json]:
-        while True:
+    async def _settle(self, answer: asyncio.Future, locked: bool) -> None:
+        """Waits until `answer` is in, either way, connecting again (and so
+        resending) when the connection drops first. `locked`: the caller holds
+        the send lock already."""
+        while not answer.done():
             reader = self._reader
-            done, _ = await asyncio.wait({answer, reader} if reader else {answer}, return_when=asyncio.FIRST_COMPLETED)
-            if answer in done:
-                refused = answer.exception()
-                if refused is not None:
-                    # Raised here, so not again by a later frame.
-                    if self._failed is refused:
-                        self._failed = None
-                    raise refused
-                self._raise_failed()
-                return answer.result()
-            # The connection dropped before the answer: connect again and resend.
-            async with self._lock:
+            await asyncio.wait({answer, reader} if reader else {answer}, return_when=asyncio.FIRST_COMPLETED)
+            if answer.done():
+                return
+            if locked:
                 if self._ws is None:
                     await self._connect()
+            else:
+                async with self._lock:
+                    if self._ws is None:
+                        await self._connect()
+
+    async def _wait(self, answer: asyncio.Future) -> Dict[str, Json]:
+        await self._settle(answer, locked=False)
+        refused = answer.exception()
+        if refused is not None:
+            # Raised here, so not again by a later frame.
+            if self._failed is refused:
+                self._failed = None
+            raise refused
+        self._raise_failed()
+        return answer.result()
 
     async def flush(self) -> None:
         """Waits until every frame sent is answered; raises the first refusal."""
         while self._pending:
             _, answer = next(reversed(self._pending.values()))
-            try:
-                await self._wait(answer)
-            except Exception:
-                pass
+            await self._settle(answer, locked=False)
         self._raise_failed()
 
     async def aclose(self) -> None:
@@ -281,6 +297,8 @@ class SyncStream(_Stream):
             return self._post(lambda ref: _register_frame(ref, body), True)
 
     def _post(self, frame_for: Callable[[int], str], wait: bool) -> Dict[str, Json]:
+        if len(self._pending) >= MOST_UNANSWERED:
+            self._read(next(iter(self._pending)))
         ws = self._ws or self._connect()
         self._next_ref += 1
         ref = self._next_ref
