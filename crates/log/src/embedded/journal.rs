@@ -202,10 +202,13 @@ impl Journal {
             .then(|| self.dir.join(format!("{:020}-prepared.spare", self.index)))
     }
 
-    /// Takes a spare [`prepare`] made.
+    /// Takes a spare [`prepare`] made, unless this journal has it already
+    /// (it was opened again, by a recovery, after the spare was named).
     pub fn add_spare(&mut self, spare: PathBuf) {
-        self.spares.push(spare);
-        self.trim_spares();
+        if !self.spares.contains(&spare) && spare.exists() {
+            self.spares.push(spare);
+            self.trim_spares();
+        }
     }
 
     /// Redb holds every record up to `no` durably: full segments with nothing
@@ -558,7 +561,9 @@ mod tests {
         let spare = j.spare_wanted().unwrap();
         prepare(&spare).unwrap();
         assert_eq!(std::fs::metadata(&spare).unwrap().len(), SEGMENT_BYTES);
+        j.add_spare(spare.clone());
         j.add_spare(spare);
+        assert_eq!(j.spares.len(), 1, "a spare is taken once");
         assert!(j.spare_wanted().is_none(), "one spare at a time");
         let first = j.index;
         appended.push(j.append(&[&big]).unwrap());

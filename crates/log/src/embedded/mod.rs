@@ -276,13 +276,15 @@ impl Shared {
     }
 
     /// Prepares a spare for the journal when it wants one
-    /// ([`Journal::spare_wanted`]), holding `applying` so that a recovery,
-    /// which replaces the journal, cannot happen meanwhile.
+    /// ([`Journal::spare_wanted`]). No lock is held meanwhile: a direct write
+    /// (retention, a deletion) holds `applying` and, through `writing`, every
+    /// append, so it must never wait out 16 MiB of zeros. A recovery that
+    /// replaces the journal meanwhile finds the spare itself or removes the
+    /// unfinished file; [`Journal::add_spare`] takes a spare once.
     fn keep_a_spare(&self, failed_at: &mut Option<Instant>) {
         if failed_at.is_some_and(|at| at.elapsed() < PREPARE_RETRY) {
             return;
         }
-        let _applying = self.applying.lock();
         let Some(spare) = self.journal.lock().spare_wanted() else { return };
         match journal::prepare(&spare) {
             Ok(()) => self.journal.lock().add_spare(spare),
