@@ -107,27 +107,16 @@ async fn the_demo_agent_asks_before_its_clock_and_the_answer_lets_it_go_on() {
         .post(&format!("/v1/threads/{thread}/messages"), &alice, json!({"text": "time please, ask me first"}))
         .await;
     assert_eq!(status, 202);
-    let mut seen = Vec::new();
-    let request = loop {
-        let events = tokio::time::timeout(WAIT, ws.next_events()).await.expect("events");
-        seen.extend(events.iter().cloned());
-        if let Some(asked) = events.iter().find(|e| e["event"] == "input_requested") {
-            break asked.clone();
-        }
-    };
+    let mut seen = ws.events_through("input_requested").await;
+    let request = seen.iter().find(|e| e["event"] == "input_requested").cloned().expect("asked");
     assert_eq!((&request["data"]["kind"], &request["data"]["tool_name"]), (&json!("approval"), &json!("clock")));
     assert!(!kinds(&seen).contains(&"tool_executing".to_owned()), "nothing runs before the answer");
     let request_id = request["data"]["request_id"].as_str().unwrap();
     let path = format!("/v1/threads/{thread}/inputs/{request_id}");
     let (status, body) = server.post(&path, &alice, json!({"approved": true, "run_id": request["run_id"]})).await;
     assert_eq!(status, 200, "{body}");
-    let last = loop {
-        let events = tokio::time::timeout(WAIT, ws.next_events()).await.expect("events");
-        seen.extend(events.iter().cloned());
-        if let Some(end) = events.iter().find(|e| e["event"] == "agent_completed") {
-            break end.clone();
-        }
-    };
+    seen.extend(ws.events_through("agent_completed").await);
+    let last = seen.iter().find(|e| e["event"] == "agent_completed").cloned().expect("completed");
     let kinds = kinds(&seen);
     let received = kinds.iter().position(|k| k == "input_received").expect("the answer is in the thread");
     let clock = kinds.iter().position(|k| k == "tool_executing").expect("the clock ran");

@@ -250,6 +250,16 @@ impl Ws {
         out
     }
 
+    /// Collects event envelopes (unpacking batches) until one of kind `event`
+    /// arrives, each frame within [`WAIT`]: the whole batch it came in, too.
+    pub async fn events_through(&mut self, event: &str) -> Vec<Value> {
+        let mut out: Vec<Value> = Vec::new();
+        while !out.iter().any(|e| e["event"] == event) {
+            out.extend(tokio::time::timeout(WAIT, self.next_events()).await.expect("events"));
+        }
+        out
+    }
+
     /// Sends a ping and returns every frame that arrived before the pong.
     pub async fn frames_before_pong(&mut self) -> Vec<Value> {
         self.send(json!({"type":"ping"})).await;
