@@ -15,6 +15,13 @@ use agentwire_server::{DEV_PUBLISH_KEY, Server, ServerConfig};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc: glibc's allocator spent a third of the server's time under a
+/// streaming publish (arena locks taken by frees from other threads);
+/// BENCHMARKS.md has the figures.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// agentwire: the real-time bridge between AI agents and the people watching them.
 ///
 /// Publishers (agent workers) send run events over HTTP; agentwire numbers them
