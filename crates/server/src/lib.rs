@@ -142,7 +142,7 @@ impl Server {
         let quotas = Arc::new(quota::Quotas::new(&config));
         let id = config.node_id.clone().filter(|id| !id.is_empty()).unwrap_or_else(|| "agentwire".to_owned());
         let node = Arc::new(NodeInfo { id, started_at: Timestamp::now() });
-        let state = AppState {
+        let state = AppState::new(state::Handles {
             node,
             config: Arc::new(config),
             log,
@@ -155,7 +155,7 @@ impl Server {
             registry: Arc::new(registry),
             closing: CancellationToken::new(),
             connections: TaskTracker::new(),
-        };
+        });
         Ok(Self { state })
     }
 

@@ -23,9 +23,29 @@ pub struct NodeInfo {
     pub started_at: agentwire_protocol::Timestamp,
 }
 
-/// Shared handles of one server; cloning is cheap.
+/// Shared handles of one server. Cloning is one reference count: axum clones
+/// the state for every request (several times, with the middleware), and a
+/// clone of each handle cost a dozen contended atomic operations a request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Handles>);
+
+impl AppState {
+    /// The state over `handles`.
+    pub fn new(handles: Handles) -> Self {
+        Self(Arc::new(handles))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Handles {
     pub config: Arc<ServerConfig>,
     pub node: Arc<NodeInfo>,
     pub log: Arc<dyn Log>,
