@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::envelope::Envelope;
 use crate::event::EventKind;
-use crate::open_ids::OpenIds;
+use crate::open_ids::{OpenIds, Opened};
 
 /// One run's AG-UI stream: remembers which text messages are open.
 #[derive(Debug, Clone)]
@@ -148,7 +148,10 @@ impl AguiStream {
             EventKind::AgentMessage => {
                 let id = str_of("message_id");
                 let delta = str_of("delta");
-                if self.open_messages.open(&id) {
+                if let Opened::New { closed } = self.open_messages.open(&id) {
+                    if let Some(oldest) = closed {
+                        out.push(json!({ "type": "TEXT_MESSAGE_END", "messageId": oldest }));
+                    }
                     out.push(json!({ "type": "TEXT_MESSAGE_START", "messageId": id, "role": "assistant" }));
                 }
                 if !delta.is_empty() {
@@ -285,6 +288,17 @@ mod tests {
         assert_eq!(all[14]["result"], json!({"answer":2}));
         assert!(s.ended());
         assert!(s.encode(&env(9, "r1", EventKind::AgentThinking, json!({"thought":"late"}))).is_empty());
+    }
+
+    #[test]
+    fn a_message_past_the_open_bound_ends_the_oldest_first() {
+        let mut s = AguiStream::new("thread_ag", "r1");
+        for n in 0..crate::open_ids::MOST_OPEN {
+            s.encode(&env(1, "r1", EventKind::AgentMessage, json!({"message_id": format!("m{n}"), "delta":"x"})));
+        }
+        let more = s.encode(&env(2, "r1", EventKind::AgentMessage, json!({"message_id":"last","delta":"y"})));
+        assert_eq!(types(&more), ["TEXT_MESSAGE_END", "TEXT_MESSAGE_START", "TEXT_MESSAGE_CONTENT"]);
+        assert_eq!((&more[0]["messageId"], &more[1]["messageId"]), (&json!("m0"), &json!("last")));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::agui::text_of;
 use crate::envelope::Envelope;
 use crate::event::EventKind;
-use crate::open_ids::OpenIds;
+use crate::open_ids::{OpenIds, Opened};
 
 /// The value of the `x-vercel-ai-ui-message-stream` header.
 pub const UI_MESSAGE_STREAM_VERSION: &str = "v1";
@@ -71,7 +71,10 @@ impl UiMessageStream {
             }
             EventKind::AgentMessage => {
                 let id = str_of("message_id");
-                if self.open_texts.open(&id) {
+                if let Opened::New { closed } = self.open_texts.open(&id) {
+                    if let Some(oldest) = closed {
+                        out.push(json!({ "type": "text-end", "id": oldest }));
+                    }
                     out.push(json!({ "type": "text-start", "id": id }));
                 }
                 out.push(json!({ "type": "text-delta", "id": id, "delta": str_of("delta") }));
@@ -184,6 +187,17 @@ mod tests {
         assert_eq!(chunks[6]["errorText"], "offline");
         assert_eq!(chunks[8], json!({"type":"text-delta","id":"m1","delta":"It is "}));
         assert!(s.ended());
+    }
+
+    #[test]
+    fn a_text_past_the_open_bound_ends_the_oldest_first() {
+        let mut s = UiMessageStream::new("run_a");
+        for n in 0..crate::open_ids::MOST_OPEN {
+            s.encode(&env(1, "run_a", EventKind::AgentMessage, json!({"message_id": format!("m{n}"), "delta":"x"})));
+        }
+        let more = s.encode(&env(2, "run_a", EventKind::AgentMessage, json!({"message_id":"last","delta":"y"})));
+        assert_eq!(types(&more), ["text-end", "text-start", "text-delta"]);
+        assert_eq!((&more[0]["id"], &more[1]["id"]), (&json!("m0"), &json!("last")));
     }
 
     #[test]
