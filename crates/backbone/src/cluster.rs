@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agentwire_log::input::{self, InputAnswer};
+use agentwire_log::input::{self, InputAnswer, InputWatch};
 use agentwire_log::store::ThreadExtent;
 use agentwire_log::{
     Appended, FeedSink, Log, LogError, LogStats, NewRun, Page, PageBudget, RetentionPolicy, RunInfo, StoredEvent,
@@ -304,7 +304,7 @@ struct Inner<B> {
     /// What the engine's settings leave open for an acknowledged event to be lost (accepted at start).
     weak: Vec<String>,
     /// Woken when the feed brings an event that may close an input request.
-    inputs: Arc<tokio::sync::Notify>,
+    inputs: Arc<InputWatch>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -356,7 +356,7 @@ impl<B: Backbone> ClusterLog<B> {
             sink,
             rewound_busy: Mutex::new(std::collections::HashSet::new()),
             weak,
-            inputs: Arc::new(tokio::sync::Notify::new()),
+            inputs: Arc::new(InputWatch::default()),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -1029,8 +1029,8 @@ impl<B: Backbone> Follower for Feed<B> {
     fn appended(&self, events: &[Arc<StoredEvent>], at: Position) {
         let Some(inner) = self.inner.upgrade() else { return };
         inner.sink.deliver(events);
-        if events.iter().any(|e| e.kind() == EventKind::InputReceived || e.kind().is_terminal()) {
-            inner.inputs.notify_waiters();
+        for e in events.iter().filter(|e| input::closes_inputs(e.kind())) {
+            inner.inputs.changed(e.run_id());
         }
         let Some(first) = events.first() else { return };
         let Some(cell) = inner.views.lock().peek(first.thread_id()) else { return };
@@ -1345,7 +1345,7 @@ impl<B: Backbone> Log for ClusterLog<B> {
         }
     }
 
-    fn input_changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+    fn input_changes(&self) -> Option<Arc<InputWatch>> {
         Some(self.inner.inputs.clone())
     }
 

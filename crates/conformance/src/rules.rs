@@ -561,6 +561,8 @@ pub async fn input_requests(d: &mut dyn Deployment) {
     assert_eq!(answered.seqs, vec![3]);
     let woken = waiter.await.unwrap().unwrap();
     assert_eq!(woken, InputStatus::Answered { answer_seq: 3 }, "the waiter on the other node hears it");
+    let watched = b.input_changes().map_or(0, |w| w.watched_runs());
+    assert_eq!(watched, 0, "a waiter that is done leaves no registration behind");
     let outcome = input::await_input(b, &run, &t, "send", Duration::ZERO).await.unwrap();
     let InputOutcome::Received(data) = outcome else { panic!("no answer: {outcome:?}") };
     assert_eq!(data["answer"], json!({"approved": true, "message": "go"}));

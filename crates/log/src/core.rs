@@ -49,9 +49,9 @@ use std::time::Instant;
 use agentwire_protocol::{NewEvent, RunId, RunLifecycle, ThreadId, Timestamp, UserId, extract_thread_id};
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
-use crate::input::{self, InputAnswer};
+use crate::input::{self, InputAnswer, InputWatch};
 use crate::retention::{self, RetentionPolicy, Trim};
 use crate::store::{Batch, LoadedThread, RunRecord, Snapshot, Store, StoreError, ThreadExtent, ThreadRecord};
 use crate::{
@@ -293,7 +293,7 @@ struct Core<S: Store> {
     epoch: Arc<AtomicU64>,
     committer: Mutex<Option<JoinHandle<()>>>,
     /// Woken when a committed event may close an input request.
-    inputs: Arc<Notify>,
+    inputs: Arc<InputWatch>,
 }
 
 /// A working state as the store holds it.
@@ -344,10 +344,6 @@ fn idle_millis(config: &LogConfig) -> i64 {
 }
 
 /// Whether an event may close an input request (for waiters).
-fn closes_inputs(kind: agentwire_protocol::EventKind) -> bool {
-    kind == agentwire_protocol::EventKind::InputReceived || kind.is_terminal()
-}
-
 fn storage(e: StoreError) -> LogError {
     LogError::Unavailable(e.to_string())
 }
@@ -380,7 +376,7 @@ impl<S: Store> StoredLog<S> {
         let cap = if store.keeps_threads() { config.thread_cache } else { usize::MAX };
         let threads = Arc::new(Threads::new(working.threads, cap));
         let mut spawned = Ok(());
-        let inputs = Arc::new(Notify::new());
+        let inputs = Arc::new(InputWatch::default());
         let core = Arc::new_cyclic(|core: &Weak<Core<S>>| {
             let committer = Committer {
                 store: store.clone(),
@@ -453,7 +449,7 @@ struct Committer<S: Store> {
     /// To reload the working state after a failed commit.
     core: Weak<Core<S>>,
     retry_every: std::time::Duration,
-    inputs: Arc<Notify>,
+    inputs: Arc<InputWatch>,
 }
 
 impl<S: Store> Committer<S> {
@@ -544,8 +540,8 @@ impl<S: Store> Committer<S> {
                         for thread_events in p.batch.events.chunk_by(|a, b| a.thread_id() == b.thread_id()) {
                             self.sink.deliver(thread_events);
                         }
-                        if p.batch.events.iter().any(|e| closes_inputs(e.kind())) {
-                            self.inputs.notify_waiters();
+                        for e in p.batch.events.iter().filter(|e| input::closes_inputs(e.kind())) {
+                            self.inputs.changed(e.run_id());
                         }
                     }
                     if let Some((entry, run)) = &p.ended {
@@ -1308,7 +1304,7 @@ impl<S: Store> Log for StoredLog<S> {
         Ok(appended)
     }
 
-    fn input_changes(&self) -> Option<Arc<Notify>> {
+    fn input_changes(&self) -> Option<Arc<InputWatch>> {
         Some(self.core.inputs.clone())
     }
 

@@ -7,10 +7,12 @@
 //! runs), appending the `input_received` this module builds, and waking whoever
 //! waits ([`Log::input_changes`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentwire_protocol::{EventKind, NewEvent, OpenInput, RunId, RunInputs, RunLifecycle, ThreadId, UserId};
+use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
@@ -91,6 +93,66 @@ pub fn asked_by_going_run(lifecycle: &RunLifecycle, request_id: &str) -> bool {
     !lifecycle.ended() && (inputs.open.contains_key(request_id) || inputs.closed(request_id).is_some())
 }
 
+/// Whether an event of `kind` may close input requests of its run: an
+/// answer, or the run's end.
+pub fn closes_inputs(kind: EventKind) -> bool {
+    kind == EventKind::InputReceived || kind.is_terminal()
+}
+
+/// Who waits on the input requests of which run. A change to one run's
+/// requests wakes that run's waiters only: with one wake-up for the whole
+/// node, every run that ended woke every long poll of every waiting agent,
+/// each to look its run up again, a cost that grew with the waiters.
+#[derive(Default)]
+pub struct InputWatch {
+    runs: Mutex<HashMap<RunId, Arc<Notify>>>,
+}
+
+impl InputWatch {
+    /// Registers a waiter on `run`'s requests until the answer is dropped.
+    pub fn watch(self: &Arc<Self>, run: &RunId) -> RunWatch {
+        let notify = self.runs.lock().entry(run.clone()).or_default().clone();
+        RunWatch { watch: self.clone(), run: run.clone(), notify }
+    }
+
+    /// `run`'s requests may have changed: wakes its waiters.
+    pub fn changed(&self, run: &RunId) {
+        if let Some(notify) = self.runs.lock().get(run) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Runs with a waiter (bounded by the waiters: an entry goes with its last).
+    pub fn watched_runs(&self) -> usize {
+        self.runs.lock().len()
+    }
+}
+
+/// One waiter's registration on a run's requests; dropping it ends it.
+pub struct RunWatch {
+    watch: Arc<InputWatch>,
+    run: RunId,
+    notify: Arc<Notify>,
+}
+
+impl RunWatch {
+    /// What wakes this waiter.
+    pub fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+impl Drop for RunWatch {
+    fn drop(&mut self) {
+        let mut runs = self.watch.runs.lock();
+        // Counted under the lock every registration takes: two references
+        // (the map's and this one) mean this was the run's last waiter.
+        if Arc::strong_count(&self.notify) == 2 {
+            runs.remove(&self.run);
+        }
+    }
+}
+
 /// How often a waiter looks again without a wake-up (a log without
 /// [`Log::input_changes`], or a change this node did not see).
 const POLL_WITHOUT_NOTICE: Duration = Duration::from_millis(100);
@@ -105,9 +167,13 @@ pub async fn wait_for_status<L: Log + ?Sized>(
     wait: Duration,
 ) -> Result<InputStatus, LogError> {
     let until = Instant::now() + wait;
-    let notice = log.input_changes();
-    let poll = if notice.is_some() { POLL_WITH_NOTICE } else { POLL_WITHOUT_NOTICE };
-    let notify = notice.unwrap_or_else(|| Arc::new(Notify::new()));
+    let watch = match (log.input_changes(), RunId::parse(run_id)) {
+        (Some(watch), Ok(run)) => Some(watch.watch(&run)),
+        _ => None,
+    };
+    let poll = if watch.is_some() { POLL_WITH_NOTICE } else { POLL_WITHOUT_NOTICE };
+    let unwatched = Notify::new();
+    let notify = watch.as_ref().map_or(&unwatched, RunWatch::notify);
     loop {
         // Registered before the look, so a change between the two still wakes us.
         let woken = notify.notified();
@@ -159,7 +225,30 @@ async fn received_at<L: Log + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
     use serde_json::json;
+
+    #[test]
+    fn a_change_wakes_its_runs_waiters_only_and_an_entry_goes_with_its_last_waiter() {
+        let watch = Arc::new(InputWatch::default());
+        let (a, b) = (RunId::parse("run_a").unwrap(), RunId::parse("run_b").unwrap());
+        let (first, second, other) = (watch.watch(&a), watch.watch(&a), watch.watch(&b));
+        assert_eq!(watch.watched_runs(), 2);
+        let mut woken = [first.notify(), second.notify(), other.notify()].map(|n| Box::pin(n.notified()));
+        for w in &mut woken {
+            w.as_mut().enable();
+        }
+        watch.changed(&a);
+        let [w1, w2, w3] = woken.map(|w| w.now_or_never().is_some());
+        assert!(w1 && w2, "both waiters of run_a wake");
+        assert!(!w3, "run_b's waiter sleeps on");
+        drop(first);
+        assert_eq!(watch.watched_runs(), 2, "run_a still has a waiter");
+        drop((second, other));
+        assert_eq!(watch.watched_runs(), 0, "no waiter, no entry");
+        watch.changed(&a);
+        assert_eq!(watch.watched_runs(), 0, "a change of an unwatched run adds nothing");
+    }
 
     /// A going run that asked `x` (answered by its timeout) and `y` (open).
     fn going() -> RunLifecycle {

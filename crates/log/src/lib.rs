@@ -38,7 +38,7 @@ pub use append::{AppendPlan, PlannedEvent, plan_append};
 pub use core::StoredLog;
 pub use embedded::{EmbeddedLog, EmbeddedStore};
 pub use error::LogError;
-pub use input::{InputAnswer, InputOutcome, InputStatus};
+pub use input::{InputAnswer, InputOutcome, InputStatus, InputWatch};
 pub use memory::{MemoryLog, MemoryStore};
 pub use retention::RetentionPolicy;
 pub use store::{Store, StoreError};
@@ -520,9 +520,9 @@ pub trait Log: Send + Sync + 'static {
         input::wait_for_status(self, run_id, request_id, wait).await
     }
 
-    /// Woken (`notify_waiters`) whenever an input request may have closed on
-    /// this node's watch; `None`: waiters look again every so often instead.
-    fn input_changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+    /// Wakes a run's waiters whenever one of its input requests may have
+    /// closed on this node's watch; `None`: waiters look again every so often instead.
+    fn input_changes(&self) -> Option<Arc<input::InputWatch>> {
         None
     }
 
