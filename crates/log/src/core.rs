@@ -343,7 +343,6 @@ fn idle_millis(config: &LogConfig) -> i64 {
     i64::try_from(config.run_idle_timeout.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Whether an event may close an input request (for waiters).
 fn storage(e: StoreError) -> LogError {
     LogError::Unavailable(e.to_string())
 }

@@ -167,9 +167,14 @@ pub async fn wait_for_status<L: Log + ?Sized>(
     wait: Duration,
 ) -> Result<InputStatus, LogError> {
     let until = Instant::now() + wait;
-    let watch = match (log.input_changes(), RunId::parse(run_id)) {
-        (Some(watch), Ok(run)) => Some(watch.watch(&run)),
-        _ => None,
+    // Registered under the id the log knows the run by: the one its
+    // committed events name.
+    let watch = match log.input_changes() {
+        Some(changes) => {
+            let info = log.run(run_id).await?.ok_or_else(|| LogError::RunNotFound(run_id.to_owned()))?;
+            Some(changes.watch(&info.run_id))
+        }
+        None => None,
     };
     let poll = if watch.is_some() { POLL_WITH_NOTICE } else { POLL_WITHOUT_NOTICE };
     let unwatched = Notify::new();
