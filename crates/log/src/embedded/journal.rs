@@ -3,8 +3,9 @@
 //! A redb commit copies every page it touches and syncs them: with one event
 //! per publish it cost about 3.5 ms for a group of 64 appends here, so the
 //! disk, not the log, limited a publisher. A journal record costs one
-//! sequential write and one `fdatasync` (0.1–0.25 ms on the same disk), so a
-//! write is made durable here and answered; the applier copies records into
+//! sequential write that returns once it is durable (a direct, synced write
+//! where the system allows it, [`super::segment`]: 0.1–0.25 ms on the same
+//! disk), so a write is made durable here and answered; the applier copies records into
 //! redb behind it, many at a time, and recycles a segment once redb holds all
 //! of it durably.
 //!
@@ -29,6 +30,7 @@
 //!        [runs: u32]    ([id][record as JSON])*
 //!        [events: u32]  ([envelope as JSON])*
 //!        [ids: u32]     ([run][event id][seq: u64])*
+//!        [zeros, so that the whole record is a multiple of 512 bytes]
 //! ```
 //!
 //! Strings and byte strings are `[length: u32][bytes]`; numbers are little
@@ -54,6 +56,7 @@ use std::sync::Arc;
 
 use agentwire_protocol::{RunId, ThreadId};
 
+use super::segment::{RECORD_ALIGN, SegmentFile};
 use crate::StoredEvent;
 use crate::store::{Batch, RunRecord, StoreError, ThreadRecord};
 
@@ -79,7 +82,7 @@ const KEPT_BUFFER: usize = 1 << 20;
 pub struct Journal {
     dir: PathBuf,
     /// The segment being written, its index, and how many bytes it holds.
-    file: File,
+    file: SegmentFile,
     index: u64,
     len: u64,
     /// The segment was a full-size spare: appending to it never grows a file.
@@ -159,6 +162,7 @@ impl Journal {
             buf: Vec::new(),
         };
         journal.trim_spares();
+        tracing::debug!(direct = journal.file.is_direct(), "journal open");
         Ok((journal, replayed))
     }
 
@@ -172,12 +176,10 @@ impl Journal {
         }
         let no = self.next_no;
         encode(no, batches, &mut self.buf)?;
-        let written = self.file.write_all_at(&self.buf, self.len).and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
+        if let Err(e) = self.file.write_durably(&self.buf, self.len) {
             // Best effort: the record was never answered, and the next open
             // ignores a torn tail anyway; cutting it makes room for the next one.
-            let _ = self.file.set_len(self.len);
-            let _ = self.file.sync_data();
+            let _ = self.file.cut(self.len);
             return Err(StoreError::Io(format!("cannot write the journal: {e}")));
         }
         self.len += self.buf.len() as u64;
@@ -295,13 +297,12 @@ fn segment_path(dir: &Path, index: u64) -> PathBuf {
 /// Opens segment `index` for writing from its start: a spare renamed (its
 /// blocks are written over) or a new file. The directory is synced, so the
 /// segment's name survives a crash along with what is written to it.
-fn open_segment(dir: &Path, index: u64, spare: Option<PathBuf>) -> Result<File, StoreError> {
+fn open_segment(dir: &Path, index: u64, spare: Option<PathBuf>) -> Result<SegmentFile, StoreError> {
     let path = segment_path(dir, index);
     if let Some(spare) = spare {
         std::fs::rename(&spare, &path).map_err(|e| fail("reuse", &spare, &e))?;
     }
-    let file =
-        OpenOptions::new().create(true).write(true).truncate(false).open(&path).map_err(|e| fail("open", &path, &e))?;
+    let file = SegmentFile::open(&path).map_err(|e| fail("open", &path, &e))?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| fail("sync", dir, &e))?;
     Ok(file)
 }
@@ -359,6 +360,14 @@ fn encode(no: u64, batches: &[&Batch], buf: &mut Vec<u8>) -> Result<(), StoreErr
         put_bytes(buf, event_id.as_bytes())?;
         buf.extend_from_slice(&seq.to_le_bytes());
     }
+    seal(buf, RECORD_ALIGN)
+}
+
+/// Pads the record in `buf` with zeros to a multiple of `align` bytes, inside
+/// its body (records stay back to back, and a direct write takes each whole),
+/// and writes its header.
+fn seal(buf: &mut Vec<u8>, align: usize) -> Result<(), StoreError> {
+    buf.resize(buf.len().next_multiple_of(align), 0);
     let body = &buf[HEADER..];
     let len = u32::try_from(body.len()).map_err(|_| StoreError::Io("a journal record over 4 GiB".into()))?;
     let crc = crc32fast::hash(body);
@@ -412,8 +421,8 @@ fn decode(body: &[u8]) -> Result<Batch, String> {
         let event_id = r.str()?.to_owned();
         batch.event_ids.push((run, event_id, r.u64()?));
     }
-    if !r.0.is_empty() {
-        return Err(format!("{} bytes after the record", r.0.len()));
+    if r.0.len() >= RECORD_ALIGN || r.0.iter().any(|&b| b != 0) {
+        return Err(format!("{} bytes after the record that are not its padding", r.0.len()));
     }
     Ok(batch)
 }
@@ -491,6 +500,63 @@ mod tests {
         assert_eq!(replayed[0].1.event_ids.len(), 2);
         assert_eq!(replayed[0].1.threads.len(), 2);
         assert_eq!(j.last_no(), 2);
+    }
+
+    #[test]
+    fn records_are_padded_to_the_alignment_and_the_padding_must_be_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0).unwrap();
+        j.append(&[&batch("thread_a", "run_a", 1..=1)]).unwrap();
+        j.append(&[&batch("thread_a", "run_a", 2..=4)]).unwrap();
+        assert!(j.len.is_multiple_of(RECORD_ALIGN as u64));
+        let path = segment_path(dir.path(), j.index);
+        drop(j);
+        let bytes = std::fs::read(&path).unwrap();
+        let bodies: Vec<&[u8]> = records(&bytes).map(|(_, body)| body).collect();
+        assert_eq!(bodies.len(), 2);
+        assert!(bodies.iter().all(|b| (HEADER + 8 + b.len()).is_multiple_of(RECORD_ALIGN)));
+        assert_eq!(decode(bodies[1]).unwrap().events.len(), 3);
+        let mut dirty = bodies[1].to_vec();
+        *dirty.last_mut().unwrap() = 1;
+        assert!(decode(&dirty).unwrap_err().contains("not its padding"));
+    }
+
+    #[test]
+    fn records_written_before_padding_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        for (no, seqs) in [(1, 1..=1), (2, 2..=3)] {
+            let mut record = Vec::new();
+            encode(no, &[&batch("thread_a", "run_a", seqs)], &mut record).unwrap();
+            // The layout before padding: the same record, back to back.
+            let body_end = HEADER + 8 + decode_len(&record[HEADER + 8..]);
+            record.truncate(body_end);
+            seal(&mut record, 1).unwrap();
+            bytes.extend_from_slice(&record);
+        }
+        std::fs::write(segment_path(dir.path(), 1), bytes).unwrap();
+        let (_, replayed) = Journal::open(dir.path(), 0).unwrap();
+        assert_eq!(seqs(&replayed), vec![(1, vec![1]), (2, vec![2, 3])]);
+    }
+
+    /// How many bytes of `body` its sections take (what follows is padding).
+    fn decode_len(body: &[u8]) -> usize {
+        let mut r = Reader(body);
+        for _ in 0..2 {
+            for _ in 0..r.u32().unwrap() {
+                r.bytes().unwrap();
+                r.bytes().unwrap();
+            }
+        }
+        for _ in 0..r.u32().unwrap() {
+            r.bytes().unwrap();
+        }
+        for _ in 0..r.u32().unwrap() {
+            r.bytes().unwrap();
+            r.bytes().unwrap();
+            r.u64().unwrap();
+        }
+        body.len() - r.0.len()
     }
 
     #[test]

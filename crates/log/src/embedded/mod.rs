@@ -22,6 +22,7 @@
 
 mod journal;
 mod pending;
+mod segment;
 mod tree;
 
 use std::path::{Path, PathBuf};
