@@ -5,14 +5,23 @@
 # one after the other in the same run. Prints requests/s, latency and server
 # CPU of each, and durable / memory: the share of the memory store's rate the
 # disk leaves (issue 16 wants at least 0.90).
-#   bench/http_publish.sh [seconds] [connections]   (default 10 s, 64; loopback only, bounded)
-# Needs wrk (Debian: apt-get install wrk).
+#   bench/http_publish.sh [seconds] [connections] [nosync]   (default 10 s, 64; loopback only, bounded)
+# With `nosync`, a third row runs the durable store under eatmydata (fsync
+# and fdatasync do nothing, O_DSYNC is dropped at open; the journal's direct
+# writes still reach the device, without its cache flush): what the store
+# costs without the disk's syncs, to tell the syncs' share of the gap from
+# the store's own work.
+# Needs wrk (Debian: apt-get install wrk; eatmydata for `nosync`).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 seconds="${1:-10}"
 connections="${2:-64}"
+nosync="${3:-}"
 cd "$root"
 command -v wrk >/dev/null || { echo "wrk is not installed (Debian: apt-get install wrk)" >&2; exit 1; }
+if [ -n "$nosync" ]; then
+  command -v eatmydata >/dev/null || { echo "eatmydata is not installed (Debian: apt-get install eatmydata)" >&2; exit 1; }
+fi
 cargo build --release --locked -p agentwire >/dev/null
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -20,11 +29,11 @@ data="$(mktemp -d)"
 server_pid=""
 trap '[ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$data"' EXIT
 
-run() { # store
-  local store=$1 port
+run() { # store [label] [command prefix]
+  local store=$1 label=${2:-$1} port
   port=$(free_port)
   rm -rf "$data/aw"
-  AGENTWIRE_LOG=warn ./target/release/agentwire serve --listen "127.0.0.1:$port" --store "$store" \
+  AGENTWIRE_LOG=warn ${3:-} ./target/release/agentwire serve --listen "127.0.0.1:$port" --store "$store" \
     --data-dir "$data/aw" --publish-rate 0 --max-connections-per-user 1000000 \
     --max-connections-per-ip 1000000 >/dev/null 2>&1 &
   server_pid=$!
@@ -51,12 +60,13 @@ run() { # store
   p99=$(awk '$1=="99%" {print $2}' "$data/wrk.out")
   cpu=$(python3 -c "print(($ticks_after-$ticks_before)/$(getconf CLK_TCK))")
   if grep -q "unexpected status" "$data/wrk.out"; then grep -m1 "unexpected status" "$data/wrk.out" >&2; fi
-  echo "$store $rate $p50 $p99 $cpu"
+  echo "$label $rate $p50 $p99 $cpu"
   kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; server_pid=""
 }
 
 {
   run embedded
+  if [ -n "$nosync" ]; then run embedded embedded-without-syncs eatmydata; fi
   run memory
 } | python3 -c '
 import sys

@@ -22,7 +22,7 @@
 
 mod journal;
 mod pending;
-mod segment;
+pub mod segment;
 mod tree;
 
 use std::path::{Path, PathBuf};

@@ -3,10 +3,12 @@
 //!
 //! On Linux a segment is opened with `O_DIRECT | O_DSYNC`: the record goes
 //! from the buffer to the device and the device's cache is flushed, in one
-//! system call, without passing through the page cache. Over a prepared
-//! spare (blocks that exist and are written) that took 0.10–0.13 ms a record
-//! on this project's disk against 0.16–0.19 ms for a buffered write and an
-//! `fdatasync` (`BENCHMARKS.md`). Direct I/O wants the buffer, the offset and
+//! system call, without passing through the page cache (a segment is never
+//! read back but at open, so caching it only crowds out redb's pages). Over a
+//! prepared spare (blocks that exist and are written) that took 0.10–0.14 ms
+//! per 2 KiB record at p50 on this project's disk, 0.73–1.03× a buffered
+//! write and an `fdatasync` alternated with it (`bench/src/bin/journal_sync.rs`,
+//! `BENCHMARKS.md`). Direct I/O wants the buffer, the offset and
 //! the length aligned to the device's logical block: records are padded to
 //! [`RECORD_ALIGN`] bytes by the journal, and the bytes are copied into a
 //! buffer of this module that starts at a multiple of [`MEMORY_ALIGN`].
@@ -49,6 +51,12 @@ impl SegmentFile {
             Err(e) => return Err(e),
         };
         Ok(Self { file, path: path.to_owned(), direct, aligned: Vec::new() })
+    }
+
+    /// Opens `path` the way other systems get: buffered writes, each synced
+    /// with `fdatasync`. For comparing the two (`bench/src/bin/journal_sync.rs`).
+    pub fn open_buffered(path: &Path) -> io::Result<Self> {
+        Ok(Self { file: open_buffered(path)?, path: path.to_owned(), direct: false, aligned: Vec::new() })
     }
 
     /// Whether records go to the disk directly (the fast path).
