@@ -11,7 +11,7 @@
 //! `BENCHMARKS.md`). Direct I/O wants the buffer, the offset and
 //! the length aligned to the device's logical block: records are padded to
 //! [`RECORD_ALIGN`] bytes by the journal, and the bytes are copied into a
-//! buffer of this module that starts at a multiple of [`MEMORY_ALIGN`].
+//! buffer of this module that starts at a page boundary (4 KiB).
 //!
 //! Where the file system refuses direct I/O (it answers `EINVAL`: some
 //! file systems, or a device whose logical block is larger than
