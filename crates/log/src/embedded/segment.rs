@@ -94,9 +94,13 @@ impl SegmentFile {
         if self.aligned.len() < need {
             self.aligned = vec![0; need.next_power_of_two()];
         }
+        // `align_offset` may answer usize::MAX (it cannot align): then the
+        // write goes buffered, as any refused direct write does.
         let start = self.aligned.as_ptr().align_offset(MEMORY_ALIGN);
-        let window =
-            self.aligned.get_mut(start..start + bytes.len()).ok_or_else(|| io::Error::from_raw_os_error(EINVAL))?;
+        let window = start
+            .checked_add(bytes.len())
+            .and_then(|end| self.aligned.get_mut(start..end))
+            .ok_or_else(|| io::Error::from_raw_os_error(EINVAL))?;
         window.copy_from_slice(bytes);
         let written = self.file.write_all_at(window, at);
         // One large record must not keep its buffer for the life of the server.
