@@ -56,7 +56,7 @@ use std::sync::Arc;
 
 use agentwire_protocol::{RunId, ThreadId};
 
-use super::segment::{RECORD_ALIGN, SegmentFile};
+use super::segment::{KEPT_BUFFER, RECORD_ALIGN, SegmentFile};
 use crate::StoredEvent;
 use crate::store::{Batch, RunRecord, StoreError, ThreadRecord};
 
@@ -75,8 +75,6 @@ const PREPARE_PIECE: usize = 1 << 20;
 /// segments in use are nearly always old files written over.
 const SPARES: usize = 3;
 const HEADER: usize = 8;
-/// The largest record buffer kept between appends.
-const KEPT_BUFFER: usize = 1 << 20;
 
 /// The journal of one data directory, open for appending.
 pub struct Journal {

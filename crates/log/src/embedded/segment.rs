@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 pub const RECORD_ALIGN: usize = 512;
 /// Where in memory a direct write's bytes start: a page, enough for any device.
 const MEMORY_ALIGN: usize = 4096;
-/// The largest aligned buffer kept between writes.
-const KEPT_BUFFER: usize = 1 << 20;
+/// The largest record buffer kept between writes: the journal's and the
+/// aligned copy here hold the same record, so one bound serves both.
+pub(super) const KEPT_BUFFER: usize = 1 << 20;
 
 /// A journal segment open for durable writes.
 pub struct SegmentFile {
